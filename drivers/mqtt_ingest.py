@@ -1,0 +1,208 @@
+"""Ingest shop alarm panels' events from the block's MQTT broker.
+
+Subscribes to ``lianfang/v1/shop/+/event`` with a persistent session (QoS 1),
+turns each message into an ``Event`` and acknowledges it to the broker only
+once the event is in the journal, so that a crash in between leaves the message
+with the broker. Bad messages are counted, logged at a limited rate,
+acknowledged (so the broker does not send them again) and dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Literal
+
+import aiomqtt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from drivers.base import DriverConfig, DriverContext, Emit
+from gateway.errors import DriverUnavailable
+from gateway.events import Event, EventKind, Source, new_event_id, utc_now
+from gateway.mqtt import client_for, first_leaf
+from gateway.ratelimit import RateLimitedLog
+
+logger = logging.getLogger(__name__)
+
+KIND = "mqtt_ingest"
+MAX_ATTRS = 16
+MAX_ATTR_TEXT = 256
+# A device clock this far ahead of ours is wrong; its events keep our time.
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
+# Kinds the gateway makes itself, never accepted from a device.
+GATEWAY_KINDS = frozenset({EventKind.SUPERVISION_LOST})
+
+
+class MqttIngestConfig(DriverConfig):
+    """Shop panels publishing on the block's broker."""
+
+    kind: Literal["mqtt_ingest"] = Field(description="Driver type.")
+    topic: str = Field(
+        default="lianfang/v1/shop/+/event",
+        description="Topic filter; the '+' level is the shop id.",
+    )
+    max_payload_bytes: int = Field(
+        default=4096, ge=256, le=65536, description="Larger payloads are dropped and counted."
+    )
+    receive_maximum: int = Field(
+        default=1000,
+        ge=1,
+        le=65535,
+        description="Unacknowledged messages the broker may send at once (our backpressure).",
+    )
+
+
+class PanelMessage(BaseModel):
+    """The payload contract of ``lianfang/v1/shop/{shop_id}/event``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    device_id: StrictStr = Field(min_length=1, max_length=40)
+    kind: EventKind
+    zone: StrictStr | StrictInt | None = None
+    ts: StrictStr | float | None = None
+    seq: StrictInt | None = Field(default=None, ge=0)
+
+
+class Rejected(Exception):  # noqa: N818 - a verdict, not an error of ours
+    """Why a message was dropped; ``reason`` is the counter name."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        """Name the counter and say what was wrong."""
+        super().__init__(detail)
+        self.reason = reason
+
+
+class MqttIngestDriver:
+    """Turns panel messages into events; acknowledges each once it is durable."""
+
+    kind: ClassVar[str] = KIND
+
+    def __init__(self, config: MqttIngestConfig, *, context: DriverContext) -> None:
+        """Serve the shops and devices in ``context``."""
+        self.config = config
+        self._context = context
+        self.rejected: Counter[str] = Counter()
+        self._log = RateLimitedLog(logger)
+        self._source_prefix, _, self._source_suffix = config.topic.partition("+")
+
+    async def run(self, emit: Emit) -> None:
+        """Subscribe and ingest until cancelled; raise ``DriverUnavailable`` on link loss."""
+        client = client_for(
+            self._context.block_broker,
+            client_id=f"lianfang-{self._context.gateway_id}-{self.config.name}",
+            persistent=True,
+            receive_maximum=self.config.receive_maximum,
+        )
+        # aiomqtt has no manual-ack API yet (aiomqtt#345); paho 2 has it.
+        paho = client._client  # noqa: SLF001
+        paho.manual_ack_set(True)
+        try:
+            async with client:
+                await client.subscribe(self.config.topic, qos=1)
+                async for message in client.messages:
+                    mid, qos = message.mid, message.qos
+
+                    def ack(mid: int = mid, qos: int = qos) -> None:
+                        paho.ack(mid, qos)
+
+                    try:
+                        event, origin_key = self.parse(str(message.topic), message.payload)
+                    except Rejected as rejection:
+                        self.rejected[rejection.reason] += 1
+                        self._log.warning(
+                            rejection.reason,
+                            "%s: dropped message on %s: %s",
+                            self.config.name,
+                            message.topic,
+                            rejection,
+                        )
+                        ack()
+                        continue
+                    await emit(event, on_durable=ack, origin_key=origin_key)
+        except* (aiomqtt.MqttError, OSError) as group:
+            raise DriverUnavailable(
+                f"block broker {self._context.block_broker.url}: {first_leaf(group)}"
+            ) from None
+
+    def parse(self, topic: str, payload: Any) -> tuple[Event, str | None]:  # noqa: ANN401 - aiomqtt's payload union
+        """The event in one message, and its origin key; raise ``Rejected`` if unusable."""
+        if not isinstance(payload, bytes | bytearray):
+            raise Rejected("malformed", "payload is not bytes")
+        if len(payload) > self.config.max_payload_bytes:
+            raise Rejected(
+                "oversize", f"{len(payload)} bytes, limit {self.config.max_payload_bytes}"
+            )
+        shop_id = self._shop_of(topic)
+        try:
+            message = PanelMessage.model_validate_json(payload)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "payload"
+            reason = "malformed" if err["type"].startswith("json") else "invalid"
+            raise Rejected(reason, f"{where}: {err['msg']}") from None
+        if message.device_id not in self._context.devices[shop_id]:
+            raise Rejected("unknown_device", f"shop {shop_id} has no device {message.device_id!r}")
+        if message.kind in GATEWAY_KINDS:
+            raise Rejected("invalid", f"kind {message.kind} is the gateway's own")
+        now = utc_now()
+        attrs = _attrs(message.model_extra or {})
+        occurred = _device_time(message.ts, now)
+        if occurred is None:
+            attrs["device_ts"] = str(message.ts)[:MAX_ATTR_TEXT]
+        if message.seq is not None:
+            attrs["seq"] = message.seq
+        event = Event(
+            id=new_event_id(),
+            gateway_id=self._context.gateway_id,
+            shop_id=shop_id,
+            device_id=message.device_id,
+            zone=None if message.zone is None else str(message.zone),
+            kind=message.kind,
+            occurred_at=occurred or now,
+            received_at=now,
+            source=Source(driver=self.config.name, ref=topic),
+            attrs=attrs,
+        )
+        origin = None
+        if message.seq is not None:
+            origin = f"{self.config.name}/{shop_id}/{message.device_id}/{message.seq}"
+        return event, origin
+
+    def _shop_of(self, topic: str) -> str:
+        if not (topic.startswith(self._source_prefix) and topic.endswith(self._source_suffix)):
+            raise Rejected("malformed", "topic outside the subscription")
+        shop_id = topic[len(self._source_prefix) : len(topic) - len(self._source_suffix)]
+        if shop_id not in self._context.devices:
+            raise Rejected("unknown_shop", f"shop {shop_id[:40]!r} is not served by this gateway")
+        return shop_id
+
+
+def _attrs(extra: dict[str, Any]) -> dict[str, Any]:
+    """Keep a bounded number of scalar extras; drop nested structures."""
+    kept: dict[str, Any] = {}
+    for key, value in list(extra.items())[:MAX_ATTRS]:
+        if isinstance(value, str):
+            kept[key[:40]] = value[:MAX_ATTR_TEXT]
+        elif isinstance(value, bool | int | float) or value is None:
+            kept[key[:40]] = value
+    return kept
+
+
+def _device_time(ts: str | float | None, now: datetime) -> datetime | None:
+    """The device's clock reading, if it is plausible; else None (we keep our own time)."""
+    if ts is None:
+        return now
+    try:
+        if isinstance(ts, str):
+            when = datetime.fromisoformat(ts)
+            when = when if when.tzinfo else when.replace(tzinfo=UTC)
+        else:
+            when = datetime.fromtimestamp(ts, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    if when - now > MAX_CLOCK_AHEAD or when.year < 2000:
+        return None
+    return when.astimezone(UTC)

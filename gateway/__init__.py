@@ -1,0 +1,3 @@
+"""Lianfang: an edge gateway for shop-linked alarms."""
+
+__version__ = "0.1.0"

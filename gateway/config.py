@@ -1,0 +1,184 @@
+"""The gateway's configuration: one root model that rejects unknown keys.
+
+``GatewayConfig`` is the whole ``lianfang.yaml``. Every field documents itself
+(``lianfang config schema`` prints the JSON schema). Validators are pure: they
+never touch the disk or the network; ``lianfang check --online`` does that.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from drivers import DriverConfigUnion
+from gateway.forwarders import ForwarderConfigUnion
+from gateway.mqtt import BrokerConfig
+
+# Ids travel in MQTT topics: no '/', '+', '#' or spaces.
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")]
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class GridCells(Strict):
+    """The police three-level grid a shop lies in."""
+
+    large: Identifier = Field(description="Police station area (large grid cell).")
+    medium: Identifier = Field(description="Area a patrol reaches within 5 minutes.")
+    small: Identifier = Field(description="Community cell with its own officer.")
+
+
+class DeviceConfig(Strict):
+    """A device paired to a shop."""
+
+    id: Identifier = Field(description="Device id, unique within its shop (e.g. 'panel-1').")
+    kind: Literal["alarm_panel", "panic_button", "keypad", "rf433_button", "door_contact"] = (
+        Field(default="alarm_panel", description="What the device is.")
+    )
+
+
+class ShopPlace(Strict):
+    """A shop's identity and position; shared by own and neighbouring shops."""
+
+    id: Identifier = Field(description="Shop id from the survey sheet (e.g. 'S00011').")
+    name: str = Field(min_length=1, max_length=120, description="Shop name shown to neighbours.")
+    lat: float = Field(ge=-90, le=90, description="Latitude in decimal degrees (WGS 84).")
+    lon: float = Field(ge=-180, le=180, description="Longitude in decimal degrees (WGS 84).")
+    grid: GridCells = Field(description="Grid cells of the shop.")
+
+
+class ShopConfig(ShopPlace):
+    """A shop served by this gateway."""
+
+    trade: str | None = Field(default=None, description="Trade, as surveyed.")
+    street: str | None = Field(default=None, description="Street name.")
+    number: str | None = Field(default=None, description="House number on the street.")
+    side: str | None = Field(default=None, description="Side of the street (N/S/E/W).")
+    phone: str | None = Field(default=None, description="Shop phone for the police.")
+    opens: time | None = Field(default=None, description="Opening time, HH:MM local.")
+    closes: time | None = Field(default=None, description="Closing time, HH:MM local.")
+    devices: list[DeviceConfig] = Field(
+        default_factory=lambda: [DeviceConfig(id="panel-1")],
+        description="Devices paired to the shop.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> ShopConfig:
+        dupes = [d for d, n in Counter(d.id for d in self.devices).items() if n > 1]
+        if dupes:
+            raise ValueError(f"shop {self.id!r}: device id {dupes[0]!r} is listed twice")
+        return self
+
+
+class OtherShopConfig(ShopPlace):
+    """A shop served by a neighbouring gateway; used to find nearest shops across blocks."""
+
+    gateway_id: Identifier = Field(description="Gateway that serves this shop.")
+
+
+class GatewayIdentity(Strict):
+    """Who this gateway is."""
+
+    id: Identifier = Field(description="Gateway id (e.g. 'GW-001').")
+    large_grid: Identifier = Field(description="Large grid cell, used in police topics.")
+
+
+class NeighbourAlertConfig(Strict):
+    """How a panic reaches the nearest shops."""
+
+    count: int = Field(default=10, ge=1, le=100, description="How many nearest shops to alert.")
+    radius_m: float = Field(default=300, gt=0, le=5000, description="Farthest shop to alert, m.")
+    cooldown_s: float = Field(
+        default=30, ge=0, le=3600, description="One neighbour alert per shop per this many s."
+    )
+    expires_s: float = Field(default=300, gt=0, le=86400, description="Alert lifetime on devices.")
+
+
+class JournalConfig(Strict):
+    """The durable journal (SQLite, WAL) in the state directory."""
+
+    max_size_mb: float = Field(
+        default=2048,
+        gt=0,
+        description="Size cap. Past it, routine then acknowledged low-value records go first; "
+        "alarms are never evicted.",
+    )
+
+
+class GatewayConfig(Strict):
+    """A whole ``lianfang.yaml``."""
+
+    schema_version: Literal[1] = Field(default=1, description="Version of this file's schema.")
+    gateway: GatewayIdentity = Field(description="Identity of this gateway.")
+    state_dir: Path = Field(
+        default=Path("state"),
+        description="Directory for the journal; relative paths are taken from the config file.",
+    )
+    broker: BrokerConfig = Field(description="The block's local broker (shops and devices).")
+    drivers: list[DriverConfigUnion] = Field(
+        default_factory=list, description="Southbound drivers."
+    )
+    forwarders: list[ForwarderConfigUnion] = Field(
+        default_factory=list, description="Upstream receivers, each with its own outbox cursor."
+    )
+    neighbour_alert: NeighbourAlertConfig = Field(
+        default_factory=NeighbourAlertConfig, description="Nearest-shop alerts."
+    )
+    journal: JournalConfig = Field(default_factory=JournalConfig, description="The journal.")
+    shops: list[ShopConfig] = Field(min_length=1, description="Shops this gateway serves.")
+    other_shops: list[OtherShopConfig] = Field(
+        default_factory=list, description="Shops of neighbouring gateways."
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewayConfig:
+        seen: dict[str, str] = {}
+        for where, shop in [("shops", s) for s in self.shops] + [
+            ("other_shops", s) for s in self.other_shops
+        ]:
+            if shop.id in seen:
+                raise ValueError(f"shop id {shop.id!r} in {where} is also in {seen[shop.id]}")
+            seen[shop.id] = where
+        for section, names in (
+            ("drivers", [d.name for d in self.drivers]),
+            ("forwarders", [f.name for f in self.forwarders]),
+        ):
+            dupes = [n for n, c in Counter(names).items() if c > 1]
+            if dupes:
+                raise ValueError(f"{section}: name {dupes[0]!r} is used twice")
+        for other in self.other_shops:
+            if other.gateway_id == self.gateway.id:
+                raise ValueError(
+                    f"other_shops: {other.id!r} names this gateway {self.gateway.id!r}; "
+                    "list it under 'shops'"
+                )
+        return self
+
+    def resolved(self, base: Path) -> GatewayConfig:
+        """The same config with relative paths taken from ``base`` (the file's folder)."""
+        return self.model_copy(
+            update={
+                "state_dir": base / self.state_dir,
+                "broker": _resolve_broker(self.broker, base),
+                "forwarders": [f.resolved(base) for f in self.forwarders],
+            }
+        )
+
+    @property
+    def journal_path(self) -> Path:
+        """Path of the journal database."""
+        return self.state_dir / "journal.sqlite3"
+
+
+def _resolve_broker(broker: BrokerConfig, base: Path) -> BrokerConfig:
+    if broker.tls is None:
+        return broker
+    return broker.model_copy(update={"tls": broker.tls.resolved(base)})

@@ -1,0 +1,76 @@
+"""What every forwarder shares: its config base and what the gateway tells it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.events import Event, EventKind
+
+StatusSnapshot = Callable[[], dict[str, Any]]
+
+
+class ForwarderConfig(BaseModel):
+    """Settings every forwarder has."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,39}$",
+        description="Name of this forwarder; its outbox cursor is kept under this name.",
+    )
+
+    def resolved(self, base: Path) -> Self:  # noqa: ARG002 - subclasses with paths use it
+        """The same settings with relative paths taken from ``base``."""
+        return self
+
+    def accepts(self, event: Event) -> bool:
+        """Whether this forwarder delivers ``event``; heartbeats only feed supervision."""
+        return event.kind is not EventKind.HEARTBEAT
+
+
+@dataclass(frozen=True)
+class ShopCard:
+    """What a receiver is told about a shop with each of its events."""
+
+    id: str
+    name: str
+    lat: float
+    lon: float
+    large: str
+    medium: str
+    small: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The shop block of an upstream payload."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "lat": self.lat,
+            "lon": self.lon,
+            "grid": {"large": self.large, "medium": self.medium, "small": self.small},
+        }
+
+
+@dataclass(frozen=True)
+class ForwarderContext:
+    """What the gateway tells a forwarder."""
+
+    gateway_id: str
+    large_grid: str
+    shops: dict[str, ShopCard]
+    status: StatusSnapshot
+
+
+def upstream_payload(event: Event, shops: dict[str, ShopCard]) -> bytes:
+    """The event JSON plus the shop's name, position and grid cells."""
+    body = event.model_dump(mode="json")
+    card = shops.get(event.shop_id) if event.shop_id else None
+    if card is not None:
+        body["shop"] = card.as_dict()
+    return json.dumps(body, separators=(",", ":")).encode()

@@ -1,0 +1,399 @@
+"""The journal: every accepted event, durably, before anything is forwarded.
+
+One SQLite database in WAL mode with ``synchronous=FULL``: an event the gateway
+has acknowledged to a device survives a power cut. One writer task owns the
+only writing connection; events and forwarder acknowledgements that arrive
+together share one transaction (group commit), so durability does not cap
+throughput.
+
+Tables: ``events`` (one row per event, ``seq`` is journal order) and
+``deliveries`` (one row per event and forwarder; ``acked_at`` is set one row at
+a time when that receiver acknowledges that event, never by range).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.errors import JournalError
+from gateway.events import EVENT_CLASS, Event, EventClass, utc_now
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    shop_id TEXT,
+    device_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    class TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    origin_key TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_class ON events(class, seq);
+CREATE TABLE IF NOT EXISTS deliveries (
+    forwarder TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    acked_at TEXT,
+    last_error TEXT,
+    PRIMARY KEY (forwarder, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(forwarder, seq)
+    WHERE acked_at IS NULL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+MAX_BATCH = 2000
+RECENT_ORIGIN_KEYS = 20_000  # far more than a broker may redeliver after a crash
+CAP_CHECK_INTERVAL_S = 10.0
+
+# Eviction order past the size cap. Alarms, and anything a receiver still
+# waits for except routine records, are never evicted.
+EVICTION_TIERS: tuple[tuple[EventClass, bool], ...] = (
+    (EventClass.ROUTINE, False),  # heartbeats and tests, acknowledged or not
+    (EventClass.STATUS, True),  # door and arm changes already delivered
+    (EventClass.TROUBLE, True),  # troubles already delivered
+)
+
+OnDurable = Callable[[], None]
+Route = Callable[[Event], Iterable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One event waiting for one forwarder."""
+
+    seq: int
+    event: Event
+
+
+@dataclass
+class _Append:
+    event: Event
+    origin_key: str | None
+    on_durable: list[OnDurable]
+    routes: tuple[str, ...]
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Ack:
+    forwarder: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    forwarder: str
+    seqs: tuple[int, ...]
+    error: str
+
+
+_Item = _Append | _Ack | _Failure
+
+
+@dataclass
+class JournalStats:
+    """Counters for the status page."""
+
+    appended: int = 0
+    acked: int = 0
+    duplicates: int = 0
+    commits: int = 0
+    evicted: int = 0
+    size_bytes: int = 0
+    over_cap: bool = False
+    pending: dict[str, int] = field(default_factory=dict)
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the journal database with the durability settings the gateway relies on."""
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=5000")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(SCHEMA)
+    except (sqlite3.Error, OSError) as exc:
+        raise JournalError(f"cannot open journal {path}: {exc}") from exc
+    return conn
+
+
+class Journal:
+    """Durable, ordered store of events and of each forwarder's acknowledgements."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        route: Route,
+        max_size_bytes: int,
+        queue_size: int = 10_000,
+    ) -> None:
+        """Open (or create) the journal at ``path``.
+
+        ``route`` names the forwarders that must deliver an event.
+        """
+        self.path = path
+        self.stats = JournalStats()
+        self._route = route
+        self._max_size_bytes = max_size_bytes
+        self._conn = connect(path)
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
+        # One thread: SQLite allows one writer, and commit order is event order.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._listeners: list[Callable[[list[OutboxRow], str], None]] = []
+        # origin key -> callbacks waiting for the first copy, or None once durable
+        self._origins: OrderedDict[str, list[OnDurable] | None] = OrderedDict()
+        self._last_cap_check = 0.0
+        self._load_recent_origins()
+        self._refresh_size()
+
+    # --- producers (event loop) -------------------------------------------------
+
+    async def append(
+        self, event: Event, *, origin_key: str | None = None, on_durable: OnDurable | None = None
+    ) -> bool:
+        """Queue ``event`` for the journal; ``on_durable`` runs once it is committed.
+
+        ``origin_key`` is the device's own identity of the message (driver, shop,
+        device and sequence number). A repeat of a key already journalled, or
+        queued, is not stored again: its ``on_durable`` runs when the first copy
+        is durable. Returns False for such a repeat.
+        """
+        callbacks = [on_durable] if on_durable else []
+        if origin_key is not None:
+            if origin_key in self._origins:
+                self.stats.duplicates += 1
+                waiting = self._origins[origin_key]
+                if waiting is None:
+                    for cb in callbacks:
+                        cb()
+                else:
+                    waiting.extend(callbacks)
+                return False
+            self._origins[origin_key] = callbacks
+            if len(self._origins) > RECENT_ORIGIN_KEYS:
+                self._origins.popitem(last=False)
+        await self._queue.put(_Append(event, origin_key, callbacks, tuple(self._route(event))))
+        return True
+
+    def ack(self, forwarder: str, seq: int) -> None:
+        """Record that ``forwarder``'s receiver acknowledged the event at ``seq``."""
+        self._queue.put_nowait(_Ack(forwarder, seq))
+
+    def failed(self, forwarder: str, seqs: Iterable[int], error: str) -> None:
+        """Record a failed delivery attempt of these events (for the audit trail)."""
+        self._queue.put_nowait(_Failure(forwarder, tuple(seqs), error))
+
+    def on_commit(self, listener: Callable[[list[OutboxRow], str], None]) -> None:
+        """Call ``listener(rows, forwarder)`` with the events newly committed for a forwarder."""
+        self._listeners.append(listener)
+
+    # --- the writer task ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Commit queued items in groups until cancelled; flush what is queued on the way out."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < MAX_BATCH and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                await asyncio.shield(loop.run_in_executor(self._writer, self._write, batch))
+                self._committed(batch)
+        finally:
+            self._flush_on_exit()
+
+    def _flush_on_exit(self) -> None:
+        # Let an in-flight commit finish, then commit whatever is still queued.
+        self._writer.shutdown(wait=True)
+        rest: list[_Item] = []
+        while not self._queue.empty():
+            rest.append(self._queue.get_nowait())
+        if rest:
+            self._write(rest)
+            logger.info("journal: flushed %d queued records on shutdown", len(rest))
+        self._conn.close()
+
+    def _write(self, batch: list[_Item]) -> None:
+        now = utc_now().isoformat()
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                if isinstance(item, _Append):
+                    ev = item.event
+                    item.seq = conn.execute(
+                        "INSERT INTO events (id, shop_id, device_id, kind, class, received_at,"
+                        " origin_key, body) VALUES (?,?,?,?,?,?,?,?)",
+                        (
+                            ev.id,
+                            ev.shop_id,
+                            ev.device_id,
+                            ev.kind.value,
+                            EVENT_CLASS[ev.kind].value,
+                            ev.received_at.isoformat(),
+                            item.origin_key,
+                            ev.model_dump_json(),
+                        ),
+                    ).lastrowid or 0
+                    conn.executemany(
+                        "INSERT INTO deliveries (forwarder, seq) VALUES (?, ?)",
+                        [(name, item.seq) for name in item.routes],
+                    )
+                elif isinstance(item, _Ack):
+                    conn.execute(
+                        "UPDATE deliveries SET acked_at=? WHERE forwarder=? AND seq=?"
+                        " AND acked_at IS NULL",
+                        (now, item.forwarder, item.seq),
+                    )
+                else:
+                    conn.executemany(
+                        "UPDATE deliveries SET attempts=attempts+1, last_error=?"
+                        " WHERE forwarder=? AND seq=? AND acked_at IS NULL",
+                        [(item.error, item.forwarder, s) for s in item.seqs],
+                    )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise JournalError(f"cannot write journal {self.path}: {exc}") from exc
+        if time.monotonic() - self._last_cap_check > CAP_CHECK_INTERVAL_S:
+            self._last_cap_check = time.monotonic()
+            self._refresh_size()
+            if self.stats.over_cap:
+                self._evict()
+
+    def _committed(self, batch: list[_Item]) -> None:
+        self.stats.commits += 1
+        fresh: dict[str, list[OutboxRow]] = {}
+        for item in batch:
+            if isinstance(item, _Append):
+                self.stats.appended += 1
+                if item.origin_key is not None and item.origin_key in self._origins:
+                    self._origins[item.origin_key] = None
+                for cb in item.on_durable:
+                    cb()
+                for name in item.routes:
+                    fresh.setdefault(name, []).append(OutboxRow(item.seq, item.event))
+            elif isinstance(item, _Ack):
+                self.stats.acked += 1
+        for name, rows in fresh.items():
+            for listener in self._listeners:
+                listener(rows, name)
+
+    # --- size cap ----------------------------------------------------------------------
+
+    def _refresh_size(self) -> None:
+        pages, free, size = (
+            self._conn.execute("PRAGMA page_count").fetchone()[0],
+            self._conn.execute("PRAGMA freelist_count").fetchone()[0],
+            self._conn.execute("PRAGMA page_size").fetchone()[0],
+        )
+        self.stats.size_bytes = (pages - free) * size
+        self.stats.over_cap = self.stats.size_bytes > self._max_size_bytes
+
+    def _evict(self) -> None:
+        """Delete low-value records, oldest first, until under the cap; never alarms."""
+        for klass, only_acked in EVICTION_TIERS:
+            while self.stats.over_cap:
+                condition = (
+                    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = events.seq"
+                    " AND d.acked_at IS NULL)"
+                    if only_acked
+                    else ""
+                )
+                seqs = [
+                    r[0]
+                    for r in self._conn.execute(
+                        f"SELECT seq FROM events WHERE class=?{condition} ORDER BY seq LIMIT 5000",  # noqa: S608 - fixed fragments
+                        (klass.value,),
+                    )
+                ]
+                if not seqs:
+                    break
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany("DELETE FROM deliveries WHERE seq=?", [(s,) for s in seqs])
+                self._conn.executemany("DELETE FROM events WHERE seq=?", [(s,) for s in seqs])
+                self._conn.execute("COMMIT")
+                self.stats.evicted += len(seqs)
+                self._refresh_size()
+                logger.warning(
+                    "journal over its %d MB cap: evicted %d %s records (alarms are kept)",
+                    self._max_size_bytes // 1_000_000,
+                    len(seqs),
+                    klass.value,
+                )
+        if self.stats.over_cap:
+            logger.warning(
+                "journal still over its cap at %d MB with only alarms and undelivered records;"
+                " nothing more will be evicted",
+                self.stats.size_bytes // 1_000_000,
+            )
+
+    # --- reads --------------------------------------------------------------------------
+
+    def _load_recent_origins(self) -> None:
+        rows = self._conn.execute(
+            "SELECT origin_key FROM events WHERE origin_key IS NOT NULL ORDER BY seq DESC LIMIT ?",
+            (RECENT_ORIGIN_KEYS,),
+        ).fetchall()
+        for (key,) in reversed(rows):
+            self._origins[key] = None
+
+
+class JournalReader:
+    """A read-only view of the journal for forwarders and the CLI (its own connection)."""
+
+    def __init__(self, path: Path) -> None:
+        """Open a reading connection; WAL lets it read while the writer commits."""
+        self._conn = connect(path)
+
+    def pending(self, forwarder: str, *, after: int, limit: int) -> list[OutboxRow]:
+        """Unacknowledged events for ``forwarder`` past ``after``, in journal order."""
+        rows = self._conn.execute(
+            "SELECT d.seq, e.body FROM deliveries d JOIN events e ON e.seq = d.seq"
+            " WHERE d.forwarder=? AND d.acked_at IS NULL AND d.seq>? ORDER BY d.seq LIMIT ?",
+            (forwarder, after, limit),
+        ).fetchall()
+        return [OutboxRow(seq, Event.model_validate_json(body)) for seq, body in rows]
+
+    def pending_counts(self) -> dict[str, int]:
+        """Unacknowledged events per forwarder."""
+        return dict(
+            self._conn.execute(
+                "SELECT forwarder, COUNT(*) FROM deliveries WHERE acked_at IS NULL"
+                " GROUP BY forwarder"
+            ).fetchall()
+        )
+
+    def recent(self, limit: int) -> list[tuple[int, Event]]:
+        """The newest ``limit`` events, newest first."""
+        return [
+            (seq, Event.model_validate_json(body))
+            for seq, body in self._conn.execute(
+                "SELECT seq, body FROM events ORDER BY seq DESC LIMIT ?", (limit,)
+            )
+        ]
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()

@@ -1,0 +1,153 @@
+"""MQTT broker settings and the one place that turns them into an aiomqtt client."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in DEFAULT_PORTS:
+        raise ValueError("expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+    if not parts.hostname:
+        raise ValueError("the URL names no host")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError("the port must be a number from 1 to 65535") from exc
+    if port == 0:
+        raise ValueError("the port must be a number from 1 to 65535")
+    if parts.path not in ("", "/") or parts.query or parts.username:
+        raise ValueError("put only scheme, host and port in the URL; credentials go in 'username'")
+    return url
+
+
+BrokerUrl = Annotated[str, AfterValidator(_check_url)]
+
+
+class TlsConfig(BaseModel):
+    """TLS for a broker link; the link fails closed, never falls back to plain text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: Path = Field(description="CA certificate (PEM) that signed the broker's certificate.")
+    cert_file: Path | None = Field(default=None, description="Client certificate (PEM).")
+    key_file: Path | None = Field(default=None, description="Private key of the client certificate.")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give cert_file and key_file together, or neither")
+        return self
+
+    def resolved(self, base: Path) -> TlsConfig:
+        """The same settings with relative paths taken from ``base``."""
+        return TlsConfig(
+            ca_file=base / self.ca_file,
+            cert_file=base / self.cert_file if self.cert_file else None,
+            key_file=base / self.key_file if self.key_file else None,
+        )
+
+    def context(self) -> ssl.SSLContext:
+        """A verifying client context: hostname checked, TLS 1.2 or later."""
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert_file and self.key_file:
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return ctx
+
+
+class BrokerConfig(BaseModel):
+    """How to reach one MQTT broker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: BrokerUrl = Field(description="mqtt://HOST:PORT, or mqtts://HOST:PORT with 'tls'.")
+    username: str | None = Field(default=None, description="User name, if the broker wants one.")
+    password: SecretStr | None = Field(
+        default=None,
+        description="Password. Prefer a systemd credential and leave this out of the file.",
+    )
+    tls: TlsConfig | None = Field(default=None, description="TLS settings; required by mqtts://.")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive in seconds.")
+
+    @model_validator(mode="after")
+    def _tls_matches_scheme(self) -> BrokerConfig:
+        scheme = urlsplit(self.url).scheme
+        if scheme == "mqtts" and self.tls is None:
+            raise ValueError("mqtts:// needs a 'tls' section (ca_file, cert_file, key_file)")
+        if scheme == "mqtt" and self.tls is not None:
+            raise ValueError("'tls' is set but the URL is mqtt://; use mqtts:// so TLS is explicit")
+        return self
+
+    @property
+    def host(self) -> str:
+        """Host name or address of the broker."""
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        """TCP port of the broker."""
+        parts = urlsplit(self.url)
+        return parts.port or DEFAULT_PORTS[parts.scheme]
+
+
+def connect_properties(*, session_expiry_s: int, receive_maximum: int) -> Properties:
+    """CONNECT properties: how long the broker keeps our session, and how many
+    unacknowledged QoS 1 messages it may send us at once (our backpressure)."""
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = session_expiry_s
+    props.ReceiveMaximum = receive_maximum
+    return props
+
+
+def client_for(
+    broker: BrokerConfig,
+    *,
+    client_id: str,
+    persistent: bool,
+    will: aiomqtt.Will | None = None,
+    session_expiry_s: int = 7 * 24 * 3600,
+    max_inflight: int = 20,
+    receive_maximum: int = 1000,
+) -> aiomqtt.Client:
+    """An MQTT v5 client for ``broker``; a persistent session survives our restarts."""
+    kwargs: dict[str, Any] = {}
+    if broker.tls is not None:
+        kwargs["tls_context"] = broker.tls.context()
+    return aiomqtt.Client(
+        broker.host,
+        broker.port,
+        identifier=client_id,
+        username=broker.username,
+        password=broker.password.get_secret_value() if broker.password else None,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=False if persistent else True,  # noqa: SIM211 - paho wants a bool or enum here
+        properties=connect_properties(
+            session_expiry_s=session_expiry_s if persistent else 0,
+            receive_maximum=receive_maximum,
+        ),
+        keepalive=broker.keepalive_s,
+        will=will,
+        max_inflight_messages=max_inflight,
+        max_queued_incoming_messages=0,
+        timeout=10,
+        **kwargs,
+    )
+
+
+def first_leaf(error: BaseException) -> BaseException:
+    """The first plain exception inside (possibly nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -1,0 +1,1 @@
+"""Local rules: nearest shops, neighbour alerts and (later) the rule engine."""
