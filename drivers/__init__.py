@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from pydantic import Field
 
+from drivers.base import Driver
 from drivers.mqtt_ingest import MqttIngestConfig, MqttIngestDriver
 
-DRIVERS = {d.kind: d for d in (MqttIngestDriver,)}
+DRIVERS: dict[str, Callable[..., Driver]] = {d.kind: d for d in (MqttIngestDriver,)}
 
 DriverConfigUnion = Annotated[MqttIngestConfig, Field(discriminator="kind")]

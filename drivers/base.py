@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
@@ -60,10 +61,10 @@ class Driver(Protocol):
     """A southbound driver: bytes in, ``Event`` out."""
 
     kind: ClassVar[str]
+    link_up: asyncio.Event
+    """Set while the driver's link (port, bus, broker) is up."""
 
     async def run(self, emit: Emit) -> None:
         """Run until cancelled; raise ``DriverUnavailable`` when the link is down."""
         ...
 
-
-DriverFactory = Callable[..., Driver]

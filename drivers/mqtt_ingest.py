@@ -9,7 +9,7 @@ acknowledged (so the broker does not send them again) and dropped.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -86,6 +86,7 @@ class MqttIngestDriver:
         self._context = context
         self.rejected: Counter[str] = Counter()
         self._log = RateLimitedLog(logger)
+        self.link_up = asyncio.Event()
         self._source_prefix, _, self._source_suffix = config.topic.partition("+")
 
     async def run(self, emit: Emit) -> None:
@@ -102,6 +103,7 @@ class MqttIngestDriver:
         try:
             async with client:
                 await client.subscribe(self.config.topic, qos=1)
+                self.link_up.set()
                 async for message in client.messages:
                     mid, qos = message.mid, message.qos
 

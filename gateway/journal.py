@@ -168,32 +168,37 @@ class Journal:
 
     # --- producers (event loop) -------------------------------------------------
 
-    async def append(
-        self, event: Event, *, origin_key: str | None = None, on_durable: OnDurable | None = None
-    ) -> bool:
-        """Queue ``event`` for the journal; ``on_durable`` runs once it is committed.
+    def claim(self, origin_key: str, on_durable: OnDurable | None = None) -> bool:
+        """Whether ``origin_key`` is new; a repeat's ``on_durable`` waits for the first copy.
 
-        ``origin_key`` is the device's own identity of the message (driver, shop,
-        device and sequence number). A repeat of a key already journalled, or
-        queued, is not stored again: its ``on_durable`` runs when the first copy
-        is durable. Returns False for such a repeat.
+        ``origin_key`` is the device's own identity of a message (driver, shop,
+        device, sequence number). Brokers and devices send a message again when
+        its acknowledgement was lost; the repeat is acknowledged once the first
+        copy is durable, and is not journalled, alerted or forwarded again.
         """
-        callbacks = [on_durable] if on_durable else []
-        if origin_key is not None:
-            if origin_key in self._origins:
-                self.stats.duplicates += 1
-                waiting = self._origins[origin_key]
-                if waiting is None:
-                    for cb in callbacks:
-                        cb()
-                else:
-                    waiting.extend(callbacks)
-                return False
-            self._origins[origin_key] = callbacks
+        if origin_key not in self._origins:
+            self._origins[origin_key] = []
             if len(self._origins) > RECENT_ORIGIN_KEYS:
                 self._origins.popitem(last=False)
+            return True
+        self.stats.duplicates += 1
+        waiting = self._origins[origin_key]
+        if on_durable is not None:
+            if waiting is None:
+                on_durable()
+            else:
+                waiting.append(on_durable)
+        return False
+
+    async def append(
+        self, event: Event, *, origin_key: str | None = None, on_durable: OnDurable | None = None
+    ) -> None:
+        """Queue ``event``; ``on_durable`` runs once it is committed.
+
+        Waits only when the writer is backed up (backpressure on the drivers).
+        """
+        callbacks = [on_durable] if on_durable else []
         await self._queue.put(_Append(event, origin_key, callbacks, tuple(self._route(event))))
-        return True
 
     def ack(self, forwarder: str, seq: int) -> None:
         """Record that ``forwarder``'s receiver acknowledged the event at ``seq``."""
@@ -288,9 +293,10 @@ class Journal:
         for item in batch:
             if isinstance(item, _Append):
                 self.stats.appended += 1
+                waiting = self._origins.get(item.origin_key or "")
                 if item.origin_key is not None and item.origin_key in self._origins:
                     self._origins[item.origin_key] = None
-                for cb in item.on_durable:
+                for cb in item.on_durable + (waiting or []):
                     cb()
                 for name in item.routes:
                     fresh.setdefault(name, []).append(OutboxRow(item.seq, item.event))

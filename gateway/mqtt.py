@@ -105,7 +105,7 @@ class BrokerConfig(BaseModel):
 def connect_properties(*, session_expiry_s: int, receive_maximum: int) -> Properties:
     """CONNECT properties: how long the broker keeps our session, and how many
     unacknowledged QoS 1 messages it may send us at once (our backpressure)."""
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = session_expiry_s
     props.ReceiveMaximum = receive_maximum
     return props

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Protocol
 
 EARTH_RADIUS_M = 6_371_008.8  # IUGG mean radius
@@ -81,7 +82,7 @@ class Neighbour:
 
 
 def nearest_shops(
-    origin: Place, places: list[Place], *, count: int, radius_m: float | None = None
+    origin: Place, places: Sequence[Place], *, count: int, radius_m: float | None = None
 ) -> list[Neighbour]:
     """The ``count`` places nearest ``origin`` (itself excluded), ties broken by shop id.
 
@@ -103,7 +104,7 @@ def nearest_shops(
 
 
 def neighbour_table(
-    origins: list[Place], places: list[Place], *, count: int, radius_m: float
+    origins: Sequence[Place], places: Sequence[Place], *, count: int, radius_m: float
 ) -> dict[str, list[Neighbour]]:
     """Nearest shops of every origin, computed once at start (O(n²), n is a block's shops)."""
     return {o.id: nearest_shops(o, places, count=count, radius_m=radius_m) for o in origins}

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.events import Event, EventKind
-
-StatusSnapshot = Callable[[], dict[str, Any]]
+from gateway.status import StatusSnapshot
 
 
 class ForwarderConfig(BaseModel):
@@ -74,3 +73,14 @@ def upstream_payload(event: Event, shops: dict[str, ShopCard]) -> bytes:
     if card is not None:
         body["shop"] = card.as_dict()
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+class Forwarder(Protocol):
+    """An upstream forwarder: reads its outbox cursor, acknowledges per event."""
+
+    kind: ClassVar[str]
+    link_up: asyncio.Event
+
+    async def run(self) -> None:
+        """Forward until cancelled; raise a ``ForwardError`` when the link is down."""
+        ...

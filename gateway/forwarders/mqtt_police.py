@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 from typing import ClassVar, Literal, Self
@@ -16,11 +15,11 @@ from gateway.forwarders.base import ForwarderConfig, ForwarderContext, upstream_
 from gateway.journal import OutboxRow
 from gateway.mqtt import BrokerConfig, client_for, first_leaf
 from gateway.outbox import OutboxCursor
+from gateway.status import keep_status, offline_will
 
 logger = logging.getLogger(__name__)
 
 KIND = "police_mqtt"
-STATUS_INTERVAL_S = 30.0
 
 
 class PoliceMqttConfig(ForwarderConfig):
@@ -60,33 +59,29 @@ class PoliceMqttForwarder:
         base = f"{config.topic_root}/{context.large_grid}/{context.gateway_id}"
         self.events_topic = f"{base}/events"
         self.status_topic = f"{base}/status"
-
-    def _status(self, state: str) -> bytes:
-        return json.dumps({"state": state, **self._context.status()}).encode()
+        self.link_up = asyncio.Event()
 
     async def run(self) -> None:
         """Connect, publish status, and forward until cancelled; raise when the link is down."""
-        will = aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True)
         client = client_for(
             self.config.broker,
             client_id=f"lianfang-{self._context.gateway_id}-{self.config.name}",
             persistent=True,
-            will=will,
+            will=offline_will(self.status_topic, self._context.status),
             max_inflight=self.config.window,
         )
         try:
             async with client, asyncio.TaskGroup() as tg:
-                tg.create_task(self._publish_status(client), name=f"{self.config.name}.status")
+                self.link_up.set()
+                tg.create_task(
+                    keep_status(client, self.status_topic, self._context.status),
+                    name=f"{self.config.name}.status",
+                )
                 tg.create_task(self._forward(client), name=f"{self.config.name}.forward")
         except* (aiomqtt.MqttError, OSError) as group:
             raise PlatformUnreachable(
                 f"police broker {self.config.broker.url}: {first_leaf(group)}"
             ) from None
-
-    async def _publish_status(self, client: aiomqtt.Client) -> None:
-        while True:
-            await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
-            await asyncio.sleep(STATUS_INTERVAL_S)
 
     async def _forward(self, client: aiomqtt.Client) -> None:
         while True:

@@ -1,0 +1,1 @@
+"""Runnable device-side simulators of every protocol the gateway speaks."""

@@ -1,0 +1,240 @@
+"""The running gateway: every component under one TaskGroup, every task named."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from drivers import DRIVERS
+from drivers.base import Driver, DriverContext
+from gateway import __version__
+from gateway.config import GatewayConfig
+from gateway.errors import ConfigError, JournalError
+from gateway.events import Event, EventKind, Source, new_event_id, utc_now
+from gateway.forwarders import FORWARDERS
+from gateway.forwarders.base import Forwarder, ForwarderContext, ShopCard
+from gateway.intake import Intake
+from gateway.journal import Journal
+from gateway.notify import BlockPublisher
+from gateway.outbox import OutboxCursor
+from gateway.supervise import supervise
+from gateway.systemd import SystemdNotifier
+from rules.geo import neighbour_table
+from rules.neighbour_alert import NeighbourAlerts
+
+logger = logging.getLogger(__name__)
+
+READY_WAIT_S = 10.0
+HEARTBEAT_S = 5.0
+
+
+class Gateway:
+    """One street block's gateway, built from its config."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        """Open the journal and build every component; connect nothing yet."""
+        self.config = config
+        self.started = time.monotonic()
+        gid = config.gateway.id
+        self.journal = Journal(
+            config.journal_path,
+            route=self._route,
+            max_size_bytes=int(config.journal.max_size_mb * 1_000_000),
+        )
+        self.publisher = BlockPublisher(config.broker, gateway_id=gid, status=self.snapshot)
+        alert = config.neighbour_alert
+        self.alerts = NeighbourAlerts(
+            neighbour_table(config.shops, config.shops, count=alert.count, radius_m=alert.radius_m),
+            {s.id: s.name for s in config.shops},
+            cooldown_s=alert.cooldown_s,
+            expires_s=alert.expires_s,
+        )
+        self.intake = Intake(self.journal, self.alerts, self.publisher)
+        context = DriverContext(
+            gateway_id=gid,
+            block_broker=config.broker,
+            devices={s.id: frozenset(d.id for d in s.devices) for s in config.shops},
+        )
+        self.drivers: dict[str, Driver] = {
+            c.name: DRIVERS[c.kind](c, context=context) for c in config.drivers
+        }
+        cards = {
+            s.id: ShopCard(s.id, s.name, s.lat, s.lon, s.grid.large, s.grid.medium, s.grid.small)
+            for s in config.shops
+        }
+        fcontext = ForwarderContext(gid, config.gateway.large_grid, cards, self.snapshot)
+        self.cursors = {f.name: OutboxCursor(self.journal, f.name) for f in config.forwarders}
+        self.forwarders: dict[str, Forwarder] = {
+            f.name: FORWARDERS[f.kind](f, context=fcontext, cursor=self.cursors[f.name])
+            for f in config.forwarders
+        }
+        self.links: dict[str, bool] = {}
+
+    def _route(self, event: Event) -> list[str]:
+        return [f.name for f in self.config.forwarders if f.accepts(event)]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for status messages, ``status.json`` and ``lianfang status``."""
+        js = self.journal.stats
+        warnings = []
+        if js.over_cap:
+            warnings.append(
+                f"journal is over its {self.config.journal.max_size_mb:g} MB cap "
+                f"({js.size_bytes / 1e6:.1f} MB); {js.evicted} low-value records evicted, "
+                "alarms kept"
+            )
+        rejected = {
+            f"{name}.{reason}": n
+            for name, driver in self.drivers.items()
+            for reason, n in getattr(driver, "rejected", {}).items()
+        }
+        return {
+            "gateway_id": self.config.gateway.id,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "events": js.appended,
+            "duplicates": js.duplicates,
+            "rejected": rejected,
+            "neighbour_notices": self.publisher.notices_sent,
+            "alerts_suppressed": self.alerts.suppressed,
+            "alerts_expired": self.publisher.alerts_expired,
+            "journal_mb": round(js.size_bytes / 1e6, 2),
+            "evicted": js.evicted,
+            "links": dict(self.links),
+            "warnings": warnings,
+        }
+
+    async def _link_changed(self, name: str, up: bool, detail: str) -> None:
+        """Journal (and so forward) a trouble event about one of the gateway's own links."""
+        self.links[name] = up
+        now = utc_now()
+        await self.intake(
+            Event(
+                id=new_event_id(),
+                gateway_id=self.config.gateway.id,
+                shop_id=None,
+                device_id=f"link:{name}",
+                kind=EventKind.RESTORE if up else EventKind.DEVICE_FAULT,
+                occurred_at=now,
+                received_at=now,
+                source=Source(driver="gateway", ref=name),
+                attrs={"detail": detail[:256]},
+            )
+        )
+
+    async def run(self, notifier: SystemdNotifier) -> None:
+        """Run every component until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.journal.run(), name="journal")
+            tg.create_task(
+                supervise(
+                    "block-publisher",
+                    self.publisher.run,
+                    link=self.publisher,
+                    on_change=self._link_changed,
+                ),
+                name="block-publisher",
+            )
+            for name, forwarder in self.forwarders.items():
+                tg.create_task(
+                    supervise(
+                        f"forwarder[{name}]",
+                        forwarder.run,
+                        link=forwarder,
+                        on_change=self._link_changed,
+                    ),
+                    name=f"forwarder[{name}]",
+                )
+            for name, driver in self.drivers.items():
+                tg.create_task(
+                    supervise(
+                        f"driver[{name}]",
+                        functools.partial(driver.run, self.intake),
+                        link=driver,
+                        on_change=self._link_changed,
+                    ),
+                    name=f"driver[{name}]",
+                )
+            tg.create_task(self._announce_ready(notifier), name="ready")
+            tg.create_task(self._heartbeat(notifier), name="heartbeat")
+
+    async def _announce_ready(self, notifier: SystemdNotifier) -> None:
+        links: list[Driver | BlockPublisher] = [*self.drivers.values(), self.publisher]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(READY_WAIT_S):
+                for link in links:
+                    await link.link_up.wait()
+        down = [n for n, d in self.drivers.items() if not d.link_up.is_set()]
+        state = f"waiting for {', '.join(down)}" if down else "serving"
+        notifier.notify(f"READY=1\nSTATUS={state}")
+        logger.info(
+            "gateway %s ready in %.2f s (%s)",
+            self.config.gateway.id,
+            time.monotonic() - self.started,
+            state,
+        )
+
+    async def _heartbeat(self, notifier: SystemdNotifier) -> None:
+        """Pet the systemd watchdog and refresh ``status.json`` while the loop is healthy."""
+        interval = min(HEARTBEAT_S, notifier.watchdog_interval_s or HEARTBEAT_S)
+        status_file = self.config.state_dir / "status.json"
+        while True:
+            notifier.notify("WATCHDOG=1")
+            _write_atomically(status_file, json.dumps(self.snapshot(), indent=2))
+            await asyncio.sleep(interval)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def _serve(config: GatewayConfig) -> int:
+    notifier = SystemdNotifier()
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        gateway = Gateway(config)
+    except JournalError as exc:
+        logger.error("%s", exc)  # noqa: TRY400 - the message says it all; no traceback for installers
+        return 1
+    try:
+        await gateway.run(notifier)
+    except asyncio.CancelledError:
+        notifier.notify("STOPPING=1")
+        logger.info("gateway %s stopped", config.gateway.id)
+    finally:
+        for cursor in gateway.cursors.values():
+            cursor.close()
+        notifier.close()
+    return 0
+
+
+def run_from_file(path: Path) -> int:
+    """Load ``path`` and run the gateway until SIGTERM; the process exit code."""
+    from gateway.config_file import load_config  # noqa: PLC0415 - not needed by tests of Gateway
+
+    logging.basicConfig(
+        level=os.environ.get("LIANFANG_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)  # noqa: T201 - the installer reads this
+        return 2
+    return asyncio.run(_serve(config))

@@ -1,0 +1,165 @@
+"""Run a private Mosquitto broker: for ``lianfang demo``, the tests and the benchmarks.
+
+The broker listens on loopback only, on a free port, and is stopped by the PID
+we started; nothing else on the machine is touched.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+INSTALL_HINT = (
+    "Mosquitto is not installed. On Debian or Ubuntu: sudo apt-get install -y mosquitto "
+    "(the package's own service may stay disabled; Lianfang starts its own broker)."
+)
+
+
+class MosquittoMissing(RuntimeError):  # noqa: N818 - names the condition for the installer
+    """No ``mosquitto`` binary on PATH."""
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """A TLS listener: server certificate, and the CA that client certificates must chain to."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_client_cert: bool = True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def mosquitto_binary() -> str:
+    """Path of ``mosquitto``; raise ``MosquittoMissing`` with install advice."""
+    found = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()),
+        None,
+    )
+    if found is None:
+        raise MosquittoMissing(INSTALL_HINT)
+    return found
+
+
+class Mosquitto:
+    """A Mosquitto process on ``127.0.0.1:port`` that we start, stop, kill and restart."""
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        tls: BrokerTls | None = None,
+        workdir: Path | None = None,
+        max_queued_messages: int = 1_000_000,
+    ) -> None:
+        """Prepare a broker; ``start()`` runs it. Queues are deep: it holds alarms while we are away."""
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.tls = tls
+        self._owns_dir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="lianfang-mosquitto-"))
+        self.max_queued_messages = max_queued_messages
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``mqtt://`` or ``mqtts://`` URL of the listener."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def config_text(self) -> str:
+        """The broker's configuration file."""
+        lines = [
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            "persistence false",
+            f"max_queued_messages {self.max_queued_messages}",
+            "max_queued_bytes 0",
+            "max_inflight_messages 0",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+        ]
+        if self.tls:
+            lines += [
+                f"cafile {self.tls.ca_file}",
+                f"certfile {self.tls.cert_file}",
+                f"keyfile {self.tls.key_file}",
+                f"require_certificate {'true' if self.tls.require_client_cert else 'false'}",
+                "tls_version tlsv1.2",
+            ]
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout_s: float = 5.0) -> Self:
+        """Start the broker and wait until it accepts connections."""
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(self.config_text())
+        self.process = subprocess.Popen(  # noqa: S603 - our own binary and config
+            [mosquitto_binary(), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "mosquitto.log").open("ab"),
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log = (self.workdir / "mosquitto.log").read_text(errors="replace")
+                raise RuntimeError(f"mosquitto exited at start on port {self.port}: {log[-500:]}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+            except OSError:
+                time.sleep(0.02)
+            else:
+                return self
+        self.kill()
+        raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port} in {timeout_s} s")
+
+    def stop(self) -> None:
+        """Stop the broker by its PID (SIGTERM, then SIGKILL)."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """Kill the broker abruptly, as a power cut would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def close(self) -> None:
+        """Stop the broker and remove its working folder if we made it."""
+        self.stop()
+        if self._owns_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        """Start on entry."""
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop and clean up on exit."""
+        self.close()

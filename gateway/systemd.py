@@ -1,0 +1,38 @@
+"""The systemd notify protocol (``sd_notify``): readiness, status and watchdog.
+
+A no-op when the gateway does not run under systemd (no ``$NOTIFY_SOCKET``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+class SystemdNotifier:
+    """Sends ``READY=1``, ``STATUS=...``, ``WATCHDOG=1`` and ``STOPPING=1`` to systemd."""
+
+    def __init__(self) -> None:
+        """Connect to ``$NOTIFY_SOCKET`` if systemd gave one."""
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        self._sock: socket.socket | None = None
+        if address:
+            if address.startswith("@"):  # abstract namespace socket
+                address = "\0" + address[1:]
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.connect(address)
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        self.watchdog_interval_s = int(usec) / 2e6 if usec.isdigit() and int(usec) else None
+
+    def notify(self, message: str) -> None:
+        """Send ``message``; dropped silently when systemd is not listening."""
+        if self._sock is not None:
+            try:
+                self._sock.send(message.encode())
+            except OSError:
+                self._sock = None
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self._sock is not None:
+            self._sock.close()

@@ -1,0 +1,101 @@
+"""Alert the nearest shops when a shopkeeper presses panic: the scheme's core rule."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from gateway.events import NEIGHBOUR_ALERT_KINDS, Event, new_event_id, utc_now
+from rules.geo import Neighbour
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One neighbour's notification: where to publish and what."""
+
+    shop_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NeighbourAlert:
+    """One alert fanned out to the nearest shops of its origin."""
+
+    alert_id: str
+    event: Event
+    notices: tuple[Notice, ...]
+    expires_at_monotonic: float
+
+
+class NeighbourAlerts:
+    """Decides, per event, whether and whom to alert; one alert per shop per cool-down.
+
+    The neighbour lists are computed once at start; deciding costs a dict lookup.
+    """
+
+    def __init__(
+        self,
+        table: dict[str, list[Neighbour]],
+        names: dict[str, str],
+        *,
+        cooldown_s: float,
+        expires_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Alert from ``table`` (nearest shops per shop); ``names`` are shop names."""
+        self._table = table
+        self._names = names
+        self._cooldown_s = cooldown_s
+        self._expires_s = expires_s
+        self._clock = clock
+        self._last_alert: dict[str, float] = {}
+        self.suppressed = 0
+
+    def alert_for(self, event: Event) -> NeighbourAlert | None:
+        """The alert ``event`` raises, or None (not an alerting kind, or in cool-down)."""
+        if event.kind not in NEIGHBOUR_ALERT_KINDS or event.shop_id is None:
+            return None
+        neighbours = self._table.get(event.shop_id)
+        if not neighbours:
+            return None
+        now = self._clock()
+        last = self._last_alert.get(event.shop_id)
+        if last is not None and now - last < self._cooldown_s:
+            self.suppressed += 1
+            return None
+        self._last_alert[event.shop_id] = now
+        alert_id = new_event_id()
+        expires_at = (utc_now() + timedelta(seconds=self._expires_s)).isoformat()
+        common = {
+            "alert_id": alert_id,
+            "event_id": event.id,
+            "from_shop_id": event.shop_id,
+            "from_shop_name": self._names.get(event.shop_id, event.shop_id),
+            "kind": event.kind.value,
+            "occurred_at": event.occurred_at.isoformat(),
+            "expires_at": expires_at,
+        }
+        notices = tuple(
+            Notice(
+                shop_id=n.shop_id,
+                payload=json.dumps(
+                    {
+                        **common,
+                        "distance_m": round(n.distance_m, 1),
+                        # The way from the alerted shop to the one in trouble.
+                        "bearing_deg": round((n.bearing_deg + 180) % 360, 1),
+                        "bearing": _reverse_words(n),
+                    },
+                    separators=(",", ":"),
+                ).encode(),
+            )
+            for n in neighbours
+        )
+        return NeighbourAlert(alert_id, event, notices, now + self._expires_s)
+
+
+def _reverse_words(n: Neighbour) -> str:
+    return Neighbour(n.shop_id, n.distance_m, (n.bearing_deg + 180) % 360).words
