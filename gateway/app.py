@@ -34,7 +34,6 @@ from rules.neighbour_alert import NeighbourAlerts
 logger = logging.getLogger(__name__)
 
 READY_WAIT_S = 10.0
-HEARTBEAT_S = 5.0
 
 
 class Gateway:
@@ -50,7 +49,12 @@ class Gateway:
             route=self._route,
             max_size_bytes=int(config.journal.max_size_mb * 1_000_000),
         )
-        self.publisher = BlockPublisher(config.broker, gateway_id=gid, status=self.snapshot)
+        self.publisher = BlockPublisher(
+            config.broker,
+            gateway_id=gid,
+            status=self.snapshot,
+            status_interval_s=config.status_interval_s,
+        )
         alert = config.neighbour_alert
         self.alerts = NeighbourAlerts(
             neighbour_table(config.shops, config.shops, count=alert.count, radius_m=alert.radius_m),
@@ -71,7 +75,9 @@ class Gateway:
             s.id: ShopCard(s.id, s.name, s.lat, s.lon, s.grid.large, s.grid.medium, s.grid.small)
             for s in config.shops
         }
-        fcontext = ForwarderContext(gid, config.gateway.large_grid, cards, self.snapshot)
+        fcontext = ForwarderContext(
+            gid, config.gateway.large_grid, cards, self.snapshot, config.status_interval_s
+        )
         self.cursors = {f.name: OutboxCursor(self.journal, f.name) for f in config.forwarders}
         self.forwarders: dict[str, Forwarder] = {
             f.name: FORWARDERS[f.kind](f, context=fcontext, cursor=self.cursors[f.name])
@@ -165,7 +171,8 @@ class Gateway:
                     name=f"driver[{name}]",
                 )
             tg.create_task(self._announce_ready(notifier), name="ready")
-            tg.create_task(self._heartbeat(notifier), name="heartbeat")
+            tg.create_task(self._pet_watchdog(notifier), name="watchdog")
+            tg.create_task(self._write_status(), name="status-file")
 
     async def _announce_ready(self, notifier: SystemdNotifier) -> None:
         links: list[Driver | BlockPublisher] = [*self.drivers.values(), self.publisher]
@@ -183,14 +190,20 @@ class Gateway:
             state,
         )
 
-    async def _heartbeat(self, notifier: SystemdNotifier) -> None:
-        """Pet the systemd watchdog and refresh ``status.json`` while the loop is healthy."""
-        interval = min(HEARTBEAT_S, notifier.watchdog_interval_s or HEARTBEAT_S)
-        status_file = self.config.state_dir / "status.json"
+    async def _pet_watchdog(self, notifier: SystemdNotifier) -> None:
+        """Tell systemd the event loop is alive; a stalled loop gets the gateway restarted."""
+        if notifier.watchdog_interval_s is None:
+            return
         while True:
             notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(notifier.watchdog_interval_s)
+
+    async def _write_status(self) -> None:
+        """Refresh ``state_dir/status.json`` for ``lianfang status``."""
+        status_file = self.config.state_dir / "status.json"
+        while True:
             _write_atomically(status_file, json.dumps(self.snapshot(), indent=2))
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.config.status_interval_s)
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -65,14 +65,21 @@ class Mosquitto:
         tls: BrokerTls | None = None,
         workdir: Path | None = None,
         max_queued_messages: int = 1_000_000,
+        persistent: bool = False,
     ) -> None:
-        """Prepare a broker; ``start()`` runs it. Queues are deep: it holds alarms while we are away."""
+        """Prepare a broker; ``start()`` runs it.
+
+        Queues are deep so that the broker holds alarms while a client is away;
+        ``persistent`` keeps sessions and queued messages across a restart.
+        """
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.tls = tls
         self._owns_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="lianfang-mosquitto-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.max_queued_messages = max_queued_messages
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,7 +92,11 @@ class Mosquitto:
         lines = [
             f"listener {self.port} {self.host}",
             "allow_anonymous true",
-            "persistence false",
+            *(
+                ["persistence true", f"persistence_location {self.workdir}/", "autosave_interval 0"]
+                if self.persistent
+                else ["persistence false"]
+            ),
             f"max_queued_messages {self.max_queued_messages}",
             "max_queued_bytes 0",
             "max_inflight_messages 0",

@@ -7,12 +7,12 @@ never touch the disk or the network; ``lianfang check --online`` does that.
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from drivers import DriverConfigUnion
 from gateway.forwarders import ForwarderConfigUnion
@@ -20,6 +20,25 @@ from gateway.mqtt import BrokerConfig
 
 # Ids travel in MQTT topics: no '/', '+', '#' or spaces.
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")]
+Loc = tuple[str | int, ...]
+
+
+def _repeats(what: str, entries: list[tuple[Loc, str]]) -> list[dict[str, Any]]:
+    """Every entry whose value came earlier: what, value, where (``at``) and where first."""
+    first: dict[str, Loc] = {}
+    found = []
+    for at, value in entries:
+        if value in first:
+            found.append({"what": what, "value": value, "at": at, "first": first[value]})
+        else:
+            first[value] = at
+    return found
+
+
+def _duplicate_error(repeats: list[dict[str, Any]]) -> PydanticCustomError:
+    """One error for all repeats; its context lets ``lianfang check`` point at each item."""
+    summary = "; ".join(f"{r['what']} {r['value']!r} is listed twice" for r in repeats)
+    return PydanticCustomError("duplicate", "{summary}", {"summary": summary, "repeats": repeats})
 
 
 class Strict(BaseModel):
@@ -72,9 +91,11 @@ class ShopConfig(ShopPlace):
 
     @model_validator(mode="after")
     def _unique_devices(self) -> ShopConfig:
-        dupes = [d for d, n in Counter(d.id for d in self.devices).items() if n > 1]
-        if dupes:
-            raise ValueError(f"shop {self.id!r}: device id {dupes[0]!r} is listed twice")
+        repeats = _repeats(
+            "device id", [(("devices", i, "id"), d.id) for i, d in enumerate(self.devices)]
+        )
+        if repeats:
+            raise _duplicate_error(repeats)
         return self
 
 
@@ -133,6 +154,12 @@ class GatewayConfig(Strict):
         default_factory=NeighbourAlertConfig, description="Nearest-shop alerts."
     )
     journal: JournalConfig = Field(default_factory=JournalConfig, description="The journal.")
+    status_interval_s: float = Field(
+        default=15,
+        ge=0.2,
+        le=3600,
+        description="How often the retained status and state_dir/status.json are refreshed.",
+    )
     shops: list[ShopConfig] = Field(min_length=1, description="Shops this gateway serves.")
     other_shops: list[OtherShopConfig] = Field(
         default_factory=list, description="Shops of neighbouring gateways."
@@ -140,25 +167,32 @@ class GatewayConfig(Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
-        seen: dict[str, str] = {}
-        for where, shop in [("shops", s) for s in self.shops] + [
-            ("other_shops", s) for s in self.other_shops
-        ]:
-            if shop.id in seen:
-                raise ValueError(f"shop id {shop.id!r} in {where} is also in {seen[shop.id]}")
-            seen[shop.id] = where
-        for section, names in (
-            ("drivers", [d.name for d in self.drivers]),
-            ("forwarders", [f.name for f in self.forwarders]),
-        ):
-            dupes = [n for n, c in Counter(names).items() if c > 1]
-            if dupes:
-                raise ValueError(f"{section}: name {dupes[0]!r} is used twice")
-        for other in self.other_shops:
+        shop_ids: list[tuple[Loc, str]] = [
+            (("shops", i, "id"), s.id) for i, s in enumerate(self.shops)
+        ] + [(("other_shops", i, "id"), s.id) for i, s in enumerate(self.other_shops)]
+        repeats = (
+            _repeats("shop id", shop_ids)
+            + _repeats(
+                "driver name", [(("drivers", i, "name"), d.name) for i, d in enumerate(self.drivers)]
+            )
+            + _repeats(
+                "forwarder name",
+                [(("forwarders", i, "name"), f.name) for i, f in enumerate(self.forwarders)],
+            )
+        )
+        if repeats:
+            raise _duplicate_error(repeats)
+        for i, other in enumerate(self.other_shops):
             if other.gateway_id == self.gateway.id:
-                raise ValueError(
-                    f"other_shops: {other.id!r} names this gateway {self.gateway.id!r}; "
-                    "list it under 'shops'"
+                raise PydanticCustomError(
+                    "own_gateway",
+                    "other shop '{shop_id}' is served by this gateway '{gateway_id}'; "
+                    "list it under 'shops'",
+                    {
+                        "shop_id": other.id,
+                        "gateway_id": other.gateway_id,
+                        "at": ("other_shops", i, "gateway_id"),
+                    },
                 )
         return self
 

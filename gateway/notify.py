@@ -37,11 +37,19 @@ class BlockPublisher:
     alert the link could not carry before it expired is dropped and counted.
     """
 
-    def __init__(self, broker: BrokerConfig, *, gateway_id: str, status: StatusSnapshot) -> None:
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        *,
+        gateway_id: str,
+        status: StatusSnapshot,
+        status_interval_s: float,
+    ) -> None:
         """Publish on ``broker`` as ``gateway_id``."""
         self._broker = broker
         self._gateway_id = gateway_id
         self._status = status
+        self._status_interval_s = status_interval_s
         self._pending: deque[NeighbourAlert] = deque(maxlen=MAX_PENDING_ALERTS)
         self._wakeup = asyncio.Event()
         self.link_up = asyncio.Event()
@@ -66,7 +74,10 @@ class BlockPublisher:
         try:
             async with client, asyncio.TaskGroup() as tg:
                 self.link_up.set()
-                tg.create_task(keep_status(client, topic, self._status), name="block.status")
+                tg.create_task(
+                    keep_status(client, topic, self._status, interval_s=self._status_interval_s),
+                    name="block.status",
+                )
                 tg.create_task(self._publish_alerts(client), name="block.alerts")
         except* (aiomqtt.MqttError, OSError) as group:
             raise DriverUnavailable(f"block broker {self._broker.url}: {first_leaf(group)}") from None

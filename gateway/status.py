@@ -11,7 +11,6 @@ from typing import Any
 import aiomqtt
 
 StatusSnapshot = Callable[[], dict[str, Any]]
-STATUS_INTERVAL_S = 15.0
 
 
 def status_payload(state: str, snapshot: StatusSnapshot) -> bytes:
@@ -29,7 +28,7 @@ async def keep_status(
     topic: str,
     snapshot: StatusSnapshot,
     *,
-    interval_s: float = STATUS_INTERVAL_S,
+    interval_s: float,
 ) -> None:
     """Publish ``online`` status every ``interval_s``; say ``offline`` when cancelled."""
     try:

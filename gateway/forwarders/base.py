@@ -64,6 +64,7 @@ class ForwarderContext:
     large_grid: str
     shops: dict[str, ShopCard]
     status: StatusSnapshot
+    status_interval_s: float
 
 
 def upstream_payload(event: Event, shops: dict[str, ShopCard]) -> bytes:

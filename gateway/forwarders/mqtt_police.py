@@ -74,7 +74,12 @@ class PoliceMqttForwarder:
             async with client, asyncio.TaskGroup() as tg:
                 self.link_up.set()
                 tg.create_task(
-                    keep_status(client, self.status_topic, self._context.status),
+                    keep_status(
+                        client,
+                        self.status_topic,
+                        self._context.status,
+                        interval_s=self._context.status_interval_s,
+                    ),
                     name=f"{self.config.name}.status",
                 )
                 tg.create_task(self._forward(client), name=f"{self.config.name}.forward")

@@ -1,0 +1,40 @@
+"""Shared fixtures: real Mosquitto brokers on free loopback ports, stopped by PID."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.broker import Mosquitto, mosquitto_binary
+from tests.harness import GatewayProcess
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mosquitto_installed() -> None:
+    """Fail loudly, never skip, when the broker binary is missing: a skipped broker test hides a broken install."""
+    mosquitto_binary()
+
+
+@pytest.fixture
+def block_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """The block's broker, fresh for each test so persistent sessions never leak between tests."""
+    with Mosquitto(workdir=tmp_path / "block-broker-dir") as broker:
+        yield broker
+
+
+@pytest.fixture
+def police_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """The police platform's broker; persistent so that its sessions survive a restart."""
+    with Mosquitto(workdir=tmp_path / "police-broker-dir", persistent=True) as broker:
+        yield broker
+
+
+@pytest.fixture
+def gateway_process() -> Iterator[list[GatewayProcess]]:
+    """Gateways a test starts; any still running at the end are killed by PID."""
+    started: list[GatewayProcess] = []
+    yield started
+    for gw in started:
+        gw.kill()

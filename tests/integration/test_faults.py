@@ -1,0 +1,159 @@
+"""Faults with real processes: kill -9 of the gateway, a police broker outage, a clean SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import defaultdict
+
+import aiomqtt
+
+from firmware_stubs.mqtt_panel import ShopPanel
+from tests.clients import running, wait_until
+from tests.harness import GatewayProcess, init_config
+
+SHOPS = [f"S{n:05d}" for n in range(1, 21)]
+KINDS = ["door_open", "door_close", "test", "panic"]
+
+
+async def publish_steadily(panels: dict[str, ShopPanel], total: int, rate: float,
+                           at_count: dict[int, object] | None = None) -> list[tuple[str, int]]:
+    """Publish ``total`` events round-robin over the panels at ``rate`` per second; run hooks at counts."""
+    sent: list[tuple[str, int]] = []
+    shops = list(panels)
+    start = time.monotonic()
+    for i in range(total):
+        hook = (at_count or {}).get(i)
+        if hook is not None:
+            await asyncio.to_thread(hook)  # type: ignore[arg-type]
+        shop = shops[i % len(shops)]
+        seq = await panels[shop].send(KINDS[i % len(KINDS)])
+        sent.append((shop, seq))
+        delay = start + (i + 1) / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    return sent
+
+
+def by_origin(platform_deliveries: list) -> dict[tuple[str, int], set[str]]:
+    ids: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for d in platform_deliveries:
+        ids[(d.body["shop_id"], d.body["attrs"]["seq"])].add(d.body["id"])
+    return ids
+
+
+def test_kill_9_midway_loses_nothing_and_duplicates_keep_their_id(
+    tmp_path, block_broker, police_broker, gateway_process
+):
+    """2,000 events at a steady rate, kill -9 at 1,000, restart: every event reaches the police, one id each."""
+    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
+    gw = GatewayProcess(config)
+    gateway_process.append(gw)
+    gw.start()
+
+    def crash_and_restart() -> None:
+        gw.kill()
+        gw.start()
+
+    async def scenario() -> None:
+        async with running(block_url=block_broker.url, police_url=police_broker.url,
+                           shops=SHOPS) as (panels, platform):
+            assert platform is not None
+            sent = await publish_steadily(panels, 2000, rate=800, at_count={1000: crash_and_restart})
+            await wait_until(lambda: len(by_origin(platform.deliveries)) >= 2000, 60,
+                             "all 2,000 events at the police")
+            ids = by_origin(platform.deliveries)
+            assert set(ids) == set(sent)
+            assert all(len(v) == 1 for v in ids.values()), "a duplicate carried a new id"
+            assert len(platform.by_id) == 2000
+
+    asyncio.run(scenario())
+
+
+def test_police_outage_under_load_loses_nothing_and_keeps_order_per_shop(
+    tmp_path, block_broker, police_broker, gateway_process
+):
+    """The police broker is stopped for a while under load and restarted: all arrive, in order per shop."""
+    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
+    gw = GatewayProcess(config)
+    gateway_process.append(gw)
+    gw.start()
+
+    def outage() -> None:
+        police_broker.stop()
+        time.sleep(1.5)
+        police_broker.start()
+
+    async def scenario() -> None:
+        async with running(block_url=block_broker.url, shops=SHOPS) as (panels, _):
+            # The platform's session is persistent; it reconnects after the outage.
+            sent_task = asyncio.create_task(
+                publish_steadily(panels, 1500, rate=500, at_count={500: outage}), name="load"
+            )
+            sent = await sent_task
+        async with running(police_url=police_broker.url) as (_, platform):
+            assert platform is not None
+            await wait_until(lambda: len(platform.by_id) >= 1500 + 2, 60,
+                             "every event and the link fault/restore at the police")
+            events = [d for d in platform.unique if d.body["shop_id"] is not None]
+            assert {(d.body["shop_id"], d.body["attrs"]["seq"]) for d in events} == set(sent)
+            per_shop: dict[str, list[int]] = defaultdict(list)
+            for d in events:
+                per_shop[d.body["shop_id"]].append(d.body["attrs"]["seq"])
+            assert all(seqs == sorted(seqs) for seqs in per_shop.values())
+            link = [d.body for d in platform.unique if d.body["shop_id"] is None]
+            assert [e["kind"] for e in link] == ["device_fault", "restore"]
+            assert link[0]["device_id"] == "link:forwarder[police]"
+
+    # The platform subscribes once before the load so that its persistent session exists.
+    async def subscribe_once() -> None:
+        async with running(police_url=police_broker.url):
+            pass
+
+    asyncio.run(subscribe_once())
+    asyncio.run(scenario())
+
+
+def test_sigterm_stops_cleanly_and_says_offline(tmp_path, block_broker, police_broker, gateway_process):
+    """SIGTERM exits 0 and leaves a retained 'offline' status on both brokers."""
+    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
+    gw = GatewayProcess(config)
+    gateway_process.append(gw)
+    gw.start()
+
+    async def retained(port: int, topic: str) -> dict:
+        async with aiomqtt.Client("127.0.0.1", port, identifier=f"probe-{port}") as c:
+            await c.subscribe(topic, qos=1)
+            async with asyncio.timeout(5):
+                async for m in c.messages:
+                    return json.loads(bytes(m.payload))
+        raise AssertionError("no retained status")
+
+    assert asyncio.run(retained(police_broker.port, "police/v1/L1/GW-001/status"))["state"] == "online"
+    assert gw.stop() == 0
+    assert asyncio.run(retained(police_broker.port, "police/v1/L1/GW-001/status"))["state"] == "offline"
+    assert asyncio.run(retained(block_broker.port, "lianfang/v1/gateway/GW-001/status"))["state"] == "offline"
+
+
+def test_kill_9_fires_the_last_will(tmp_path, block_broker, police_broker, gateway_process):
+    """A gateway that vanishes is reported offline by its last will, so police can tell it is dead."""
+    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
+    gw = GatewayProcess(config)
+    gateway_process.append(gw)
+    gw.start()
+
+    async def watch() -> list[str]:
+        states: list[str] = []
+        async with aiomqtt.Client("127.0.0.1", police_broker.port, identifier="watcher") as c:
+            await c.subscribe("police/v1/L1/GW-001/status", qos=1)
+            async with asyncio.timeout(10):
+                async for m in c.messages:
+                    states.append(json.loads(bytes(m.payload))["state"])
+                    if states == ["online"]:
+                        await asyncio.to_thread(gw.kill)
+                    if states[-1] == "offline":
+                        return states
+        return states
+
+    assert asyncio.run(watch()) == ["online", "offline"]
