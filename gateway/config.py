@@ -7,6 +7,7 @@ never touch the disk or the network; ``lianfang check --online`` does that.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,21 +24,28 @@ Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")]
 Loc = tuple[str | int, ...]
 
 
-def _repeats(what: str, entries: list[tuple[Loc, str]]) -> list[dict[str, Any]]:
-    """Every entry whose value came earlier: what, value, where (``at``) and where first."""
+def _repeats(
+    what: str, key: str, sections: dict[str, Sequence[BaseModel]]
+) -> list[dict[str, Any]]:
+    """Every item whose ``key`` value came earlier in ``sections``.
+
+    Each is told as what, value, where (``at``) and where the value came first.
+    """
     first: dict[str, Loc] = {}
     found = []
-    for at, value in entries:
-        if value in first:
-            found.append({"what": what, "value": value, "at": at, "first": first[value]})
-        else:
-            first[value] = at
+    for section, items in sections.items():
+        for i, item in enumerate(items):
+            value, at = getattr(item, key), (section, i, key)
+            if value in first:
+                found.append({"what": what, "value": value, "at": at, "first": first[value]})
+            else:
+                first[value] = at
     return found
 
 
 def _duplicate_error(repeats: list[dict[str, Any]]) -> PydanticCustomError:
     """One error for all repeats; its context lets ``lianfang check`` point at each item."""
-    summary = "; ".join(f"{r['what']} {r['value']!r} is listed twice" for r in repeats)
+    summary = "; ".join(dict.fromkeys(f"{r['what']} {r['value']!r} is repeated" for r in repeats))
     return PydanticCustomError("duplicate", "{summary}", {"summary": summary, "repeats": repeats})
 
 
@@ -91,9 +99,7 @@ class ShopConfig(ShopPlace):
 
     @model_validator(mode="after")
     def _unique_devices(self) -> ShopConfig:
-        repeats = _repeats(
-            "device id", [(("devices", i, "id"), d.id) for i, d in enumerate(self.devices)]
-        )
+        repeats = _repeats("device id", "id", {"devices": self.devices})
         if repeats:
             raise _duplicate_error(repeats)
         return self
@@ -167,18 +173,10 @@ class GatewayConfig(Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
-        shop_ids: list[tuple[Loc, str]] = [
-            (("shops", i, "id"), s.id) for i, s in enumerate(self.shops)
-        ] + [(("other_shops", i, "id"), s.id) for i, s in enumerate(self.other_shops)]
         repeats = (
-            _repeats("shop id", shop_ids)
-            + _repeats(
-                "driver name", [(("drivers", i, "name"), d.name) for i, d in enumerate(self.drivers)]
-            )
-            + _repeats(
-                "forwarder name",
-                [(("forwarders", i, "name"), f.name) for i, f in enumerate(self.forwarders)],
-            )
+            _repeats("shop id", "id", {"shops": self.shops, "other_shops": self.other_shops})
+            + _repeats("driver name", "name", {"drivers": self.drivers})
+            + _repeats("forwarder name", "name", {"forwarders": self.forwarders})
         )
         if repeats:
             raise _duplicate_error(repeats)
