@@ -230,6 +230,7 @@ async def _serve(config: GatewayConfig) -> int:
         notifier.notify("STOPPING=1")
         logger.info("gateway %s stopped", config.gateway.id)
     finally:
+        gateway.journal.close()
         for cursor in gateway.cursors.values():
             cursor.close()
         notifier.close()

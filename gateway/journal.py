@@ -163,6 +163,7 @@ class Journal:
         # origin key -> callbacks waiting for the first copy, or None once durable
         self._origins: OrderedDict[str, list[OnDurable] | None] = OrderedDict()
         self._last_cap_check = 0.0
+        self._closed = False
         self._load_recent_origins()
         self._refresh_size()
 
@@ -225,10 +226,13 @@ class Journal:
                 await asyncio.shield(loop.run_in_executor(self._writer, self._write, batch))
                 self._committed(batch)
         finally:
-            self._flush_on_exit()
+            self.close()
 
-    def _flush_on_exit(self) -> None:
-        # Let an in-flight commit finish, then commit whatever is still queued.
+    def close(self) -> None:
+        """Let an in-flight commit finish, commit whatever is still queued, and close."""
+        if self._closed:
+            return
+        self._closed = True
         self._writer.shutdown(wait=True)
         rest: list[_Item] = []
         while not self._queue.empty():

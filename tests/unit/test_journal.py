@@ -1,0 +1,159 @@
+"""The journal on a real SQLite file: group commit, per-event acks, repeats, the size cap."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from gateway.events import Event, EventKind, Source, new_event_id, utc_now
+from gateway.journal import Journal, JournalReader
+from gateway.outbox import OutboxCursor
+
+
+def event(kind: EventKind = EventKind.PANIC, shop: str = "S00001") -> Event:
+    now = utc_now()
+    return Event(id=new_event_id(), gateway_id="GW-T", shop_id=shop, device_id="panel-1",
+                 kind=kind, occurred_at=now, received_at=now,
+                 source=Source(driver="test", ref="t"), attrs={"pad": "x" * 400})
+
+
+def open_journal(path: Path, **kw: object) -> Journal:
+    return Journal(path, route=lambda e: [] if e.kind is EventKind.HEARTBEAT else ["police"],
+                   max_size_bytes=kw.pop("max_size_bytes", 10**9))  # type: ignore[arg-type]
+
+
+async def run_journal(journal: Journal, body) -> None:
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(journal.run(), name="journal")
+        await asyncio.sleep(0)  # the writer is running, as in a gateway
+        try:
+            await body()
+        finally:
+            task.cancel()
+
+
+def test_appends_that_arrive_together_share_a_commit(tmp_path):
+    """1,000 events queued at once are durable in far fewer than 1,000 transactions."""
+    journal = open_journal(tmp_path / "j.db")
+    durable: list[int] = []
+
+    async def body() -> None:
+        for i in range(1000):
+            await journal.append(event(), on_durable=lambda i=i: durable.append(i))
+        while len(durable) < 1000:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run_journal(journal, body))
+    assert durable == list(range(1000))
+    assert journal.stats.commits < 100
+    count = sqlite3.connect(tmp_path / "j.db").execute("SELECT COUNT(*) FROM events").fetchone()
+    assert count == (1000,)
+
+
+def test_queued_events_are_flushed_when_the_writer_is_cancelled(tmp_path):
+    """Cancelling the writer (SIGTERM) commits what was still queued."""
+    journal = open_journal(tmp_path / "j.db")
+
+    async def body() -> None:
+        for _ in range(50):
+            await journal.append(event())
+
+    asyncio.run(run_journal(journal, body))
+    count = sqlite3.connect(tmp_path / "j.db").execute("SELECT COUNT(*) FROM events").fetchone()
+    assert count == (50,)
+
+
+def test_a_repeated_origin_key_is_stored_once_and_acknowledged_after_the_first(tmp_path):
+    """A broker redelivery is not journalled again; its ack waits for the first copy, even after restart."""
+    acks: list[str] = []
+    journal = open_journal(tmp_path / "j.db")
+
+    async def body() -> None:
+        assert journal.claim("k1", lambda: acks.append("first"))
+        assert not journal.claim("k1", lambda: acks.append("repeat"))
+        assert acks == []  # the first copy is not durable yet
+        await journal.append(event(), origin_key="k1", on_durable=lambda: acks.append("first"))
+        while len(acks) < 2:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run_journal(journal, body))
+    assert sorted(acks) == ["first", "repeat"]
+    reopened = open_journal(tmp_path / "j.db")
+    assert not reopened.claim("k1", lambda: acks.append("after-restart"))
+    assert acks[-1] == "after-restart"
+
+
+def test_acks_are_per_event_and_unacked_events_are_sent_again_after_restart(tmp_path):
+    """Acking events 1 and 3 of 4 leaves exactly 2 and 4 pending for the next run, in order."""
+    path = tmp_path / "j.db"
+    journal = open_journal(path)
+    cursor = OutboxCursor(journal, "police")
+    sent: list[int] = []
+
+    async def body() -> None:
+        for _ in range(4):
+            await journal.append(event())
+        rows = await cursor.next_batch()
+        sent.extend(r.seq for r in rows)
+        cursor.ack(rows[0])
+        cursor.ack(rows[2])
+
+    asyncio.run(run_journal(journal, body))
+    cursor.close()
+    assert sent == [1, 2, 3, 4]
+    reader = JournalReader(path)
+    assert [r.seq for r in reader.pending("police", after=0, limit=10)] == [2, 4]
+
+
+def test_heartbeats_are_journalled_but_not_routed_to_forwarders(tmp_path):
+    """A heartbeat feeds supervision; it is never queued for the police."""
+    journal = open_journal(tmp_path / "j.db")
+
+    async def body() -> None:
+        await journal.append(event(EventKind.HEARTBEAT))
+        await journal.append(event(EventKind.PANIC))
+
+    asyncio.run(run_journal(journal, body))
+    reader = JournalReader(tmp_path / "j.db")
+    assert [r.event.kind for r in reader.pending("police", after=0, limit=10)] == [EventKind.PANIC]
+
+
+def test_cursor_falls_back_to_the_journal_when_far_behind(tmp_path):
+    """A cursor that misses more live rows than it buffers still yields every row, in order, once."""
+    journal = open_journal(tmp_path / "j.db")
+    cursor = OutboxCursor(journal, "police", batch=300)
+    seen: list[int] = []
+
+    async def body() -> None:
+        for _ in range(5000):
+            await journal.append(event(EventKind.TEST))
+        while len(seen) < 5000:
+            rows = await asyncio.wait_for(cursor.next_batch(), 5)
+            seen.extend(r.seq for r in rows)
+
+    asyncio.run(run_journal(journal, body))
+    assert seen == list(range(1, 5001))
+
+
+def test_past_the_size_cap_heartbeats_go_first_and_alarms_stay(tmp_path):
+    """Over the cap, routine records are evicted; no alarm ever is."""
+    path = tmp_path / "j.db"
+    journal = open_journal(path)
+
+    async def fill() -> None:
+        for i in range(3000):
+            kind = EventKind.PANIC if i % 10 == 0 else EventKind.HEARTBEAT
+            await journal.append(event(kind))
+
+    asyncio.run(run_journal(journal, fill))
+    full = JournalReader(path)
+    alarms_before = len(full.pending("police", after=0, limit=10_000))
+    assert alarms_before == 300
+    small = open_journal(path, max_size_bytes=200_000)
+    small._evict()
+    conn = sqlite3.connect(path)
+    kinds = dict(conn.execute("SELECT kind, COUNT(*) FROM events GROUP BY kind").fetchall())
+    assert kinds["panic"] == 300
+    assert kinds.get("heartbeat", 0) < 2700
+    assert small.stats.evicted == 2700 - kinds.get("heartbeat", 0)

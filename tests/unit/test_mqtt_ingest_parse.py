@@ -1,0 +1,64 @@
+"""The MQTT ingest parser: every accepted shape becomes the right event, every bad one a named rejection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from drivers.base import DriverContext
+from drivers.mqtt_ingest import MqttIngestConfig, MqttIngestDriver, Rejected
+from gateway.events import EventKind
+from gateway.mqtt import BrokerConfig
+
+TOPIC = "lianfang/v1/shop/S00001/event"
+
+
+@pytest.fixture
+def driver() -> MqttIngestDriver:
+    context = DriverContext("GW-T", BrokerConfig(url="mqtt://127.0.0.1:1883"),
+                            {"S00001": frozenset({"panel-1"})})
+    return MqttIngestDriver(MqttIngestConfig(kind="mqtt_ingest", name="shops"), context=context)
+
+
+def test_a_full_message_becomes_an_event_with_an_origin_key(driver):
+    """Device time, zone, seq and extra attributes are kept; the origin key names the device message."""
+    body = {"device_id": "panel-1", "kind": "panic", "zone": 2, "seq": 17,
+            "ts": "2026-11-22T02:00:00+00:00", "battery": 3.02}
+    event, origin = driver.parse(TOPIC, json.dumps(body).encode())
+    assert (event.shop_id, event.device_id, event.kind, event.zone) == ("S00001", "panel-1", EventKind.PANIC, "2")
+    assert event.occurred_at.isoformat() == "2026-11-22T02:00:00+00:00"
+    assert event.attrs == {"battery": 3.02, "seq": 17}
+    assert origin == "shops/S00001/panel-1/17"
+    assert len(event.id) == 26
+
+
+def test_a_device_clock_far_ahead_keeps_gateway_time(driver):
+    """An alarm is never dropped for a wrong device clock; the raw reading is kept for audit."""
+    body = {"device_id": "panel-1", "kind": "panic", "ts": "2099-01-01T00:00:00Z"}
+    event, _ = driver.parse(TOPIC, json.dumps(body).encode())
+    assert event.occurred_at == event.received_at
+    assert event.attrs["device_ts"] == "2099-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        (TOPIC, b"{nope", "malformed"),
+        (TOPIC, b"\xff\xfe", "malformed"),
+        (TOPIC, b"[]", "invalid"),
+        (TOPIC, b'{"device_id": 1, "kind": "panic"}', "invalid"),
+        (TOPIC, b'{"device_id": "panel-1", "kind": "boom"}', "invalid"),
+        (TOPIC, b'{"device_id": "panel-1", "kind": "panic", "seq": -1}', "invalid"),
+        (TOPIC, b'{"device_id": "panel-1", "kind": "supervision_lost"}', "invalid"),
+        (TOPIC, b'{"device_id": "panel-2", "kind": "panic"}', "unknown_device"),
+        ("lianfang/v1/shop/S77777/event", b'{"device_id": "panel-1", "kind": "panic"}', "unknown_shop"),
+        (TOPIC, b"{" + b" " * 5000 + b"}", "oversize"),
+    ],
+)
+def test_bad_messages_are_rejected_with_a_reason(driver, topic, payload, reason):
+    """Each bad message raises Rejected with the counter it belongs to."""
+    with pytest.raises(Rejected) as caught:
+        driver.parse(topic, payload)
+    assert caught.value.reason == reason
+    assert str(caught.value)
