@@ -64,11 +64,13 @@ def run(config: ConfigOption = None) -> None:
 
 
 @app.command()
-def demo() -> None:
-    """Start a broker, a simulated block, the gateway and a police receiver; press a panic."""
+def demo(
+    shop: Annotated[str, typer.Option(help="Shop whose panic button is pressed.")] = "S00011",
+) -> None:
+    """Start brokers, a simulated block, the gateway and a police receiver; press a panic."""
     from gateway.demo import run_demo  # noqa: PLC0415 - keep `lianfang --help` fast
 
-    raise typer.Exit(run_demo())
+    raise typer.Exit(run_demo(shop))
 
 
 @config_app.command("schema")

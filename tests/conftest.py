@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.broker import Mosquitto, mosquitto_binary
-from tests.harness import GatewayProcess
+from tests.harness import TestGateway
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,9 +32,9 @@ def police_broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 @pytest.fixture
-def gateway_process() -> Iterator[list[GatewayProcess]]:
+def gateway_process() -> Iterator[list[TestGateway]]:
     """Gateways a test starts; any still running at the end are killed by PID."""
-    started: list[GatewayProcess] = []
+    started: list[TestGateway] = []
     yield started
     for gw in started:
         gw.kill()

@@ -1,19 +1,16 @@
-"""Real processes for the tests: the gateway as `lianfang run`, with systemd-style readiness."""
+"""Real processes for the tests: configs made by `lianfang init`, the gateway as `lianfang run`."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from gateway.process import GatewayProcess
 
 REPO = Path(__file__).resolve().parent.parent
 SURVEY = REPO / "gateway" / "data" / "changping-road.csv"
@@ -42,67 +39,11 @@ def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
             into[key] = value
 
 
-class GatewayProcess:
-    """`python -m gateway run` as systemd would run it: ready is READY=1 on $NOTIFY_SOCKET."""
+class TestGateway(GatewayProcess):
+    """The real daemon, plus a look at its status.json."""
 
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.process: subprocess.Popen[bytes] | None = None
-        self._dir = Path(tempfile.mkdtemp(prefix="lianfang-notify-"))
-        self.log = config.parent / "gateway.log"
-
-    def start(self, timeout_s: float = 15.0) -> float:
-        """Start and wait for READY=1; return seconds from spawn to ready."""
-        sock_path = self._dir / "notify.sock"
-        sock_path.unlink(missing_ok=True)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(sock_path))
-        sock.settimeout(0.2)
-        env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "LIANFANG_LOG_LEVEL": "INFO"}
-        started = time.monotonic()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
-            env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
-        )
-        try:
-            while time.monotonic() - started < timeout_s:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"gateway exited with {self.process.returncode}: {self.log_text()[-2000:]}")
-                try:
-                    message = sock.recv(4096).decode()
-                except TimeoutError:
-                    continue
-                if "READY=1" in message.split("\n"):
-                    return time.monotonic() - started
-            raise RuntimeError(f"gateway not ready in {timeout_s} s: {self.log_text()[-2000:]}")
-        finally:
-            sock.close()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+    __test__ = False
 
     def status(self) -> dict[str, Any]:
-        """The gateway's status.json."""
         state = yaml.safe_load(self.config.read_text())["state_dir"]
         return json.loads((self.config.parent / state / "status.json").read_text())
-
-    def kill(self) -> None:
-        """kill -9, as a power cut or OOM would."""
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def stop(self, timeout_s: float = 10.0) -> int:
-        """SIGTERM; return the exit code."""
-        if self.process is None:
-            return 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
-        self.process = None
-        return code

@@ -11,7 +11,7 @@ import aiomqtt
 
 from firmware_stubs.mqtt_panel import ShopPanel
 from tests.clients import running, wait_until
-from tests.harness import GatewayProcess, init_config
+from tests.harness import TestGateway, init_config
 
 SHOPS = [f"S{n:05d}" for n in range(1, 21)]
 KINDS = ["door_open", "door_close", "test", "panic"]
@@ -48,7 +48,7 @@ def test_kill_9_midway_loses_nothing_and_duplicates_keep_their_id(
 ):
     """2,000 events at a steady rate, kill -9 at 1,000, restart: every event reaches the police, one id each."""
     config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
-    gw = GatewayProcess(config)
+    gw = TestGateway(config)
     gateway_process.append(gw)
     gw.start()
 
@@ -76,7 +76,7 @@ def test_police_outage_under_load_loses_nothing_and_keeps_order_per_shop(
 ):
     """The police broker is stopped for a while under load and restarted: all arrive, in order per shop."""
     config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
-    gw = GatewayProcess(config)
+    gw = TestGateway(config)
     gateway_process.append(gw)
     gw.start()
 
@@ -118,7 +118,7 @@ def test_police_outage_under_load_loses_nothing_and_keeps_order_per_shop(
 def test_sigterm_stops_cleanly_and_says_offline(tmp_path, block_broker, police_broker, gateway_process):
     """SIGTERM exits 0 and leaves a retained 'offline' status on both brokers."""
     config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
-    gw = GatewayProcess(config)
+    gw = TestGateway(config)
     gateway_process.append(gw)
     gw.start()
 
@@ -139,7 +139,7 @@ def test_sigterm_stops_cleanly_and_says_offline(tmp_path, block_broker, police_b
 def test_kill_9_fires_the_last_will(tmp_path, block_broker, police_broker, gateway_process):
     """A gateway that vanishes is reported offline by its last will, so police can tell it is dead."""
     config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
-    gw = GatewayProcess(config)
+    gw = TestGateway(config)
     gateway_process.append(gw)
     gw.start()
 

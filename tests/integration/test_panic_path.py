@@ -10,13 +10,13 @@ import aiomqtt
 
 from gateway.broker import Mosquitto
 from tests.clients import expected_nearest, running, survey_rows, wait_until
-from tests.harness import GatewayProcess, init_config
+from tests.harness import TestGateway, init_config
 
 
-def start_gateway(tmp_path: Path, block: Mosquitto, police: Mosquitto, procs: list[GatewayProcess],
-                  **overrides: object) -> GatewayProcess:
+def start_gateway(tmp_path: Path, block: Mosquitto, police: Mosquitto, procs: list[TestGateway],
+                  **overrides: object) -> TestGateway:
     config = init_config(tmp_path, block_url=block.url, police_url=police.url, **overrides)
-    gw = GatewayProcess(config)
+    gw = TestGateway(config)
     procs.append(gw)
     gw.start()
     return gw

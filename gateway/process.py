@@ -1,0 +1,87 @@
+"""Run ``lianfang run`` as a child process, as systemd would: ready means ``READY=1``.
+
+Used by ``lianfang demo``, the tests and the benchmarks, so that all of them run
+the real daemon and learn it is ready the way systemd does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+class GatewayProcess:
+    """One ``python -m gateway run --config PATH`` child; stopped or killed by its PID."""
+
+    def __init__(self, config: Path, *, log: Path | None = None) -> None:
+        """Prepare to run the gateway of ``config``; its stderr goes to ``log``."""
+        self.config = config
+        self.log = log or config.parent / "gateway.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._sock_dir = Path(tempfile.mkdtemp(prefix="lianfang-notify-"))
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running gateway."""
+        return self.process.pid if self.process else None
+
+    def start(self, timeout_s: float = 15.0) -> float:
+        """Start and wait for ``READY=1``; return the seconds from spawn to ready."""
+        path = self._sock_dir / "notify.sock"
+        path.unlink(missing_ok=True)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(path))
+            sock.settimeout(0.1)
+            env = {**os.environ, "NOTIFY_SOCKET": str(path)}
+            started = time.monotonic()
+            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=self.log.open("ab"),
+            )
+            while time.monotonic() - started < timeout_s:
+                if self.process.poll() is not None:
+                    code = self.process.returncode
+                    self.process = None
+                    raise RuntimeError(f"gateway exited with {code}: {self.log_tail()}")
+                try:
+                    message = sock.recv(4096).decode()
+                except TimeoutError:
+                    continue
+                if "READY=1" in message.split("\n"):
+                    return time.monotonic() - started
+        self.kill()
+        raise RuntimeError(f"gateway not ready in {timeout_s} s: {self.log_tail()}")
+
+    def log_tail(self, chars: int = 2000) -> str:
+        """The end of the gateway's log."""
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM and wait; return the exit code (SIGKILL if it hangs)."""
+        if self.process is None:
+            return 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+        finally:
+            self.process = None
+        return code
+
+    def kill(self) -> None:
+        """``kill -9``, as a power cut or the OOM killer would."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+            self.process = None

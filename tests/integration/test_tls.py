@@ -1,0 +1,88 @@
+"""Forwarding to a police broker over TLS with client certificates; failing closed when TLS cannot be had."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gateway.broker import BrokerTls, Mosquitto
+from gateway.mqtt import BrokerConfig, TlsConfig
+from firmware_stubs.police_platform import PolicePlatform
+from tests.certs import Pki, make_pki
+from tests.clients import running, wait_until
+from tests.harness import TestGateway, init_config
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path / "pki")
+
+
+@pytest.fixture
+def tls_police(tmp_path: Path, pki: Pki):
+    tls = BrokerTls(ca_file=pki.ca, cert_file=pki.server_cert, key_file=pki.server_key)
+    with Mosquitto(workdir=tmp_path / "tls-broker", tls=tls) as broker:
+        yield broker
+
+
+def platform_for(broker: Mosquitto, pki: Pki) -> PolicePlatform:
+    tls = TlsConfig(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
+    return PolicePlatform(BrokerConfig(url=broker.url, tls=tls), client_id="tls-platform")
+
+
+def tls_config(tmp_path: Path, block: Mosquitto, police: Mosquitto, ca: Path, pki: Pki) -> Path:
+    return init_config(tmp_path / "gw", block_url=block.url, police_url=None, forwarders=[{
+        "kind": "police_mqtt", "name": "police",
+        "broker": {"url": police.url, "tls": {"ca_file": str(ca), "cert_file": str(pki.client_cert),
+                                              "key_file": str(pki.client_key)}},
+    }])
+
+
+def test_events_reach_the_police_over_tls_with_a_client_certificate(
+    tmp_path, block_broker, tls_police, pki, gateway_process
+):
+    """With the right CA and a client certificate the panic arrives over mqtts://."""
+    gw = TestGateway(tls_config(tmp_path, block_broker, tls_police, pki.ca, pki))
+    gateway_process.append(gw)
+    gw.start()
+    platform = platform_for(tls_police, pki)
+
+    async def scenario() -> None:
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(platform.run(), name="platform")
+            await asyncio.wait_for(platform.ready.wait(), 10)
+            async with running(block_url=block_broker.url, shops=["S00020"]) as (panels, _):
+                await panels["S00020"].send("panic")
+                await wait_until(lambda: platform.by_id, 10, "the panic over TLS")
+            task.cancel()
+
+    asyncio.run(scenario())
+    assert platform.unique[0].body["shop_id"] == "S00020"
+
+
+def test_a_broker_certificate_from_another_ca_is_refused_and_nothing_falls_back_to_plain_text(
+    tmp_path, block_broker, tls_police, pki, gateway_process
+):
+    """A wrong CA means no delivery at all, a logged link fault, and the event kept for later."""
+    other = make_pki(tmp_path / "other-pki", ca_name="Somebody Else CA")
+    config = tls_config(tmp_path, block_broker, tls_police, other.ca, pki)
+    gw = TestGateway(config)
+    gateway_process.append(gw)
+    gw.start()
+    platform = platform_for(tls_police, pki)
+
+    async def scenario() -> None:
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(platform.run(), name="platform")
+            await asyncio.wait_for(platform.ready.wait(), 10)
+            async with running(block_url=block_broker.url, shops=["S00020"]) as (panels, _):
+                await panels["S00020"].send("panic")
+                await wait_until(lambda: "forwarder[police] down" in gw.log_text(), 10, "the link fault")
+                await asyncio.sleep(1.0)
+            task.cancel()
+
+    asyncio.run(scenario())
+    assert platform.deliveries == []
+    assert "CERTIFICATE_VERIFY_FAILED" in gw.log_text() or "certificate verify failed" in gw.log_text()
