@@ -156,7 +156,12 @@ class Journal:
         self._route = route
         self._max_size_bytes = max_size_bytes
         self._conn = connect(path)
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
+        # Unbounded so that acknowledgements never block a forwarder; appends
+        # wait in append() while more than ``queue_size`` items are queued.
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._queue_size = queue_size
+        self._room = asyncio.Event()
+        self._room.set()
         # One thread: SQLite allows one writer, and commit order is event order.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._listeners: list[Callable[[list[OutboxRow], str], None]] = []
@@ -198,8 +203,11 @@ class Journal:
 
         Waits only when the writer is backed up (backpressure on the drivers).
         """
+        while self._queue.qsize() >= self._queue_size:
+            self._room.clear()
+            await self._room.wait()
         callbacks = [on_durable] if on_durable else []
-        await self._queue.put(_Append(event, origin_key, callbacks, tuple(self._route(event))))
+        self._queue.put_nowait(_Append(event, origin_key, callbacks, tuple(self._route(event))))
 
     def ack(self, forwarder: str, seq: int) -> None:
         """Record that ``forwarder``'s receiver acknowledged the event at ``seq``."""
@@ -225,6 +233,8 @@ class Journal:
                     batch.append(self._queue.get_nowait())
                 await asyncio.shield(loop.run_in_executor(self._writer, self._write, batch))
                 self._committed(batch)
+                if self._queue.qsize() < self._queue_size:
+                    self._room.set()
         finally:
             self.close()
 

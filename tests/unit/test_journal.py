@@ -157,3 +157,27 @@ def test_past_the_size_cap_heartbeats_go_first_and_alarms_stay(tmp_path):
     assert kinds["panic"] == 300
     assert kinds.get("heartbeat", 0) < 2700
     assert small.stats.evicted == 2700 - kinds.get("heartbeat", 0)
+
+
+def test_appends_wait_when_the_writer_is_backed_up_but_acks_never_do(tmp_path):
+    """With a queue of 10, the 11th append waits for a commit; acks are queued at once meanwhile."""
+    journal = Journal(tmp_path / "j.db", route=lambda e: ["police"], max_size_bytes=10**9, queue_size=10)
+
+    async def fill() -> None:
+        for _ in range(11):
+            await journal.append(event())
+
+    async def scenario() -> None:
+        filling = asyncio.ensure_future(fill())
+        await asyncio.sleep(0.05)
+        assert not filling.done()  # the 11th append waits: no writer is running yet
+        for seq in range(1, 101):
+            journal.ack("police", seq)  # never raises, never waits
+        async with asyncio.TaskGroup() as tg:
+            writer = tg.create_task(journal.run(), name="journal")
+            await asyncio.wait_for(filling, 5)
+            writer.cancel()
+
+    asyncio.run(scenario())
+    count = sqlite3.connect(tmp_path / "j.db").execute("SELECT COUNT(*) FROM events").fetchone()
+    assert count == (11,)
