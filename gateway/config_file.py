@@ -18,7 +18,7 @@ import os
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import aiomqtt
 import yaml
@@ -37,8 +37,17 @@ if TYPE_CHECKING:
 ONLINE_TIMEOUT_S = 3.0
 MAX_SHOWN_VALUE = 60
 
-Locate = Callable[[Loc], tuple[str, int | None]]
-"""Where a path of the validated data is: its text for the installer, and its line if known."""
+
+class Spot(NamedTuple):
+    """Where an installer finds a value: file, key path (or column), and line if known."""
+
+    file: str
+    path: str
+    line: int | None
+
+
+Locate = Callable[[Loc], Spot]
+"""Where a path of the validated data came from."""
 
 _NOUNS = {"lat": "latitude", "lon": "longitude"}
 _BOUND_WORDS = {"gt": "more than", "ge": "at least", "lt": "less than", "le": "at most"}
@@ -108,7 +117,7 @@ def load_config(path: Path) -> GatewayConfig:
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        problems += explain_errors(exc, file=file, locate=_yaml_locator(lines))
+        problems += explain_errors(exc, _yaml_locator(file, lines))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
     return config.resolved(path.parent)
@@ -221,13 +230,12 @@ def _index(root: yaml.Node, file: str) -> tuple[dict[Loc, int], list[ConfigProbl
     return lines, problems
 
 
-def _yaml_locator(lines: dict[Loc, int]) -> Locate:
-    def locate(loc: Loc) -> tuple[str, int | None]:
-        for end in range(len(loc), -1, -1):
-            line = lines.get(loc[:end])
-            if line is not None:
-                return path_text(loc), line
-        return path_text(loc), None
+def _yaml_locator(file: str, lines: dict[Loc, int]) -> Locate:
+    def locate(loc: Loc) -> Spot:
+        line = next(
+            (lines[loc[:end]] for end in range(len(loc), -1, -1) if loc[:end] in lines), None
+        )
+        return Spot(file, path_text(loc), line)
 
     return locate
 
@@ -243,12 +251,9 @@ def path_text(loc: Loc) -> str:
     return text
 
 
-def explain_errors(exc: ValidationError, *, file: str, locate: Locate) -> list[ConfigProblem]:
+def explain_errors(exc: ValidationError, locate: Locate) -> list[ConfigProblem]:
     """One problem per validation error (one per item for repeats), placed by ``locate``."""
-    problems: list[ConfigProblem] = []
-    for error in exc.errors():
-        problems.extend(_explain(error, file, locate))
-    return problems
+    return [problem for error in exc.errors() for problem in _explain(error, locate)]
 
 
 @dataclass(frozen=True)
@@ -334,29 +339,29 @@ def _choices(annotation: object, key: str) -> str:
     )
 
 
-def _explain(error: ErrorDetails, file: str, locate: Locate) -> list[ConfigProblem]:
+def _explain(error: ErrorDetails, locate: Locate) -> list[ConfigProblem]:
     where = _where(tuple(error["loc"]))
     kind = error["type"]
     ctx = error.get("ctx") or {}
     if kind == "duplicate":
-        return [_repeat(where.loc, repeat, file, locate) for repeat in ctx["repeats"]]
+        return [_repeat(where.loc, repeat, locate) for repeat in ctx["repeats"]]
     loc = (*where.loc, *ctx.get("at", ()))
     if kind == "invalid_key":
         loc = loc[:-1]
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         loc = (*loc, str(ctx["discriminator"]).strip("'"))
-    path, line = locate(loc)
-    if kind in ("missing", "union_tag_not_found"):
-        _, line = locate(loc[:-1])
-    return [ConfigProblem(file, path, _message(error, where, loc), line, _shown(error, where))]
+    spot = locate(loc)
+    # A missing key has no line of its own: point at the mapping that lacks it.
+    line = locate(loc[:-1]).line if kind in ("missing", "union_tag_not_found") else spot.line
+    message = _message(error, where, loc)
+    return [ConfigProblem(spot.file, spot.path, message, line, _shown(error, where))]
 
 
-def _repeat(base: Loc, repeat: dict[str, Any], file: str, locate: Locate) -> ConfigProblem:
-    path, line = locate((*base, *repeat["at"]))
-    first_path, first_line = locate((*base, *repeat["first"]))
-    also = f"line {first_line}" if first_line is not None else first_path
+def _repeat(base: Loc, repeat: dict[str, Any], locate: Locate) -> ConfigProblem:
+    spot, first = locate((*base, *repeat["at"])), locate((*base, *repeat["first"]))
+    also = f"line {first.line}" if first.line is not None else first.path
     message = f"duplicate {repeat['what']} {repeat['value']!r} (also at {also})"
-    return ConfigProblem(file, path, message, line)
+    return ConfigProblem(spot.file, spot.path, message, spot.line)
 
 
 def _message(error: ErrorDetails, where: _Where, loc: Loc) -> str:
