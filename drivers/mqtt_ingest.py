@@ -99,7 +99,7 @@ class MqttIngestDriver:
         )
         # aiomqtt has no manual-ack API yet (aiomqtt#345); paho 2 has it.
         paho = client._client  # noqa: SLF001
-        paho.manual_ack_set(True)
+        paho.manual_ack_set(True)  # noqa: FBT003 - paho's API
         try:
             async with client:
                 await client.subscribe(self.config.topic, qos=1)

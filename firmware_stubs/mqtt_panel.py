@@ -65,7 +65,7 @@ class ShopPanel:
             await client.subscribe(f"lianfang/v1/shop/{self.shop_id}/notify", qos=1)
             self.ready.set()
             async for message in client.messages:
-                notice = ReceivedNotice(self.shop_id, json.loads(bytes(message.payload)))  # type: ignore[arg-type]
+                notice = ReceivedNotice(self.shop_id, json.loads(bytes(message.payload)))
                 self.notices.append(notice)
                 if self._on_notice:
                     self._on_notice(notice)

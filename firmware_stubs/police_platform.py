@@ -1,6 +1,6 @@
 """A stand-in police platform: receives forwarded events, drops duplicates by id, prints them.
 
-    python -m firmware_stubs.police_platform --broker mqtt://127.0.0.1:1884
+python -m firmware_stubs.police_platform --broker mqtt://127.0.0.1:1884
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class PolicePlatform:
             await client.subscribe(self.topic, qos=1)
             self.ready.set()
             async for message in client.messages:
-                body = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                body = json.loads(bytes(message.payload))
                 delivery = Delivery(str(message.topic), body)
                 self.deliveries.append(delivery)
                 if body["id"] in self.by_id:

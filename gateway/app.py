@@ -119,7 +119,7 @@ class Gateway:
             "warnings": warnings,
         }
 
-    async def _link_changed(self, name: str, up: bool, detail: str) -> None:
+    async def _link_changed(self, name: str, *, up: bool, detail: str) -> None:
         """Journal (and so forward) a trouble event about one of the gateway's own links."""
         self.links[name] = up
         now = utc_now()
@@ -209,7 +209,7 @@ class Gateway:
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 async def _serve(config: GatewayConfig) -> int:

@@ -39,7 +39,7 @@ def run_demo(shop_id: str = "S00011") -> int:
         with Mosquitto(workdir=workdir / "block-broker") as block, Mosquitto(
             workdir=workdir / "police-broker"
         ) as police:
-            console.print(f"[bold]Block broker[/] {block.url}   [bold]police broker[/] {police.url}")
+            console.print(f"[bold]Block broker[/] {block.url}  [bold]police broker[/] {police.url}")
             config = _write_config(workdir, block.url, police.url, console)
             gateway = GatewayProcess(config, log=workdir / "gateway.log")
             try:
@@ -85,8 +85,16 @@ async def _press_panic(
         console.print(f"[red]no shop {shop_id} in the survey[/]")
         return 1
     block = BrokerConfig(url=block_url)
-    panels = {s: ShopPanel(block, s) for s in names}
-    platform = PolicePlatform(BrokerConfig(url=police_url), client_id="demo-police")
+    seen = asyncio.Event()
+    panels: dict[str, ShopPanel] = {}
+
+    def check(_: object) -> None:
+        alerted = sum(bool(p.notices) for p in panels.values())
+        if platform.by_id and alerted >= cfg.neighbour_alert.count:
+            seen.set()
+
+    panels.update({s: ShopPanel(block, s, on_notice=check) for s in names})
+    platform = PolicePlatform(BrokerConfig(url=police_url), client_id="demo-police", on_event=check)
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(p.run(), name=f"panel[{s}]") for s, p in panels.items()]
         tasks.append(tg.create_task(platform.run(), name="police"))
@@ -97,12 +105,9 @@ async def _press_panic(
         console.print(f"\n[bold red]PANIC[/] pressed at {shop_id} {names[shop_id]}")
         pressed = time.perf_counter()
         await panels[shop_id].send("panic", zone="1")
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline and not (
-            platform.by_id and sum(bool(p.notices) for p in panels.values()) >= cfg.neighbour_alert.count
-        ):
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.2)  # any late notice still shows
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(seen.wait(), WAIT_S)
+        await asyncio.sleep(0.2)  # any late or wrong extra notice still shows
         for task in tasks:
             task.cancel()
     _show(console, panels, names, platform, pressed)
@@ -122,7 +127,8 @@ def _show(
     )
     table = Table(title=f"Neighbours alerted ({len(alerted)})")
     for column in ("#", "shop", "name", "distance", "way to go", "latency"):
-        table.add_column(column, justify="right" if column in ("#", "distance", "latency") else "left")
+        numeric = column in ("#", "distance", "latency")
+        table.add_column(column, justify="right" if numeric else "left")
     for rank, (notice, shop) in enumerate(alerted, 1):
         table.add_row(
             str(rank),

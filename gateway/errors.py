@@ -33,6 +33,7 @@ class ConfigProblem:
     value: str | None = None
 
     def __str__(self) -> str:
+        """``file:line: path: message (got value)``."""
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
         at = f" {self.path}:" if self.path else ""
         shown = f" (got {self.value})" if self.value is not None else ""

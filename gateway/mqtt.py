@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import aiomqtt
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -42,7 +42,9 @@ class TlsConfig(BaseModel):
 
     ca_file: Path = Field(description="CA certificate (PEM) that signed the broker's certificate.")
     cert_file: Path | None = Field(default=None, description="Client certificate (PEM).")
-    key_file: Path | None = Field(default=None, description="Private key of the client certificate.")
+    key_file: Path | None = Field(
+        default=None, description="Private key of the client certificate."
+    )
 
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> TlsConfig:
@@ -103,8 +105,11 @@ class BrokerConfig(BaseModel):
 
 
 def connect_properties(*, session_expiry_s: int, receive_maximum: int) -> Properties:
-    """CONNECT properties: how long the broker keeps our session, and how many
-    unacknowledged QoS 1 messages it may send us at once (our backpressure)."""
+    """CONNECT properties: session lifetime and Receive Maximum.
+
+    The broker keeps our session for ``session_expiry_s`` and sends at most
+    ``receive_maximum`` unacknowledged QoS 1 messages at once (our backpressure).
+    """
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = session_expiry_s
     props.ReceiveMaximum = receive_maximum

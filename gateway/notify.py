@@ -80,7 +80,8 @@ class BlockPublisher:
                 )
                 tg.create_task(self._publish_alerts(client), name="block.alerts")
         except* (aiomqtt.MqttError, OSError) as group:
-            raise DriverUnavailable(f"block broker {self._broker.url}: {first_leaf(group)}") from None
+            detail = first_leaf(group)
+            raise DriverUnavailable(f"block broker {self._broker.url}: {detail}") from None
 
     async def _publish_alerts(self, client: aiomqtt.Client) -> None:
         while True:

@@ -33,7 +33,6 @@ class RateLimitedLog:
             return
         held = self._held.pop(key, 0)
         self._last[key] = now
+        self._logger.warning(msg, *args)
         if held:
-            self._logger.warning(msg + " (and %d more like it held back)", *args, held)
-        else:
-            self._logger.warning(msg, *args)
+            self._logger.warning("%d more like it were held back", held)

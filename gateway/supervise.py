@@ -12,7 +12,12 @@ from gateway.errors import GatewayError
 
 logger = logging.getLogger(__name__)
 
-OnChange = Callable[[str, bool, str], Awaitable[None]]
+class OnChange(Protocol):
+    """Told when a supervised component goes down or comes back."""
+
+    def __call__(self, name: str, *, up: bool, detail: str) -> Awaitable[None]:
+        """React to ``name`` going down (``up`` False) or recovering."""
+        ...
 
 
 class Linked(Protocol):
@@ -50,7 +55,7 @@ async def supervise(
                         down = False
                         logger.info("%s recovered", name)
                         if on_change:
-                            await on_change(name, True, "recovered")
+                            await on_change(name, up=True, detail="recovered")
                 else:
                     up.cancel()
         error = task.result()
@@ -60,7 +65,7 @@ async def supervise(
             down = True
             logger.warning("%s down: %s; retrying with backoff", name, error)
             if on_change:
-                await on_change(name, False, error)
+                await on_change(name, up=False, detail=error)
         delay = random.uniform(0, min(max_delay, base_delay * 2**attempt))  # noqa: S311 - jitter
         attempt += 1
         await asyncio.sleep(delay)

@@ -1,0 +1,88 @@
+"""What ``lianfang status`` and ``lianfang events`` show an installer."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from gateway.config import GatewayConfig
+from gateway.journal import JournalReader
+
+
+def read_status(config: GatewayConfig) -> dict[str, Any] | None:
+    """The running gateway's last ``status.json``, or None if it never ran here."""
+    path = config.state_dir / "status.json"
+    if not path.exists():
+        return None
+    status: dict[str, Any] = json.loads(path.read_text())
+    status["written_s_ago"] = round(time.time() - path.stat().st_mtime, 1)
+    return status
+
+
+def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> int:
+    """Print the gateway's counters and each forwarder's backlog; 1 if it never ran."""
+    status = read_status(config)
+    pending: dict[str, int] = {}
+    if config.journal_path.exists():
+        reader = JournalReader(config.journal_path)
+        pending = reader.pending_counts()
+        reader.close()
+    if as_json:
+        console.print_json(json.dumps({"status": status, "pending": pending}))
+        return 0 if status else 1
+    if status is None:
+        console.print(f"[yellow]No status in {config.state_dir}: has the gateway run here?[/]")
+        return 1
+    table = Table(title=f"Gateway {config.gateway.id}", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    stale = status["written_s_ago"] > 3 * config.status_interval_s
+    age = f"{status['written_s_ago']} s ago" + (" (stale: is it running?)" if stale else "")
+    table.add_row("status written", age)
+    table.add_row("uptime", f"{status['uptime_s']} s")
+    table.add_row("events journalled", str(status["events"]))
+    table.add_row("repeats dropped", str(status["duplicates"]))
+    table.add_row("neighbour notices", str(status["neighbour_notices"]))
+    table.add_row("alerts suppressed (cool-down)", str(status["alerts_suppressed"]))
+    for reason, n in sorted(status["rejected"].items()):
+        table.add_row(f"rejected {reason}", str(n))
+    for name, up in sorted(status["links"].items()):
+        table.add_row(f"link {name}", "[green]up[/]" if up else "[red]down[/]")
+    for name in (f.name for f in config.forwarders):
+        table.add_row(f"waiting for {name}", str(pending.get(name, 0)))
+    table.add_row("journal", f"{status['journal_mb']} MB, {status['evicted']} evicted")
+    console.print(table)
+    for warning in status["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {warning}")
+    return 0
+
+
+def show_events(config: GatewayConfig, console: Console, *, limit: int, as_json: bool) -> int:
+    """Print the newest ``limit`` events from the journal."""
+    if not config.journal_path.exists():
+        console.print(f"[yellow]No journal at {config.journal_path}[/]")
+        return 1
+    reader = JournalReader(config.journal_path)
+    rows = reader.recent(limit)
+    reader.close()
+    if as_json:
+        console.print_json(json.dumps([e.model_dump(mode="json") for _, e in rows]))
+        return 0
+    table = Table(title=f"Last {len(rows)} events")
+    for column in ("seq", "received", "shop", "device", "kind", "id"):
+        table.add_column(column)
+    for seq, event in rows:
+        table.add_row(
+            str(seq),
+            event.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+            event.shop_id or "(gateway)",
+            event.device_id,
+            event.kind.value,
+            event.id,
+        )
+    console.print(table)
+    return 0
