@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+
+from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 app = typer.Typer(
     name="lianfang",
@@ -37,22 +44,166 @@ def config_path(option: Path | None) -> Path:
     return Path(env) if env else Path("lianfang.yaml")
 
 
+def _fail(error: ConfigError, code: int = 1) -> NoReturn:
+    """Print every problem, one a line (``file:line: path: message``), and exit with ``code``."""
+    for problem in error.problems:
+        typer.echo(str(problem), err=True)
+    count = len(error.problems)
+    typer.echo(f"{count} problem{'s' if count != 1 else ''} found", err=True)
+    raise typer.Exit(code)
+
+
+def _load(path: Path) -> GatewayConfig:
+    """The config at ``path``, or exit: 2 when there is no such file, 1 when it is wrong."""
+    from gateway.config_file import load_config  # noqa: PLC0415 - keep `lianfang --help` fast
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _fail(exc, 1 if path.exists() else 2)
+
+
 @app.command()
-def init() -> None:
+def init(
+    *,
+    survey: Annotated[
+        Path, typer.Option(help="Survey sheet (CSV), one shop a row.", show_default=False)
+    ],
+    gateway: Annotated[
+        str, typer.Option(help="This gateway's id in the sheet, e.g. GW-001.", show_default=False)
+    ],
+    broker: Annotated[str, typer.Option(help="The block's MQTT broker.")] = "mqtt://127.0.0.1:1883",
+    police: Annotated[
+        str | None,
+        typer.Option(help="The police platform's MQTT broker, if any.", show_default=False),
+    ] = None,
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Folder to write lianfang.yaml in.")
+    ] = Path(),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
     """Write lianfang.yaml from an installer's survey sheet (CSV)."""
-    raise NotImplementedError  # built by the config/survey work
+    from gateway.survey import NEARBY_M, init_config  # noqa: PLC0415 - keep `lianfang --help` fast
+
+    out = directory / "lianfang.yaml"
+    try:
+        config = init_config(
+            survey, gateway, out=out, broker_url=broker, police_url=police, force=force
+        )
+    except ConfigError as exc:
+        _fail(exc)
+    typer.echo(
+        f"Wrote {out} for gateway {config.gateway.id} (large grid {config.gateway.large_grid}):"
+        f" {len(config.shops)} shops, and {len(config.other_shops)} shops of other gateways"
+        f" within {NEARBY_M:g} m."
+    )
+    typer.echo(f"Next: lianfang check --config {out} --online")
 
 
 @app.command()
-def check() -> None:
-    """Validate the config; exit 0 only when it is valid."""
-    raise NotImplementedError  # built by the config/survey work
+def check(
+    config: ConfigOption = None,
+    online: Annotated[
+        bool, typer.Option("--online", help="Also connect to every broker the config names.")
+    ] = False,
+) -> None:
+    """Validate the config (like nginx -t); exit 0 only when it is valid (and, online, reached)."""
+    from gateway.config_file import check_online  # noqa: PLC0415 - keep `lianfang --help` fast
+
+    path = config_path(config)
+    cfg = _load(path)
+    reached = ""
+    if online:
+        problems = check_online(cfg, file=str(path))
+        if problems:
+            _fail(ConfigError(problems))
+        reached = "; every broker reached"
+    typer.echo(
+        f"{path}: valid: gateway {cfg.gateway.id}, {len(cfg.shops)} shops,"
+        f" {len(cfg.other_shops)} other shops, {len(cfg.drivers)} driver(s),"
+        f" {len(cfg.forwarders)} forwarder(s){reached}"
+    )
 
 
 @app.command()
-def neighbours() -> None:
-    """Show the nearest shops of a shop, with distance and bearing."""
-    raise NotImplementedError  # built by the config/survey work
+def neighbours(
+    shop: Annotated[str, typer.Argument(help="Shop id, e.g. S00011.", show_default=False)],
+    config: ConfigOption = None,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="How many shops; default neighbour_alert.count.", show_default=False
+        ),
+    ] = None,
+    radius: Annotated[
+        float | None,
+        typer.Option(
+            min=0, help="Farthest shop, m; default neighbour_alert.radius_m.", show_default=False
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+) -> None:
+    """Show the nearest shops of a shop (own and other gateways'), with distance and bearing."""
+    from rich.console import Console  # noqa: PLC0415 - keep `lianfang --help` fast
+    from rich.table import Table  # noqa: PLC0415
+
+    from rules.geo import nearest_shops  # noqa: PLC0415
+
+    path = config_path(config)
+    cfg = _load(path)
+    places = [*cfg.shops, *cfg.other_shops]
+    gateway_of = {s.id: cfg.gateway.id for s in cfg.shops} | {
+        o.id: o.gateway_id for o in cfg.other_shops
+    }
+    origin = next((p for p in places if p.id == shop), None)
+    if origin is None:
+        close = difflib.get_close_matches(shop, gateway_of, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        typer.echo(
+            f"{path}: no shop {shop!r} among its {len(cfg.shops)} shops and"
+            f" {len(cfg.other_shops)} other shops{hint}",
+            err=True,
+        )
+        raise typer.Exit(1)
+    count = count or cfg.neighbour_alert.count
+    radius = cfg.neighbour_alert.radius_m if radius is None else radius
+    names = {p.id: p.name for p in places}
+    rows = [
+        {
+            "rank": rank,
+            "shop_id": n.shop_id,
+            "name": names[n.shop_id],
+            "distance_m": round(n.distance_m, 1),
+            "bearing_deg": round(n.bearing_deg, 1),
+            "compass": n.compass,
+            "direction": n.words,
+            "gateway_id": gateway_of[n.shop_id],
+        }
+        for rank, n in enumerate(nearest_shops(origin, places, count=count, radius_m=radius), 1)
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    table = Table(
+        title=f"Nearest shops to {shop} {origin.name}",
+        caption=f"{len(rows)} of at most {count}, within {radius:g} m",
+    )
+    for column in ("#", "shop", "name", "distance", "bearing", "gateway"):
+        table.add_column(
+            column,
+            justify="right" if column in ("#", "distance") else "left",
+            no_wrap=column != "name",
+        )
+    for row in rows:
+        table.add_row(
+            str(row["rank"]),
+            str(row["shop_id"]),
+            str(row["name"]),
+            f"{row['distance_m']:.1f} m",
+            f"{row['bearing_deg']:.0f}° {row['compass']} ({row['direction']})",
+            str(row["gateway_id"]),
+        )
+    Console().print(table)
 
 
 @app.command()

@@ -49,7 +49,6 @@ COLUMNS = (
     "close",
 )
 NEARBY_M = 500.0
-DEFAULT_BROKER_URL = "mqtt://127.0.0.1:1883"
 TLS_PLACEHOLDERS = {
     "ca_file": "certs/ca.pem",
     "cert_file": "certs/gateway.pem",
@@ -181,7 +180,7 @@ def init_config(
     gateway_id: str,
     *,
     out: Path,
-    broker_url: str = DEFAULT_BROKER_URL,
+    broker_url: str,
     police_url: str | None = None,
     force: bool = False,
     nearby_m: float = NEARBY_M,
@@ -217,6 +216,7 @@ def _config_data(
     data: dict[str, Any] = {
         "schema_version": 1,
         "gateway": {"id": own[0].gateway_id, "large_grid": large_grid},
+        "state_dir": str(GatewayConfig.model_fields["state_dir"].default),
         "broker": _broker(broker_url),
         "drivers": [{"kind": "mqtt_ingest", "name": "shops"}],
     }
