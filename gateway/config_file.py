@@ -192,7 +192,10 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, file: str) -> ConfigProblem:
     mark = exc.problem_mark or exc.context_mark
     constructing = isinstance(exc, yaml.constructor.ConstructorError)
     kind = "unsupported YAML" if constructing else "YAML syntax error"
-    what = "; ".join(str(part) for part in (exc.context, exc.problem) if part)
+    context = exc.context
+    if context and exc.context_mark is not None and exc.context_mark is not mark:
+        context += f" (from line {exc.context_mark.line + 1})"
+    what = "; ".join(str(part) for part in (context, exc.problem) if part)
     return ConfigProblem(file, "", f"{kind}: {what}", mark.line + 1 if mark is not None else None)
 
 

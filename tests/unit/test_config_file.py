@@ -1,0 +1,501 @@
+"""load_config and `lianfang check`: every bad config is explained by file, line and path."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from datetime import time
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from gateway.broker import Mosquitto, free_port
+from gateway.cli import app
+from gateway.config_file import check_online, load_config
+from gateway.errors import ConfigError, ConfigProblem
+
+# A valid config; the table below breaks one thing at a time. Line numbers matter.
+BASE = """\
+gateway:
+  id: GW-001
+  large_grid: L1
+broker:
+  url: mqtt://127.0.0.1:1883
+drivers:
+- kind: mqtt_ingest
+  name: shops
+shops:
+- id: S00001
+  name: Changping Road No.1 Lottery
+  lat: 23.359106
+  lon: 116.6900737
+  grid: {large: L1, medium: L1-M01, small: L1-M01-01}
+  devices:
+  - id: panel-1
+- id: S00002
+  name: Changping Road No.3 Grocery
+  lat: 23.3591232
+  lon: 116.6901508
+  grid: {large: L1, medium: L1-M01, small: L1-M01-01}
+"""
+
+
+class Broken(NamedTuple):
+    """One broken config: BASE with one text replaced, and where the problem must be reported."""
+
+    name: str
+    old: str
+    new: str
+    line: int
+    path: str
+    message: str
+
+
+BROKEN = [
+    Broken(
+        "unknown top-level key",
+        "drivers:\n",
+        "brokr: {url: mqtt://h:1}\ndrivers:\n",
+        6,
+        "brokr",
+        "unknown key 'brokr' (expected one of: broker, drivers,",
+    ),
+    Broken(
+        "unknown nested key",
+        "small: L1-M01-01}\n  devices:",
+        "small: L1-M01-01, tiny: x}\n  devices:",
+        14,
+        "shops[0].grid.tiny",
+        "unknown key 'tiny' (expected one of: large, medium, small)",
+    ),
+    Broken(
+        "missing broker",
+        "broker:\n  url: mqtt://127.0.0.1:1883\n",
+        "",
+        1,
+        "broker",
+        "missing key 'broker'",
+    ),
+    Broken(
+        "missing shop position",
+        "  lon: 116.6900737\n",
+        "",
+        10,
+        "shops[0].lon",
+        "missing key 'lon'",
+    ),
+    Broken(
+        "lat 91",
+        "lat: 23.359106",
+        "lat: 91",
+        12,
+        "shops[0].lat",
+        "latitude must be between -90 and 90",
+    ),
+    Broken(
+        "lon -181",
+        "lon: 116.6900737",
+        "lon: -181",
+        13,
+        "shops[0].lon",
+        "longitude must be between -180 and 180",
+    ),
+    Broken(
+        "duplicate shop ids",
+        "- id: S00002",
+        "- id: S00001",
+        17,
+        "shops[1].id",
+        "duplicate shop id 'S00001' (also at line 10)",
+    ),
+    Broken(
+        "duplicate device ids",
+        "  - id: panel-1\n",
+        "  - id: panel-1\n  - id: panel-1\n",
+        17,
+        "shops[0].devices[1].id",
+        "duplicate device id 'panel-1' (also at line 16)",
+    ),
+    Broken(
+        "bad broker URL scheme",
+        "url: mqtt://127.0.0.1:1883",
+        "url: http://127.0.0.1:1883",
+        5,
+        "broker.url",
+        "expected mqtt://HOST:PORT or mqtts://HOST:PORT",
+    ),
+    Broken(
+        "mqtts without tls",
+        "url: mqtt://127.0.0.1:1883",
+        "url: mqtts://127.0.0.1:8883",
+        4,
+        "broker",
+        "mqtts:// needs a 'tls' section",
+    ),
+    Broken(
+        "YAML syntax error",
+        "  name: Changping Road No.1 Lottery",
+        "  name: Lottery: No.1",
+        11,
+        "",
+        "YAML syntax error: mapping values are not allowed here",
+    ),
+    Broken(
+        "repeated YAML key",
+        "  large_grid: L1\n",
+        "  large_grid: L1\n  id: GW-002\n",
+        4,
+        "gateway.id",
+        "duplicate key 'id' (also at line 2)",
+    ),
+    Broken(
+        "gateway id with a space",
+        "id: GW-001",
+        "id: GW 001",
+        2,
+        "gateway.id",
+        "must be 1 to 40 letters, digits",
+    ),
+    Broken(
+        "driver of an unknown kind",
+        "- kind: mqtt_ingest",
+        "- kind: modbus_rtu",
+        7,
+        "drivers[0].kind",
+        "unknown kind 'modbus_rtu' (expected one of: mqtt_ingest)",
+    ),
+]
+
+
+def write(directory: Path, text: str, name: str = "lianfang.yaml") -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def found_problems(path: Path) -> list[ConfigProblem]:
+    """The problems load_config raises for ``path``; none when it loads."""
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def problems_of(path: Path) -> list[ConfigProblem]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return caught.value.problems
+
+
+def test_base_config_is_valid(tmp_path: Path) -> None:
+    """The table's starting point loads, with relative paths taken from the file's folder."""
+    config = load_config(write(tmp_path, BASE))
+    assert [s.id for s in config.shops] == ["S00001", "S00002"]
+    assert config.state_dir == tmp_path / "state"
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=[case.name for case in BROKEN])
+def test_broken_config_is_located(tmp_path: Path, case: Broken) -> None:
+    """Each broken config names the file, the exact line, the key path and what is expected."""
+    assert case.old in BASE
+    file = write(tmp_path, BASE.replace(case.old, case.new, 1))
+    found = [p for p in problems_of(file) if p.path == case.path]
+    assert found, f"no problem at {case.path!r}"
+    assert (found[0].file, found[0].line) == (str(file), case.line)
+    assert case.message in found[0].message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("", "the file is empty", id="empty file"),
+        pytest.param("# nothing yet\n", "the file is empty", id="only a comment"),
+        pytest.param("- gateway\n- broker\n", "top level must be a mapping", id="a list"),
+        pytest.param("just text\n", "top level must be a mapping", id="a scalar"),
+    ],
+)
+def test_file_without_a_mapping(tmp_path: Path, text: str, message: str) -> None:
+    """A file with no top-level mapping is one problem at line 1."""
+    [problem] = problems_of(write(tmp_path, text))
+    assert problem.line == 1
+    assert message in problem.message
+
+
+def test_unclosed_bracket_names_where_it_opened(tmp_path: Path) -> None:
+    """An unclosed flow list is reported where the parser stops, and says where it opened."""
+    [problem] = problems_of(write(tmp_path, BASE.replace("id: S00001", "id: [S00001")))
+    assert problem.line == 11
+    assert "(from line 10)" in problem.message
+
+
+def test_every_problem_is_listed(tmp_path: Path) -> None:
+    """Independent mistakes are all reported in one run, in line order."""
+    text = (
+        BASE.replace("lat: 23.359106", "lat: 91")
+        .replace("lon: 116.6901508", "lon: east")
+        .replace("  large_grid: L1", "  large_grid: L1\n  colour: red")
+    )
+    problems = problems_of(write(tmp_path, text))
+    assert [(p.line, p.path) for p in problems] == [
+        (4, "gateway.colour"),
+        (13, "shops[0].lat"),
+        (21, "shops[1].lon"),
+    ]
+    assert problems[2].message == "must be a number"
+    assert problems[2].value == "'east'"
+
+
+def test_unknown_key_suggests_the_close_one(tmp_path: Path) -> None:
+    """A misspelt key is unknown, with a 'did you mean'; the right one is missing."""
+    problems = problems_of(write(tmp_path, BASE.replace("  large_grid:", "  lage_grid:")))
+    assert [(p.line, p.path) for p in problems] == [
+        (1, "gateway.large_grid"),
+        (3, "gateway.lage_grid"),
+    ]
+    assert problems[0].message.startswith("missing key 'large_grid'")
+    assert problems[1].message.endswith("did you mean 'large_grid'?")
+
+
+def test_repeats_across_shops_and_other_shops(tmp_path: Path) -> None:
+    """Each repeat of a shop id, in shops or other_shops, points back at the first."""
+    other = (
+        "other_shops:\n"
+        "- {id: S00001, name: Next door, lat: 23.36, lon: 116.69,\n"
+        "   grid: {large: L1, medium: L1-M02, small: L1-M02-01}, gateway_id: GW-002}\n"
+    )
+    problems = problems_of(write(tmp_path, BASE.replace("- id: S00002", "- id: S00001") + other))
+    assert [(p.line, p.path, p.message) for p in problems] == [
+        (17, "shops[1].id", "duplicate shop id 'S00001' (also at line 10)"),
+        (23, "other_shops[0].id", "duplicate shop id 'S00001' (also at line 10)"),
+    ]
+
+
+def test_other_shop_of_this_gateway(tmp_path: Path) -> None:
+    """An other shop that names this gateway is pointed at by its gateway_id."""
+    other = (
+        "other_shops:\n"
+        "- id: S00003\n"
+        "  name: Across the road\n"
+        "  lat: 23.36\n"
+        "  lon: 116.69\n"
+        "  grid: {large: L1, medium: L1-M02, small: L1-M02-01}\n"
+        "  gateway_id: GW-001\n"
+    )
+    [problem] = problems_of(write(tmp_path, BASE + other))
+    assert (problem.line, problem.path) == (28, "other_shops[0].gateway_id")
+    assert "list it under 'shops'" in problem.message
+
+
+def test_secret_is_never_shown(tmp_path: Path) -> None:
+    """A bad password is reported without echoing it."""
+    text = BASE.replace("  url: mqtt://127.0.0.1:1883\n", "  url: mqtt://h:1\n  password: 12345\n")
+    [problem] = problems_of(write(tmp_path, text))
+    assert problem.path == "broker.password"
+    assert problem.value is None
+    assert "12345" not in str(problem)
+
+
+def test_unquoted_closing_time_is_a_time(tmp_path: Path) -> None:
+    """'closes: 23:30' is 23:30, not YAML 1.1's base-60 number 1410 (00:23:30)."""
+    text = BASE.replace("  devices:\n", "  opens: 09:30\n  closes: 23:30\n  devices:\n", 1)
+    shop = load_config(write(tmp_path, text)).shops[0]
+    assert (shop.opens, shop.closes) == (time(9, 30), time(23, 30))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    """A missing file is one problem naming it."""
+    path = tmp_path / "absent.yaml"
+    [problem] = problems_of(path)
+    assert (problem.file, problem.line) == (str(path), None)
+    assert "no such file" in problem.message
+
+
+def test_folder_instead_of_file(tmp_path: Path) -> None:
+    """A folder given as the config is one problem, not an IsADirectoryError."""
+    [problem] = problems_of(tmp_path)
+    assert "is a folder" in problem.message
+
+
+def test_file_not_utf8(tmp_path: Path) -> None:
+    """A Latin-1 file is reported at the line of its first bad byte."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"gateway:\n  id: G\xe9\n")
+    [problem] = problems_of(path)
+    assert problem.line == 2
+    assert "not UTF-8 text" in problem.message
+
+
+def test_check_command_valid(tmp_path: Path) -> None:
+    """`lianfang check` on a valid file prints one summary line and exits 0."""
+    result = CliRunner().invoke(app, ["check", "--config", str(write(tmp_path, BASE))])
+    assert result.exit_code == 0, result.output
+    assert "valid: gateway GW-001, 2 shops" in result.stdout
+    assert result.stdout.count("\n") == 1
+
+
+def test_check_command_invalid(tmp_path: Path) -> None:
+    """A bad file gives 'file:line: path: message' lines on stderr, no traceback, exit 1."""
+    file = write(tmp_path, BASE.replace("lat: 23.359106", "lat: 91"))
+    result = CliRunner().invoke(app, ["check", "--config", str(file)])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert f"{file}:12: shops[0].lat: latitude must be between -90 and 90 (got 91)" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_check_command_missing_file(tmp_path: Path) -> None:
+    """A missing file exits 2 and says so."""
+    result = CliRunner().invoke(app, ["check", "--config", str(tmp_path / "absent.yaml")])
+    assert result.exit_code == 2
+    assert "no such file" in result.stderr
+
+
+def test_check_reads_config_from_environment(tmp_path: Path, monkeypatch) -> None:
+    """Without --config, $LIANFANG_CONFIG names the file."""
+    monkeypatch.setenv("LIANFANG_CONFIG", str(write(tmp_path, BASE)))
+    assert CliRunner().invoke(app, ["check"]).exit_code == 0
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[Mosquitto]:
+    with Mosquitto() as running:
+        yield running
+
+
+def online_config(directory: Path, block_url: str, police_urls: list[str]) -> Path:
+    forwarders = "".join(
+        f"- {{kind: police_mqtt, name: police{i}, broker: {{url: '{url}'}}}}\n"
+        for i, url in enumerate(police_urls)
+    )
+    text = BASE.replace("mqtt://127.0.0.1:1883", block_url) + "forwarders:\n" + forwarders
+    return write(directory, text)
+
+
+def test_online_every_broker_reached(tmp_path: Path, broker: Mosquitto) -> None:
+    """With every broker up, `check --online` connects to each and passes."""
+    file = online_config(tmp_path, broker.url, [broker.url])
+    assert check_online(load_config(file)) == []
+    result = CliRunner().invoke(app, ["check", "--online", "--config", str(file)])
+    assert result.exit_code == 0, result.output
+    assert "every broker reached" in result.stdout
+
+
+def test_online_names_each_unreachable_broker(tmp_path: Path, broker: Mosquitto) -> None:
+    """A refused port and a silent listener are each reported at their forwarder's URL."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        refused = f"mqtt://127.0.0.1:{free_port()}"
+        mute = f"mqtt://127.0.0.1:{silent.getsockname()[1]}"
+        file = online_config(tmp_path, broker.url, [broker.url, refused, mute])
+        problems = check_online(load_config(file), file=str(file), timeout_s=1)
+    assert [(p.path, p.file) for p in problems] == [
+        ("forwarders[1].broker.url", str(file)),
+        ("forwarders[2].broker.url", str(file)),
+    ]
+    assert "Connection refused" in problems[0].message
+    assert "no answer" in problems[1].message
+
+
+def test_online_missing_certificate(tmp_path: Path, broker: Mosquitto) -> None:
+    """A missing CA file is named at its setting, relative to the config file."""
+    text = BASE.replace(
+        "  url: mqtt://127.0.0.1:1883\n",
+        f"  url: mqtts://127.0.0.1:{broker.port}\n  tls: {{ca_file: certs/ca.pem}}\n",
+    )
+    file = write(tmp_path, text)
+    result = CliRunner().invoke(app, ["check", "--online", "--config", str(file)])
+    assert result.exit_code == 1
+    assert f"broker.tls.ca_file: no such file: {tmp_path / 'certs' / 'ca.pem'}" in result.stderr
+
+
+KEYS = st.sampled_from(
+    [
+        "gateway",
+        "broker",
+        "shops",
+        "other_shops",
+        "drivers",
+        "forwarders",
+        "id",
+        "url",
+        "lat",
+        "lon",
+        "grid",
+        "large",
+        "kind",
+        "name",
+        "devices",
+        "tls",
+        "neighbour_alert",
+        "count",
+    ]
+) | st.text(max_size=8)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(["mqtt://h:1", "mqtts://h", "GW-001", "23:30", "S00001", "mqtt_ingest"])
+)
+DOCUMENTS = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(KEYS | st.integers(), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document=DOCUMENTS)
+def test_random_documents_raise_only_config_errors(tmp_path_factory, document) -> None:
+    """Any YAML document loads or raises ConfigError; nothing else escapes."""
+    path = tmp_path_factory.getbasetemp() / "random.yaml"
+    path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+    assert all(p.file == str(path) and p.message for p in found_problems(path))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    where=st.sampled_from(
+        [
+            ("gateway",),
+            ("broker",),
+            ("broker", "url"),
+            ("shops", 0),
+            ("shops", 0, "grid"),
+            ("shops", 0, "devices"),
+            ("shops", 1, "lat"),
+            ("drivers", 0),
+            ("drivers", 0, "kind"),
+        ]
+    ),
+    value=DOCUMENTS,
+)
+def test_valid_config_with_a_random_part(tmp_path_factory, where, value) -> None:
+    """The valid config with any part replaced by anything loads or raises ConfigError."""
+    document = yaml.safe_load(BASE)
+    parent = document
+    for step in where[:-1]:
+        parent = parent[step]
+    parent[where[-1]] = value
+    path = tmp_path_factory.getbasetemp() / "patched.yaml"
+    path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+    assert all(p.file == str(path) and p.message for p in found_problems(path))
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=200))
+def test_random_text_raises_only_config_errors(tmp_path_factory, text: str) -> None:
+    """Arbitrary text, valid YAML or not, loads or raises ConfigError."""
+    path = tmp_path_factory.getbasetemp() / "text.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert all(p.file == str(path) and p.message for p in found_problems(path))
