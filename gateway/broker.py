@@ -6,6 +6,7 @@ we started; nothing else on the machine is touched.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -90,6 +91,9 @@ class Mosquitto:
     def config_text(self) -> str:
         """The broker's configuration file."""
         lines = [
+            # Run as whoever started us: Mosquitto started as root would switch
+            # to 'mosquitto' and could not write our private folder.
+            f"user {getpass.getuser()}",
             f"listener {self.port} {self.host}",
             "allow_anonymous true",
             *(

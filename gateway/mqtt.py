@@ -130,7 +130,7 @@ def client_for(
     kwargs: dict[str, Any] = {}
     if broker.tls is not None:
         kwargs["tls_context"] = broker.tls.context()
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         broker.host,
         broker.port,
         identifier=client_id,
@@ -149,6 +149,9 @@ def client_for(
         timeout=10,
         **kwargs,
     )
+    # We bound in-flight publishes ourselves (forwarder window, alert fan-out).
+    client.pending_calls_threshold = 100_000
+    return client
 
 
 def first_leaf(error: BaseException) -> BaseException:

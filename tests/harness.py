@@ -44,6 +44,9 @@ class TestGateway(GatewayProcess):
 
     __test__ = False
 
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
     def status(self) -> dict[str, Any]:
         state = yaml.safe_load(self.config.read_text())["state_dir"]
         return json.loads((self.config.parent / state / "status.json").read_text())
