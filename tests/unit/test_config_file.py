@@ -143,7 +143,7 @@ BROKEN = [
         "  name: Lottery: No.1",
         11,
         "",
-        "YAML syntax error: mapping values are not allowed here",
+        "YAML syntax error: mapping values are not allowed",
     ),
     Broken(
         "repeated YAML key",
