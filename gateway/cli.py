@@ -168,25 +168,26 @@ def neighbours(
     count = count or cfg.neighbour_alert.count
     radius = cfg.neighbour_alert.radius_m if radius is None else radius
     names = {p.id: p.name for p in places}
-    rows = [
-        {
-            "rank": rank,
-            "shop_id": n.shop_id,
-            "name": names[n.shop_id],
-            "distance_m": round(n.distance_m, 1),
-            "bearing_deg": round(n.bearing_deg, 1),
-            "compass": n.compass,
-            "direction": n.words,
-            "gateway_id": gateway_of[n.shop_id],
-        }
-        for rank, n in enumerate(nearest_shops(origin, places, count=count, radius_m=radius), 1)
-    ]
+    found = nearest_shops(origin, places, count=count, radius_m=radius)
     if as_json:
+        rows = [
+            {
+                "rank": rank,
+                "shop_id": n.shop_id,
+                "name": names[n.shop_id],
+                "distance_m": round(n.distance_m, 1),
+                "bearing_deg": round(n.bearing_deg, 1),
+                "compass": n.compass,
+                "direction": n.words,
+                "gateway_id": gateway_of[n.shop_id],
+            }
+            for rank, n in enumerate(found, 1)
+        ]
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
     table = Table(
         title=f"Nearest shops to {shop} {origin.name}",
-        caption=f"{len(rows)} of at most {count}, within {radius:g} m",
+        caption=f"{len(found)} of at most {count}, within {radius:g} m",
     )
     for column in ("#", "shop", "name", "distance", "bearing", "gateway"):
         table.add_column(
@@ -194,14 +195,14 @@ def neighbours(
             justify="right" if column in ("#", "distance") else "left",
             no_wrap=column != "name",
         )
-    for row in rows:
+    for rank, n in enumerate(found, 1):
         table.add_row(
-            str(row["rank"]),
-            str(row["shop_id"]),
-            str(row["name"]),
-            f"{row['distance_m']:.1f} m",
-            f"{row['bearing_deg']:.0f}° {row['compass']} ({row['direction']})",
-            str(row["gateway_id"]),
+            str(rank),
+            n.shop_id,
+            names[n.shop_id],
+            f"{n.distance_m:.1f} m",
+            f"{n.bearing_deg:.0f}° {n.compass} ({n.words})",
+            gateway_of[n.shop_id],
         )
     Console().print(table)
 

@@ -8,12 +8,15 @@ from datetime import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 from drivers.mqtt_ingest import MqttIngestConfig
 from gateway.cli import app
 from gateway.config import DeviceConfig, GatewayIdentity
 from gateway.config_file import load_config
+from gateway.survey import init_config
 from rules.geo import distance_m
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
@@ -227,3 +230,31 @@ def test_missing_sheet(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert f"{tmp_path / 'absent.csv'}: no such file" in result.stderr
     assert "Traceback" not in result.output
+
+
+TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=12).filter(
+    str.strip
+) | st.sampled_from(["yes", "No", "null", "~", "23:30", "0x1F", "1e3", "- a", "#x", "'q", "&a"])
+CELLS = st.fixed_dictionaries(
+    dict.fromkeys(("name", "trade", "street", "number", "phone"), TEXT)
+    | {"open": st.sampled_from(["", "07:05", "09:30", "23:30"])}
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cells=CELLS)
+def test_what_init_writes_loads_back(
+    tmp_path_factory: pytest.TempPathFactory, cells: dict[str, str]
+) -> None:
+    """Whatever text a sheet's cells hold, the file init writes loads back to the same shops."""
+    directory = tmp_path_factory.getbasetemp()
+    row = sheet(CHANGPING)[0] | cells
+    survey = directory / "random.csv"
+    with survey.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
+    out = directory / "random.yaml"
+    written = init_config(survey, "GW-001", out=out, broker_url="mqtt://h:1", force=True)
+    assert written.shops[0].name == cells["name"].strip()
+    assert load_config(out).shops == written.shops
