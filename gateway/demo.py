@@ -140,8 +140,8 @@ def _show(
         )
     console.print(table)
     police = Table(title="Police platform")
-    for column in ("event id", "kind", "shop", "grid", "topic", "latency"):
-        police.add_column(column)
+    for column in ("event id", "kind", "shop", "grid cell", "latency"):
+        police.add_column(column, no_wrap=column != "shop")
     for delivery in platform.unique:
         body = delivery.body
         shop = body.get("shop", {})
@@ -149,11 +149,12 @@ def _show(
             body["id"],
             body["kind"],
             f"{body['shop_id']} {shop.get('name', '')}",
-            "/".join(shop.get("grid", {}).values()),
-            delivery.topic,
+            shop.get("grid", {}).get("small", ""),
             f"{(delivery.at - pressed) * 1000:.1f} ms",
         )
     console.print(police)
+    for delivery in platform.unique:
+        console.print(f"[dim]received on {delivery.topic}[/]")
     if not platform.by_id:
         console.print("[red]The police platform received nothing.[/]")
     with contextlib.suppress(Exception):
