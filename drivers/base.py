@@ -67,4 +67,3 @@ class Driver(Protocol):
     async def run(self, emit: Emit) -> None:
         """Run until cancelled; raise ``DriverUnavailable`` when the link is down."""
         ...
-

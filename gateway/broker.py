@@ -122,11 +122,10 @@ class Mosquitto:
         """Start the broker and wait until it accepts connections."""
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(self.config_text())
-        self.process = subprocess.Popen(  # noqa: S603 - our own binary and config
-            [mosquitto_binary(), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.workdir / "mosquitto.log").open("ab"),
-        )
+        with (self.workdir / "mosquitto.log").open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - our own binary and config
+                [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -24,9 +24,7 @@ Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")]
 Loc = tuple[str | int, ...]
 
 
-def _repeats(
-    what: str, key: str, sections: dict[str, Sequence[BaseModel]]
-) -> list[dict[str, Any]]:
+def _repeats(what: str, key: str, sections: dict[str, Sequence[BaseModel]]) -> list[dict[str, Any]]:
     """Every item whose ``key`` value came earlier in ``sections``.
 
     Each is told as what, value, where (``at``) and where the value came first.
@@ -67,8 +65,8 @@ class DeviceConfig(Strict):
     """A device paired to a shop."""
 
     id: Identifier = Field(description="Device id, unique within its shop (e.g. 'panel-1').")
-    kind: Literal["alarm_panel", "panic_button", "keypad", "rf433_button", "door_contact"] = (
-        Field(default="alarm_panel", description="What the device is.")
+    kind: Literal["alarm_panel", "panic_button", "keypad", "rf433_button", "door_contact"] = Field(
+        default="alarm_panel", description="What the device is."
     )
 
 

@@ -36,9 +36,10 @@ def run_demo(shop_id: str = "S00011") -> int:
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="lianfang-demo-"))
     try:
-        with Mosquitto(workdir=workdir / "block-broker") as block, Mosquitto(
-            workdir=workdir / "police-broker"
-        ) as police:
+        with (
+            Mosquitto(workdir=workdir / "block-broker") as block,
+            Mosquitto(workdir=workdir / "police-broker") as police,
+        ):
             console.print(f"[bold]Block broker[/] {block.url}  [bold]police broker[/] {police.url}")
             config = _write_config(workdir, block.url, police.url, console)
             gateway = GatewayProcess(config, log=workdir / "gateway.log")
@@ -63,9 +64,20 @@ def _write_config(workdir: Path, block_url: str, police_url: str, console: Conso
     with as_file(files("gateway") / "data" / "changping-road.csv") as survey:
         subprocess.run(  # noqa: S603 - our own CLI
             [
-                sys.executable, "-m", "gateway", "init", "--survey", str(survey),
-                "--gateway", "GW-001", "--broker", block_url, "--police", police_url,
-                "--dir", str(workdir),
+                sys.executable,
+                "-m",
+                "gateway",
+                "init",
+                "--survey",
+                str(survey),
+                "--gateway",
+                "GW-001",
+                "--broker",
+                block_url,
+                "--police",
+                police_url,
+                "--dir",
+                str(workdir),
             ],
             check=True,
             capture_output=True,

@@ -260,20 +260,23 @@ class Journal:
             for item in batch:
                 if isinstance(item, _Append):
                     ev = item.event
-                    item.seq = conn.execute(
-                        "INSERT INTO events (id, shop_id, device_id, kind, class, received_at,"
-                        " origin_key, body) VALUES (?,?,?,?,?,?,?,?)",
-                        (
-                            ev.id,
-                            ev.shop_id,
-                            ev.device_id,
-                            ev.kind.value,
-                            EVENT_CLASS[ev.kind].value,
-                            ev.received_at.isoformat(),
-                            item.origin_key,
-                            ev.model_dump_json(),
-                        ),
-                    ).lastrowid or 0
+                    item.seq = (
+                        conn.execute(
+                            "INSERT INTO events (id, shop_id, device_id, kind, class, received_at,"
+                            " origin_key, body) VALUES (?,?,?,?,?,?,?,?)",
+                            (
+                                ev.id,
+                                ev.shop_id,
+                                ev.device_id,
+                                ev.kind.value,
+                                EVENT_CLASS[ev.kind].value,
+                                ev.received_at.isoformat(),
+                                item.origin_key,
+                                ev.model_dump_json(),
+                            ),
+                        ).lastrowid
+                        or 0
+                    )
                     conn.executemany(
                         "INSERT INTO deliveries (forwarder, seq) VALUES (?, ?)",
                         [(name, item.seq) for name in item.routes],

@@ -40,12 +40,13 @@ class GatewayProcess:
             sock.settimeout(0.1)
             env = {**os.environ, "NOTIFY_SOCKET": str(path)}
             started = time.monotonic()
-            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=self.log.open("ab"),
-            )
+            with self.log.open("ab") as log:
+                self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                    [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
             while time.monotonic() - started < timeout_s:
                 if self.process.poll() is not None:
                     code = self.process.returncode

@@ -12,6 +12,7 @@ from gateway.errors import GatewayError
 
 logger = logging.getLogger(__name__)
 
+
 class OnChange(Protocol):
     """Told when a supervised component goes down or comes back."""
 

@@ -6,9 +6,8 @@ import asyncio
 import csv
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from firmware_stubs.mqtt_panel import ShopPanel
 from firmware_stubs.police_platform import PolicePlatform
@@ -23,9 +22,12 @@ def survey_rows() -> list[dict[str, str]]:
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Written independently of rules.geo, to check it."""
     r = 6371008.8
-    a = (math.sin(math.radians(lat2 - lat1) / 2) ** 2
-         + math.cos(math.radians(lat1)) * math.cos(math.radians(lat2))
-         * math.sin(math.radians(lon2 - lon1) / 2) ** 2)
+    a = (
+        math.sin(math.radians(lat2 - lat1) / 2) ** 2
+        + math.cos(math.radians(lat1))
+        * math.cos(math.radians(lat2))
+        * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    )
     return 2 * r * math.atan2(math.sqrt(a), math.sqrt(1 - a))
 
 
@@ -34,7 +36,8 @@ def expected_nearest(shop_id: str, count: int = 10, radius_m: float = 300) -> li
     me = rows[shop_id]
     dist = sorted(
         (haversine_m(float(me["lat"]), float(me["lon"]), float(r["lat"]), float(r["lon"])), sid)
-        for sid, r in rows.items() if sid != shop_id
+        for sid, r in rows.items()
+        if sid != shop_id
     )
     return [sid for d, sid in dist if d <= radius_m][:count]
 
@@ -50,12 +53,19 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str)
 
 @asynccontextmanager
 async def running(
-    *, block_url: str | None = None, police_url: str | None = None, shops: list[str] | None = None,
+    *,
+    block_url: str | None = None,
+    police_url: str | None = None,
+    shops: list[str] | None = None,
     platform_id: str = "police-platform",
 ) -> AsyncIterator[tuple[dict[str, ShopPanel], PolicePlatform | None]]:
     """Panels for ``shops`` on the block broker and a police platform, connected and listening."""
-    panels = {s: ShopPanel(BrokerConfig(url=block_url), s) for s in shops or []} if block_url else {}
-    platform = PolicePlatform(BrokerConfig(url=police_url), client_id=platform_id) if police_url else None
+    panels = (
+        {s: ShopPanel(BrokerConfig(url=block_url), s) for s in shops or []} if block_url else {}
+    )
+    platform = (
+        PolicePlatform(BrokerConfig(url=police_url), client_id=platform_id) if police_url else None
+    )
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(p.run(), name=f"panel[{s}]") for s, p in panels.items()]
         if platform:

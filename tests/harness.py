@@ -16,10 +16,24 @@ REPO = Path(__file__).resolve().parent.parent
 SURVEY = REPO / "gateway" / "data" / "changping-road.csv"
 
 
-def init_config(directory: Path, *, block_url: str, police_url: str | None, **overrides: Any) -> Path:
+def init_config(
+    directory: Path, *, block_url: str, police_url: str | None, **overrides: Any
+) -> Path:
     """Write lianfang.yaml from the Changping survey with the real `lianfang init`; apply overrides."""
-    cmd = [sys.executable, "-m", "gateway", "init", "--survey", str(SURVEY), "--gateway", "GW-001",
-           "--broker", block_url, "--dir", str(directory)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "init",
+        "--survey",
+        str(SURVEY),
+        "--gateway",
+        "GW-001",
+        "--broker",
+        block_url,
+        "--dir",
+        str(directory),
+    ]
     if police_url:
         cmd += ["--police", police_url]
     subprocess.run(cmd, check=True, capture_output=True)

@@ -17,8 +17,9 @@ SHOPS = [f"S{n:05d}" for n in range(1, 21)]
 KINDS = ["door_open", "door_close", "test", "panic"]
 
 
-async def publish_steadily(panels: dict[str, ShopPanel], total: int, rate: float,
-                           at_count: dict[int, object] | None = None) -> list[tuple[str, int]]:
+async def publish_steadily(
+    panels: dict[str, ShopPanel], total: int, rate: float, at_count: dict[int, object] | None = None
+) -> list[tuple[str, int]]:
     """Publish ``total`` events round-robin over the panels at ``rate`` per second; run hooks at counts."""
     sent: list[tuple[str, int]] = []
     shops = list(panels)
@@ -57,12 +58,18 @@ def test_kill_9_midway_loses_nothing_and_duplicates_keep_their_id(
         gw.start()
 
     async def scenario() -> None:
-        async with running(block_url=block_broker.url, police_url=police_broker.url,
-                           shops=SHOPS) as (panels, platform):
+        async with running(
+            block_url=block_broker.url, police_url=police_broker.url, shops=SHOPS
+        ) as (panels, platform):
             assert platform is not None
-            sent = await publish_steadily(panels, 2000, rate=800, at_count={1000: crash_and_restart})
-            await wait_until(lambda: len(by_origin(platform.deliveries)) >= 2000, 60,
-                             "all 2,000 events at the police")
+            sent = await publish_steadily(
+                panels, 2000, rate=800, at_count={1000: crash_and_restart}
+            )
+            await wait_until(
+                lambda: len(by_origin(platform.deliveries)) >= 2000,
+                60,
+                "all 2,000 events at the police",
+            )
             ids = by_origin(platform.deliveries)
             assert set(ids) == set(sent)
             assert all(len(v) == 1 for v in ids.values()), "a duplicate carried a new id"
@@ -94,8 +101,11 @@ def test_police_outage_under_load_loses_nothing_and_keeps_order_per_shop(
             sent = await sent_task
         async with running(police_url=police_broker.url) as (_, platform):
             assert platform is not None
-            await wait_until(lambda: len(platform.by_id) >= 1500 + 2, 60,
-                             "every event and the link fault/restore at the police")
+            await wait_until(
+                lambda: len(platform.by_id) >= 1500 + 2,
+                60,
+                "every event and the link fault/restore at the police",
+            )
             events = [d for d in platform.unique if d.body["shop_id"] is not None]
             assert {(d.body["shop_id"], d.body["attrs"]["seq"]) for d in events} == set(sent)
             per_shop: dict[str, list[int]] = defaultdict(list)
@@ -115,7 +125,9 @@ def test_police_outage_under_load_loses_nothing_and_keeps_order_per_shop(
     asyncio.run(scenario())
 
 
-def test_sigterm_stops_cleanly_and_says_offline(tmp_path, block_broker, police_broker, gateway_process):
+def test_sigterm_stops_cleanly_and_says_offline(
+    tmp_path, block_broker, police_broker, gateway_process
+):
     """SIGTERM exits 0 and leaves a retained 'offline' status on both brokers."""
     config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
     gw = TestGateway(config)
@@ -130,10 +142,18 @@ def test_sigterm_stops_cleanly_and_says_offline(tmp_path, block_broker, police_b
                     return json.loads(bytes(m.payload))
         raise AssertionError("no retained status")
 
-    assert asyncio.run(retained(police_broker.port, "police/v1/L1/GW-001/status"))["state"] == "online"
+    assert (
+        asyncio.run(retained(police_broker.port, "police/v1/L1/GW-001/status"))["state"] == "online"
+    )
     assert gw.stop() == 0
-    assert asyncio.run(retained(police_broker.port, "police/v1/L1/GW-001/status"))["state"] == "offline"
-    assert asyncio.run(retained(block_broker.port, "lianfang/v1/gateway/GW-001/status"))["state"] == "offline"
+    assert (
+        asyncio.run(retained(police_broker.port, "police/v1/L1/GW-001/status"))["state"]
+        == "offline"
+    )
+    assert (
+        asyncio.run(retained(block_broker.port, "lianfang/v1/gateway/GW-001/status"))["state"]
+        == "offline"
+    )
 
 
 def test_kill_9_fires_the_last_will(tmp_path, block_broker, police_broker, gateway_process):

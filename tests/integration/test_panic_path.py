@@ -13,8 +13,13 @@ from tests.clients import expected_nearest, running, survey_rows, wait_until
 from tests.harness import TestGateway, init_config
 
 
-def start_gateway(tmp_path: Path, block: Mosquitto, police: Mosquitto, procs: list[TestGateway],
-                  **overrides: object) -> TestGateway:
+def start_gateway(
+    tmp_path: Path,
+    block: Mosquitto,
+    police: Mosquitto,
+    procs: list[TestGateway],
+    **overrides: object,
+) -> TestGateway:
     config = init_config(tmp_path, block_url=block.url, police_url=police.url, **overrides)
     gw = TestGateway(config)
     procs.append(gw)
@@ -32,12 +37,16 @@ def test_panic_alerts_the_ten_nearest_shops_and_reaches_the_police(
     assert len(expected) == 10
 
     async def scenario() -> None:
-        async with running(block_url=block_broker.url, police_url=police_broker.url,
-                           shops=list(rows)) as (panels, platform):
+        async with running(
+            block_url=block_broker.url, police_url=police_broker.url, shops=list(rows)
+        ) as (panels, platform):
             assert platform is not None
             await panels["S00011"].send("panic", zone="1")
-            await wait_until(lambda: sum(bool(p.notices) for p in panels.values()) >= 10
-                             and platform.by_id, 10, "10 notices and the police event")
+            await wait_until(
+                lambda: sum(bool(p.notices) for p in panels.values()) >= 10 and platform.by_id,
+                10,
+                "10 notices and the police event",
+            )
             await asyncio.sleep(0.3)  # room for any wrong extra notice to arrive
             alerted = {s for s, p in panels.items() if p.notices}
             assert alerted == set(expected)
@@ -49,8 +58,11 @@ def test_panic_alerts_the_ten_nearest_shops_and_reaches_the_police(
             assert body["gateway_id"] == "GW-001"
             assert body["shop"]["name"] == rows["S00011"]["name"]
             assert body["shop"]["lat"] == float(rows["S00011"]["lat"])
-            assert body["shop"]["grid"] == {"large": "L1", "medium": "L1-M01",
-                                            "small": rows["S00011"]["small_grid"]}
+            assert body["shop"]["grid"] == {
+                "large": "L1",
+                "medium": "L1-M01",
+                "small": rows["S00011"]["small_grid"],
+            }
             assert police.topic == "police/v1/L1/GW-001/events"
             for shop in expected:
                 [notice] = panels[shop].notices
@@ -73,8 +85,9 @@ def test_repeated_presses_alert_once_but_all_reach_the_police(
     near = expected_nearest("S00040")
 
     async def scenario() -> None:
-        async with running(block_url=block_broker.url, police_url=police_broker.url,
-                           shops=["S00040", *near]) as (panels, platform):
+        async with running(
+            block_url=block_broker.url, police_url=police_broker.url, shops=["S00040", *near]
+        ) as (panels, platform):
             assert platform is not None
             for _ in range(3):
                 await panels["S00040"].send("panic")
@@ -89,7 +102,9 @@ def test_bad_input_is_counted_and_dropped_and_the_gateway_keeps_serving(
     tmp_path, block_broker, police_broker, gateway_process
 ):
     """Malformed, unknown, oversize, non-UTF-8 and mistyped messages are counted; a panic still gets through."""
-    gw = start_gateway(tmp_path, block_broker, police_broker, gateway_process, status_interval_s=0.2)
+    gw = start_gateway(
+        tmp_path, block_broker, police_broker, gateway_process, status_interval_s=0.2
+    )
     bad = [
         ("S00001", b"{not json"),
         ("S00001", b"\xff\xfe\xfd"),
@@ -103,8 +118,9 @@ def test_bad_input_is_counted_and_dropped_and_the_gateway_keeps_serving(
     ]
 
     async def scenario() -> None:
-        async with running(block_url=block_broker.url, police_url=police_broker.url,
-                           shops=["S00005"]) as (panels, platform):
+        async with running(
+            block_url=block_broker.url, police_url=police_broker.url, shops=["S00005"]
+        ) as (panels, platform):
             assert platform is not None
             async with aiomqtt.Client("127.0.0.1", block_broker.port, identifier="attacker") as c:
                 for shop, payload in bad:
@@ -117,7 +133,9 @@ def test_bad_input_is_counted_and_dropped_and_the_gateway_keeps_serving(
             def counted() -> dict[str, int]:
                 return gw.status()["rejected"]
 
-            await wait_until(lambda: sum(counted().values()) == len(bad), 10, "every bad message counted")
+            await wait_until(
+                lambda: sum(counted().values()) == len(bad), 10, "every bad message counted"
+            )
             assert counted() == {
                 "shops.malformed": 2,
                 "shops.invalid": 4,
@@ -127,5 +145,6 @@ def test_bad_input_is_counted_and_dropped_and_the_gateway_keeps_serving(
             }
 
     asyncio.run(scenario())
-    assert gw.process is not None and gw.process.poll() is None
+    assert gw.process is not None
+    assert gw.process.poll() is None
     assert gw.stop() == 0

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from firmware_stubs.police_platform import PolicePlatform
 from gateway.broker import BrokerTls, Mosquitto
 from gateway.journal import JournalReader
 from gateway.mqtt import BrokerConfig, TlsConfig
-from firmware_stubs.police_platform import PolicePlatform
 from tests.certs import Pki, make_pki
 from tests.clients import running, wait_until
 from tests.harness import TestGateway, init_config
@@ -34,11 +34,25 @@ def platform_for(broker: Mosquitto, pki: Pki) -> PolicePlatform:
 
 
 def tls_config(tmp_path: Path, block: Mosquitto, police: Mosquitto, ca: Path, pki: Pki) -> Path:
-    return init_config(tmp_path / "gw", block_url=block.url, police_url=None, forwarders=[{
-        "kind": "police_mqtt", "name": "police",
-        "broker": {"url": police.url, "tls": {"ca_file": str(ca), "cert_file": str(pki.client_cert),
-                                              "key_file": str(pki.client_key)}},
-    }])
+    return init_config(
+        tmp_path / "gw",
+        block_url=block.url,
+        police_url=None,
+        forwarders=[
+            {
+                "kind": "police_mqtt",
+                "name": "police",
+                "broker": {
+                    "url": police.url,
+                    "tls": {
+                        "ca_file": str(ca),
+                        "cert_file": str(pki.client_cert),
+                        "key_file": str(pki.client_key),
+                    },
+                },
+            }
+        ],
+    )
 
 
 def test_events_reach_the_police_over_tls_with_a_client_certificate(
@@ -80,12 +94,16 @@ def test_a_broker_certificate_from_another_ca_is_refused_and_nothing_falls_back_
             await asyncio.wait_for(platform.ready.wait(), 10)
             async with running(block_url=block_broker.url, shops=["S00020"]) as (panels, _):
                 await panels["S00020"].send("panic")
-                await wait_until(lambda: "forwarder[police] down" in gw.log_text(), 10, "the link fault")
+                await wait_until(
+                    lambda: "forwarder[police] down" in gw.log_text(), 10, "the link fault"
+                )
                 await asyncio.sleep(1.0)
             task.cancel()
 
     asyncio.run(scenario())
     assert platform.deliveries == []
     assert "certificate verify failed" in gw.log_text().lower()
-    pending = JournalReader(config.parent / "state" / "journal.sqlite3").pending("police", after=0, limit=10)
+    pending = JournalReader(config.parent / "state" / "journal.sqlite3").pending(
+        "police", after=0, limit=10
+    )
     assert [r.event.kind.value for r in pending][:2] == ["device_fault", "panic"]

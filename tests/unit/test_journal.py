@@ -13,14 +13,25 @@ from gateway.outbox import OutboxCursor
 
 def event(kind: EventKind = EventKind.PANIC, shop: str = "S00001") -> Event:
     now = utc_now()
-    return Event(id=new_event_id(), gateway_id="GW-T", shop_id=shop, device_id="panel-1",
-                 kind=kind, occurred_at=now, received_at=now,
-                 source=Source(driver="test", ref="t"), attrs={"pad": "x" * 400})
+    return Event(
+        id=new_event_id(),
+        gateway_id="GW-T",
+        shop_id=shop,
+        device_id="panel-1",
+        kind=kind,
+        occurred_at=now,
+        received_at=now,
+        source=Source(driver="test", ref="t"),
+        attrs={"pad": "x" * 400},
+    )
 
 
 def open_journal(path: Path, **kw: object) -> Journal:
-    return Journal(path, route=lambda e: [] if e.kind is EventKind.HEARTBEAT else ["police"],
-                   max_size_bytes=kw.pop("max_size_bytes", 10**9))  # type: ignore[arg-type]
+    return Journal(
+        path,
+        route=lambda e: [] if e.kind is EventKind.HEARTBEAT else ["police"],
+        max_size_bytes=kw.pop("max_size_bytes", 10**9),
+    )  # type: ignore[arg-type]
 
 
 async def run_journal(journal: Journal, body) -> None:
@@ -161,7 +172,9 @@ def test_past_the_size_cap_heartbeats_go_first_and_alarms_stay(tmp_path):
 
 def test_appends_wait_when_the_writer_is_backed_up_but_acks_never_do(tmp_path):
     """With a queue of 10, the 11th append waits for a commit; acks are queued at once meanwhile."""
-    journal = Journal(tmp_path / "j.db", route=lambda e: ["police"], max_size_bytes=10**9, queue_size=10)
+    journal = Journal(
+        tmp_path / "j.db", route=lambda _e: ["police"], max_size_bytes=10**9, queue_size=10
+    )
 
     async def fill() -> None:
         for _ in range(11):

@@ -16,17 +16,29 @@ TOPIC = "lianfang/v1/shop/S00001/event"
 
 @pytest.fixture
 def driver() -> MqttIngestDriver:
-    context = DriverContext("GW-T", BrokerConfig(url="mqtt://127.0.0.1:1883"),
-                            {"S00001": frozenset({"panel-1"})})
+    context = DriverContext(
+        "GW-T", BrokerConfig(url="mqtt://127.0.0.1:1883"), {"S00001": frozenset({"panel-1"})}
+    )
     return MqttIngestDriver(MqttIngestConfig(kind="mqtt_ingest", name="shops"), context=context)
 
 
 def test_a_full_message_becomes_an_event_with_an_origin_key(driver):
     """Device time, zone, seq and extra attributes are kept; the origin key names the device message."""
-    body = {"device_id": "panel-1", "kind": "panic", "zone": 2, "seq": 17,
-            "ts": "2026-11-22T02:00:00+00:00", "battery": 3.02}
+    body = {
+        "device_id": "panel-1",
+        "kind": "panic",
+        "zone": 2,
+        "seq": 17,
+        "ts": "2026-11-22T02:00:00+00:00",
+        "battery": 3.02,
+    }
     event, origin = driver.parse(TOPIC, json.dumps(body).encode())
-    assert (event.shop_id, event.device_id, event.kind, event.zone) == ("S00001", "panel-1", EventKind.PANIC, "2")
+    assert (event.shop_id, event.device_id, event.kind, event.zone) == (
+        "S00001",
+        "panel-1",
+        EventKind.PANIC,
+        "2",
+    )
     assert event.occurred_at.isoformat() == "2026-11-22T02:00:00+00:00"
     assert event.attrs == {"battery": 3.02, "seq": 17}
     assert origin == "shops/S00001/panel-1/17"
@@ -52,7 +64,11 @@ def test_a_device_clock_far_ahead_keeps_gateway_time(driver):
         (TOPIC, b'{"device_id": "panel-1", "kind": "panic", "seq": -1}', "invalid"),
         (TOPIC, b'{"device_id": "panel-1", "kind": "supervision_lost"}', "invalid"),
         (TOPIC, b'{"device_id": "panel-2", "kind": "panic"}', "unknown_device"),
-        ("lianfang/v1/shop/S77777/event", b'{"device_id": "panel-1", "kind": "panic"}', "unknown_shop"),
+        (
+            "lianfang/v1/shop/S77777/event",
+            b'{"device_id": "panel-1", "kind": "panic"}',
+            "unknown_shop",
+        ),
         (TOPIC, b"{" + b" " * 5000 + b"}", "oversize"),
     ],
 )

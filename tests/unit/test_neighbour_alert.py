@@ -11,8 +11,16 @@ from rules.neighbour_alert import NeighbourAlerts
 
 def event(kind: EventKind, shop: str = "A") -> Event:
     now = utc_now()
-    return Event(id=new_event_id(), gateway_id="GW", shop_id=shop, device_id="panel-1", kind=kind,
-                 occurred_at=now, received_at=now, source=Source(driver="t", ref="t"))
+    return Event(
+        id=new_event_id(),
+        gateway_id="GW",
+        shop_id=shop,
+        device_id="panel-1",
+        kind=kind,
+        occurred_at=now,
+        received_at=now,
+        source=Source(driver="t", ref="t"),
+    )
 
 
 class Clock:
@@ -25,7 +33,9 @@ class Clock:
 
 def alerts(clock: Clock) -> NeighbourAlerts:
     table = {"A": [Neighbour("B", 12.0, 90.0), Neighbour("C", 20.0, 180.0)]}
-    return NeighbourAlerts(table, {"A": "No.1 Gold Exchange"}, cooldown_s=30, expires_s=300, clock=clock)
+    return NeighbourAlerts(
+        table, {"A": "No.1 Gold Exchange"}, cooldown_s=30, expires_s=300, clock=clock
+    )
 
 
 def test_panic_tells_each_neighbour_the_way_back_to_the_shop_in_trouble():
