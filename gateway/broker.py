@@ -129,8 +129,8 @@ class Mosquitto:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                log = (self.workdir / "mosquitto.log").read_text(errors="replace")
-                raise RuntimeError(f"mosquitto exited at start on port {self.port}: {log[-500:]}")
+                said = (self.workdir / "mosquitto.log").read_text(errors="replace")
+                raise RuntimeError(f"mosquitto exited at start on port {self.port}: {said[-500:]}")
             try:
                 socket.create_connection((self.host, self.port), timeout=0.2).close()
             except OSError:
