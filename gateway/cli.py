@@ -216,6 +216,34 @@ def run(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the gateway's counters, links and what each receiver still waits for."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from gateway.console import show_status  # noqa: PLC0415
+
+    raise typer.Exit(show_status(_load(config_path(config)), Console(), as_json=as_json))
+
+
+@app.command()
+def events(
+    config: ConfigOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the newest events in the journal."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from gateway.console import show_events  # noqa: PLC0415
+
+    cfg = _load(config_path(config))
+    raise typer.Exit(show_events(cfg, Console(), limit=limit, as_json=as_json))
+
+
+@app.command()
 def demo(
     shop: Annotated[str, typer.Option(help="Shop whose panic button is pressed.")] = "S00011",
 ) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import aiomqtt
@@ -148,3 +150,39 @@ def test_bad_input_is_counted_and_dropped_and_the_gateway_keeps_serving(
     assert gw.process is not None
     assert gw.process.poll() is None
     assert gw.stop() == 0
+
+
+def test_status_and_events_show_what_the_gateway_did(
+    tmp_path, block_broker, police_broker, gateway_process
+):
+    """`lianfang events` lists the journalled panic; `lianfang status` shows it counted and delivered."""
+    gw = start_gateway(
+        tmp_path, block_broker, police_broker, gateway_process, status_interval_s=0.2
+    )
+
+    async def scenario() -> None:
+        async with running(
+            block_url=block_broker.url, police_url=police_broker.url, shops=["S00030"]
+        ) as (panels, platform):
+            assert platform is not None
+            await panels["S00030"].send("panic")
+            await wait_until(lambda: platform.by_id, 10, "the panic at the police")
+            await wait_until(lambda: gw.status()["events"] >= 1, 10, "the status file")
+
+    asyncio.run(scenario())
+    assert gw.stop() == 0
+
+    def cli(*args: str) -> object:
+        out = subprocess.run(
+            [sys.executable, "-m", "gateway", *args, "--config", str(gw.config), "--json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return json.loads(out.stdout)
+
+    listed = cli("events", "--limit", "5")
+    assert [(e["shop_id"], e["kind"]) for e in listed if e["shop_id"]] == [("S00030", "panic")]
+    shown = cli("status")
+    assert shown["pending"].get("police", 0) == 0
+    assert shown["status"]["events"] >= 1
