@@ -92,11 +92,16 @@ class Gateway:
         """Counters for status messages, ``status.json`` and ``lianfang status``."""
         js = self.journal.stats
         warnings = []
+        cap = self.config.journal.max_size_mb
         if js.over_cap:
             warnings.append(
-                f"journal is over its {self.config.journal.max_size_mb:g} MB cap "
-                f"({js.size_bytes / 1e6:.1f} MB); {js.evicted} low-value records evicted, "
-                "alarms kept"
+                f"journal is over its {cap:g} MB cap ({js.size_bytes / 1e6:.1f} MB) with only "
+                "alarms and undelivered records left; alarms are never evicted"
+            )
+        elif js.evicted:
+            warnings.append(
+                f"journal reached its {cap:g} MB cap: {js.evicted} low-value records evicted "
+                "since start, alarms kept"
             )
         rejected = {
             f"{name}.{reason}": n

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from gateway.errors import JournalError
 from gateway.events import EVENT_CLASS, Event, EventClass, utc_now
+from gateway.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     attempts INTEGER NOT NULL DEFAULT 0,
     acked_at TEXT,
     last_error TEXT,
-    PRIMARY KEY (forwarder, seq)
+    PRIMARY KEY (seq, forwarder)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(forwarder, seq)
     WHERE acked_at IS NULL;
@@ -57,7 +58,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 MAX_BATCH = 2000
 RECENT_ORIGIN_KEYS = 20_000  # far more than a broker may redeliver after a crash
-CAP_CHECK_INTERVAL_S = 10.0
+EVICT_RETRY_S = 10.0
 
 # Eviction order past the size cap. Alarms, and anything a receiver still
 # waits for except routine records, are never evicted.
@@ -167,7 +168,8 @@ class Journal:
         self._listeners: list[Callable[[list[OutboxRow], str], None]] = []
         # origin key -> callbacks waiting for the first copy, or None once durable
         self._origins: OrderedDict[str, list[OnDurable] | None] = OrderedDict()
-        self._last_cap_check = 0.0
+        self._last_evict = 0.0
+        self._log = RateLimitedLog(logger, interval_s=60)
         self._closed = False
         self._load_recent_origins()
         self._refresh_size()
@@ -298,11 +300,12 @@ class Journal:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise JournalError(f"cannot write journal {self.path}: {exc}") from exc
-        if time.monotonic() - self._last_cap_check > CAP_CHECK_INTERVAL_S:
-            self._last_cap_check = time.monotonic()
-            self._refresh_size()
+        self._refresh_size()  # three header reads: cheap enough for every commit
+        # When nothing evictable is left, do not search again on every commit.
+        if self.stats.over_cap and time.monotonic() - self._last_evict > EVICT_RETRY_S:
+            self._evict()
             if self.stats.over_cap:
-                self._evict()
+                self._last_evict = time.monotonic()
 
     def _committed(self, batch: list[_Item]) -> None:
         self.stats.commits += 1
@@ -359,17 +362,19 @@ class Journal:
                 self._conn.execute("COMMIT")
                 self.stats.evicted += len(seqs)
                 self._refresh_size()
-                logger.warning(
-                    "journal over its %d MB cap: evicted %d %s records (alarms are kept)",
-                    self._max_size_bytes // 1_000_000,
+                self._log.warning(
+                    "evicted",
+                    "journal over its %.1f MB cap: evicted %d %s records (alarms are kept)",
+                    self._max_size_bytes / 1e6,
                     len(seqs),
                     klass.value,
                 )
         if self.stats.over_cap:
-            logger.warning(
-                "journal still over its cap at %d MB with only alarms and undelivered records;"
+            self._log.warning(
+                "full",
+                "journal still over its cap at %.1f MB with only alarms and undelivered records;"
                 " nothing more will be evicted",
-                self.stats.size_bytes // 1_000_000,
+                self.stats.size_bytes / 1e6,
             )
 
     # --- reads --------------------------------------------------------------------------
