@@ -78,3 +78,13 @@ async def running(
         finally:
             for t in tasks:
                 t.cancel()
+
+
+def open_police_session(url: str) -> None:
+    """Subscribe the police platform once, so its broker queues events for it while it is away."""
+
+    async def once() -> None:
+        async with running(police_url=url):
+            pass
+
+    asyncio.run(once())

@@ -10,7 +10,7 @@ from collections import defaultdict
 import aiomqtt
 
 from firmware_stubs.mqtt_panel import ShopPanel
-from tests.clients import running, wait_until
+from tests.clients import expected_nearest, open_police_session, running, wait_until
 from tests.harness import TestGateway, init_config
 
 SHOPS = [f"S{n:05d}" for n in range(1, 21)]
@@ -117,11 +117,7 @@ def test_police_outage_under_load_loses_nothing_and_keeps_order_per_shop(
             assert link[0]["device_id"] == "link:forwarder[police]"
 
     # The platform subscribes once before the load so that its persistent session exists.
-    async def subscribe_once() -> None:
-        async with running(police_url=police_broker.url):
-            pass
-
-    asyncio.run(subscribe_once())
+    open_police_session(police_broker.url)
     asyncio.run(scenario())
 
 
@@ -177,3 +173,77 @@ def test_kill_9_fires_the_last_will(tmp_path, block_broker, police_broker, gatew
         return states
 
     assert asyncio.run(watch()) == ["online", "offline"]
+
+
+def test_neighbours_are_alerted_while_the_police_link_is_down(
+    tmp_path, block_broker, police_broker, gateway_process
+):
+    """With the police broker gone, a panic still alerts the neighbours at once; the police get it later."""
+    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
+    gw = TestGateway(config)
+    gateway_process.append(gw)
+    gw.start()
+    near = expected_nearest("S00050")
+
+    open_police_session(police_broker.url)
+    police_broker.stop()
+
+    async def alert() -> None:
+        async with running(block_url=block_broker.url, shops=["S00050", *near]) as (panels, _):
+            await panels["S00050"].send("panic")
+            await wait_until(lambda: all(panels[s].notices for s in near), 5, "neighbours alerted")
+
+    asyncio.run(alert())
+    police_broker.start()
+
+    async def police() -> None:
+        async with running(police_url=police_broker.url) as (_, platform):
+            assert platform is not None
+            await wait_until(
+                lambda: any(d.body["kind"] == "panic" for d in platform.unique),
+                30,
+                "the panic at the police after the outage",
+            )
+
+    asyncio.run(police())
+
+
+def test_a_block_broker_restart_is_survived(tmp_path, block_broker, police_broker, gateway_process):
+    """The block broker restarts; the gateway reconnects by itself and the next panic gets through."""
+    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
+    gw = TestGateway(config)
+    gateway_process.append(gw)
+    gw.start()
+
+    open_police_session(police_broker.url)
+    block_broker.stop()
+    block_broker.start()
+    near = expected_nearest("S00060")
+
+    async def scenario() -> None:
+        async with running(
+            block_url=block_broker.url, police_url=police_broker.url, shops=["S00060", *near]
+        ) as (panels, platform):
+            assert platform is not None
+
+            # The gateway resubscribes after its backoff; panels retry until it listens.
+            def arrived() -> bool:
+                return any(d.body["shop_id"] == "S00060" for d in platform.unique)
+
+            for _ in range(40):
+                await panels["S00060"].send("panic")
+                await asyncio.sleep(0.5)
+                if arrived():
+                    break
+            assert arrived()
+            link = [
+                (d.body["device_id"], d.body["kind"])
+                for d in platform.unique
+                if not d.body["shop_id"]
+            ]
+            assert ("link:driver[shops]", "device_fault") in link
+            await wait_until(lambda: all(panels[s].notices for s in near), 5, "neighbours alerted")
+
+    asyncio.run(scenario())
+    assert gw.process is not None
+    assert gw.process.poll() is None
