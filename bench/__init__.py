@@ -1,0 +1,1 @@
+"""Benchmarks: the gateway against a bare MQTT relay as the floor (``python -m bench.latency``)."""
