@@ -10,18 +10,20 @@ acknowledged (so the broker does not send them again) and dropped.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal
 
-import aiomqtt
+from paho.mqtt.client import MQTTMessage
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from drivers.base import DriverConfig, DriverContext, Emit
 from gateway.errors import DriverUnavailable
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
-from gateway.mqtt import client_for, first_leaf
+from gateway.mqtt import first_leaf
+from gateway.paced_subscriber import PacedSubscriber, SubscriberDown
 from gateway.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -47,10 +49,11 @@ class MqttIngestConfig(DriverConfig):
         default=4096, ge=256, le=65536, description="Larger payloads are dropped and counted."
     )
     receive_maximum: int = Field(
-        default=1000,
-        ge=1,
+        default=500,
+        ge=2,
         le=65535,
-        description="Unacknowledged messages the broker may send at once (our backpressure).",
+        description="Unacknowledged messages at most; past it the gateway stops reading "
+        "and the broker keeps the rest (memory stays flat under any backlog).",
     )
 
 
@@ -91,45 +94,40 @@ class MqttIngestDriver:
 
     async def run(self, emit: Emit) -> None:
         """Subscribe and ingest until cancelled; raise ``DriverUnavailable`` on link loss."""
-        client = client_for(
+        subscriber = PacedSubscriber(
             self._context.block_broker,
             client_id=f"lianfang-{self._context.gateway_id}-{self.config.name}",
-            persistent=True,
-            receive_maximum=self.config.receive_maximum,
+            topic=self.config.topic,
+            max_unacked=self.config.receive_maximum,
         )
-        # aiomqtt has no manual-ack API yet (aiomqtt#345); paho 2 has it.
-        paho = client._client  # noqa: SLF001
-        paho.manual_ack_set(True)  # noqa: FBT003 - paho's API
         try:
-            async with client:
-                await client.subscribe(self.config.topic, qos=1)
-                self.link_up.set()
-                async for message in client.messages:
-                    mid, qos = message.mid, message.qos
-
-                    def ack(mid: int = mid, qos: int = qos) -> None:
-                        paho.ack(mid, qos)
-
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(
+                    subscriber.run(on_subscribed=self.link_up), name=f"{self.config.name}.link"
+                )
+                while True:
+                    message, generation = await subscriber.messages.get()
+                    ack = functools.partial(subscriber.ack, message, generation)
                     try:
-                        event, origin_key = self.parse(str(message.topic), message.payload)
+                        event, origin_key = self.parse(_topic(message), message.payload)
                     except Rejected as rejection:
                         self.rejected[rejection.reason] += 1
                         self._log.warning(
                             rejection.reason,
-                            "%s: dropped message on %s: %s",
+                            "%s: dropped message on %r: %s",
                             self.config.name,
-                            message.topic,
+                            _shown_topic(message),
                             rejection,
                         )
                         ack()
                         continue
                     await emit(event, on_durable=ack, origin_key=origin_key)
-        except* (aiomqtt.MqttError, OSError) as group:
+        except* (SubscriberDown, OSError) as group:
             raise DriverUnavailable(
                 f"block broker {self._context.block_broker.url}: {first_leaf(group)}"
             ) from None
 
-    def parse(self, topic: str, payload: Any) -> tuple[Event, str | None]:  # noqa: ANN401 - aiomqtt's payload union
+    def parse(self, topic: str, payload: Any) -> tuple[Event, str | None]:  # noqa: ANN401 - any payload
         """The event in one message, and its origin key; raise ``Rejected`` if unusable."""
         if not isinstance(payload, bytes | bytearray):
             raise Rejected("malformed", "payload is not bytes")
@@ -180,6 +178,20 @@ class MqttIngestDriver:
         if shop_id not in self._context.devices:
             raise Rejected("unknown_shop", f"shop {shop_id[:40]!r} is not served by this gateway")
         return shop_id
+
+
+def _topic(message: MQTTMessage) -> str:
+    try:
+        return message.topic
+    except UnicodeDecodeError:
+        raise Rejected("malformed", "topic is not UTF-8") from None
+
+
+def _shown_topic(message: MQTTMessage) -> str:
+    try:
+        return message.topic[:120]
+    except UnicodeDecodeError:
+        return "<topic not UTF-8>"
 
 
 def _attrs(extra: dict[str, Any]) -> dict[str, Any]:
