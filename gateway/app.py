@@ -27,7 +27,7 @@ from gateway.journal import Journal
 from gateway.notify import BlockPublisher
 from gateway.outbox import OutboxCursor
 from gateway.supervise import supervise
-from gateway.systemd import SystemdNotifier
+from gateway.systemd import SystemdNotifier, process_age_s
 from rules.geo import neighbour_table
 from rules.neighbour_alert import NeighbourAlerts
 
@@ -188,10 +188,11 @@ class Gateway:
         down = [n for n, d in self.drivers.items() if not d.link_up.is_set()]
         state = f"waiting for {', '.join(down)}" if down else "serving"
         notifier.notify(f"READY=1\nSTATUS={state}")
+        age = process_age_s()
         logger.info(
-            "gateway %s ready in %.2f s (%s)",
+            "gateway %s ready %.2f s after process start (%s)",
             self.config.gateway.id,
-            time.monotonic() - self.started,
+            age if age is not None else time.monotonic() - self.started,
             state,
         )
 

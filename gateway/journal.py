@@ -74,10 +74,17 @@ Route = Callable[[Event], Iterable[str]]
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    """One event waiting for one forwarder."""
+    """One event waiting for one forwarder, as the journal holds it."""
 
     seq: int
-    event: Event
+    shop_id: str | None
+    body: str
+    """The event's JSON, exactly as journalled."""
+
+    @property
+    def event(self) -> Event:
+        """The event itself (parsed on demand; forwarders that relay JSON skip this)."""
+        return Event.model_validate_json(self.body)
 
 
 @dataclass
@@ -87,6 +94,7 @@ class _Append:
     on_durable: list[OnDurable]
     routes: tuple[str, ...]
     seq: int = 0
+    body: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,44 +265,46 @@ class Journal:
     def _write(self, batch: list[_Item]) -> None:
         now = utc_now().isoformat()
         conn = self._conn
+        acks: list[tuple[str, str, int]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for item in batch:
                 if isinstance(item, _Append):
                     ev = item.event
-                    item.seq = (
+                    item.body = ev.model_dump_json()
+                    cursor = conn.execute(
+                        "INSERT INTO events (id, shop_id, device_id, kind, class, received_at,"
+                        " origin_key, body) VALUES (?,?,?,?,?,?,?,?)",
+                        (
+                            ev.id,
+                            ev.shop_id,
+                            ev.device_id,
+                            ev.kind.value,
+                            EVENT_CLASS[ev.kind].value,
+                            ev.received_at.isoformat(),
+                            item.origin_key,
+                            item.body,
+                        ),
+                    )
+                    item.seq = cursor.lastrowid or 0
+                    for name in item.routes:
                         conn.execute(
-                            "INSERT INTO events (id, shop_id, device_id, kind, class, received_at,"
-                            " origin_key, body) VALUES (?,?,?,?,?,?,?,?)",
-                            (
-                                ev.id,
-                                ev.shop_id,
-                                ev.device_id,
-                                ev.kind.value,
-                                EVENT_CLASS[ev.kind].value,
-                                ev.received_at.isoformat(),
-                                item.origin_key,
-                                ev.model_dump_json(),
-                            ),
-                        ).lastrowid
-                        or 0
-                    )
-                    conn.executemany(
-                        "INSERT INTO deliveries (forwarder, seq) VALUES (?, ?)",
-                        [(name, item.seq) for name in item.routes],
-                    )
+                            "INSERT INTO deliveries (forwarder, seq) VALUES (?, ?)",
+                            (name, item.seq),
+                        )
                 elif isinstance(item, _Ack):
-                    conn.execute(
-                        "UPDATE deliveries SET acked_at=? WHERE forwarder=? AND seq=?"
-                        " AND acked_at IS NULL",
-                        (now, item.forwarder, item.seq),
-                    )
+                    acks.append((now, item.forwarder, item.seq))
                 else:
                     conn.executemany(
                         "UPDATE deliveries SET attempts=attempts+1, last_error=?"
                         " WHERE forwarder=? AND seq=? AND acked_at IS NULL",
                         [(item.error, item.forwarder, s) for s in item.seqs],
                     )
+            # One row per acknowledged event, never a range.
+            conn.executemany(
+                "UPDATE deliveries SET acked_at=? WHERE forwarder=? AND seq=? AND acked_at IS NULL",
+                acks,
+            )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -318,8 +328,9 @@ class Journal:
                     self._origins[item.origin_key] = None
                 for cb in item.on_durable + (waiting or []):
                     cb()
+                row = OutboxRow(item.seq, item.event.shop_id, item.body)
                 for name in item.routes:
-                    fresh.setdefault(name, []).append(OutboxRow(item.seq, item.event))
+                    fresh.setdefault(name, []).append(row)
             elif isinstance(item, _Ack):
                 self.stats.acked += 1
         for name, rows in fresh.items():
@@ -398,11 +409,11 @@ class JournalReader:
     def pending(self, forwarder: str, *, after: int, limit: int) -> list[OutboxRow]:
         """Unacknowledged events for ``forwarder`` past ``after``, in journal order."""
         rows = self._conn.execute(
-            "SELECT d.seq, e.body FROM deliveries d JOIN events e ON e.seq = d.seq"
+            "SELECT d.seq, e.shop_id, e.body FROM deliveries d JOIN events e ON e.seq = d.seq"
             " WHERE d.forwarder=? AND d.acked_at IS NULL AND d.seq>? ORDER BY d.seq LIMIT ?",
             (forwarder, after, limit),
         ).fetchall()
-        return [OutboxRow(seq, Event.model_validate_json(body)) for seq, body in rows]
+        return [OutboxRow(seq, shop_id, body) for seq, shop_id, body in rows]
 
     def pending_counts(self) -> dict[str, int]:
         """Unacknowledged events per forwarder."""

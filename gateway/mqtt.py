@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 from pathlib import Path
 from typing import Annotated, Any
@@ -147,6 +149,8 @@ def client_for(
         max_inflight_messages=max_inflight,
         max_queued_incoming_messages=0,
         timeout=10,
+        # Alarms are small and urgent: never let Nagle hold one back.
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         **kwargs,
     )
     # We bound in-flight publishes ourselves (forwarder window, alert fan-out).
@@ -159,3 +163,18 @@ def first_leaf(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     return error
+
+
+async def publish(
+    client: aiomqtt.Client, topic: str, payload: bytes, *, retain: bool = False
+) -> None:
+    """Publish at QoS 1 and wait for the PUBACK.
+
+    On Python 3.11 ``asyncio.wait_for`` (which aiomqtt uses) can swallow a
+    cancellation that arrives together with the PUBACK (CPython gh-86296); a
+    loop that publishes would then never stop. Re-raise it here.
+    """
+    await client.publish(topic, payload, qos=1, retain=retain)
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

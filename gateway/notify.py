@@ -10,7 +10,7 @@ from collections import deque
 import aiomqtt
 
 from gateway.errors import DriverUnavailable
-from gateway.mqtt import BrokerConfig, client_for, first_leaf
+from gateway.mqtt import BrokerConfig, client_for, first_leaf, publish
 from gateway.status import StatusSnapshot, keep_status, offline_will
 from rules.neighbour_alert import NeighbourAlert
 
@@ -100,7 +100,7 @@ class BlockPublisher:
                 async with asyncio.TaskGroup() as tg:
                     for notice in alert.notices:
                         tg.create_task(
-                            client.publish(notify_topic(notice.shop_id), notice.payload, qos=1),
+                            publish(client, notify_topic(notice.shop_id), notice.payload),
                             name=f"notify[{notice.shop_id}]",
                         )
                 self.notices_sent += len(alert.notices)

@@ -10,6 +10,8 @@ from typing import Any
 
 import aiomqtt
 
+from gateway.mqtt import publish
+
 StatusSnapshot = Callable[[], dict[str, Any]]
 
 
@@ -33,7 +35,7 @@ async def keep_status(
     """Publish ``online`` status every ``interval_s``; say ``offline`` when cancelled."""
     try:
         while True:
-            await client.publish(topic, status_payload("online", snapshot), qos=1, retain=True)
+            await publish(client, topic, status_payload("online", snapshot), retain=True)
             await asyncio.sleep(interval_s)
     except asyncio.CancelledError:
         # A clean stop does not fire the will, so say it ourselves, briefly.

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from pathlib import Path
 
 
 class SystemdNotifier:
@@ -36,3 +38,14 @@ class SystemdNotifier:
         """Close the socket."""
         if self._sock is not None:
             self._sock.close()
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux), or None where that cannot be read."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        # Field 22 (starttime, in clock ticks after boot); the command name may hold spaces.
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None

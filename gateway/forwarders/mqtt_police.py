@@ -13,7 +13,7 @@ from pydantic import Field
 from gateway.errors import PlatformUnreachable
 from gateway.forwarders.base import ForwarderConfig, ForwarderContext, upstream_payload
 from gateway.journal import OutboxRow
-from gateway.mqtt import BrokerConfig, client_for, first_leaf
+from gateway.mqtt import BrokerConfig, client_for, first_leaf, publish
 from gateway.outbox import OutboxCursor
 from gateway.status import keep_status, offline_will
 
@@ -89,26 +89,27 @@ class PoliceMqttForwarder:
             ) from None
 
     async def _forward(self, client: aiomqtt.Client) -> None:
-        while True:
-            rows = await self._cursor.next_batch()
-            await self._send(client, rows)
-
-    async def _send(self, client: aiomqtt.Client, rows: list[OutboxRow]) -> None:
-        acked: set[int] = set()
+        """Keep up to ``window`` events in flight; acknowledge each on its own PUBACK."""
+        window = asyncio.Semaphore(self.config.window)
+        in_flight: dict[int, OutboxRow] = {}
 
         async def deliver(row: OutboxRow) -> None:
-            payload = upstream_payload(row.event, self._context.shops)
-            await client.publish(self.events_topic, payload, qos=1)
-            acked.add(row.seq)
+            try:
+                await publish(client, self.events_topic, upstream_payload(row, self._context.shops))
+            finally:
+                window.release()
+            del in_flight[row.seq]
             self._cursor.ack(row)
 
         try:
-            # Each task calls paho's publish before its first await, so rows go
-            # on the wire in journal order; PUBACKs come back concurrently.
+            # Each task calls paho's publish before its first await, and tasks
+            # start in creation order: rows go on the wire in journal order.
             async with asyncio.TaskGroup() as tg:
-                for row in rows:
-                    tg.create_task(deliver(row), name=f"{self.config.name}.publish[{row.seq}]")
+                while True:
+                    for row in await self._cursor.next_batch():
+                        await window.acquire()
+                        in_flight[row.seq] = row
+                        tg.create_task(deliver(row), name=f"{self.config.name}.publish")
         except BaseException as exc:
-            unacked = [r for r in rows if r.seq not in acked]
-            self._cursor.rewind(unacked, repr(exc))
+            self._cursor.rewind(sorted(in_flight.values(), key=lambda r: r.seq), repr(exc))
             raise
