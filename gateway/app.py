@@ -43,6 +43,10 @@ class Gateway:
         """Open the journal and build every component; connect nothing yet."""
         self.config = config
         self.started = time.monotonic()
+        self._routes = {
+            kind: tuple(f.name for f in config.forwarders if f.accepts_kind(kind))
+            for kind in EventKind
+        }
         gid = config.gateway.id
         self.journal = Journal(
             config.journal_path,
@@ -85,8 +89,8 @@ class Gateway:
         }
         self.links: dict[str, bool] = {}
 
-    def _route(self, event: Event) -> list[str]:
-        return [f.name for f in self.config.forwarders if f.accepts(event)]
+    def _route(self, event: Event) -> tuple[str, ...]:
+        return self._routes[event.kind]
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for status messages, ``status.json`` and ``lianfang status``."""

@@ -181,6 +181,8 @@ class Journal:
         self._closed = False
         self._load_recent_origins()
         self._refresh_size()
+        # Assigned here, not by SQLite, so that a whole batch goes in one executemany.
+        self._next_seq = self._last_seq() + 1
 
     # --- producers (event loop) -------------------------------------------------
 
@@ -265,41 +267,47 @@ class Journal:
     def _write(self, batch: list[_Item]) -> None:
         now = utc_now().isoformat()
         conn = self._conn
+        events: list[tuple[object, ...]] = []
+        deliveries: list[tuple[str, int]] = []
         acks: list[tuple[str, str, int]] = []
+        failures: list[tuple[str, str, int]] = []
+        for item in batch:
+            if isinstance(item, _Append):
+                ev = item.event
+                item.seq = self._next_seq
+                self._next_seq += 1
+                item.body = ev.model_dump_json()
+                events.append(
+                    (
+                        item.seq,
+                        ev.id,
+                        ev.shop_id,
+                        ev.device_id,
+                        ev.kind.value,
+                        EVENT_CLASS[ev.kind].value,
+                        ev.received_at.isoformat(),
+                        item.origin_key,
+                        item.body,
+                    )
+                )
+                deliveries.extend((name, item.seq) for name in item.routes)
+            elif isinstance(item, _Ack):
+                acks.append((now, item.forwarder, item.seq))
+            else:
+                failures.extend((item.error, item.forwarder, s) for s in item.seqs)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for item in batch:
-                if isinstance(item, _Append):
-                    ev = item.event
-                    item.body = ev.model_dump_json()
-                    cursor = conn.execute(
-                        "INSERT INTO events (id, shop_id, device_id, kind, class, received_at,"
-                        " origin_key, body) VALUES (?,?,?,?,?,?,?,?)",
-                        (
-                            ev.id,
-                            ev.shop_id,
-                            ev.device_id,
-                            ev.kind.value,
-                            EVENT_CLASS[ev.kind].value,
-                            ev.received_at.isoformat(),
-                            item.origin_key,
-                            item.body,
-                        ),
-                    )
-                    item.seq = cursor.lastrowid or 0
-                    for name in item.routes:
-                        conn.execute(
-                            "INSERT INTO deliveries (forwarder, seq) VALUES (?, ?)",
-                            (name, item.seq),
-                        )
-                elif isinstance(item, _Ack):
-                    acks.append((now, item.forwarder, item.seq))
-                else:
-                    conn.executemany(
-                        "UPDATE deliveries SET attempts=attempts+1, last_error=?"
-                        " WHERE forwarder=? AND seq=? AND acked_at IS NULL",
-                        [(item.error, item.forwarder, s) for s in item.seqs],
-                    )
+            conn.executemany(
+                "INSERT INTO events (seq, id, shop_id, device_id, kind, class, received_at,"
+                " origin_key, body) VALUES (?,?,?,?,?,?,?,?,?)",
+                events,
+            )
+            conn.executemany("INSERT INTO deliveries (forwarder, seq) VALUES (?, ?)", deliveries)
+            conn.executemany(
+                "UPDATE deliveries SET attempts=attempts+1, last_error=?"
+                " WHERE forwarder=? AND seq=? AND acked_at IS NULL",
+                failures,
+            )
             # One row per acknowledged event, never a range.
             conn.executemany(
                 "UPDATE deliveries SET acked_at=? WHERE forwarder=? AND seq=? AND acked_at IS NULL",
@@ -309,6 +317,7 @@ class Journal:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            self._next_seq = self._last_seq() + 1
             raise JournalError(f"cannot write journal {self.path}: {exc}") from exc
         self._refresh_size()  # three header reads: cheap enough for every commit
         # When nothing evictable is left, do not search again on every commit.
@@ -389,6 +398,10 @@ class Journal:
             )
 
     # --- reads --------------------------------------------------------------------------
+
+    def _last_seq(self) -> int:
+        row = self._conn.execute("SELECT MAX(seq) FROM events").fetchone()
+        return int(row[0] or 0)
 
     def _load_recent_origins(self) -> None:
         rows = self._conn.execute(

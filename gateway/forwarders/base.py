@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.events import Event, EventKind
+from gateway.events import EventKind
 from gateway.journal import OutboxRow
 from gateway.status import StatusSnapshot
 
@@ -30,9 +30,9 @@ class ForwarderConfig(BaseModel):
         """The same settings with relative paths taken from ``base``."""
         return self
 
-    def accepts(self, event: Event) -> bool:
-        """Whether this forwarder delivers ``event``; heartbeats only feed supervision."""
-        return event.kind is not EventKind.HEARTBEAT
+    def accepts_kind(self, kind: EventKind) -> bool:
+        """Whether this forwarder delivers events of ``kind``; heartbeats only feed supervision."""
+        return kind is not EventKind.HEARTBEAT
 
 
 @dataclass(frozen=True)
