@@ -23,7 +23,7 @@ from drivers.base import DriverConfig, DriverContext, Emit
 from gateway.errors import DriverUnavailable
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.mqtt import first_leaf
-from gateway.paced_subscriber import PacedSubscriber, SubscriberDown
+from gateway.mqtt_link import LinkDown, MqttLink
 from gateway.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -94,20 +94,21 @@ class MqttIngestDriver:
 
     async def run(self, emit: Emit) -> None:
         """Subscribe and ingest until cancelled; raise ``DriverUnavailable`` on link loss."""
-        subscriber = PacedSubscriber(
+        link = MqttLink(
             self._context.block_broker,
             client_id=f"lianfang-{self._context.gateway_id}-{self.config.name}",
-            topic=self.config.topic,
+            persistent=True,
+            subscribe=self.config.topic,
             max_unacked=self.config.receive_maximum,
         )
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(
-                    subscriber.run(on_subscribed=self.link_up), name=f"{self.config.name}.link"
-                )
+            async with link, asyncio.TaskGroup() as tg:
+                self.link_up.set()
+                tg.create_task(link.watch(), name=f"{self.config.name}.link")
                 while True:
-                    message, generation = await subscriber.messages.get()
-                    ack = functools.partial(subscriber.ack, message, generation)
+                    message, generation = await link.messages.get()
+                    link.taken()
+                    ack = functools.partial(link.ack, message, generation)
                     try:
                         event, origin_key = self.parse(_topic(message), message.payload)
                     except Rejected as rejection:
@@ -122,7 +123,7 @@ class MqttIngestDriver:
                         ack()
                         continue
                     await emit(event, on_durable=ack, origin_key=origin_key)
-        except* (SubscriberDown, OSError) as group:
+        except* (LinkDown, OSError) as group:
             raise DriverUnavailable(
                 f"block broker {self._context.block_broker.url}: {first_leaf(group)}"
             ) from None

@@ -67,11 +67,13 @@ class Mosquitto:
         workdir: Path | None = None,
         max_queued_messages: int = 1_000_000,
         persistent: bool = False,
+        acl: str | None = None,
     ) -> None:
         """Prepare a broker; ``start()`` runs it.
 
         Queues are deep so that the broker holds alarms while a client is away;
-        ``persistent`` keeps sessions and queued messages across a restart.
+        ``persistent`` keeps sessions and queued messages across a restart;
+        ``acl`` is the text of a Mosquitto ACL file.
         """
         self.host = "127.0.0.1"
         self.port = port or free_port()
@@ -81,6 +83,7 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.max_queued_messages = max_queued_messages
         self.persistent = persistent
+        self.acl = acl
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -109,6 +112,10 @@ class Mosquitto:
             "log_type error",
             "log_type warning",
         ]
+        if self.acl is not None:
+            acl_file = self.workdir / "acl"
+            acl_file.write_text(self.acl)
+            lines.append(f"acl_file {acl_file}")
         if self.tls:
             lines += [
                 f"cafile {self.tls.ca_file}",

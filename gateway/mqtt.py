@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import ssl
 from pathlib import Path
@@ -163,18 +162,3 @@ def first_leaf(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     return error
-
-
-async def publish(
-    client: aiomqtt.Client, topic: str, payload: bytes, *, retain: bool = False
-) -> None:
-    """Publish at QoS 1 and wait for the PUBACK.
-
-    On Python 3.11 ``asyncio.wait_for`` (which aiomqtt uses) can swallow a
-    cancellation that arrives together with the PUBACK (CPython gh-86296); a
-    loop that publishes would then never stop. Re-raise it here.
-    """
-    await client.publish(topic, payload, qos=1, retain=retain)
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

@@ -7,10 +7,9 @@ import logging
 import time
 from collections import deque
 
-import aiomqtt
-
-from gateway.errors import DriverUnavailable
-from gateway.mqtt import BrokerConfig, client_for, first_leaf, publish
+from gateway.errors import DriverUnavailable, PlatformNak
+from gateway.mqtt import BrokerConfig, first_leaf
+from gateway.mqtt_link import LinkDown, MqttLink
 from gateway.status import StatusSnapshot, keep_status, offline_will
 from rules.neighbour_alert import NeighbourAlert
 
@@ -34,7 +33,8 @@ class BlockPublisher:
     """Publishes neighbour alerts (QoS 1) and the gateway's retained status on the block broker.
 
     Alerts are queued in memory and published as soon as the link allows; an
-    alert the link could not carry before it expired is dropped and counted.
+    alert the link could not carry before it expired is dropped and counted, and
+    so is the oldest alert if ``MAX_PENDING_ALERTS`` are ever waiting.
     """
 
     def __init__(
@@ -50,40 +50,47 @@ class BlockPublisher:
         self._gateway_id = gateway_id
         self._status = status
         self._status_interval_s = status_interval_s
-        self._pending: deque[NeighbourAlert] = deque(maxlen=MAX_PENDING_ALERTS)
+        self._pending: deque[NeighbourAlert] = deque()
         self._wakeup = asyncio.Event()
         self.link_up = asyncio.Event()
         self.notices_sent = 0
+        self.notices_refused = 0
         self.alerts_expired = 0
+        self.alerts_dropped = 0
 
     def submit(self, alert: NeighbourAlert) -> None:
         """Queue ``alert`` for publishing now; never waits."""
+        if len(self._pending) >= MAX_PENDING_ALERTS:
+            self._pending.popleft()
+            self.alerts_dropped += 1
+            logger.error("neighbour alert queue full: dropped the oldest alert")
         self._pending.append(alert)
         self._wakeup.set()
 
     async def run(self) -> None:
         """Publish until cancelled; raise when the link is down (alerts stay queued)."""
         topic = gateway_status_topic(self._gateway_id)
-        client = client_for(
+        link = MqttLink(
             self._broker,
             client_id=f"lianfang-{self._gateway_id}-notify",
             persistent=False,
-            will=offline_will(topic, self._status),
             max_inflight=1000,
+            will=offline_will(topic, self._status),
         )
         try:
-            async with client, asyncio.TaskGroup() as tg:
+            async with link, asyncio.TaskGroup() as tg:
                 self.link_up.set()
+                tg.create_task(link.watch(), name="block.link")
                 tg.create_task(
-                    keep_status(client, topic, self._status, interval_s=self._status_interval_s),
+                    keep_status(link, topic, self._status, interval_s=self._status_interval_s),
                     name="block.status",
                 )
-                tg.create_task(self._publish_alerts(client), name="block.alerts")
-        except* (aiomqtt.MqttError, OSError) as group:
+                tg.create_task(self._publish_alerts(link), name="block.alerts")
+        except* (LinkDown, PlatformNak, OSError) as group:
             detail = first_leaf(group)
             raise DriverUnavailable(f"block broker {self._broker.url}: {detail}") from None
 
-    async def _publish_alerts(self, client: aiomqtt.Client) -> None:
+    async def _publish_alerts(self, link: MqttLink) -> None:
         while True:
             while not self._pending:
                 self._wakeup.clear()
@@ -95,13 +102,23 @@ class BlockPublisher:
                     "neighbour alert %s expired before the block link returned", alert.alert_id
                 )
             else:
-                # Every neighbour at once; the alert leaves the queue only when all
-                # were acknowledged, so a link loss resends it (alert_id dedups).
-                async with asyncio.TaskGroup() as tg:
-                    for notice in alert.notices:
-                        tg.create_task(
-                            publish(client, notify_topic(notice.shop_id), notice.payload),
-                            name=f"notify[{notice.shop_id}]",
-                        )
-                self.notices_sent += len(alert.notices)
-            self._pending.popleft()
+                # Every neighbour at once; the alert leaves the queue only when the
+                # broker has answered for all, so a link loss resends it (alert_id dedups).
+                outcomes = await asyncio.gather(
+                    *(link.publish(notify_topic(n.shop_id), n.payload) for n in alert.notices),
+                    return_exceptions=True,
+                )
+                lost = [o for o in outcomes if isinstance(o, LinkDown)]
+                if lost:
+                    raise lost[0]
+                refused = sum(isinstance(o, PlatformNak) for o in outcomes)
+                if refused:
+                    self.notices_refused += refused
+                    logger.error(
+                        "block broker refused %d notices of alert %s (check its ACL)",
+                        refused,
+                        alert.alert_id,
+                    )
+                self.notices_sent += len(outcomes) - refused
+            if self._pending and self._pending[0] is alert:
+                self._pending.popleft()

@@ -8,9 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import aiomqtt
-
-from gateway.mqtt import publish
+from gateway.mqtt_link import MqttLink
 
 StatusSnapshot = Callable[[], dict[str, Any]]
 
@@ -20,13 +18,13 @@ def status_payload(state: str, snapshot: StatusSnapshot) -> bytes:
     return json.dumps({"state": state, **snapshot()}, separators=(",", ":")).encode()
 
 
-def offline_will(topic: str, snapshot: StatusSnapshot) -> aiomqtt.Will:
-    """The last will the broker publishes if the gateway vanishes."""
-    return aiomqtt.Will(topic, status_payload("offline", snapshot), qos=1, retain=True)
+def offline_will(topic: str, snapshot: StatusSnapshot) -> tuple[str, bytes]:
+    """The last will the broker publishes (retained) if the gateway vanishes."""
+    return topic, status_payload("offline", snapshot)
 
 
 async def keep_status(
-    client: aiomqtt.Client,
+    link: MqttLink,
     topic: str,
     snapshot: StatusSnapshot,
     *,
@@ -35,13 +33,11 @@ async def keep_status(
     """Publish ``online`` status every ``interval_s``; say ``offline`` when cancelled."""
     try:
         while True:
-            await publish(client, topic, status_payload("online", snapshot), retain=True)
+            await link.publish(topic, status_payload("online", snapshot), retain=True)
             await asyncio.sleep(interval_s)
     except asyncio.CancelledError:
         # A clean stop does not fire the will, so say it ourselves, briefly.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                client.publish(topic, status_payload("offline", snapshot), qos=1, retain=True),
-                timeout=1.0,
-            )
+            offline = link.publish(topic, status_payload("offline", snapshot), retain=True)
+            await asyncio.wait_for(offline, timeout=1.0)
         raise

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 from typing import ClassVar, Literal, Self
 
-import aiomqtt
 from pydantic import Field
 
-from gateway.errors import PlatformUnreachable
+from gateway.errors import PlatformNak, PlatformUnreachable
 from gateway.forwarders.base import ForwarderConfig, ForwarderContext, upstream_payload
 from gateway.journal import OutboxRow
-from gateway.mqtt import BrokerConfig, client_for, first_leaf, publish
+from gateway.mqtt import BrokerConfig, first_leaf
+from gateway.mqtt_link import LinkDown, MqttLink
 from gateway.outbox import OutboxCursor
 from gateway.status import keep_status, offline_will
 
@@ -63,53 +64,57 @@ class PoliceMqttForwarder:
 
     async def run(self) -> None:
         """Connect, publish status, and forward until cancelled; raise when the link is down."""
-        client = client_for(
+        link = MqttLink(
             self.config.broker,
             client_id=f"lianfang-{self._context.gateway_id}-{self.config.name}",
             persistent=True,
-            will=offline_will(self.status_topic, self._context.status),
             max_inflight=self.config.window,
+            will=offline_will(self.status_topic, self._context.status),
         )
         try:
-            async with client, asyncio.TaskGroup() as tg:
+            async with link, asyncio.TaskGroup() as tg:
                 self.link_up.set()
+                tg.create_task(link.watch(), name=f"{self.config.name}.link")
                 tg.create_task(
                     keep_status(
-                        client,
+                        link,
                         self.status_topic,
                         self._context.status,
                         interval_s=self._context.status_interval_s,
                     ),
                     name=f"{self.config.name}.status",
                 )
-                tg.create_task(self._forward(client), name=f"{self.config.name}.forward")
-        except* (aiomqtt.MqttError, OSError) as group:
+                tg.create_task(self._forward(link), name=f"{self.config.name}.forward")
+        except* (LinkDown, PlatformNak, OSError) as group:
             raise PlatformUnreachable(
                 f"police broker {self.config.broker.url}: {first_leaf(group)}"
             ) from None
 
-    async def _forward(self, client: aiomqtt.Client) -> None:
+    async def _forward(self, link: MqttLink) -> None:
         """Keep up to ``window`` events in flight; acknowledge each on its own PUBACK."""
         window = asyncio.Semaphore(self.config.window)
         in_flight: dict[int, OutboxRow] = {}
 
-        async def deliver(row: OutboxRow) -> None:
-            try:
-                await publish(client, self.events_topic, upstream_payload(row, self._context.shops))
-            finally:
-                window.release()
-            del in_flight[row.seq]
-            self._cursor.ack(row)
+        def settled(row: OutboxRow, outcome: asyncio.Future[None]) -> None:
+            window.release()
+            error = outcome.exception()
+            if error is None:
+                del in_flight[row.seq]
+                self._cursor.ack(row)
+            elif isinstance(error, PlatformNak):
+                # Never mark a refused alarm delivered: drop the link, retry later.
+                link.fail(f"refused event {row.seq}: {error}")
 
         try:
-            # Each task calls paho's publish before its first await, and tasks
-            # start in creation order: rows go on the wire in journal order.
-            async with asyncio.TaskGroup() as tg:
-                while True:
-                    for row in await self._cursor.next_batch():
-                        await window.acquire()
-                        in_flight[row.seq] = row
-                        tg.create_task(deliver(row), name=f"{self.config.name}.publish")
+            while True:
+                for row in await self._cursor.next_batch():
+                    await window.acquire()
+                    in_flight[row.seq] = row
+                    # paho sends in call order: rows go on the wire in journal order.
+                    outcome = link.publish(
+                        self.events_topic, upstream_payload(row, self._context.shops)
+                    )
+                    outcome.add_done_callback(functools.partial(settled, row))
         except BaseException as exc:
             self._cursor.rewind(sorted(in_flight.values(), key=lambda r: r.seq), repr(exc))
             raise

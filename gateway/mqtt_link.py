@@ -1,0 +1,358 @@
+"""One MQTT v5 connection of the gateway, on paho-mqtt's external-loop API.
+
+Why not aiomqtt here (it still serves the firmware stubs): the gateway needs
+three things it cannot give.
+
+- Each QoS 1 publish resolves with the broker's verdict: a PUBACK carrying a
+  failure reason code ("not authorized", "quota exceeded") fails the publish,
+  so an alarm the police broker refused is never marked delivered.
+- Reading is paced: past ``max_unacked`` unacknowledged messages the link stops
+  reading its socket and resumes at half. Mosquitto 2.0 stops honouring Receive
+  Maximum for a resumed session once acks flow, so without this a backlog pours
+  into memory; with it TCP keeps the backlog in the broker.
+- Manual acknowledgements (``ack``) once an event is durable.
+
+Use it as ``async with link:`` (connect, and subscribe if asked) and run
+``link.watch()`` beside the work in the same TaskGroup; ``watch`` raises
+``LinkDown`` when the connection is lost. Leaving the ``async with`` block
+disconnects cleanly, so a final status publish inside the block still goes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from types import TracebackType
+from typing import Any, Self
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.errors import PlatformNak
+from gateway.mqtt import BrokerConfig, connect_properties
+
+logger = logging.getLogger(__name__)
+
+MISC_INTERVAL_S = 1.0
+CONNECT_TIMEOUT_S = 10.0
+
+
+class LinkDown(ConnectionError):  # noqa: N818 - states the condition, as DriverUnavailable
+    """The broker link failed or refused us; the caller backs off and retries."""
+
+
+class MqttLink:
+    """A persistent or clean MQTT v5 session: publish, and optionally a paced subscription."""
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        *,
+        client_id: str,
+        persistent: bool,
+        subscribe: str | None = None,
+        max_unacked: int = 500,
+        max_inflight: int = 256,
+        will: tuple[str, bytes] | None = None,
+        session_expiry_s: int = 7 * 24 * 3600,
+    ) -> None:
+        """A link to ``broker`` as ``client_id``; ``will`` is a retained (topic, payload)."""
+        self._broker = broker
+        self._subscribe = subscribe
+        self._max_unacked = max_unacked
+        self._props = connect_properties(
+            session_expiry_s=session_expiry_s if persistent else 0,
+            receive_maximum=max_unacked,
+        )
+        self._persistent = persistent
+        # (message, connection generation); at most about ``max_unacked`` long.
+        self.messages: asyncio.Queue[tuple[paho.MQTTMessage, int]] = asyncio.Queue()
+        self.unacked = 0
+        self.paused = False
+        self._client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=True,
+            reconnect_on_failure=False,
+        )
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.max_queued_messages_set(0)
+        if broker.username:
+            password = broker.password.get_secret_value() if broker.password else None
+            self._client.username_pw_set(broker.username, password)
+        if broker.tls is not None:
+            self._client.tls_set_context(broker.tls.context())
+        if will is not None:
+            self._client.will_set(will[0], will[1], qos=1, retain=True)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+        self._client.on_socket_open = self._on_socket_open
+        self._client.on_socket_close = self._on_socket_close
+        self._client.on_socket_register_write = self._on_socket_register_write
+        self._client.on_socket_unregister_write = self._on_socket_unregister_write
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._sock: socket.socket | None = None
+        self._connected: asyncio.Future[None] | None = None
+        self._subscribed: asyncio.Future[None] | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._publishes: dict[int, asyncio.Future[None]] = {}
+        self._generation = 0
+
+    # --- the connection ------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Connect (and subscribe); raise ``LinkDown`` if that fails."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._generation += 1
+        self.unacked = 0
+        self.paused = False
+        self._connected = loop.create_future()
+        self._subscribed = loop.create_future()
+        self._lost = loop.create_future()
+        self._lost.add_done_callback(_retrieve)
+        try:
+            await loop.run_in_executor(None, self._connect)
+        except OSError as exc:
+            raise LinkDown(str(exc)) from exc
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await self._first_of(self._connected)
+                if self._subscribe is not None:
+                    self._client.subscribe(self._subscribe, qos=1)
+                    await self._first_of(self._subscribed)
+                    self._maybe_pause()
+        except TimeoutError as exc:
+            self._close()
+            raise LinkDown(f"no CONNACK/SUBACK within {CONNECT_TIMEOUT_S:g} s") from exc
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Disconnect cleanly (no will) and forget the socket."""
+        self._close()
+
+    async def watch(self) -> None:
+        """Keep the connection alive until it is lost; then raise ``LinkDown``."""
+        assert self._lost is not None
+        while not self._lost.done():
+            if self._client.loop_misc() != paho.MQTT_ERR_SUCCESS:
+                self._fail("keep-alive failed")
+                break
+            done, _ = await asyncio.wait({self._lost}, timeout=MISC_INTERVAL_S)
+            if done:
+                break
+        self._lost.result()
+
+    def fail(self, why: str) -> None:
+        """Drop the connection on purpose (the peer misbehaved); ``watch`` raises."""
+        self._fail(why)
+
+    def _connect(self) -> None:
+        self._client.connect(
+            self._broker.host,
+            self._broker.port,
+            keepalive=self._broker.keepalive_s,
+            clean_start=not self._persistent,
+            properties=self._props,
+        )
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._client.disconnect()
+            # Send the DISCONNECT now: the reader and writer go away below.
+            try:
+                self._client.loop_write()
+            except OSError:
+                logger.debug("DISCONNECT not sent: socket already gone")
+        self._drop_socket()
+        self._fail("link closed")
+
+    async def _first_of(self, future: asyncio.Future[None]) -> None:
+        """Wait for ``future`` unless the link is lost first."""
+        assert self._lost is not None
+        await asyncio.wait({future, self._lost}, return_when=asyncio.FIRST_COMPLETED)
+        if self._lost.done():
+            self._lost.result()
+        future.result()
+
+    # --- publishing ------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> asyncio.Future[None]:
+        """Publish at QoS 1 now; the future resolves on a successful PUBACK.
+
+        It fails with ``PlatformNak`` when the broker's PUBACK says no, and with
+        ``LinkDown`` when the link goes before the PUBACK comes.
+        """
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        if self._lost is None or self._lost.done():
+            future.set_exception(LinkDown("not connected"))
+            return future
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            future.set_exception(LinkDown(f"publish failed: {paho.error_string(info.rc)}"))
+        else:
+            self._publishes[info.mid] = future
+        return future
+
+    def _on_publish(
+        self, _c: paho.Client, _u: object, mid: int, reason: ReasonCode, _p: object
+    ) -> None:
+        future = self._publishes.pop(mid, None)
+        if future is None or future.done():
+            return
+        if reason.is_failure:
+            future.set_exception(
+                PlatformNak(f"broker refused message {mid}: {reason}", code=reason.value)
+            )
+        else:
+            future.set_result(None)
+
+    # --- receiving ---------------------------------------------------------------------
+
+    def ack(self, message: paho.MQTTMessage, generation: int) -> None:
+        """Acknowledge ``message`` (received in connection ``generation``) to the broker."""
+        if generation != self._generation or message.qos == 0:
+            return  # that connection is gone; the broker will send it again
+        self._client.ack(message.mid, message.qos)
+        self.unacked -= 1
+        self._maybe_resume()
+
+    def taken(self) -> None:
+        """A QoS 0 message left ``messages``: it may make room to read again."""
+        self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        if self.paused and self.unacked + self.messages.qsize() <= self._max_unacked // 2:
+            self.paused = False
+            if self._sock is not None and self._loop is not None:
+                self._loop.add_reader(self._sock, self._read)
+                # TLS may hold decoded bytes that select() will not report.
+                self._loop.call_soon(self._read)
+
+    def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+        if message.qos > 0:
+            self.unacked += 1
+        self.messages.put_nowait((message, self._generation))
+        # A resumed session's backlog arrives before the SUBACK: keep reading until
+        # the SUBACK is in, or we would never see it.
+        if self._subscribed is not None and self._subscribed.done():
+            self._maybe_pause()
+
+    def _maybe_pause(self) -> None:
+        backlog = self.unacked + self.messages.qsize()
+        if not self.paused and backlog >= self._max_unacked and self._sock is not None:
+            self.paused = True
+            assert self._loop is not None
+            self._loop.remove_reader(self._sock)
+
+    # --- paho callbacks ----------------------------------------------------------------
+
+    def _on_connect(
+        self, _c: paho.Client, _u: object, flags: paho.ConnectFlags, reason: ReasonCode, _p: object
+    ) -> None:
+        if self._connected is None or self._connected.done():
+            return
+        if reason.is_failure:
+            self._fail(f"broker refused the connection: {reason}")
+        else:
+            logger.debug("connected, session present: %s", flags.session_present)
+            self._connected.set_result(None)
+
+    def _on_subscribe(
+        self, _c: paho.Client, _u: object, _mid: int, reasons: list[ReasonCode], _p: object
+    ) -> None:
+        if self._subscribed is None or self._subscribed.done():
+            return
+        if any(r.is_failure for r in reasons):
+            self._fail(f"broker refused the subscription to {self._subscribe}: {reasons[0]}")
+        else:
+            self._subscribed.set_result(None)
+
+    def _on_disconnect(
+        self, _c: paho.Client, _u: object, _f: object, reason: ReasonCode, _p: object
+    ) -> None:
+        self._fail(f"disconnected: {reason}")
+
+    def _on_socket_open(self, _c: paho.Client, _u: object, sock: Any) -> None:  # noqa: ANN401 - paho's socket union
+        # Called from the executor thread that runs connect().
+        assert self._loop is not None
+        if isinstance(sock, socket.socket):
+            # Alarms are small and urgent: never let Nagle hold one back.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._loop.call_soon_threadsafe(self._watch_socket, sock)
+
+    def _watch_socket(self, sock: socket.socket) -> None:
+        assert self._loop is not None
+        if self._lost is None or self._lost.done():
+            return  # gave up on this connection while connect() was running
+        self._sock = sock
+        self._loop.add_reader(sock, self._read)
+
+    def _on_socket_close(self, _c: paho.Client, _u: object, _sock: object) -> None:
+        self._drop_socket()
+
+    def _on_socket_register_write(self, _c: paho.Client, _u: object, sock: Any) -> None:  # noqa: ANN401 - paho's socket union
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            self._loop.add_writer(sock, self._write)
+        else:
+            self._loop.call_soon_threadsafe(self._loop.add_writer, sock, self._write)
+
+    def _on_socket_unregister_write(self, _c: paho.Client, _u: object, sock: Any) -> None:  # noqa: ANN401 - paho's socket union
+        if self._loop is not None:
+            self._loop.remove_writer(sock)
+
+    def _read(self) -> None:
+        try:
+            while self._client.loop_read() == paho.MQTT_ERR_SUCCESS and not self.paused:
+                pending = getattr(self._client.socket(), "pending", None)
+                if pending is None or pending() == 0:
+                    break
+        except Exception as exc:  # noqa: BLE001 - any failure here means the link is unusable
+            self._fail(f"read failed: {exc!r}")
+
+    def _write(self) -> None:
+        try:
+            self._client.loop_write()
+        except Exception as exc:  # noqa: BLE001 - as in _read
+            self._fail(f"write failed: {exc!r}")
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock)
+            self._loop.remove_writer(self._sock)
+        self._sock = None
+
+    def _fail(self, why: str) -> None:
+        self._drop_socket()
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_exception(LinkDown(why))
+        publishes, self._publishes = self._publishes, {}
+        for future in publishes.values():
+            if not future.done():
+                future.set_exception(LinkDown(why))
+                future.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a future's exception as seen: its owner learns of the failure elsewhere."""
+    if not future.cancelled():
+        future.exception()

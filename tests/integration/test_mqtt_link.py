@@ -1,0 +1,89 @@
+"""The gateway's MQTT link against a real broker: paced reading under a backlog, refused publishes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from gateway.broker import Mosquitto
+from gateway.errors import PlatformNak
+from gateway.mqtt import BrokerConfig
+from gateway.mqtt_link import LinkDown, MqttLink
+
+
+def test_a_backlog_arrives_complete_without_more_than_max_unacked_outstanding(block_broker):
+    """3,000 queued messages reach a slow consumer in full while at most ~50 are ever unacknowledged."""
+    broker = BrokerConfig(url=block_broker.url)
+
+    def link() -> MqttLink:
+        return MqttLink(
+            broker, client_id="paced", persistent=True, subscribe="backlog/#", max_unacked=50
+        )
+
+    async def scenario() -> tuple[int, int]:
+        async with link():
+            pass  # the persistent session now exists
+        async with aiomqtt.Client("127.0.0.1", block_broker.port, identifier="producer") as p:
+            for i in range(3000):
+                await p.publish(f"backlog/{i % 7}", str(i).encode(), qos=1)
+        got: list[int] = []
+        peak_unacked = peak_queued = 0
+        paced = link()
+        async with paced, asyncio.TaskGroup() as tg:
+            watch = tg.create_task(paced.watch(), name="watch")
+            while len(got) < 3000:
+                message, generation = await asyncio.wait_for(paced.messages.get(), 10)
+                peak_unacked = max(peak_unacked, paced.unacked)
+                peak_queued = max(peak_queued, paced.messages.qsize())
+                got.append(int(message.payload))
+                if len(got) % 10 == 0:
+                    await asyncio.sleep(0.001)  # a consumer slower than the broker
+                paced.ack(message, generation)
+            watch.cancel()
+        assert sorted(got) == list(range(3000))
+        return peak_unacked, peak_queued
+
+    peak_unacked, peak_queued = asyncio.run(scenario())
+    assert peak_unacked <= 60, peak_unacked
+    assert peak_queued <= 60, peak_queued
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path):
+    acl = "topic readwrite allowed/#\n"
+    with Mosquitto(workdir=tmp_path / "acl-broker", acl=acl) as broker:
+        yield broker
+
+
+def test_a_publish_the_broker_refuses_fails_and_an_allowed_one_succeeds(acl_broker):
+    """A PUBACK with 'not authorized' fails the publish with PlatformNak: never taken as delivered."""
+
+    async def scenario() -> None:
+        link = MqttLink(BrokerConfig(url=acl_broker.url), client_id="nak", persistent=False)
+        async with link:
+            await asyncio.wait_for(link.publish("allowed/x", b"1"), 5)
+            with pytest.raises(PlatformNak) as refused:
+                await asyncio.wait_for(link.publish("police/v1/L1/GW-001/events", b"1"), 5)
+            assert refused.value.code == 0x87
+
+    asyncio.run(scenario())
+
+
+def test_watch_raises_when_the_broker_goes_away(block_broker):
+    """Killing the broker ends watch() with LinkDown and fails publishes in flight."""
+
+    async def scenario() -> None:
+        link = MqttLink(BrokerConfig(url=block_broker.url), client_id="w", persistent=False)
+        async with link:
+            watch = asyncio.ensure_future(link.watch())
+            await asyncio.sleep(0.1)
+            await asyncio.to_thread(block_broker.kill)
+            with pytest.raises(LinkDown):
+                await asyncio.wait_for(watch, 5)
+            with pytest.raises(LinkDown):
+                await link.publish("t", b"x")
+
+    asyncio.run(scenario())
