@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.events import Event
+from gateway.journal import OnDurable
 from gateway.mqtt import BrokerConfig
-
-OnDurable = Callable[[], None]
 
 
 class Emit(Protocol):

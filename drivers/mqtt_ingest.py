@@ -110,7 +110,9 @@ class MqttIngestDriver:
                     link.taken()
                     ack = functools.partial(link.ack, message, generation)
                     try:
-                        event, origin_key = self.parse(_topic(message), message.payload)
+                        event, origin_key = self.parse(
+                            _topic(message), message.payload, redelivered=message.dup
+                        )
                     except Rejected as rejection:
                         self.rejected[rejection.reason] += 1
                         self._log.warning(
@@ -128,8 +130,17 @@ class MqttIngestDriver:
                 f"block broker {self._context.block_broker.url}: {first_leaf(group)}"
             ) from None
 
-    def parse(self, topic: str, payload: Any) -> tuple[Event, str | None]:  # noqa: ANN401 - any payload
-        """The event in one message, and its origin key; raise ``Rejected`` if unusable."""
+    def parse(
+        self,
+        topic: str,
+        payload: Any,  # noqa: ANN401 - any payload
+        *,
+        redelivered: bool = False,
+    ) -> tuple[Event, str | None]:
+        """The event in one message, and its origin key; raise ``Rejected`` if unusable.
+
+        ``redelivered`` is the broker's DUP flag: the message was sent to us before.
+        """
         if not isinstance(payload, bytes | bytearray):
             raise Rejected("malformed", "payload is not bytes")
         if len(payload) > self.config.max_payload_bytes:
@@ -167,10 +178,20 @@ class MqttIngestDriver:
             source=Source(driver=self.config.name, ref=topic),
             attrs=attrs,
         )
-        origin = None
-        if message.seq is not None:
-            origin = f"{self.config.name}/{shop_id}/{message.device_id}/{message.seq}"
-        return event, origin
+        return event, self._origin_key(shop_id, message, redelivered=redelivered)
+
+    def _origin_key(self, shop_id: str, message: PanelMessage, *, redelivered: bool) -> str | None:
+        """The device's identity of this message, when repeats can be told apart safely.
+
+        ``seq`` with the device's own ``ts`` identifies a message across panel
+        retransmissions and broker redeliveries; a panel that restarts its
+        ``seq`` after a power cut sends a new ``ts``, so its new alarms are never
+        taken for repeats. Without ``ts``, only the broker's DUP flag (a
+        redelivery after our crash) makes ``seq`` safe to compare.
+        """
+        if message.seq is None or (message.ts is None and not redelivered):
+            return None
+        return f"{self.config.name}/{shop_id}/{message.device_id}/{message.seq}/{message.ts or ''}"
 
     def _shop_of(self, topic: str) -> str:
         if not (topic.startswith(self._source_prefix) and topic.endswith(self._source_suffix)):

@@ -26,6 +26,7 @@ from gateway.intake import Intake
 from gateway.journal import Journal
 from gateway.notify import BlockPublisher
 from gateway.outbox import OutboxCursor
+from gateway.ratelimit import RateLimitedLog
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier, process_age_s
 from rules.geo import neighbour_table
@@ -120,6 +121,9 @@ class Gateway:
             "duplicates": js.duplicates,
             "rejected": rejected,
             "neighbour_notices": self.publisher.notices_sent,
+            "neighbour_notices_refused": self.publisher.notices_refused,
+            "alerts_dropped": self.publisher.alerts_dropped,
+            "acknowledged": js.acked,
             "alerts_suppressed": self.alerts.suppressed,
             "alerts_expired": self.publisher.alerts_expired,
             "journal_mb": round(js.size_bytes / 1e6, 2),
@@ -211,8 +215,12 @@ class Gateway:
     async def _write_status(self) -> None:
         """Refresh ``state_dir/status.json`` for ``lianfang status``."""
         status_file = self.config.state_dir / "status.json"
+        limited = RateLimitedLog(logger, interval_s=300)
         while True:
-            _write_atomically(status_file, json.dumps(self.snapshot(), indent=2))
+            try:
+                _write_atomically(status_file, json.dumps(self.snapshot(), indent=2))
+            except OSError as exc:  # a full or read-only disk must not stop the alarms
+                limited.warning("status-file", "cannot write %s: %s", status_file, exc)
             await asyncio.sleep(self.config.status_interval_s)
 
 

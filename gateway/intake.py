@@ -36,4 +36,10 @@ class Intake:
         alert = self._alerts.alert_for(event)
         if alert is not None:
             self._publisher.submit(alert)
-        await self._journal.append(event, origin_key=origin_key, on_durable=on_durable)
+        try:
+            await self._journal.append(event, origin_key=origin_key, on_durable=on_durable)
+        except BaseException:
+            # Cancelled while the journal was backed up: the broker sends it again.
+            if origin_key is not None:
+                self._journal.release(origin_key)
+            raise

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import JournalError
@@ -124,7 +124,6 @@ class JournalStats:
     evicted: int = 0
     size_bytes: int = 0
     over_cap: bool = False
-    pending: dict[str, int] = field(default_factory=dict)
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -207,6 +206,14 @@ class Journal:
             else:
                 waiting.append(on_durable)
         return False
+
+    def release(self, origin_key: str) -> None:
+        """Forget a claim whose event never reached ``append`` (the driver was cancelled).
+
+        Repeats parked on it are dropped unacknowledged; the broker sends them again.
+        """
+        if self._origins.get(origin_key, None) is not None:
+            del self._origins[origin_key]
 
     async def append(
         self, event: Event, *, origin_key: str | None = None, on_durable: OnDurable | None = None
@@ -322,7 +329,12 @@ class Journal:
         self._refresh_size()  # three header reads: cheap enough for every commit
         # When nothing evictable is left, do not search again on every commit.
         if self.stats.over_cap and time.monotonic() - self._last_evict > EVICT_RETRY_S:
-            self._evict()
+            try:
+                self._evict()
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                self._log.warning("evict-failed", "journal eviction failed: %s", exc)
             if self.stats.over_cap:
                 self._last_evict = time.monotonic()
 
@@ -413,7 +425,7 @@ class Journal:
 
 
 class JournalReader:
-    """A read-only view of the journal for forwarders and the CLI (its own connection)."""
+    """Reads the journal for forwarders and the CLI, on its own connection; never writes."""
 
     def __init__(self, path: Path) -> None:
         """Open a reading connection; WAL lets it read while the writer commits."""

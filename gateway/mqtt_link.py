@@ -124,6 +124,9 @@ class MqttLink:
             await loop.run_in_executor(None, self._connect)
         except OSError as exc:
             raise LinkDown(str(exc)) from exc
+        except BaseException:
+            self._fail("cancelled while connecting")  # _watch_socket closes what connect opens
+            raise
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await self._first_of(self._connected)
@@ -302,7 +305,8 @@ class MqttLink:
     def _watch_socket(self, sock: socket.socket) -> None:
         assert self._loop is not None
         if self._lost is None or self._lost.done():
-            return  # gave up on this connection while connect() was running
+            sock.close()  # gave up on this connection while connect() was running
+            return
         self._sock = sock
         self._loop.add_reader(sock, self._read)
 

@@ -13,14 +13,15 @@ from gateway.mqtt_link import MqttLink
 StatusSnapshot = Callable[[], dict[str, Any]]
 
 
-def status_payload(state: str, snapshot: StatusSnapshot) -> bytes:
-    """The status JSON: ``state`` (online/offline) and the gateway's counters."""
-    return json.dumps({"state": state, **snapshot()}, separators=(",", ":")).encode()
+def status_payload(state: str, snapshot: StatusSnapshot, *, reason: str | None = None) -> bytes:
+    """The status JSON: ``state`` (online/offline), why if offline, and the counters."""
+    why = {"reason": reason} if reason else {}
+    return json.dumps({"state": state, **why, **snapshot()}, separators=(",", ":")).encode()
 
 
 def offline_will(topic: str, snapshot: StatusSnapshot) -> tuple[str, bytes]:
     """The last will the broker publishes (retained) if the gateway vanishes."""
-    return topic, status_payload("offline", snapshot)
+    return topic, status_payload("offline", snapshot, reason="connection lost")
 
 
 async def keep_status(
@@ -38,6 +39,8 @@ async def keep_status(
     except asyncio.CancelledError:
         # A clean stop does not fire the will, so say it ourselves, briefly.
         with contextlib.suppress(Exception):
-            offline = link.publish(topic, status_payload("offline", snapshot), retain=True)
+            offline = link.publish(
+                topic, status_payload("offline", snapshot, reason="stopped"), retain=True
+            )
             await asyncio.wait_for(offline, timeout=1.0)
         raise

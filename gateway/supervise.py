@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from gateway.errors import GatewayError
 
 logger = logging.getLogger(__name__)
+
+STABLE_S = 30.0
 
 
 class OnChange(Protocol):
@@ -45,13 +48,14 @@ async def supervise(
     attempt = 0
     down = False
     while True:
+        up_since: float | None = None
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(_run_once(run), name=f"{name}.run")
             if link is not None:
                 up = tg.create_task(link.link_up.wait(), name=f"{name}.link-up")
                 await asyncio.wait({task, up}, return_when=asyncio.FIRST_COMPLETED)
                 if up.done() and not task.done():
-                    attempt = 0
+                    up_since = time.monotonic()
                     if down:
                         down = False
                         logger.info("%s recovered", name)
@@ -62,6 +66,10 @@ async def supervise(
         error = task.result()
         if link is not None:
             link.link_up.clear()
+        # Only a link that stayed up a while resets the backoff: one that is
+        # kicked right after connecting must not hammer the broker.
+        if up_since is not None and time.monotonic() - up_since >= STABLE_S:
+            attempt = 0
         if not down:
             down = True
             logger.warning("%s down: %s; retrying with backoff", name, error)

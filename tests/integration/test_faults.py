@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import aiomqtt
 
@@ -18,22 +19,30 @@ KINDS = ["door_open", "door_close", "test", "panic"]
 
 
 async def publish_steadily(
-    panels: dict[str, ShopPanel], total: int, rate: float, at_count: dict[int, object] | None = None
+    panels: dict[str, ShopPanel],
+    total: int,
+    rate: float,
+    at_count: dict[int, Callable[[], None]] | None = None,
 ) -> list[tuple[str, int]]:
-    """Publish ``total`` events round-robin over the panels at ``rate`` per second; run hooks at counts."""
+    """Publish ``total`` events round-robin at ``rate`` per second; start hooks at counts.
+
+    A hook (kill the gateway, stop a broker) runs in a thread while the load goes on.
+    """
     sent: list[tuple[str, int]] = []
     shops = list(panels)
+    hooks: list[asyncio.Future[None]] = []
     start = time.monotonic()
     for i in range(total):
         hook = (at_count or {}).get(i)
         if hook is not None:
-            await asyncio.to_thread(hook)  # type: ignore[arg-type]
+            hooks.append(asyncio.ensure_future(asyncio.to_thread(hook)))
         shop = shops[i % len(shops)]
         seq = await panels[shop].send(KINDS[i % len(KINDS)])
         sent.append((shop, seq))
         delay = start + (i + 1) / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+    await asyncio.gather(*hooks)
     return sent
 
 
@@ -159,20 +168,21 @@ def test_kill_9_fires_the_last_will(tmp_path, block_broker, police_broker, gatew
     gateway_process.append(gw)
     gw.start()
 
-    async def watch() -> list[str]:
-        states: list[str] = []
+    async def watch() -> list[tuple[str, str | None]]:
+        states: list[tuple[str, str | None]] = []
         async with aiomqtt.Client("127.0.0.1", police_broker.port, identifier="watcher") as c:
             await c.subscribe("police/v1/L1/GW-001/status", qos=1)
             async with asyncio.timeout(10):
                 async for m in c.messages:
-                    states.append(json.loads(bytes(m.payload))["state"])
-                    if states == ["online"]:
+                    body = json.loads(bytes(m.payload))
+                    states.append((body["state"], body.get("reason")))
+                    if len(states) == 1:
                         await asyncio.to_thread(gw.kill)
-                    if states[-1] == "offline":
+                    if body["state"] == "offline":
                         return states
         return states
 
-    assert asyncio.run(watch()) == ["online", "offline"]
+    assert asyncio.run(watch()) == [("online", None), ("offline", "connection lost")]
 
 
 def test_neighbours_are_alerted_while_the_police_link_is_down(

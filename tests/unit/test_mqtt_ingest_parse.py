@@ -41,7 +41,7 @@ def test_a_full_message_becomes_an_event_with_an_origin_key(driver):
     )
     assert event.occurred_at.isoformat() == "2026-11-22T02:00:00+00:00"
     assert event.attrs == {"battery": 3.02, "seq": 17}
-    assert origin == "shops/S00001/panel-1/17"
+    assert origin == "shops/S00001/panel-1/17/2026-11-22T02:00:00+00:00"
     assert len(event.id) == 26
 
 
@@ -78,3 +78,19 @@ def test_bad_messages_are_rejected_with_a_reason(driver, topic, payload, reason)
         driver.parse(topic, payload)
     assert caught.value.reason == reason
     assert str(caught.value)
+
+
+def test_a_panel_that_restarts_its_seq_is_not_taken_for_a_repeat(driver):
+    """Same seq, new device time: a new key, so a panic after a power cut is never dropped."""
+    before = {"device_id": "panel-1", "kind": "panic", "seq": 0, "ts": "2026-11-22T01:00:00+00:00"}
+    after = {**before, "ts": "2026-11-22T02:00:00+00:00"}
+    _, key_before = driver.parse(TOPIC, json.dumps(before).encode())
+    _, key_after = driver.parse(TOPIC, json.dumps(after).encode())
+    assert key_before != key_after
+
+
+def test_without_a_device_clock_only_a_broker_redelivery_is_compared_by_seq(driver):
+    """No ts: a first delivery has no key (never dropped); a DUP redelivery is keyed by seq."""
+    body = json.dumps({"device_id": "panel-1", "kind": "panic", "seq": 5}).encode()
+    assert driver.parse(TOPIC, body)[1] is None
+    assert driver.parse(TOPIC, body, redelivered=True)[1] == "shops/S00001/panel-1/5/"
