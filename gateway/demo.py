@@ -53,8 +53,8 @@ def run_demo(shop_id: str = "S00011") -> int:
     except MosquittoMissing as exc:
         console.print(f"[red]{exc}[/]")
         return 1
-    except (RuntimeError, subprocess.CalledProcessError) as exc:
-        console.print(f"[red]demo failed: {exc}[/]")
+    except (RuntimeError, subprocess.CalledProcessError, TimeoutError, ExceptionGroup) as exc:
+        console.print(f"[red]demo failed: {exc!r}[/]")
         return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -111,9 +111,10 @@ async def _press_panic(
         tasks = [tg.create_task(p.run(), name=f"panel[{s}]") for s, p in panels.items()]
         tasks.append(tg.create_task(platform.run(), name="police"))
         with console.status(f"Connecting {len(panels)} shop panels and the police receiver..."):
-            await platform.ready.wait()
-            for panel in panels.values():
-                await panel.ready.wait()
+            async with asyncio.timeout(WAIT_S):
+                await platform.ready.wait()
+                for panel in panels.values():
+                    await panel.ready.wait()
         console.print(f"\n[bold red]PANIC[/] pressed at {shop_id} {names[shop_id]}")
         pressed = time.perf_counter()
         await panels[shop_id].send("panic", zone="1")

@@ -24,7 +24,6 @@ class GatewayProcess:
         self.config = config
         self.log = log or config.parent / "gateway.log"
         self.process: subprocess.Popen[bytes] | None = None
-        self._sock_dir = Path(tempfile.mkdtemp(prefix="lianfang-notify-"))
 
     @property
     def pid(self) -> int | None:
@@ -33,9 +32,11 @@ class GatewayProcess:
 
     def start(self, timeout_s: float = 15.0) -> float:
         """Start and wait for ``READY=1``; return the seconds from spawn to ready."""
-        path = self._sock_dir / "notify.sock"
-        path.unlink(missing_ok=True)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        with (
+            tempfile.TemporaryDirectory(prefix="lianfang-notify-") as folder,
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+        ):
+            path = Path(folder) / "notify.sock"
             sock.bind(str(path))
             sock.settimeout(0.1)
             env = {**os.environ, "NOTIFY_SOCKET": str(path)}
