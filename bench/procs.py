@@ -8,10 +8,8 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -20,75 +18,23 @@ from importlib import metadata
 from pathlib import Path
 
 from gateway.broker import mosquitto_binary
+from gateway.process import NotifyingProcess
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-class RelayProcess:
+class RelayProcess(NotifyingProcess):
     """``python -m bench.relay`` as a child; ready means ``READY=1``, as for the gateway."""
 
     def __init__(
         self, *, block_url: str, police_url: str, neighbours: Path, log: Path, client_id: str
     ) -> None:
         """Prepare a relay between the two brokers; its stderr goes to ``log``."""
-        self.args = [
+        args = [
             sys.executable, "-m", "bench.relay", "--block", block_url, "--police", police_url,
             "--neighbours", str(neighbours), "--client-id", client_id,
         ]  # fmt: skip
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-        self._sock_dir = Path(tempfile.mkdtemp(prefix="lianfang-bench-notify-"))
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the running relay."""
-        return self.process.pid if self.process else None
-
-    def start(self, timeout_s: float = 15.0) -> float:
-        """Start and wait for ``READY=1``; return the seconds from spawn to ready."""
-        path = self._sock_dir / "notify.sock"
-        path.unlink(missing_ok=True)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.bind(str(path))
-            sock.settimeout(0.05)
-            started = time.monotonic()
-            self.process = subprocess.Popen(
-                self.args,
-                env={**os.environ, "NOTIFY_SOCKET": str(path)},
-                stdout=subprocess.DEVNULL,
-                stderr=self.log.open("ab"),
-            )
-            while time.monotonic() - started < timeout_s:
-                if self.process.poll() is not None:
-                    code, self.process = self.process.returncode, None
-                    raise RuntimeError(f"relay exited with {code}: {self.log.read_text()[-1000:]}")
-                try:
-                    message = sock.recv(4096).decode()
-                except TimeoutError:
-                    continue
-                if "READY=1" in message.split("\n"):
-                    return time.monotonic() - started
-        self.kill()
-        raise RuntimeError(f"relay not ready in {timeout_s} s")
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM by PID and wait (SIGKILL if it hangs)."""
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL by PID."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+        super().__init__(args, log=log)
 
 
 class Profiler:

@@ -16,18 +16,18 @@ import time
 from pathlib import Path
 
 
-class GatewayProcess:
-    """One ``python -m gateway run --config PATH`` child; stopped or killed by its PID."""
+class NotifyingProcess:
+    """A child that says ``READY=1`` on ``$NOTIFY_SOCKET``; stopped or killed by its PID."""
 
-    def __init__(self, config: Path, *, log: Path | None = None) -> None:
-        """Prepare to run the gateway of ``config``; its stderr goes to ``log``."""
-        self.config = config
-        self.log = log or config.parent / "gateway.log"
+    def __init__(self, args: list[str], *, log: Path) -> None:
+        """Prepare to run ``args``; the child's stderr goes to ``log``."""
+        self.args = args
+        self.log = log
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
-        """PID of the running gateway."""
+        """PID of the running child."""
         return self.process.pid if self.process else None
 
     def start(self, timeout_s: float = 15.0) -> float:
@@ -42,8 +42,8 @@ class GatewayProcess:
             env = {**os.environ, "NOTIFY_SOCKET": str(path)}
             started = time.monotonic()
             with self.log.open("ab") as log:
-                self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                    [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+                self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
+                    self.args,
                     env=env,
                     stdout=subprocess.DEVNULL,
                     stderr=log,
@@ -52,7 +52,7 @@ class GatewayProcess:
                 if self.process.poll() is not None:
                     code = self.process.returncode
                     self.process = None
-                    raise RuntimeError(f"gateway exited with {code}: {self.log_tail()}")
+                    raise RuntimeError(f"{self.args[2]} exited with {code}: {self.log_tail()}")
                 try:
                     message = sock.recv(4096).decode()
                 except TimeoutError:
@@ -60,10 +60,10 @@ class GatewayProcess:
                 if "READY=1" in message.split("\n"):
                     return time.monotonic() - started
         self.kill()
-        raise RuntimeError(f"gateway not ready in {timeout_s} s: {self.log_tail()}")
+        raise RuntimeError(f"{self.args[2]} not ready in {timeout_s} s: {self.log_tail()}")
 
     def log_tail(self, chars: int = 2000) -> str:
-        """The end of the gateway's log."""
+        """The end of the child's log."""
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
     def stop(self, timeout_s: float = 10.0) -> int:
@@ -87,3 +87,15 @@ class GatewayProcess:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
             self.process = None
+
+
+class GatewayProcess(NotifyingProcess):
+    """The daemon: ``python -m gateway run --config PATH``."""
+
+    def __init__(self, config: Path, *, log: Path | None = None) -> None:
+        """Prepare to run the gateway of ``config``; its stderr goes to ``log``."""
+        self.config = config
+        super().__init__(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            log=log or config.parent / "gateway.log",
+        )

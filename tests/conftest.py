@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.broker import Mosquitto, mosquitto_binary
-from tests.harness import TestGateway
+from tests.harness import TestGateway, init_config
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -38,3 +38,24 @@ def gateway_process() -> Iterator[list[TestGateway]]:
     yield started
     for gw in started:
         gw.kill()
+
+
+@pytest.fixture
+def start_gateway(
+    tmp_path: Path,
+    block_broker: Mosquitto,
+    police_broker: Mosquitto,
+    gateway_process: list[TestGateway],
+) -> Callable[..., TestGateway]:
+    """Start `lianfang run` on a config from `lianfang init` (Changping Road), with overrides."""
+
+    def start(**overrides: object) -> TestGateway:
+        config = init_config(
+            tmp_path, block_url=block_broker.url, police_url=police_broker.url, **overrides
+        )
+        gw = TestGateway(config)
+        gateway_process.append(gw)
+        gw.start()
+        return gw
+
+    return start

@@ -12,7 +12,6 @@ import aiomqtt
 
 from firmware_stubs.mqtt_panel import ShopPanel
 from tests.clients import expected_nearest, open_police_session, running, wait_until
-from tests.harness import TestGateway, init_config
 
 SHOPS = [f"S{n:05d}" for n in range(1, 21)]
 KINDS = ["door_open", "door_close", "test", "panic"]
@@ -54,13 +53,10 @@ def by_origin(platform_deliveries: list) -> dict[tuple[str, int], set[str]]:
 
 
 def test_kill_9_midway_loses_nothing_and_duplicates_keep_their_id(
-    tmp_path, block_broker, police_broker, gateway_process
+    block_broker, police_broker, start_gateway
 ):
     """2,000 events at a steady rate, kill -9 at 1,000, restart: every event reaches the police, one id each."""
-    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
-    gw = TestGateway(config)
-    gateway_process.append(gw)
-    gw.start()
+    gw = start_gateway()
 
     def crash_and_restart() -> None:
         gw.kill()
@@ -88,13 +84,10 @@ def test_kill_9_midway_loses_nothing_and_duplicates_keep_their_id(
 
 
 def test_police_outage_under_load_loses_nothing_and_keeps_order_per_shop(
-    tmp_path, block_broker, police_broker, gateway_process
+    block_broker, police_broker, start_gateway
 ):
     """The police broker is stopped for a while under load and restarted: all arrive, in order per shop."""
-    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
-    gw = TestGateway(config)
-    gateway_process.append(gw)
-    gw.start()
+    start_gateway()
 
     def outage() -> None:
         police_broker.stop()
@@ -130,14 +123,9 @@ def test_police_outage_under_load_loses_nothing_and_keeps_order_per_shop(
     asyncio.run(scenario())
 
 
-def test_sigterm_stops_cleanly_and_says_offline(
-    tmp_path, block_broker, police_broker, gateway_process
-):
+def test_sigterm_stops_cleanly_and_says_offline(block_broker, police_broker, start_gateway):
     """SIGTERM exits 0 and leaves a retained 'offline' status on both brokers."""
-    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
-    gw = TestGateway(config)
-    gateway_process.append(gw)
-    gw.start()
+    gw = start_gateway()
 
     async def retained(port: int, topic: str) -> dict:
         async with aiomqtt.Client("127.0.0.1", port, identifier=f"probe-{port}") as c:
@@ -161,12 +149,9 @@ def test_sigterm_stops_cleanly_and_says_offline(
     )
 
 
-def test_kill_9_fires_the_last_will(tmp_path, block_broker, police_broker, gateway_process):
+def test_kill_9_fires_the_last_will(block_broker, police_broker, start_gateway):
     """A gateway that vanishes is reported offline by its last will, so police can tell it is dead."""
-    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
-    gw = TestGateway(config)
-    gateway_process.append(gw)
-    gw.start()
+    gw = start_gateway()
 
     async def watch() -> list[tuple[str, str | None]]:
         states: list[tuple[str, str | None]] = []
@@ -186,13 +171,10 @@ def test_kill_9_fires_the_last_will(tmp_path, block_broker, police_broker, gatew
 
 
 def test_neighbours_are_alerted_while_the_police_link_is_down(
-    tmp_path, block_broker, police_broker, gateway_process
+    block_broker, police_broker, start_gateway
 ):
     """With the police broker gone, a panic still alerts the neighbours at once; the police get it later."""
-    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
-    gw = TestGateway(config)
-    gateway_process.append(gw)
-    gw.start()
+    start_gateway()
     near = expected_nearest("S00050")
 
     open_police_session(police_broker.url)
@@ -218,12 +200,9 @@ def test_neighbours_are_alerted_while_the_police_link_is_down(
     asyncio.run(police())
 
 
-def test_a_block_broker_restart_is_survived(tmp_path, block_broker, police_broker, gateway_process):
+def test_a_block_broker_restart_is_survived(block_broker, police_broker, start_gateway):
     """The block broker restarts; the gateway reconnects by itself and the next panic gets through."""
-    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
-    gw = TestGateway(config)
-    gateway_process.append(gw)
-    gw.start()
+    gw = start_gateway()
 
     open_police_session(police_broker.url)
     block_broker.stop()

@@ -6,23 +6,13 @@ import asyncio
 import sqlite3
 
 from tests.clients import running, wait_until
-from tests.harness import TestGateway, init_config
 
 
 def test_over_the_cap_heartbeats_are_evicted_alarms_kept_and_status_warns(
-    tmp_path, block_broker, police_broker, gateway_process
+    block_broker, police_broker, start_gateway
 ):
     """With a 0.3 MB cap, 2,000 heartbeats overflow it; the panic stays and is delivered; status warns."""
-    config = init_config(
-        tmp_path,
-        block_url=block_broker.url,
-        police_url=police_broker.url,
-        journal={"max_size_mb": 0.3},
-        status_interval_s=0.2,
-    )
-    gw = TestGateway(config)
-    gateway_process.append(gw)
-    gw.start()
+    gw = start_gateway(journal={"max_size_mb": 0.3}, status_interval_s=0.2)
 
     async def scenario() -> None:
         async with running(
@@ -39,7 +29,7 @@ def test_over_the_cap_heartbeats_are_evicted_alarms_kept_and_status_warns(
 
     asyncio.run(scenario())
     assert gw.stop() == 0
-    db = sqlite3.connect(config.parent / "state" / "journal.sqlite3")
+    db = sqlite3.connect(gw.config.parent / "state" / "journal.sqlite3")
     kinds = dict(db.execute("SELECT kind, COUNT(*) FROM events GROUP BY kind").fetchall())
     assert kinds["panic"] == 1
     assert kinds.get("heartbeat", 0) < 2000

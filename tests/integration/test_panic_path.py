@@ -6,34 +6,17 @@ import asyncio
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import aiomqtt
 
-from gateway.broker import Mosquitto
 from tests.clients import expected_nearest, running, survey_rows, wait_until
-from tests.harness import TestGateway, init_config
-
-
-def start_gateway(
-    tmp_path: Path,
-    block: Mosquitto,
-    police: Mosquitto,
-    procs: list[TestGateway],
-    **overrides: object,
-) -> TestGateway:
-    config = init_config(tmp_path, block_url=block.url, police_url=police.url, **overrides)
-    gw = TestGateway(config)
-    procs.append(gw)
-    gw.start()
-    return gw
 
 
 def test_panic_alerts_the_ten_nearest_shops_and_reaches_the_police(
-    tmp_path, block_broker, police_broker, gateway_process
+    block_broker, police_broker, start_gateway
 ):
     """A panic at S00011 notifies exactly its 10 nearest shops and reaches the police with shop data."""
-    start_gateway(tmp_path, block_broker, police_broker, gateway_process)
+    start_gateway()
     rows = {r["shop_id"]: r for r in survey_rows()}
     expected = expected_nearest("S00011")
     assert len(expected) == 10
@@ -80,10 +63,10 @@ def test_panic_alerts_the_ten_nearest_shops_and_reaches_the_police(
 
 
 def test_repeated_presses_alert_once_but_all_reach_the_police(
-    tmp_path, block_broker, police_broker, gateway_process
+    block_broker, police_broker, start_gateway
 ):
     """Within the cool-down, a second panic is journalled and forwarded but does not re-alert."""
-    start_gateway(tmp_path, block_broker, police_broker, gateway_process)
+    start_gateway()
     near = expected_nearest("S00040")
 
     async def scenario() -> None:
@@ -101,12 +84,10 @@ def test_repeated_presses_alert_once_but_all_reach_the_police(
 
 
 def test_bad_input_is_counted_and_dropped_and_the_gateway_keeps_serving(
-    tmp_path, block_broker, police_broker, gateway_process
+    block_broker, police_broker, start_gateway
 ):
     """Malformed, unknown, oversize, non-UTF-8 and mistyped messages are counted; a panic still gets through."""
-    gw = start_gateway(
-        tmp_path, block_broker, police_broker, gateway_process, status_interval_s=0.2
-    )
+    gw = start_gateway(status_interval_s=0.2)
     bad = [
         ("S00001", b"{not json"),
         ("S00001", b"\xff\xfe\xfd"),
@@ -152,13 +133,9 @@ def test_bad_input_is_counted_and_dropped_and_the_gateway_keeps_serving(
     assert gw.stop() == 0
 
 
-def test_status_and_events_show_what_the_gateway_did(
-    tmp_path, block_broker, police_broker, gateway_process
-):
+def test_status_and_events_show_what_the_gateway_did(block_broker, police_broker, start_gateway):
     """`lianfang events` lists the journalled panic; `lianfang status` shows it counted and delivered."""
-    gw = start_gateway(
-        tmp_path, block_broker, police_broker, gateway_process, status_interval_s=0.2
-    )
+    gw = start_gateway(status_interval_s=0.2)
 
     async def scenario() -> None:
         async with running(
