@@ -342,7 +342,34 @@ def publish_backlog(url: str, shops: list[str], count: int, seq_base: int) -> di
     return {"published": count, "seconds": round(seconds, 3), "per_s": round(count / seconds)}
 
 
-class DrainCounter:
+class DrainTally:
+    """Unique ids of backlog events (seq at least ``seq_min``), first and last arrival."""
+
+    def __init__(self, *, seq_min: int, target: int) -> None:
+        """Count until ``target`` unique events."""
+        self.seq_min = seq_min
+        self.target = target
+        self.seen: set[str] = set()
+        self.duplicates = 0
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+
+    def record(self, body: dict[str, Any]) -> bool:
+        """Count one delivery; True once ``target`` unique events have arrived."""
+        seq = body.get("seq", body.get("attrs", {}).get("seq"))
+        if not isinstance(seq, int) or seq < self.seq_min:
+            return False
+        if body["id"] in self.seen:
+            self.duplicates += 1
+            return False
+        now = time.perf_counter()
+        self.first_at = self.first_at or now
+        self.last_at = now
+        self.seen.add(body["id"])
+        return len(self.seen) >= self.target
+
+
+class DrainCounter(DrainTally):
     """A police receiver that only counts: unique ids of backlog events, first and last arrival.
 
     Lean on purpose (the stub platform keeps every body), so that holding
@@ -351,14 +378,9 @@ class DrainCounter:
 
     def __init__(self, url: str, client_id: str, *, seq_min: int, target: int) -> None:
         """Count events with a sequence number of at least ``seq_min`` until ``target``."""
+        super().__init__(seq_min=seq_min, target=target)
         self.url = url
         self.client_id = client_id
-        self.seq_min = seq_min
-        self.target = target
-        self.seen: set[str] = set()
-        self.duplicates = 0
-        self.first_at: float | None = None
-        self.last_at: float | None = None
         self.ready = asyncio.Event()
         self.done = asyncio.Event()
 
@@ -369,22 +391,11 @@ class DrainCounter:
             await client.subscribe(POLICE_TOPICS, qos=1)
             self.ready.set()
             async for message in client.messages:
-                body = json.loads(message.payload)
-                seq = body.get("seq", body.get("attrs", {}).get("seq"))
-                if not isinstance(seq, int) or seq < self.seq_min:
-                    continue
-                if body["id"] in self.seen:
-                    self.duplicates += 1
-                    continue
-                now = time.perf_counter()
-                self.first_at = self.first_at or now
-                self.last_at = now
-                self.seen.add(body["id"])
-                if len(self.seen) >= self.target:
+                if self.record(json.loads(message.payload)):
                     self.done.set()
 
 
-class SubCounter:
+class SubCounter(DrainTally):
     """The same counting, by ``mosquitto_sub`` (C) in a child process, read in a thread.
 
     Python MQTT receivers (aiomqtt, paho) top out near 2,000 messages/s on the
@@ -403,12 +414,7 @@ class SubCounter:
             "-t", POLICE_TOPICS, "-q", "1", "-i", client_id, "-c", "-V", "mqttv5",
             "-x", "3600", "-d",
         ]  # fmt: skip
-        self.seq_min = seq_min
-        self.target = target
-        self.seen: set[str] = set()
-        self.duplicates = 0
-        self.first_at: float | None = None
-        self.last_at: float | None = None
+        super().__init__(seq_min=seq_min, target=target)
         self.ready = asyncio.Event()
         self.done = asyncio.Event()
         self._ready = threading.Event()
@@ -420,18 +426,7 @@ class SubCounter:
             if b"received SUBACK" in line:
                 self._ready.set()
             return
-        body = json.loads(line)
-        seq = body.get("seq", body.get("attrs", {}).get("seq"))
-        if not isinstance(seq, int) or seq < self.seq_min:
-            return
-        if body["id"] in self.seen:
-            self.duplicates += 1
-            return
-        now = time.perf_counter()
-        self.first_at = self.first_at or now
-        self.last_at = now
-        self.seen.add(body["id"])
-        if len(self.seen) >= self.target:
+        if self.record(json.loads(line)):
             self._done.set()
 
     def _read(self, stream: Any) -> None:  # noqa: ANN401 - a binary pipe
