@@ -65,10 +65,11 @@ from bench.procs import (
 )
 from bench.relay import host_port
 from bench.stats import Row, finite, print_table, summary_ms, write_results
+from firmware_stubs.mqtt_client import client_for
 from firmware_stubs.mqtt_panel import ReceivedNotice, ShopPanel
 from firmware_stubs.police_platform import Delivery, PolicePlatform
 from gateway.broker import Mosquitto
-from gateway.mqtt import BrokerConfig, client_for
+from gateway.mqtt import BrokerConfig
 from gateway.process import GatewayProcess
 from rules.geo import neighbour_table
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import aiomqtt
 
-from gateway.mqtt import BrokerConfig, client_for
+from firmware_stubs.mqtt_client import client_for
+from gateway.mqtt import BrokerConfig
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.mqtt import BrokerConfig, client_for
+from firmware_stubs.mqtt_client import client_for
+from gateway.mqtt import BrokerConfig
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
-import aiomqtt
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 from yaml.constructor import SafeConstructor
 
 from gateway.config import GatewayConfig, Loc
 from gateway.errors import ConfigError, ConfigProblem
-from gateway.mqtt import BrokerConfig, client_for
+from gateway.mqtt import BrokerConfig
+from gateway.mqtt_link import LinkDown, MqttLink
 
 try:
     from yaml import CSafeLoader as _SafeLoader  # libyaml parses about six times faster
@@ -519,15 +519,15 @@ async def _try_connect(
 ) -> ConfigProblem | None:
     """None when the broker accepts a CONNECT; else what is wrong, at the setting to fix."""
     try:
-        client = client_for(broker, client_id=client_id, persistent=False)
+        link = MqttLink(broker, client_id=client_id, persistent=False)
     except OSError as exc:
         return _tls_problem(broker, exc, file=file, path=f"{path}.tls")
     try:
-        async with asyncio.timeout(timeout_s), client:
+        async with asyncio.timeout(timeout_s), link:
             return None
     except TimeoutError:
         message = f"no answer from {broker.url} within {timeout_s:g} s"
-    except aiomqtt.MqttError as exc:
+    except LinkDown as exc:
         message = f"cannot connect to {broker.url}: {exc}"
     return ConfigProblem(file, f"{path}.url", message)
 

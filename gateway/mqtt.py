@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import ssl
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
-import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -115,46 +113,6 @@ def connect_properties(*, session_expiry_s: int, receive_maximum: int) -> Proper
     props.SessionExpiryInterval = session_expiry_s
     props.ReceiveMaximum = receive_maximum
     return props
-
-
-def client_for(
-    broker: BrokerConfig,
-    *,
-    client_id: str,
-    persistent: bool,
-    will: aiomqtt.Will | None = None,
-    session_expiry_s: int = 7 * 24 * 3600,
-    max_inflight: int = 20,
-    receive_maximum: int = 1000,
-) -> aiomqtt.Client:
-    """An MQTT v5 client for ``broker``; a persistent session survives our restarts."""
-    kwargs: dict[str, Any] = {}
-    if broker.tls is not None:
-        kwargs["tls_context"] = broker.tls.context()
-    client = aiomqtt.Client(
-        broker.host,
-        broker.port,
-        identifier=client_id,
-        username=broker.username,
-        password=broker.password.get_secret_value() if broker.password else None,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=False if persistent else True,  # noqa: SIM211 - paho wants a bool or enum here
-        properties=connect_properties(
-            session_expiry_s=session_expiry_s if persistent else 0,
-            receive_maximum=receive_maximum,
-        ),
-        keepalive=broker.keepalive_s,
-        will=will,
-        max_inflight_messages=max_inflight,
-        max_queued_incoming_messages=0,
-        timeout=10,
-        # Alarms are small and urgent: never let Nagle hold one back.
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        **kwargs,
-    )
-    # We bound in-flight publishes ourselves (forwarder window, alert fan-out).
-    client.pending_calls_threshold = 100_000
-    return client
 
 
 def first_leaf(error: BaseException) -> BaseException:
