@@ -107,7 +107,7 @@ class MqttIngestDriver:
                 tg.create_task(link.watch(), name=f"{self.config.name}.link")
                 while True:
                     message, generation = await link.messages.get()
-                    link.taken()
+                    link.taken(message)
                     ack = functools.partial(link.ack, message, generation)
                     try:
                         event, origin_key = self.parse(

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from types import TracebackType
 from typing import Any, Self
 
@@ -79,6 +80,7 @@ class MqttLink:
             manual_ack=True,
             reconnect_on_failure=False,
         )
+        self._max_inflight = max_inflight
         self._client.max_inflight_messages_set(max_inflight)
         self._client.max_queued_messages_set(0)
         if broker.username:
@@ -105,6 +107,8 @@ class MqttLink:
         self._lost: asyncio.Future[None] | None = None
         self._publishes: dict[int, asyncio.Future[None]] = {}
         self._generation = 0
+        self._last_read = 0.0
+        self._qos0_queued = 0
 
     # --- the connection ------------------------------------------------------------
 
@@ -120,12 +124,15 @@ class MqttLink:
         self._subscribed = loop.create_future()
         self._lost = loop.create_future()
         self._lost.add_done_callback(_retrieve)
+        connecting = loop.run_in_executor(None, self._connect)
         try:
-            await loop.run_in_executor(None, self._connect)
+            await asyncio.shield(connecting)
         except OSError as exc:
             raise LinkDown(str(exc)) from exc
         except BaseException:
-            self._fail("cancelled while connecting")  # _watch_socket closes what connect opens
+            # Cancelled while connect() runs in its thread: close what it opens.
+            self._fail("cancelled while connecting")
+            connecting.add_done_callback(self._abandon)
             raise
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
@@ -135,10 +142,10 @@ class MqttLink:
                     await self._first_of(self._subscribed)
                     self._maybe_pause()
         except TimeoutError as exc:
-            self._close()
+            self._close(clean=False)
             raise LinkDown(f"no CONNACK/SUBACK within {CONNECT_TIMEOUT_S:g} s") from exc
         except BaseException:
-            self._close()
+            self._close(clean=False)
             raise
         return self
 
@@ -148,13 +155,19 @@ class MqttLink:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Disconnect cleanly (no will) and forget the socket."""
-        self._close()
+        """Disconnect: cleanly (no will) when the work ended or was cancelled.
+
+        After a failure the socket is just closed, so the broker publishes the will.
+        """
+        self._close(clean=exc_type is None or issubclass(exc_type, asyncio.CancelledError))
 
     async def watch(self) -> None:
         """Keep the connection alive until it is lost; then raise ``LinkDown``."""
         assert self._lost is not None
         while not self._lost.done():
+            if self.paused and time.monotonic() - self._last_read > self._broker.keepalive_s / 2:
+                # Paused reading must still see PINGRESPs: read one packet.
+                self._read_once()
             if self._client.loop_misc() != paho.MQTT_ERR_SUCCESS:
                 self._fail("keep-alive failed")
                 break
@@ -176,15 +189,24 @@ class MqttLink:
             properties=self._props,
         )
 
-    def _close(self) -> None:
-        if self._sock is not None:
+    def _abandon(self, connecting: asyncio.Future[None]) -> None:
+        """A connect() nobody waits for any more has ended: close whatever it opened."""
+        if not connecting.cancelled():
+            connecting.exception()
+        self._close(clean=False)
+
+    def _close(self, *, clean: bool) -> None:
+        if clean and self._client.socket() is not None:
             self._client.disconnect()
             # Send the DISCONNECT now: the reader and writer go away below.
             try:
                 self._client.loop_write()
             except OSError:
                 logger.debug("DISCONNECT not sent: socket already gone")
+        sock = self._client.socket()  # None once paho sent DISCONNECT and closed it
         self._drop_socket()
+        if sock is not None:
+            sock.close()
         self._fail("link closed")
 
     async def _first_of(self, future: asyncio.Future[None]) -> None:
@@ -238,12 +260,14 @@ class MqttLink:
         self.unacked -= 1
         self._maybe_resume()
 
-    def taken(self) -> None:
-        """A QoS 0 message left ``messages``: it may make room to read again."""
-        self._maybe_resume()
+    def taken(self, message: paho.MQTTMessage) -> None:
+        """``message`` left ``messages``; a QoS 0 one may make room to read again."""
+        if message.qos == 0:
+            self._qos0_queued -= 1
+            self._maybe_resume()
 
     def _maybe_resume(self) -> None:
-        if self.paused and self.unacked + self.messages.qsize() <= self._max_unacked // 2:
+        if self.paused and self.unacked + self._qos0_queued <= self._max_unacked // 2:
             self.paused = False
             if self._sock is not None and self._loop is not None:
                 self._loop.add_reader(self._sock, self._read)
@@ -253,6 +277,8 @@ class MqttLink:
     def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
         if message.qos > 0:
             self.unacked += 1
+        else:
+            self._qos0_queued += 1
         self.messages.put_nowait((message, self._generation))
         # A resumed session's backlog arrives before the SUBACK: keep reading until
         # the SUBACK is in, or we would never see it.
@@ -260,7 +286,7 @@ class MqttLink:
             self._maybe_pause()
 
     def _maybe_pause(self) -> None:
-        backlog = self.unacked + self.messages.qsize()
+        backlog = self.unacked + self._qos0_queued
         if not self.paused and backlog >= self._max_unacked and self._sock is not None:
             self.paused = True
             assert self._loop is not None
@@ -269,7 +295,12 @@ class MqttLink:
     # --- paho callbacks ----------------------------------------------------------------
 
     def _on_connect(
-        self, _c: paho.Client, _u: object, flags: paho.ConnectFlags, reason: ReasonCode, _p: object
+        self,
+        _c: paho.Client,
+        _u: object,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        props: object,
     ) -> None:
         if self._connected is None or self._connected.done():
             return
@@ -277,6 +308,10 @@ class MqttLink:
             self._fail(f"broker refused the connection: {reason}")
         else:
             logger.debug("connected, session present: %s", flags.session_present)
+            # Never more in flight than the broker said it can take.
+            receive_maximum = getattr(props, "ReceiveMaximum", None)
+            if isinstance(receive_maximum, int) and receive_maximum < self._max_inflight:
+                self._client.max_inflight_messages_set(receive_maximum)
             self._connected.set_result(None)
 
     def _on_subscribe(
@@ -316,15 +351,28 @@ class MqttLink:
     def _on_socket_register_write(self, _c: paho.Client, _u: object, sock: Any) -> None:  # noqa: ANN401 - paho's socket union
         assert self._loop is not None
         if threading.get_ident() == self._loop_thread:
-            self._loop.add_writer(sock, self._write)
+            self._want_write(sock)
         else:
-            self._loop.call_soon_threadsafe(self._loop.add_writer, sock, self._write)
+            self._loop.call_soon_threadsafe(self._want_write, sock)
+
+    def _want_write(self, sock: socket.socket) -> None:
+        if self._lost is not None and not self._lost.done() and sock.fileno() >= 0:
+            assert self._loop is not None
+            self._loop.add_writer(sock, self._write)
 
     def _on_socket_unregister_write(self, _c: paho.Client, _u: object, sock: Any) -> None:  # noqa: ANN401 - paho's socket union
         if self._loop is not None:
             self._loop.remove_writer(sock)
 
+    def _read_once(self) -> None:
+        self._last_read = time.monotonic()
+        try:
+            self._client.loop_read()
+        except Exception as exc:  # noqa: BLE001 - as in _read
+            self._fail(f"read failed: {exc!r}")
+
     def _read(self) -> None:
+        self._last_read = time.monotonic()
         try:
             while self._client.loop_read() == paho.MQTT_ERR_SUCCESS and not self.paused:
                 pending = getattr(self._client.socket(), "pending", None)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
+from gateway.errors import PlatformNak
 from gateway.mqtt_link import MqttLink
+
+logger = logging.getLogger(__name__)
 
 StatusSnapshot = Callable[[], dict[str, Any]]
 
@@ -34,7 +38,10 @@ async def keep_status(
     """Publish ``online`` status every ``interval_s``; say ``offline`` when cancelled."""
     try:
         while True:
-            await link.publish(topic, status_payload("online", snapshot), retain=True)
+            try:
+                await link.publish(topic, status_payload("online", snapshot), retain=True)
+            except PlatformNak as refused:  # an ACL on the status topic must not stop alarms
+                logger.warning("status on %s refused: %s", topic, refused)
             await asyncio.sleep(interval_s)
     except asyncio.CancelledError:
         # A clean stop does not fire the will, so say it ourselves, briefly.

@@ -87,3 +87,41 @@ def test_watch_raises_when_the_broker_goes_away(block_broker):
                 await link.publish("t", b"x")
 
     asyncio.run(scenario())
+
+
+def test_a_paused_link_outlives_its_keep_alive(block_broker):
+    """A consumer that holds its acks past two keep-alive periods keeps its link; then all arrive."""
+    broker = BrokerConfig(url=block_broker.url, keepalive_s=5)
+
+    async def scenario() -> int:
+        link = MqttLink(
+            broker, client_id="held", persistent=True, subscribe="held/#", max_unacked=10
+        )
+        async with link:
+            pass
+        async with aiomqtt.Client("127.0.0.1", block_broker.port, identifier="producer") as p:
+            for i in range(100):
+                await p.publish("held/x", str(i).encode(), qos=1)
+        got = 0
+        held = MqttLink(
+            broker, client_id="held", persistent=True, subscribe="held/#", max_unacked=10
+        )
+        async with held, asyncio.TaskGroup() as tg:
+            watch = tg.create_task(held.watch(), name="watch")
+            waiting = []
+            while len(waiting) < 10:
+                waiting.append(await asyncio.wait_for(held.messages.get(), 5))
+            assert held.paused
+            await asyncio.sleep(12)  # more than two keep-alive periods without an ack
+            assert not watch.done(), "the paused link was dropped by its keep-alive"
+            for message, generation in waiting:
+                held.ack(message, generation)
+                got += 1
+            while got < 100:
+                message, generation = await asyncio.wait_for(held.messages.get(), 5)
+                held.ack(message, generation)
+                got += 1
+            watch.cancel()
+        return got
+
+    assert asyncio.run(scenario()) == 100
