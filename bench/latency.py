@@ -68,7 +68,7 @@ from bench.stats import Row, finite, print_table, summary_ms, write_results
 from firmware_stubs.mqtt_client import client_for
 from firmware_stubs.mqtt_panel import ReceivedNotice, ShopPanel
 from firmware_stubs.police_platform import Delivery, PolicePlatform
-from gateway.broker import Mosquitto
+from gateway.broker import Mosquitto, terminate
 from gateway.mqtt import BrokerConfig
 from gateway.process import GatewayProcess
 from rules.geo import neighbour_table
@@ -457,12 +457,7 @@ class SubCounter(DrainTally):
                     raise RuntimeError(f"mosquitto_sub exited with {self.process.returncode}")
                 await asyncio.sleep(0.005)
         finally:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            terminate(self.process, timeout_s=5)
             reader.join(timeout=5)
 
 

@@ -78,36 +78,38 @@ class Profiler:
         return self.output if self.output.exists() else None
 
 
-def top_frames(collapsed: Path, limit: int = 15) -> list[tuple[str, float]]:
-    """The functions with the most samples anywhere on the stack (share of all samples)."""
-    total = 0
-    inclusive: dict[str, int] = {}
+def _samples(collapsed: Path) -> list[tuple[list[str], int]]:
+    """(frames, count) per line of py-spy's collapsed-stack output."""
+    samples = []
     for line in collapsed.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        for frame in set(stack.split(";")):
-            inclusive[frame] = inclusive.get(frame, 0) + count
-    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])
+        if count_text.isdigit():
+            samples.append((stack.split(";"), int(count_text)))
+    return samples
+
+
+def _ranked(counts: dict[str, int], total: int, limit: int) -> list[tuple[str, float]]:
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
     return [(frame, round(n / total, 3)) for frame, n in ranked[:limit]] if total else []
+
+
+def top_frames(collapsed: Path, limit: int = 15) -> list[tuple[str, float]]:
+    """The functions with the most samples anywhere on the stack (share of all samples)."""
+    samples = _samples(collapsed)
+    inclusive: dict[str, int] = {}
+    for frames, count in samples:
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    return _ranked(inclusive, sum(c for _, c in samples), limit)
 
 
 def self_frames(collapsed: Path, limit: int = 15) -> list[tuple[str, float]]:
     """The functions with the most samples at the top of the stack (share of all samples)."""
-    total = 0
+    samples = _samples(collapsed)
     own: dict[str, int] = {}
-    for line in collapsed.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        leaf = stack.split(";")[-1]
-        own[leaf] = own.get(leaf, 0) + count
-    ranked = sorted(own.items(), key=lambda kv: -kv[1])
-    return [(frame, round(n / total, 3)) for frame, n in ranked[:limit]] if total else []
+    for frames, count in samples:
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    return _ranked(own, sum(c for _, c in samples), limit)
 
 
 def proc_status(pid: int) -> dict[str, int]:

@@ -23,6 +23,17 @@ INSTALL_HINT = (
 )
 
 
+def terminate(process: subprocess.Popen[bytes], *, timeout_s: float) -> int | None:
+    """SIGTERM ``process`` and wait; SIGKILL it if it hangs. Its exit code, or None if killed."""
+    process.terminate()
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return None
+
+
 class MosquittoMissing(RuntimeError):  # noqa: N818 - names the condition for the installer
     """No ``mosquitto`` binary on PATH."""
 
@@ -152,12 +163,7 @@ class Mosquitto:
         """Stop the broker by its PID (SIGTERM, then SIGKILL)."""
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, timeout_s=5)
         self.process = None
 
     def kill(self) -> None:

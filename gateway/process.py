@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gateway.broker import terminate
+
 
 class NotifyingProcess:
     """A child that says ``READY=1`` on ``$NOTIFY_SOCKET``; stopped or killed by its PID."""
@@ -70,15 +72,10 @@ class NotifyingProcess:
         """SIGTERM and wait; return the exit code (SIGKILL if it hangs)."""
         if self.process is None:
             return 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
-        finally:
-            self.process = None
+        process, self.process = self.process, None
+        code = terminate(process, timeout_s=timeout_s)
+        if code is None:
+            raise RuntimeError(f"{self.args[2]} ignored SIGTERM for {timeout_s:g} s; killed")
         return code
 
     def kill(self) -> None:

@@ -55,25 +55,40 @@ def tls_config(tmp_path: Path, block: Mosquitto, police: Mosquitto, ca: Path, pk
     )
 
 
-def test_events_reach_the_police_over_tls_with_a_client_certificate(
-    tmp_path, block_broker, tls_police, pki, gateway_process
-):
-    """With the right CA and a client certificate the panic arrives over mqtts://."""
-    gw = TestGateway(tls_config(tmp_path, block_broker, tls_police, pki.ca, pki))
-    gateway_process.append(gw)
+def start_tls_gateway(
+    tmp_path, block_broker, tls_police, ca: Path, *, pki: Pki, procs
+) -> TestGateway:
+    gw = TestGateway(tls_config(tmp_path, block_broker, tls_police, ca, pki))
+    procs.append(gw)
     gw.start()
-    platform = platform_for(tls_police, pki)
+    return gw
+
+
+def press_panic(
+    platform: PolicePlatform, block_url: str, until, what: str, *, linger_s: float = 0.0
+) -> None:
+    """Run the platform, press panic at S00020, wait until ``until()``, listen ``linger_s`` more."""
 
     async def scenario() -> None:
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(platform.run(), name="platform")
             await asyncio.wait_for(platform.ready.wait(), 10)
-            async with running(block_url=block_broker.url, shops=["S00020"]) as (panels, _):
+            async with running(block_url=block_url, shops=["S00020"]) as (panels, _):
                 await panels["S00020"].send("panic")
-                await wait_until(lambda: platform.by_id, 10, "the panic over TLS")
+                await wait_until(until, 10, what)
+                await asyncio.sleep(linger_s)
             task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_events_reach_the_police_over_tls_with_a_client_certificate(
+    tmp_path, block_broker, tls_police, pki, gateway_process
+):
+    """With the right CA and a client certificate the panic arrives over mqtts://."""
+    start_tls_gateway(tmp_path, block_broker, tls_police, pki.ca, pki=pki, procs=gateway_process)
+    platform = platform_for(tls_police, pki)
+    press_panic(platform, block_broker.url, lambda: platform.by_id, "the panic over TLS")
     assert platform.unique[0].body["shop_id"] == "S00020"
 
 
@@ -82,28 +97,20 @@ def test_a_broker_certificate_from_another_ca_is_refused_and_nothing_falls_back_
 ):
     """A wrong CA means no delivery at all, a logged link fault, and the event kept for later."""
     other = make_pki(tmp_path / "other-pki", ca_name="Somebody Else CA")
-    config = tls_config(tmp_path, block_broker, tls_police, other.ca, pki)
-    gw = TestGateway(config)
-    gateway_process.append(gw)
-    gw.start()
+    gw = start_tls_gateway(
+        tmp_path, block_broker, tls_police, other.ca, pki=pki, procs=gateway_process
+    )
     platform = platform_for(tls_police, pki)
-
-    async def scenario() -> None:
-        async with asyncio.TaskGroup() as tg:
-            task = tg.create_task(platform.run(), name="platform")
-            await asyncio.wait_for(platform.ready.wait(), 10)
-            async with running(block_url=block_broker.url, shops=["S00020"]) as (panels, _):
-                await panels["S00020"].send("panic")
-                await wait_until(
-                    lambda: "forwarder[police] down" in gw.log_text(), 10, "the link fault"
-                )
-                await asyncio.sleep(1.0)
-            task.cancel()
-
-    asyncio.run(scenario())
+    press_panic(
+        platform,
+        block_broker.url,
+        lambda: "forwarder[police] down" in gw.log_text(),
+        "the link fault",
+        linger_s=1.0,  # room for any plain-text fallback to show up at the platform
+    )
     assert platform.deliveries == []
     assert "certificate verify failed" in gw.log_text().lower()
-    pending = JournalReader(config.parent / "state" / "journal.sqlite3").pending(
+    pending = JournalReader(gw.config.parent / "state" / "journal.sqlite3").pending(
         "police", after=0, limit=10
     )
     assert [r.event.kind.value for r in pending][:2] == ["device_fault", "panic"]
