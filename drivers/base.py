@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,4 +65,22 @@ class Driver(Protocol):
 
     async def run(self, emit: Emit) -> None:
         """Run until cancelled; raise ``DriverUnavailable`` when the link is down."""
+        ...
+
+
+@runtime_checkable
+class SirenDriver(Protocol):
+    """A driver that also drives outputs: the sirens (and strobes) of some shops."""
+
+    def siren_shops(self) -> frozenset[str]:
+        """Ids of the shops whose siren this driver drives."""
+        ...
+
+    async def sound_siren(self, shop_id: str, seconds: float) -> None:
+        """Sound ``shop_id``'s siren for ``seconds``, then switch it off.
+
+        The switch-off must survive a restart of the gateway in between (the
+        deadline is kept on disk). Raises ``DriverUnavailable`` if the output
+        cannot be reached now.
+        """
         ...

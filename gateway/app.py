@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers import DRIVERS
-from drivers.base import Driver, DriverContext
+from drivers.base import Driver, DriverContext, SirenDriver
 from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, JournalError
@@ -89,6 +89,14 @@ class Gateway:
             for f in config.forwarders
         }
         self.links: dict[str, bool] = {}
+
+    async def sound_siren(self, shop_id: str, seconds: float) -> bool:
+        """Sound ``shop_id``'s siren through the driver that drives it; False if none does."""
+        for driver in self.drivers.values():
+            if isinstance(driver, SirenDriver) and shop_id in driver.siren_shops():
+                await driver.sound_siren(shop_id, seconds)
+                return True
+        return False
 
     def _route(self, event: Event) -> tuple[str, ...]:
         return self._routes[event.kind]
