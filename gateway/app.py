@@ -77,7 +77,9 @@ class Gateway:
             c.name: DRIVERS[c.kind](c, context=context) for c in config.drivers
         }
         cards = {
-            s.id: ShopCard(s.id, s.name, s.lat, s.lon, s.grid.large, s.grid.medium, s.grid.small)
+            s.id: ShopCard(
+                s.id, s.name, s.lat, s.lon, s.grid.large, s.grid.medium, s.grid.small, s.account
+            )
             for s in config.shops
         }
         fcontext = ForwarderContext(

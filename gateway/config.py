@@ -90,6 +90,11 @@ class ShopConfig(ShopPlace):
     phone: str | None = Field(default=None, description="Shop phone for the police.")
     opens: time | None = Field(default=None, description="Opening time, HH:MM local.")
     closes: time | None = Field(default=None, description="Closing time, HH:MM local.")
+    account: str | None = Field(
+        default=None,
+        pattern=r"^[0-9A-Fa-f]{3,16}$",
+        description="DC-09 account the shop reports under (3-16 hex); default: its id's digits.",
+    )
     devices: list[DeviceConfig] = Field(
         default_factory=lambda: [DeviceConfig(id="panel-1")],
         description="Devices paired to the shop.",

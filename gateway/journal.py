@@ -110,7 +110,14 @@ class _Failure:
     error: str
 
 
-_Item = _Append | _Ack | _Failure
+@dataclass(frozen=True, slots=True)
+class _GiveUp:
+    forwarder: str
+    seq: int
+    error: str
+
+
+_Item = _Append | _Ack | _Failure | _GiveUp
 
 
 @dataclass
@@ -236,6 +243,14 @@ class Journal:
         """Record a failed delivery attempt of these events (for the audit trail)."""
         self._queue.put_nowait(_Failure(forwarder, tuple(seqs), error))
 
+    def give_up(self, forwarder: str, seq: int, error: str) -> None:
+        """Close the delivery at ``seq`` unacknowledged: the receiver refused it for good.
+
+        The row leaves the outbox (``acked_at`` is set) and ``last_error`` starts
+        with ``given up:`` and the receiver's reason, for the audit trail.
+        """
+        self._queue.put_nowait(_GiveUp(forwarder, seq, error))
+
     def on_commit(self, listener: Callable[[list[OutboxRow], str], None]) -> None:
         """Call ``listener(rows, forwarder)`` with the events newly committed for a forwarder."""
         self._listeners.append(listener)
@@ -299,6 +314,9 @@ class Journal:
                 )
                 deliveries.extend((name, item.seq) for name in item.routes)
             elif isinstance(item, _Ack):
+                acks.append((now, item.forwarder, item.seq))
+            elif isinstance(item, _GiveUp):
+                failures.append((f"given up: {item.error}", item.forwarder, item.seq))
                 acks.append((now, item.forwarder, item.seq))
             else:
                 failures.extend((item.error, item.forwarder, s) for s in item.seqs)

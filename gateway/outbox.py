@@ -71,6 +71,10 @@ class OutboxCursor:
         """The receiver acknowledged ``row``: record it, one row at a time."""
         self._journal.ack(self.name, row.seq)
 
+    def give_up(self, row: OutboxRow, error: str) -> None:
+        """The receiver refused ``row`` for good: record why and move past it."""
+        self._journal.give_up(self.name, row.seq, error)
+
     def rewind(self, unacked: list[OutboxRow], error: str) -> None:
         """Sent rows were not acknowledged (link lost): send them again, from the journal."""
         if unacked:

@@ -8,8 +8,11 @@ from typing import Annotated
 from pydantic import Field
 
 from gateway.forwarders.base import Forwarder
+from gateway.forwarders.dc09 import Dc09Config, Dc09Forwarder
 from gateway.forwarders.mqtt_police import PoliceMqttConfig, PoliceMqttForwarder
 
-FORWARDERS: dict[str, Callable[..., Forwarder]] = {f.kind: f for f in (PoliceMqttForwarder,)}
+FORWARDERS: dict[str, Callable[..., Forwarder]] = {
+    f.kind: f for f in (PoliceMqttForwarder, Dc09Forwarder)
+}
 
-ForwarderConfigUnion = Annotated[PoliceMqttConfig, Field(discriminator="kind")]
+ForwarderConfigUnion = Annotated[PoliceMqttConfig | Dc09Config, Field(discriminator="kind")]

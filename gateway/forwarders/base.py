@@ -46,6 +46,8 @@ class ShopCard:
     large: str
     medium: str
     small: str
+    account: str | None = None
+    """The shop's own DC-09 account, when surveyed."""
 
     def as_dict(self) -> dict[str, Any]:
         """The shop block of an upstream payload."""

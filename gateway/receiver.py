@@ -1,0 +1,266 @@
+"""A small alarm receiving centre: DC-09 over TCP or UDP and the police MQTT feed, into SQLite.
+
+``lianfang receiver`` runs it for police test benches and the demo. It answers
+as the standard says: ACK once an alarm is stored, NAK (with its own clock) for
+a frame it cannot check or a timestamp outside its window, DUH for a message
+it reads but cannot use. Copies are dropped: DC-09 by account, sequence and
+data within an hour, the MQTT feed by event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from gateway.dc09 import FrameError, Message, Token, decode, encode, parse_data, split_frame
+from gateway.events import utc_now
+
+logger = logging.getLogger(__name__)
+
+DEDUP_WINDOW = timedelta(hours=1)
+EARLIEST = timedelta(seconds=40)
+LATEST = timedelta(seconds=20)
+"""The usual timestamp window: a message may be 40 s old or 20 s ahead."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY,
+    received_at TEXT NOT NULL,
+    via TEXT NOT NULL,
+    account TEXT,
+    sequence INTEGER,
+    token TEXT,
+    data TEXT,
+    code TEXT,
+    qualifier INTEGER,
+    zone INTEGER,
+    event_id TEXT UNIQUE,
+    kind TEXT
+);
+CREATE INDEX IF NOT EXISTS alarms_dc09 ON alarms(account, sequence, data);
+"""
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """One stored alarm."""
+
+    received_at: str
+    via: str
+    account: str | None
+    code: str
+    zone: int | None
+    detail: str
+
+
+class AlarmStore:
+    """The centre's alarms in SQLite; an alarm is durable before it is acknowledged."""
+
+    def __init__(self, path: Path) -> None:
+        """Open (or create) the store at ``path``."""
+        self._conn = sqlite3.connect(path, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(SCHEMA)
+        self.duplicates = 0
+        self.listeners: list[Callable[[Alarm], None]] = []
+
+    def add_dc09(self, message: Message, fields: dict[str, str | int], now: datetime) -> bool:
+        """Store a DC-09 alarm; False if the same message came within the last hour."""
+        seen = self._conn.execute(
+            "SELECT 1 FROM alarms WHERE account=? AND sequence=? AND data=? AND received_at>?",
+            (message.account, message.sequence, message.data, (now - DEDUP_WINDOW).isoformat()),
+        ).fetchone()
+        if seen:
+            self.duplicates += 1
+            return False
+        code = str(fields["code"])
+        qualifier = fields.get("qualifier")
+        self._conn.execute(
+            "INSERT INTO alarms (received_at, via, account, sequence, token, data, code,"
+            " qualifier, zone) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                now.isoformat(),
+                "dc09",
+                message.account,
+                message.sequence,
+                message.token.value,
+                message.data,
+                code,
+                qualifier,
+                fields["zone"],
+            ),
+        )
+        shown = f"{qualifier}{code}" if qualifier is not None else code
+        self._tell(Alarm(now.isoformat(), "dc09", message.account, shown, int(fields["zone"]), ""))
+        return True
+
+    def add_event(self, body: dict[str, object], now: datetime) -> bool:
+        """Store an event from the MQTT feed; False if its id is already stored."""
+        try:
+            self._conn.execute(
+                "INSERT INTO alarms (received_at, via, event_id, kind, data) VALUES (?,?,?,?,?)",
+                (now.isoformat(), "mqtt", body["id"], body.get("kind"), json.dumps(body)),
+            )
+        except sqlite3.IntegrityError:
+            self.duplicates += 1
+            return False
+        shop = body.get("shop")
+        detail = str(shop.get("name", "")) if isinstance(shop, dict) else ""
+        zone = body.get("zone")
+        self._tell(
+            Alarm(
+                now.isoformat(),
+                "mqtt",
+                str(body.get("shop_id")),
+                str(body.get("kind")),
+                int(zone) if isinstance(zone, str) and zone.isdigit() else None,
+                detail,
+            )
+        )
+        return True
+
+    def _tell(self, alarm: Alarm) -> None:
+        for listener in self.listeners:
+            listener(alarm)
+
+    def count(self) -> int:
+        """Alarms stored."""
+        return int(self._conn.execute("SELECT COUNT(*) FROM alarms").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the database."""
+        self._conn.close()
+
+
+class Dc09Centre:
+    """Answers DC-09 frames: checks, stores, and says ACK, NAK or DUH."""
+
+    def __init__(
+        self,
+        store: AlarmStore,
+        *,
+        key: bytes | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        """Store into ``store``; decrypt with ``key`` (any account); ``clock`` is the centre's."""
+        self.store = store
+        self.keys = {"": key} if key else None
+        self.clock = clock
+        self.rejected: Counter[str] = Counter()
+        self.supervision: dict[str, datetime] = {}
+        """Last NULL message per account: which gateways are alive."""
+
+    def answer(self, frame: bytes) -> bytes:
+        """The reply to one frame (always one: a NAK for what cannot be read)."""
+        now = self.clock()
+        try:
+            message = decode(frame, self.keys)
+        except FrameError as exc:
+            return self._refuse(exc, now)
+        if message.token in (Token.ACK, Token.NAK, Token.DUH):
+            return self._refuse(FrameError("a reply sent to the centre", "token"), now)
+        if message.timestamp is not None and not (
+            now - EARLIEST <= message.timestamp <= now + LATEST
+        ):
+            self.rejected["timestamp"] += 1
+            logger.warning("timestamp %s outside the window; NAK", message.timestamp)
+            return encode(message.reply(Token.NAK, now))
+        if message.token is Token.NULL:
+            self.supervision[message.account or ""] = now
+        else:
+            try:
+                fields = parse_data(message.token, message.data)
+            except FrameError as exc:
+                return self._refuse(exc, now, message)
+            self.store.add_dc09(message, fields, now)
+        key = self.keys[""] if self.keys and message.encrypted else None
+        return encode(message.reply(Token.ACK, now), key)
+
+    def _refuse(self, exc: FrameError, now: datetime, message: Message | None = None) -> bytes:
+        self.rejected[exc.reason] += 1
+        logger.warning("refused a frame: %s", exc)
+        if message is not None or exc.reason == "token":
+            # Read but not usable: DUH (echoing the sequence when we have it).
+            duh = message or Message(Token.DUH, 0, None)
+            return encode(duh.reply(Token.DUH, None))
+        return encode(Message(Token.NAK, 0, None).reply(Token.NAK, now))
+
+    async def serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer every frame on one TCP connection until it closes."""
+        buffer = bytearray()
+        try:
+            while chunk := await reader.read(4096):
+                buffer += chunk
+                while True:
+                    try:
+                        frame = split_frame(buffer)
+                    except FrameError as exc:
+                        writer.write(self._refuse(exc, self.clock()))
+                        break
+                    if frame is None:
+                        break
+                    writer.write(self.answer(frame))
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+class _UdpCentre(asyncio.DatagramProtocol):
+    def __init__(self, centre: Dc09Centre) -> None:
+        self.centre = centre
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        if self.transport is not None:
+            self.transport.sendto(self.centre.answer(data), addr)
+
+
+async def serve(centre: Dc09Centre, host: str, port: int, *, udp: bool = False) -> None:
+    """Listen for DC-09 on ``host:port`` until cancelled."""
+    if udp:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpCentre(centre), local_addr=(host, port)
+        )
+        try:
+            await asyncio.Future()
+        finally:
+            transport.close()
+    server = await asyncio.start_server(centre.serve_tcp, host, port)
+    async with server:
+        await server.serve_forever()
+
+
+async def follow_mqtt(store: AlarmStore, url: str, topic: str = "police/v1/+/+/events") -> None:
+    """Store every event of the police MQTT feed at ``url`` until cancelled."""
+    import aiomqtt  # noqa: PLC0415 - only the MQTT feed needs it
+
+    from gateway.mqtt import BrokerConfig  # noqa: PLC0415
+
+    broker = BrokerConfig(url=url)
+    async with aiomqtt.Client(
+        broker.host, broker.port, identifier="lianfang-receiver", clean_session=False
+    ) as client:
+        await client.subscribe(topic, qos=1)
+        async for message in client.messages:
+            try:
+                body = json.loads(bytes(message.payload))
+                store.add_event(body, utc_now())
+            except (ValueError, KeyError, TypeError) as exc:
+                logger.warning("unusable feed message on %s: %s", message.topic, exc)
