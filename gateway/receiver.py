@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 from gateway.dc09 import FrameError, Message, Token, decode, encode, parse_data, split_frame
 from gateway.events import utc_now
@@ -157,6 +158,7 @@ class Dc09Centre:
         self.rejected: Counter[str] = Counter()
         self.supervision: dict[str, datetime] = {}
         """Last NULL message per account: which gateways are alive."""
+        self._connections: set[asyncio.StreamWriter] = set()
 
     def answer(self, frame: bytes) -> bytes:
         """The reply to one frame (always one: a NAK for what cannot be read)."""
@@ -193,9 +195,15 @@ class Dc09Centre:
             return encode(duh.reply(Token.DUH, None))
         return encode(Message(Token.NAK, 0, None).reply(Token.NAK, now))
 
+    def hang_up(self) -> None:
+        """Close every open TCP connection."""
+        for writer in list(self._connections):
+            writer.close()
+
     async def serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer every frame on one TCP connection until it closes."""
         buffer = bytearray()
+        self._connections.add(writer)
         try:
             while chunk := await reader.read(4096):
                 buffer += chunk
@@ -212,6 +220,7 @@ class Dc09Centre:
         except ConnectionError:
             pass
         finally:
+            self._connections.discard(writer)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
@@ -223,28 +232,38 @@ class _UdpCentre(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # Not an isinstance check: 3.11's selector datagram transport is not a
+        # DatagramTransport subclass (the bug that silences pysiaalarm's UDP server).
+        self.transport = cast("asyncio.DatagramTransport", transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         if self.transport is not None:
             self.transport.sendto(self.centre.answer(data), addr)
 
 
-async def serve(centre: Dc09Centre, host: str, port: int, *, udp: bool = False) -> None:
-    """Listen for DC-09 on ``host:port`` until cancelled."""
+@dataclass
+class Listener:
+    """A listening DC-09 socket: its port, and how to close it."""
+
+    port: int
+    close: Callable[[], None]
+
+
+async def listen(centre: Dc09Centre, host: str, port: int, *, udp: bool = False) -> Listener:
+    """Answer DC-09 on ``host:port`` (0: any free port) until closed."""
     if udp:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _UdpCentre(centre), local_addr=(host, port)
         )
-        try:
-            await asyncio.Future()
-        finally:
-            transport.close()
+        return Listener(transport.get_extra_info("sockname")[1], transport.close)
     server = await asyncio.start_server(centre.serve_tcp, host, port)
-    async with server:
-        await server.serve_forever()
+
+    def close() -> None:
+        server.close()
+        centre.hang_up()
+
+    return Listener(server.sockets[0].getsockname()[1], close)
 
 
 async def follow_mqtt(store: AlarmStore, url: str, topic: str = "police/v1/+/+/events") -> None:

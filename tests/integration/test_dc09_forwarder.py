@@ -1,0 +1,158 @@
+"""The DC-09 forwarder against our own receiving centre on loopback: ACK, NAK, faults, failover."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.events import EventKind, utc_now
+from tests.clients import wait_until
+from tests.dc09_rig import Proxy, aio, centre, event, forwarding, stored
+
+KEY_HEX = "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F"
+
+
+@pytest.mark.parametrize(
+    ("udp", "key"),
+    [(False, None), (False, KEY_HEX), (True, None), (True, KEY_HEX[:32])],
+    ids=["tcp", "tcp-aes256", "udp", "udp-aes128"],
+)
+@aio
+async def test_events_reach_the_centre(tmp_path: Path, udp: bool, key: str | None) -> None:
+    """Panic, intrusion with zone and its restore arrive with the shop's account, code and zone."""
+    async with centre(tmp_path, udp=udp, key=bytes.fromhex(key) if key else None) as (cen, lis):
+        scheme = "udp" if udp else "tcp"
+        async with forwarding(tmp_path, url=f"{scheme}://127.0.0.1:{lis.port}", key=key) as rig:
+            await rig.send(
+                event(EventKind.PANIC),
+                event(EventKind.INTRUSION, shop="S00012", zone="zone-5"),
+                event(EventKind.RESTORE, shop="S00012", zone="zone-5", restores="intrusion"),
+                event(EventKind.HEARTBEAT),
+                event(EventKind.DOOR_OPEN),
+            )
+            await wait_until(lambda: len(stored(cen.store)) == 3, 20, "three alarms stored")
+            await wait_until(lambda: rig.pending() == 0, 10, "all acknowledged")
+    rows = stored(cen.store)
+    assert [(a, code, zone) for a, _, code, zone in rows] == [
+        ("00011", "1120", 0),
+        ("BEEF", "1130", 5),
+        ("BEEF", "3130", 5),
+    ]
+    assert [seq for _, seq, _, _ in rows] == [1, 2, 3]  # journal order; door and heartbeat unsent
+    assert "9999" in cen.supervision  # the gateway's NULL on connecting
+    assert rig.forwarder.link_up.is_set() or rig.changes
+
+
+@aio
+async def test_sia_dcs_format(tmp_path: Path) -> None:
+    """With format SIA-DCS the centre gets SIA DC-03 letters: PA for a panic, zone kept."""
+    async with (
+        centre(tmp_path) as (cen, lis),
+        forwarding(tmp_path, url=f"tcp://127.0.0.1:{lis.port}", format="SIA-DCS") as rig,
+    ):
+        await rig.send(event(EventKind.PANIC, zone="7"))
+        await wait_until(lambda: len(stored(cen.store)) == 1, 20, "the panic stored")
+    assert stored(cen.store)[0][2:] == ("PA", 7)
+
+
+@aio
+async def test_nak_resynchronises_the_clock(tmp_path: Path) -> None:
+    """A centre whose clock is 5 minutes ahead NAKs once; the gateway adopts its time and is ACKed."""
+    ahead = timedelta(minutes=5)
+    async with (
+        centre(tmp_path, key=bytes.fromhex(KEY_HEX[:48]), clock=lambda: utc_now() + ahead) as (
+            cen,
+            lis,
+        ),
+        forwarding(tmp_path, url=f"tcp://127.0.0.1:{lis.port}", key=KEY_HEX[:48]) as rig,
+    ):
+        await rig.send(event(EventKind.PANIC))
+        await wait_until(lambda: len(stored(cen.store)) == 1, 20, "the panic stored")
+    assert cen.rejected["timestamp"] == 1
+    assert rig.forwarder.naks == 1
+    assert abs(rig.forwarder.clock_offset_s - ahead.total_seconds()) < 5
+
+
+@aio
+async def test_lost_acks_and_a_cut_message_lose_nothing(tmp_path: Path) -> None:
+    """ACKs lost and a connection cut mid-message: every event stored once, in order."""
+    async with centre(tmp_path) as (cen, lis):
+        proxy = Proxy(lis.port)
+        await proxy.start()
+        async with forwarding(
+            tmp_path, url=f"tcp://127.0.0.1:{proxy.port}", ack_timeout_s=0.5
+        ) as rig:
+            await wait_until(rig.forwarder.link_up.is_set, 10, "link up")
+            proxy.drop_replies = 2
+            await rig.send(*(event(EventKind.PANIC, zone=str(i)) for i in range(1, 6)))
+            await wait_until(lambda: len(stored(cen.store)) >= 5, 20, "five stored")
+            proxy.cut_next_message = True
+            await rig.send(*(event(EventKind.INTRUSION, zone=str(i)) for i in range(6, 11)))
+            await wait_until(lambda: len(stored(cen.store)) >= 10, 30, "ten stored")
+            await wait_until(lambda: rig.pending() == 0, 30, "all acknowledged")
+        proxy.close()
+    rows = stored(cen.store)
+    assert [zone for *_, zone in rows] == list(range(1, 11))
+    assert cen.store.duplicates >= 1  # the copies sent after lost ACKs were dropped
+
+
+@aio
+async def test_receiver_down_then_back(tmp_path: Path) -> None:
+    """The centre is down while alarms come in: they wait in the outbox and arrive in order."""
+    async with centre(tmp_path) as (cen, lis):
+        port = lis.port
+    async with forwarding(tmp_path, url=f"tcp://127.0.0.1:{port}", ack_timeout_s=0.5) as rig:
+        await rig.send(*(event(EventKind.PANIC, zone=str(i)) for i in range(1, 8)))
+        await wait_until(lambda: bool(rig.changes), 10, "the link reported down")
+        assert rig.pending() == 7
+        async with centre(tmp_path, port=port) as (cen, _):
+            await wait_until(lambda: rig.pending() == 0, 30, "backlog delivered")
+            assert [zone for *_, zone in stored(cen.store)] == list(range(1, 8))
+    assert rig.changes[0][0] is False
+
+
+@aio
+async def test_failover_to_backup(tmp_path: Path) -> None:
+    """With nothing on the primary port, alarms go to the backup receiver."""
+    async with centre(tmp_path) as (dead, dead_lis):
+        primary = dead_lis.port
+    async with (
+        centre(tmp_path, udp=True) as (backup, lis),
+        forwarding(
+            tmp_path,
+            url=f"tcp://127.0.0.1:{primary}",
+            backup_url=f"udp://127.0.0.1:{lis.port}",
+            ack_timeout_s=0.5,
+        ) as rig,
+    ):
+        await rig.send(event(EventKind.FIRE, zone="2"))
+        await wait_until(lambda: len(stored(backup.store)) == 1, 20, "stored at the backup")
+    assert stored(backup.store)[0][2:] == ("1110", 2)
+    assert stored(dead.store) == []
+
+
+@aio
+async def test_centre_that_stops_acknowledging_raises_trouble(tmp_path: Path) -> None:
+    """NULL supervision unanswered: the link goes down and the gateway is told (its trouble event)."""
+    async with centre(tmp_path) as (cen, lis):
+        proxy = Proxy(lis.port)
+        await proxy.start()
+        async with forwarding(
+            tmp_path,
+            url=f"tcp://127.0.0.1:{proxy.port}",
+            null_interval_s=0.3,
+            ack_timeout_s=0.3,
+            attempts=2,
+        ) as rig:
+            await wait_until(rig.forwarder.link_up.is_set, 10, "link up")
+            first = cen.supervision["9999"]
+            await wait_until(lambda: cen.supervision["9999"] > first, 10, "a periodic NULL")
+            assert rig.changes == []
+            proxy.drop_replies = 10**6  # the centre still reads but no longer acknowledges
+            await wait_until(lambda: bool(rig.changes), 15, "a trouble report")
+        proxy.close()
+    up, detail = rig.changes[0]
+    assert up is False
+    assert "no ACK for NULL" in detail
