@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import sqlite3
@@ -21,8 +22,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import cast
 
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
 from gateway.dc09 import FrameError, Message, Token, decode, encode, parse_data, split_frame
+from gateway.errors import PlatformUnreachable
 from gateway.events import utc_now
+from gateway.supervise import supervise
 
 logger = logging.getLogger(__name__)
 
@@ -204,14 +211,20 @@ class Dc09Centre:
         """Answer every frame on one TCP connection until it closes."""
         buffer = bytearray()
         self._connections.add(writer)
+        oversized = False  # after a line too long, drop bytes up to its CR
         try:
             while chunk := await reader.read(4096):
                 buffer += chunk
-                while True:
+                if oversized:
+                    end = buffer.find(b"\r")
+                    del buffer[: end + 1 if end >= 0 else len(buffer)]
+                    oversized = end < 0
+                while not oversized:
                     try:
                         frame = split_frame(buffer)
                     except FrameError as exc:
                         writer.write(self._refuse(exc, self.clock()))
+                        oversized = True
                         break
                     if frame is None:
                         break
@@ -273,13 +286,77 @@ async def follow_mqtt(store: AlarmStore, url: str, topic: str = "police/v1/+/+/e
     from gateway.mqtt import BrokerConfig  # noqa: PLC0415
 
     broker = BrokerConfig(url=url)
-    async with aiomqtt.Client(
-        broker.host, broker.port, identifier="lianfang-receiver", clean_session=False
-    ) as client:
-        await client.subscribe(topic, qos=1)
-        async for message in client.messages:
-            try:
-                body = json.loads(bytes(message.payload))
-                store.add_event(body, utc_now())
-            except (ValueError, KeyError, TypeError) as exc:
-                logger.warning("unusable feed message on %s: %s", message.topic, exc)
+    try:
+        async with aiomqtt.Client(
+            broker.host, broker.port, identifier="lianfang-receiver", clean_session=False
+        ) as client:
+            await client.subscribe(topic, qos=1)
+            async for message in client.messages:
+                try:
+                    body = json.loads(bytes(message.payload))
+                    store.add_event(body, utc_now())
+                except (ValueError, KeyError, TypeError) as exc:
+                    logger.warning("unusable feed message on %s: %s", message.topic, exc)
+    except aiomqtt.MqttError as exc:
+        raise PlatformUnreachable(f"MQTT feed {url}: {exc}") from exc
+
+
+def _table(alarms: list[Alarm], centre: Dc09Centre) -> Table:
+    table = Table(
+        title=f"lianfang receiver: {centre.store.count()} alarms,"
+        f" {centre.store.duplicates} copies dropped,"
+        f" {sum(centre.rejected.values())} frames refused,"
+        f" {len(centre.supervision)} accounts polling",
+    )
+    for column in ("received (UTC)", "via", "account", "code", "zone", "detail"):
+        table.add_column(column)
+    for alarm in alarms[-20:]:
+        zone = "" if alarm.zone is None else f"{alarm.zone:03d}"
+        table.add_row(
+            alarm.received_at[11:19], alarm.via, alarm.account or "", alarm.code, zone, alarm.detail
+        )
+    return table
+
+
+async def run_receiver(
+    db: Path, *, host: str, port: int, udp: bool, key: bytes | None, mqtt_url: str | None
+) -> None:
+    """``lianfang receiver``: answer DC-09 (and follow the MQTT feed), showing alarms live."""
+    store = AlarmStore(db)
+    centre = Dc09Centre(store, key=key)
+    shown: list[Alarm] = []
+    listener = await listen(centre, host, port, udp=udp)
+    console = Console(soft_wrap=True)
+    console.print(
+        f"DC-09 receiver on {'udp' if udp else 'tcp'}://{host}:{listener.port}"
+        f"{' (AES)' if key else ''}; alarms in {db}",
+        highlight=False,
+    )
+    # A live table on a terminal; one line per alarm into a pipe or a log.
+    view = Live(_table(shown, centre), console=console, auto_refresh=False)
+
+    def show(alarm: Alarm) -> None:
+        shown.append(alarm)
+        del shown[:-20]
+        if console.is_terminal:
+            view.update(_table(shown, centre), refresh=True)
+        else:
+            console.print(
+                f"{alarm.received_at} {alarm.via} account={alarm.account} code={alarm.code}"
+                f" zone={alarm.zone} {alarm.detail}",
+                highlight=False,
+            )
+
+    store.listeners.append(show)
+    try:
+        with view if console.is_terminal else contextlib.nullcontext():
+            async with asyncio.TaskGroup() as tg:
+                if mqtt_url:
+                    tg.create_task(
+                        supervise("mqtt-feed", functools.partial(follow_mqtt, store, mqtt_url)),
+                        name="mqtt-feed",
+                    )
+                await asyncio.Future()
+    finally:
+        listener.close()
+        store.close()
