@@ -10,9 +10,12 @@ from pydantic import Field
 from gateway.forwarders.base import Forwarder
 from gateway.forwarders.dc09 import Dc09Config, Dc09Forwarder
 from gateway.forwarders.mqtt_police import PoliceMqttConfig, PoliceMqttForwarder
+from gateway.forwarders.webhook import WebhookConfig, WebhookForwarder
 
 FORWARDERS: dict[str, Callable[..., Forwarder]] = {
-    f.kind: f for f in (PoliceMqttForwarder, Dc09Forwarder)
+    f.kind: f for f in (PoliceMqttForwarder, Dc09Forwarder, WebhookForwarder)
 }
 
-ForwarderConfigUnion = Annotated[PoliceMqttConfig | Dc09Config, Field(discriminator="kind")]
+ForwarderConfigUnion = Annotated[
+    PoliceMqttConfig | Dc09Config | WebhookConfig, Field(discriminator="kind")
+]

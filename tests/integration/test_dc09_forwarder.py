@@ -9,7 +9,7 @@ import pytest
 
 from gateway.events import EventKind, utc_now
 from tests.clients import wait_until
-from tests.dc09_rig import Proxy, aio, centre, event, forwarding, stored
+from tests.forwarder_rig import Proxy, aio, centre, event, forwarding, stored
 
 KEY_HEX = "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F"
 

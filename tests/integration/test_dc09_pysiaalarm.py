@@ -14,7 +14,7 @@ from pysiaalarm.event import SIAEvent
 
 from gateway.events import EventKind
 from tests.clients import wait_until
-from tests.dc09_rig import aio, event, forwarding
+from tests.forwarder_rig import aio, event, forwarding
 
 # pysiaalarm takes the key's characters as the AES key bytes ("ascii" format).
 KEYS = {"aes128": "0123456789ABCDEF", "aes256": "0123456789ABCDEF0123456789ABCDEF"}

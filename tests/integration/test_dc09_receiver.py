@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gateway.dc09 import Message, Token, crc16, decode, encode
 from gateway.events import utc_now
-from tests.dc09_rig import aio, centre, stored
+from tests.forwarder_rig import aio, centre, stored
 
 KEY = bytes(range(32))
 

@@ -1,4 +1,4 @@
-"""The DC-09 forwarder in-process on a real journal, and the receivers it talks to on loopback."""
+"""A forwarder in-process on a real journal, and the DC-09 receivers it talks to on loopback."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
+from gateway.forwarders import FORWARDERS, ForwarderConfigUnion
 from gateway.forwarders.base import ForwarderContext, ShopCard
-from gateway.forwarders.dc09 import Dc09Config, Dc09Forwarder
 from gateway.journal import Journal, JournalReader
 from gateway.outbox import OutboxCursor
 from gateway.receiver import AlarmStore, Dc09Centre, Listener, listen
@@ -48,7 +50,7 @@ class Rig:
     """A gateway's journal and DC-09 forwarder, running under supervise()."""
 
     journal: Journal
-    forwarder: Dc09Forwarder
+    forwarder: Any
     changes: list[tuple[bool, str]] = field(default_factory=list)
 
     async def send(self, *events: Event) -> None:
@@ -61,6 +63,11 @@ class Rig:
             return reader.pending_counts().get("centre", 0)
         finally:
             reader.close()
+
+    def all_closed(self, count: int) -> bool:
+        """``count`` deliveries journalled and none of them still pending."""
+        rows = self.delivery_rows()
+        return len(rows) == count and all(acked for _, acked, _ in rows)
 
     def delivery_rows(self) -> list[tuple[int, str | None, str | None]]:
         reader = JournalReader(self.journal.path)
@@ -75,9 +82,12 @@ class Rig:
 
 @asynccontextmanager
 async def forwarding(tmp_path: Path, **config: Any) -> AsyncIterator[Rig]:
-    """Run a journal and a DC-09 forwarder named 'centre' configured by ``config``."""
-    settings = {"name": "centre", "kind": "dc09", "account": "9999", "ack_timeout_s": 2} | config
-    cfg = Dc09Config.model_validate(settings)
+    """Run a journal and a forwarder named 'centre' (DC-09 unless ``kind`` says) with ``config``."""
+    defaults = (
+        {"account": "9999", "ack_timeout_s": 2} if config.get("kind", "dc09") == "dc09" else {}
+    )
+    settings = {"name": "centre", "kind": "dc09"} | defaults | config
+    cfg = TypeAdapter(ForwarderConfigUnion).validate_python(settings)
     journal = Journal(
         tmp_path / "journal.sqlite3",
         route=lambda e: ["centre"] if cfg.accepts_kind(e.kind) else [],
@@ -85,7 +95,7 @@ async def forwarding(tmp_path: Path, **config: Any) -> AsyncIterator[Rig]:
     )
     cursor = OutboxCursor(journal, "centre")
     context = ForwarderContext("GW-T", "L1", SHOPS, dict, 60)
-    forwarder = Dc09Forwarder(cfg, context=context, cursor=cursor)
+    forwarder = FORWARDERS[cfg.kind](cfg, context=context, cursor=cursor)
     rig = Rig(journal, forwarder)
 
     async def changed(name: str, *, up: bool, detail: str) -> None:

@@ -1,0 +1,128 @@
+"""Forward events to a platform that takes JSON over HTTPS, signed with HMAC-SHA256.
+
+Each event is one POST: the body is the event JSON with its shop, the header
+``X-Lianfang-Signature: sha256=<hex>`` is the HMAC-SHA256 of the body under the
+shared secret, and ``Idempotency-Key`` is the event id, so a POST sent again
+after a lost response is recognised. A 2xx acknowledges the event; a 4xx
+(other than 408/425/429) refuses it for good and is recorded with the response
+body; anything else (5xx, timeouts, refused connections) is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import ssl
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal, Self
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import AfterValidator, Field, SecretStr
+
+from gateway.errors import PlatformUnreachable
+from gateway.forwarders.base import ForwarderConfig, ForwarderContext, upstream_payload
+from gateway.journal import OutboxRow
+from gateway.outbox import OutboxCursor
+
+logger = logging.getLogger(__name__)
+
+KIND = "webhook"
+RETRYABLE_4XX = frozenset({408, 425, 429})
+SHOWN_BODY = 500
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("expected https://HOST[:PORT]/PATH; alarms never travel in clear HTTP")
+    return url
+
+
+class WebhookConfig(ForwarderConfig):
+    """A platform that receives events as signed JSON over HTTPS."""
+
+    kind: Literal["webhook"] = Field(description="Forwarder type.")
+    url: Annotated[str, AfterValidator(_check_url)] = Field(description="https:// endpoint.")
+    secret: SecretStr = Field(
+        min_length=16, description="Shared secret for the X-Lianfang-Signature HMAC-SHA256."
+    )
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate (PEM) to trust; default: the system's CAs."
+    )
+    timeout_s: float = Field(default=10, gt=0, le=300, description="Time allowed for one POST.")
+
+    def resolved(self, base: Path) -> Self:
+        """Take ``ca_file`` from ``base`` when relative."""
+        if self.ca_file is None:
+            return self
+        return self.model_copy(update={"ca_file": base / self.ca_file})
+
+
+def signature(secret: bytes, body: bytes) -> str:
+    """The ``X-Lianfang-Signature`` value of ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class WebhookForwarder:
+    """POSTs each outbox row; acknowledges it on 2xx, gives it up on a definite 4xx."""
+
+    kind: ClassVar[str] = KIND
+
+    def __init__(
+        self, config: WebhookConfig, *, context: ForwarderContext, cursor: OutboxCursor
+    ) -> None:
+        """Forward rows from ``cursor`` as ``config`` says."""
+        self.config = config
+        self._context = context
+        self._cursor = cursor
+        self._secret = config.secret.get_secret_value().encode()
+        self.link_up = asyncio.Event()
+        self.refused = 0
+
+    async def run(self) -> None:
+        """POST events until cancelled; raise when the platform fails, for a retry with backoff."""
+        tls = ssl.create_default_context(
+            cafile=str(self.config.ca_file) if self.config.ca_file else None
+        )
+        async with httpx.AsyncClient(verify=tls, timeout=self.config.timeout_s) as client:
+            while True:
+                rows = await self._cursor.next_batch()
+                for i, row in enumerate(rows):
+                    try:
+                        await self._post(client, row)
+                    except BaseException as exc:
+                        self._cursor.rewind(rows[i:], repr(exc))
+                        raise
+
+    async def _post(self, client: httpx.AsyncClient, row: OutboxRow) -> None:
+        body = upstream_payload(row, self._context.shops)
+        headers = {
+            "Content-Type": "application/json",
+            "X-Lianfang-Signature": signature(self._secret, body),
+            "Idempotency-Key": row.event.id,
+        }
+        try:
+            response = await client.post(self.config.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise PlatformUnreachable(f"{self.config.url}: {exc or type(exc).__name__}") from exc
+        status = response.status_code
+        if 200 <= status < 300:
+            self.link_up.set()
+            self._cursor.ack(row)
+        elif 400 <= status < 500 and status not in RETRYABLE_4XX:
+            self.link_up.set()  # the platform answers; it refuses this one event
+            self.refused += 1
+            text = response.text[:SHOWN_BODY]
+            logger.error(
+                "%s refused event %s: HTTP %d %s",
+                self.config.url,
+                headers["Idempotency-Key"],
+                status,
+                text,
+            )
+            self._cursor.give_up(row, f"HTTP {status}: {text}")
+        else:
+            raise PlatformUnreachable(f"{self.config.url}: HTTP {status}")

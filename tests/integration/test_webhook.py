@@ -1,0 +1,147 @@
+"""The webhook forwarder against a real HTTPS server on loopback, its certificate from a test PKI."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from gateway.events import EventKind
+from tests.certs import make_pki
+from tests.clients import wait_until
+from tests.forwarder_rig import aio, event, forwarding
+
+SECRET = "a shared secret of the platform"
+
+
+@dataclass
+class Platform:
+    """What the HTTPS server answers, in turn (then 200), and what it received."""
+
+    script: list[tuple[int, str] | float] = field(default_factory=list)
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+
+@contextmanager
+def https_platform(tmp_path: Path, platform: Platform) -> Iterator[tuple[int, Path]]:
+    pki = make_pki(tmp_path / "pki")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            platform.received.append((dict(self.headers), body))
+            step = platform.script.pop(0) if platform.script else (200, "{}")
+            if isinstance(step, float):
+                time.sleep(step)  # slower than the client's timeout
+                step = (200, "{}")
+            status, text = step
+            with contextlib.suppress(OSError):  # the client may have given up waiting
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(text)))
+                self.end_headers()
+                self.wfile.write(text.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(pki.server_cert, pki.server_key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, name="https-platform", daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], pki.ca
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def webhook(port: int, ca: Path, **extra: object) -> dict[str, object]:
+    return {
+        "kind": "webhook",
+        "url": f"https://127.0.0.1:{port}/alarms",
+        "secret": SECRET,
+        "ca_file": str(ca),
+        "timeout_s": 2,
+    } | extra
+
+
+@aio
+async def test_signed_posts_acknowledged(tmp_path: Path) -> None:
+    """Each event is one POST: HMAC-SHA256 over the body verifies, Idempotency-Key is the id."""
+    platform = Platform()
+    sent = [event(EventKind.PANIC), event(EventKind.INTRUSION, zone="3")]
+    with https_platform(tmp_path, platform) as (port, ca):
+        async with forwarding(tmp_path, **webhook(port, ca)) as rig:
+            await rig.send(*sent)
+            await wait_until(lambda: len(platform.received) == 2, 20, "two POSTs")
+            await wait_until(lambda: rig.all_closed(2), 10, "both acknowledged")
+    for ev, (headers, body) in zip(sent, platform.received, strict=True):
+        expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert headers["X-Lianfang-Signature"] == f"sha256={expected}"
+        assert headers["Idempotency-Key"] == ev.id
+        payload = json.loads(body)
+        assert (payload["id"], payload["kind"], payload["shop"]["name"]) == (
+            ev.id,
+            ev.kind.value,
+            "Tea house",
+        )
+
+
+@aio
+async def test_4xx_is_given_up_with_the_body(tmp_path: Path) -> None:
+    """A 422 refuses that event for good (recorded with the platform's words); the next goes on."""
+    platform = Platform(script=[(422, '{"error": "unknown shop"}')])
+    with https_platform(tmp_path, platform) as (port, ca):
+        async with forwarding(tmp_path, **webhook(port, ca)) as rig:
+            await rig.send(event(EventKind.PANIC), event(EventKind.FIRE))
+            await wait_until(lambda: rig.all_closed(2), 20, "both closed")
+            rows = rig.delivery_rows()
+    assert len(platform.received) == 2  # the refused one was not sent again
+    (_, acked1, error1), (_, acked2, error2) = rows
+    assert acked1 is not None
+    assert error1 == 'given up: HTTP 422: {"error": "unknown shop"}'
+    assert (acked2 is not None, error2) == (True, None)
+    assert rig.forwarder.refused == 1
+
+
+@aio
+async def test_5xx_and_timeouts_are_retried(tmp_path: Path) -> None:
+    """A 503, then a response slower than the timeout: the event is sent again until a 200."""
+    platform = Platform(script=[(503, "busy"), 3.0])
+    with https_platform(tmp_path, platform) as (port, ca):
+        async with forwarding(tmp_path, **webhook(port, ca, timeout_s=1)) as rig:
+            panic = event(EventKind.PANIC)
+            await rig.send(panic)
+            await wait_until(lambda: rig.all_closed(1), 30, "delivered at last")
+            rows = rig.delivery_rows()
+    keys = {headers["Idempotency-Key"] for headers, _ in platform.received}
+    assert keys == {panic.id}
+    assert len(platform.received) == 3
+    assert rows[0][1] is not None
+    assert rig.changes[0][0] is False  # the failures were reported as a link fault
+
+
+@aio
+async def test_untrusted_certificate_fails_closed(tmp_path: Path) -> None:
+    """A server whose CA is not trusted gets nothing: the event waits in the outbox."""
+    platform = Platform()
+    other_ca = make_pki(tmp_path / "other").ca
+    with https_platform(tmp_path, platform) as (port, _ca):
+        async with forwarding(tmp_path, **webhook(port, other_ca)) as rig:
+            await rig.send(event(EventKind.PANIC))
+            await wait_until(lambda: bool(rig.changes), 20, "a link fault")
+            assert rig.pending() == 1
+    assert platform.received == []
+    assert "CERTIFICATE_VERIFY_FAILED" in rig.changes[0][1]
