@@ -81,14 +81,41 @@ def init(
         Path, typer.Option("--dir", help="Folder to write lianfang.yaml in.")
     ] = Path(),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    dc09: Annotated[
+        str | None,
+        typer.Option(help="Alarm receiving centre: tcp://HOST:PORT or udp://.", show_default=False),
+    ] = None,
+    dc09_backup: Annotated[
+        str | None, typer.Option(help="Its backup receiver address.", show_default=False)
+    ] = None,
+    dc09_account: Annotated[
+        str | None,
+        typer.Option(help="The gateway's own DC-09 account (3-16 hex).", show_default=False),
+    ] = None,
+    dc09_key: Annotated[
+        str | None, typer.Option(help="AES key for DC-09 (the file becomes mode 600).")
+    ] = None,
+    dc09_key_format: Annotated[
+        str, typer.Option(help="'hex' (decode the digits) or 'ascii' (the characters).")
+    ] = "hex",
 ) -> None:
     """Write lianfang.yaml from an installer's survey sheet (CSV)."""
     from gateway.survey import NEARBY_M, init_config  # noqa: PLC0415 - keep `lianfang --help` fast
 
     out = directory / "lianfang.yaml"
+    centre = None
+    if dc09 is not None:
+        given = {"url": dc09, "backup_url": dc09_backup, "account": dc09_account, "key": dc09_key}
+        centre = {k: v for k, v in given.items() if v is not None} | {"key_format": dc09_key_format}
     try:
         config = init_config(
-            survey, gateway, out=out, broker_url=broker, police_url=police, force=force
+            survey,
+            gateway,
+            out=out,
+            broker_url=broker,
+            police_url=police,
+            dc09=centre,
+            force=force,
         )
     except ConfigError as exc:
         _fail(exc)

@@ -124,9 +124,25 @@ def load_config(path: Path) -> GatewayConfig:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         problems += explain_errors(exc, _yaml_locator(file, lines))
+    else:
+        problems += _readable_secrets(path, config, _yaml_locator(file, lines))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
     return config.resolved(path.parent)
+
+
+def _readable_secrets(path: Path, config: GatewayConfig, locate: Locate) -> list[ConfigProblem]:
+    """A forwarder's key or shared secret in a file that every user may read is refused."""
+    if not path.stat().st_mode & 0o004:
+        return []
+    found = []
+    for i, forwarder in enumerate(config.forwarders):
+        for name in ("key", "secret"):
+            if getattr(forwarder, name, None) is not None:
+                spot = locate(("forwarders", i, name))
+                message = "is a secret in a file every user may read; run chmod o-r on the file"
+                found.append(ConfigProblem(spot.file, spot.path, message, spot.line))
+    return found
 
 
 def _read_text(path: Path) -> str:

@@ -56,7 +56,9 @@ TLS_PLACEHOLDERS = {
 }
 # Shop settings whose survey column has another name; the rest share their names.
 _COLUMN_OF = {"id": "shop_id", "opens": "open", "closes": "close"}
-_OPTIONAL = ("trade", "street", "number", "side", "phone", "opens", "closes")
+_OPTIONAL = ("trade", "street", "number", "side", "phone", "opens", "closes", "account")
+# Columns a sheet may have; blank or absent means the default.
+_EXTRA_COLUMNS = ("account",)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def read_survey(path: Path) -> list[SurveyRow]:
     first_line: dict[str, int] = {}
     try:
         for raw in reader:
-            cells = {c: (raw.get(c) or "").strip() for c in COLUMNS}
+            cells = {c: (raw.get(c) or "").strip() for c in COLUMNS + _EXTRA_COLUMNS}
             row, found = _row(cells, reader.line_num, file, first_line)
             problems += found
             if row is not None:
@@ -182,6 +184,7 @@ def init_config(
     out: Path,
     broker_url: str,
     police_url: str | None = None,
+    dc09: dict[str, Any] | None = None,
     force: bool = False,
     nearby_m: float = NEARBY_M,
 ) -> GatewayConfig:
@@ -190,6 +193,9 @@ def init_config(
     Raises:
         ConfigError: for a bad sheet, an unknown gateway, a bad broker URL, or
             an ``out`` that exists (unless ``force``).
+
+    ``dc09`` adds a DC-09 forwarder named ``centre`` with these settings; a file
+    that then holds its key is written readable by its owner only.
     """
     rows = read_survey(survey)
     own = [r for r in rows if r.gateway_id == gateway_id]
@@ -199,12 +205,21 @@ def init_config(
         raise ConfigError([ConfigProblem(str(survey), "gateway_id", message)])
     others = nearby(own, [r for r in rows if r.gateway_id != gateway_id], nearby_m)
     data = _config_data(own, others, broker_url=broker_url, police_url=police_url)
+    if dc09 is not None:
+        data.setdefault("forwarders", []).append({"kind": "dc09", "name": "centre", **dc09})
+        data["shops"] = data.pop("shops")  # keep shops after the forwarders in the file
+        data["other_shops"] = data.pop("other_shops")
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        problems = explain_errors(exc, _survey_locator(str(survey), own, others))
+        options = [
+            f"--{f['kind'].replace('police_mqtt', 'police')}" for f in data.get("forwarders", [])
+        ]
+        problems = explain_errors(exc, _survey_locator(str(survey), own, others, options))
         raise ConfigError(problems) from None
     _write(out, _render(data, survey=survey, nearby_m=nearby_m), force=force)
+    if dc09 and dc09.get("key"):
+        out.chmod(0o600)
     return config
 
 
@@ -259,7 +274,9 @@ def _shop(row: SurveyRow) -> dict[str, Any]:
     return shop
 
 
-def _survey_locator(file: str, own: list[SurveyRow], others: list[SurveyRow]) -> Locate:
+def _survey_locator(
+    file: str, own: list[SurveyRow], others: list[SurveyRow], forwarder_options: list[str]
+) -> Locate:
     """Place a config path at the sheet's line and column, or at the init option it came from."""
 
     def locate(loc: Loc) -> Spot:
@@ -270,7 +287,11 @@ def _survey_locator(file: str, own: list[SurveyRow], others: list[SurveyRow]) ->
                 f"{loc[3]}_grid" if key == "grid" and len(loc) > 3 else _COLUMN_OF.get(key, key)
             )
             return Spot(file, column, section[loc[1]].line)
-        option = {"broker": "--broker", "forwarders": "--police"}.get(str(loc[0])) if loc else None
+        option = {"broker": "--broker"}.get(str(loc[0])) if loc else None
+        if loc and loc[0] == "forwarders" and len(loc) > 1 and isinstance(loc[1], int):
+            option = forwarder_options[loc[1]]
+            if len(loc) > 2 and option == "--dc09" and loc[2] != "url":
+                option = f"--dc09-{str(loc[2]).replace('_url', '').replace('_', '-')}"
         if option is not None:
             return Spot("lianfang init", option, None)
         return Spot(file, path_text(loc), None)
@@ -294,7 +315,7 @@ def _render(data: dict[str, Any], *, survey: Path, nearby_m: float) -> str:
         "# and key: put them at the paths below (relative to this file) before going online.\n"
     )
     with_tls = {"broker"} if "tls" in data["broker"] else set()
-    if any("tls" in f["broker"] for f in data.get("forwarders", [])):
+    if any("tls" in f.get("broker", {}) for f in data.get("forwarders", [])):
         with_tls.add("forwarders")
     parts = [header]
     for key, value in data.items():

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, SecretStr, model_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationInfo, field_validator
 
 from gateway.dc09 import (
     FrameError,
@@ -87,15 +87,15 @@ class Dc09Config(ForwarderConfig):
         description="Line prefix sent as Lxxxx (some receivers require it); null leaves it out.",
     )
     partition: int = Field(default=1, ge=0, le=99, description="Partition (area) reported.")
-    key: SecretStr | None = Field(
-        default=None,
-        description="AES key (16, 24 or 32 bytes): messages are encrypted when set. "
-        "Keep the config file unreadable by others.",
-    )
     key_format: Literal["hex", "ascii"] = Field(
         default="hex",
         description="'hex': the key is hex digits to decode; 'ascii': its characters are the "
         "key bytes (as pysiaalarm and some panels take it).",
+    )
+    key: SecretStr | None = Field(
+        default=None,
+        description="AES key (16, 24 or 32 bytes): messages are encrypted when set. "
+        "Keep the config file unreadable by others.",
     )
     ack_timeout_s: float = Field(
         default=5, gt=0, le=120, description="Wait this long for ACK before sending again."
@@ -114,15 +114,20 @@ class Dc09Config(ForwarderConfig):
         description="Event kind → code, overriding the built-in table; null stops a kind.",
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> Dc09Config:
-        if self.key is not None:
-            key_bytes(self.key.get_secret_value(), self.key_format)
-        known = {k.value for k in EventKind}
-        unknown = sorted(set(self.codes) - known)
+    @field_validator("key")
+    @classmethod
+    def _key_fits(cls, key: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if key is not None:
+            key_bytes(key.get_secret_value(), info.data.get("key_format", "hex"))
+        return key
+
+    @field_validator("codes")
+    @classmethod
+    def _known_kinds(cls, codes: dict[str, CodeEntry | None]) -> dict[str, CodeEntry | None]:
+        unknown = sorted(set(codes) - {k.value for k in EventKind})
         if unknown:
-            raise ValueError(f"codes: unknown event kinds {', '.join(unknown)}")
-        return self
+            raise ValueError(f"unknown event kinds {', '.join(unknown)}")
+        return codes
 
     def accepts_kind(self, kind: EventKind) -> bool:
         """Only kinds that have a code go to the centre."""

@@ -1,0 +1,37 @@
+"""Journal.give_up: a delivery the receiver refused for good leaves the outbox, with its reason."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from gateway.journal import JournalReader
+from tests.unit.test_journal import event, open_journal, run_journal
+
+
+def test_given_up_delivery_leaves_the_outbox_with_its_reason(tmp_path: Path) -> None:
+    """The refused event is no longer pending, records why; the next one still waits for its ACK."""
+    journal = open_journal(tmp_path / "j.db")
+
+    async def body() -> None:
+        await journal.append(event())
+        await journal.append(event())
+        while journal.stats.appended < 2:
+            await asyncio.sleep(0.01)
+        journal.give_up("police", 1, "HTTP 422: unknown shop")
+        while journal.stats.commits < 2:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run_journal(journal, body))
+    reader = JournalReader(tmp_path / "j.db")
+    assert [r.seq for r in reader.pending("police", after=0, limit=10)] == [2]
+    reader.close()
+    rows = (
+        sqlite3.connect(tmp_path / "j.db")
+        .execute(
+            "SELECT seq, acked_at IS NOT NULL, attempts, last_error FROM deliveries ORDER BY seq"
+        )
+        .fetchall()
+    )
+    assert rows == [(1, 1, 1, "given up: HTTP 422: unknown shop"), (2, 0, 0, None)]
