@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 from gateway.journal import Journal, JournalReader, OutboxRow
 
@@ -70,6 +71,17 @@ class OutboxCursor:
     def ack(self, row: OutboxRow) -> None:
         """The receiver acknowledged ``row``: record it, one row at a time."""
         self._journal.ack(self.name, row.seq)
+
+    async def send_each(
+        self, rows: list[OutboxRow], send: Callable[[OutboxRow], Awaitable[None]]
+    ) -> None:
+        """``send`` the rows one at a time, in order; on a failure rewind the unsent rest."""
+        for i, row in enumerate(rows):
+            try:
+                await send(row)
+            except BaseException as exc:
+                self.rewind(rows[i:], repr(exc))
+                raise
 
     def give_up(self, row: OutboxRow, error: str) -> None:
         """The receiver refused ``row`` for good: record why and move past it."""

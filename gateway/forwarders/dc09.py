@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import replace
 from datetime import timedelta
@@ -262,12 +263,7 @@ class Dc09Forwarder:
             except TimeoutError:
                 await self._exchange(link, self._null_message())
                 continue
-            for i, row in enumerate(rows):
-                try:
-                    await self._deliver(link, row)
-                except BaseException as exc:
-                    self._cursor.rewind(rows[i:], repr(exc))
-                    raise
+            await self._cursor.send_each(rows, functools.partial(self._deliver, link))
 
     async def _deliver(self, link: _Link, row: OutboxRow) -> None:
         event = row.event

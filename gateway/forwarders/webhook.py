@@ -11,6 +11,7 @@ body; anything else (5xx, timeouts, refused connections) is retried with backoff
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -90,12 +91,7 @@ class WebhookForwarder:
         async with httpx.AsyncClient(verify=tls, timeout=self.config.timeout_s) as client:
             while True:
                 rows = await self._cursor.next_batch()
-                for i, row in enumerate(rows):
-                    try:
-                        await self._post(client, row)
-                    except BaseException as exc:
-                        self._cursor.rewind(rows[i:], repr(exc))
-                        raise
+                await self._cursor.send_each(rows, functools.partial(self._post, client))
 
     async def _post(self, client: httpx.AsyncClient, row: OutboxRow) -> None:
         body = upstream_payload(row, self._context.shops)

@@ -11,9 +11,10 @@ from typer.testing import CliRunner, Result
 from gateway.cli import app
 from gateway.config_file import load_config
 from gateway.errors import ConfigError
-from gateway.events import Event, EventKind, Source, utc_now
+from gateway.events import EventKind
 from gateway.forwarders.dc09 import Dc09Config
 from gateway.forwarders.dc09_codes import CodeEntry, CodeTable, shop_account, zone_number
+from tests.forwarder_rig import event
 from tests.harness import SURVEY
 
 KEY = "00112233445566778899AABBCCDDEEFF"
@@ -121,21 +122,6 @@ def test_accounts_and_zones() -> None:
     assert (zone_number("zone-5"), zone_number(None), zone_number("front"), zone_number("1234")) == (
         5, 0, 0, 234,
     )  # fmt: skip
-
-
-def event(kind: EventKind, **attrs: object) -> Event:
-    now = utc_now()
-    return Event(
-        id="01J0000000000000000000000",
-        gateway_id="GW",
-        shop_id="S1",
-        device_id="d",
-        kind=kind,
-        occurred_at=now,
-        received_at=now,
-        source=Source(driver="t", ref="t"),
-        attrs=attrs,
-    )
 
 
 def test_code_table_and_overrides() -> None:
