@@ -22,9 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -41,6 +38,7 @@ from gateway.forwarders.base import ForwarderContext, ShopCard
 from gateway.forwarders.dc09 import Dc09Forwarder
 from gateway.journal import Journal
 from gateway.outbox import OutboxCursor
+from gateway.process import ReceiverProcess
 
 KEY_HEX = "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F"
 RATE = 50.0
@@ -59,31 +57,6 @@ def panic(zone: str) -> Event:
         received_at=now,
         source=Source(driver="bench", ref="bench"),
     )
-
-
-class Receiver:
-    """`lianfang receiver` as a process; stopped by its PID."""
-
-    def __init__(self, work: Path, key: str | None) -> None:
-        """Start it on a free port, with ``key`` if given; wait for its port."""
-        self.log = work / f"receiver-{'aes' if key else 'clear'}.log"
-        cmd = [sys.executable, "-m", "gateway", "receiver", "--dc09", "0"]
-        cmd += ["--db", str(work / f"receiver-{time.monotonic_ns()}.sqlite3")]
-        cmd += ["--key", key] if key else []
-        self._out = self.log.open("w")
-        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not (m := re.search(r"tcp://127\.0\.0\.1:(\d+)", self.log.read_text())):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"receiver did not start: {self.log.read_text()}")
-            time.sleep(0.05)
-        self.port = int(m[1])
-
-    def stop(self) -> None:
-        """SIGTERM, and wait."""
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self._out.close()
 
 
 async def gateway_run(
@@ -176,7 +149,8 @@ async def measure(work: Path, *, backlog: int, paced: int) -> dict[str, Any]:
     for mode, key in (("clear", None), ("aes256", KEY_HEX)):
         figures: dict[str, Any] = {}
         for who in ("floor", "gateway"):
-            receiver = Receiver(work, key)
+            receiver = ReceiverProcess(work / f"receiver-{mode}-{who}.sqlite3", key=key)
+            receiver.start()
             try:
                 if who == "floor":
                     rate, _ = await floor_run(receiver.port, key, count=backlog, rate=None)

@@ -96,3 +96,20 @@ class GatewayProcess(NotifyingProcess):
             [sys.executable, "-m", "gateway", "run", "--config", str(config)],
             log=log or config.parent / "gateway.log",
         )
+
+
+class ReceiverProcess(NotifyingProcess):
+    """``python -m gateway receiver`` on a free loopback port: a DC-09 alarm receiving centre."""
+
+    def __init__(
+        self, db: Path, *, udp: bool = False, key: str | None = None, log: Path | None = None
+    ) -> None:
+        """Prepare a receiver storing into ``db``; its stderr goes to ``log``."""
+        kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self.url = f"{'udp' if udp else 'tcp'}://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "gateway", "receiver", "--dc09", str(self.port)]
+        args += ["--db", str(db)] + (["--udp"] if udp else []) + (["--key", key] if key else [])
+        super().__init__(args, log=log or db.with_suffix(".log"))

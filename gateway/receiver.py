@@ -30,6 +30,7 @@ from gateway.dc09 import FrameError, Message, Token, decode, encode, parse_data,
 from gateway.errors import PlatformUnreachable
 from gateway.events import utc_now
 from gateway.supervise import supervise
+from gateway.systemd import SystemdNotifier
 
 logger = logging.getLogger(__name__)
 
@@ -348,6 +349,9 @@ async def run_receiver(
             )
 
     store.listeners.append(show)
+    notifier = SystemdNotifier()
+    notifier.notify(f"READY=1\nSTATUS=DC-09 on port {listener.port}")
+    notifier.close()
     try:
         with view if console.is_terminal else contextlib.nullcontext():
             async with asyncio.TaskGroup() as tg:

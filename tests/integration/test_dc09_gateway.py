@@ -1,0 +1,46 @@
+"""The real daemon with a DC-09 forwarder to `lianfang receiver` (both real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+from gateway.process import ReceiverProcess
+from tests.clients import running, wait_until
+
+
+def test_panic_reaches_the_alarm_receiving_centre(tmp_path, block_broker, start_gateway):
+    """A panic at S00011 (zone 1) arrives at the centre as Contact ID 1120, account 00011, zone 001."""
+    db = tmp_path / "centre.sqlite3"
+    receiver = ReceiverProcess(db)
+    receiver.start()
+    try:
+        centre = {
+            "kind": "dc09",
+            "name": "centre",
+            "url": receiver.url,
+            "account": "9999",
+            "ack_timeout_s": 3,
+        }
+        gateway = start_gateway(forwarders=[centre])
+
+        def stored() -> list[tuple[str, int, str, int]]:
+            with sqlite3.connect(db) as conn:
+                return conn.execute(
+                    "SELECT account, qualifier, code, zone FROM alarms ORDER BY id"
+                ).fetchall()
+
+        async def scenario() -> None:
+            async with running(block_url=block_broker.url, shops=["S00011"]) as (panels, _):
+                await panels["S00011"].send("panic", zone="1")
+                await panels["S00011"].send("door_open", zone="2")  # no DC-09 code: not sent
+                await panels["S00011"].send("tamper", zone="3")
+                await wait_until(lambda: len(stored()) >= 2, 20, "two alarms at the centre")
+
+        asyncio.run(scenario())
+        assert stored() == [("00011", 1, "120", 1), ("00011", 1, "137", 3)]
+        assert "event kinds without a DC-09 code are not sent: door_open, door_close" in (
+            gateway.log_text()
+        )
+    finally:
+        receiver.stop()
