@@ -2,9 +2,10 @@
 
 Starts two private Mosquitto brokers on free loopback ports (the block's and a
 stand-in police platform's), writes a config from the Changping Road survey
-shipped with the package, starts the real gateway daemon, a police receiver and
-a shop panel for every shop, presses panic at one shop, and shows which shops
-were alerted and when the police had it. Leaves no process behind.
+shipped with the package, starts the real gateway daemon, a police receiver,
+an alarm receiving centre (``lianfang receiver``, SIA DC-09) and a shop panel for
+every shop, presses panic at one shop, and shows which shops were alerted and
+when the police and the centre had it. Leaves no process behind.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from importlib.resources import as_file, files
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from firmware_stubs.mqtt_panel import ShopPanel
 from firmware_stubs.police_platform import PolicePlatform
 from gateway.broker import Mosquitto, MosquittoMissing
 from gateway.mqtt import BrokerConfig
-from gateway.process import GatewayProcess
+from gateway.process import GatewayProcess, ReceiverProcess
 
 WAIT_S = 10.0
 
@@ -41,15 +44,21 @@ def run_demo(shop_id: str = "S00011") -> int:
             Mosquitto(workdir=workdir / "police-broker") as police,
         ):
             console.print(f"[bold]Block broker[/] {block.url}  [bold]police broker[/] {police.url}")
-            config = _write_config(workdir, block.url, police.url, console)
+            centre = ReceiverProcess(workdir / "centre.sqlite3")
+            centre.start()
+            console.print(f"[bold]Alarm receiving centre[/] (SIA DC-09) {centre.url}")
+            config = _write_config(workdir, block.url, police.url, centre.url, console)
             gateway = GatewayProcess(config, log=workdir / "gateway.log")
             try:
                 with console.status("Starting the gateway..."):
                     ready_s = gateway.start()
                 console.print(f"Gateway GW-001 ready in {ready_s:.2f} s (pid {gateway.pid})")
-                return asyncio.run(_press_panic(console, block.url, police.url, config, shop_id))
+                return asyncio.run(
+                    _press_panic(console, block.url, police.url, config, shop_id, centre=centre)
+                )
             finally:
                 gateway.stop()
+                centre.stop()
     except MosquittoMissing as exc:
         console.print(f"[red]{exc}[/]")
         return 1
@@ -60,7 +69,9 @@ def run_demo(shop_id: str = "S00011") -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _write_config(workdir: Path, block_url: str, police_url: str, console: Console) -> Path:
+def _write_config(
+    workdir: Path, block_url: str, police_url: str, centre_url: str, console: Console
+) -> Path:
     with as_file(files("gateway") / "data" / "changping-road.csv") as survey:
         subprocess.run(  # noqa: S603 - our own CLI
             [
@@ -76,6 +87,10 @@ def _write_config(workdir: Path, block_url: str, police_url: str, console: Conso
                 block_url,
                 "--police",
                 police_url,
+                "--dc09",
+                centre_url,
+                "--dc09-account",
+                "9999",
                 "--dir",
                 str(workdir),
             ],
@@ -87,7 +102,13 @@ def _write_config(workdir: Path, block_url: str, police_url: str, console: Conso
 
 
 async def _press_panic(
-    console: Console, block_url: str, police_url: str, config: Path, shop_id: str
+    console: Console,
+    block_url: str,
+    police_url: str,
+    config: Path,
+    shop_id: str,
+    *,
+    centre: ReceiverProcess,
 ) -> int:
     from gateway.config_file import load_config  # noqa: PLC0415 - after the gateway is up
 
@@ -116,15 +137,45 @@ async def _press_panic(
                 for panel in panels.values():
                     await panel.ready.wait()
         console.print(f"\n[bold red]PANIC[/] pressed at {shop_id} {names[shop_id]}")
-        pressed = time.perf_counter()
+        pressed, pressed_wall = time.perf_counter(), time.time()
         await panels[shop_id].send("panic", zone="1")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(seen.wait(), WAIT_S)
+        arc = await _centre_alarms(centre.db)
         await asyncio.sleep(0.2)  # any late or wrong extra notice still shows
         for task in tasks:
             task.cancel()
     _show(console, panels, names, platform, pressed)
-    return 0 if platform.by_id and any(p.notices for p in panels.values()) else 1
+    _show_centre(console, arc, pressed_wall)
+    delivered = platform.by_id and arc and any(p.notices for p in panels.values())
+    return 0 if delivered else 1
+
+
+async def _centre_alarms(db: Path) -> list[tuple[str, str, int, int, str]]:
+    """The alarm receiving centre's stored alarms, once there is one (or after ``WAIT_S``)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            rows: list[tuple[str, str, int, int, str]] = conn.execute(
+                "SELECT account, code, qualifier, zone, received_at FROM alarms ORDER BY id"
+            ).fetchall()
+        if rows or time.monotonic() > deadline:
+            return rows
+        await asyncio.sleep(0.05)
+
+
+def _show_centre(
+    console: Console, rows: list[tuple[str, str, int, int, str]], pressed_wall: float
+) -> None:
+    table = Table(title="Alarm receiving centre (SIA DC-09, Contact ID)")
+    for column in ("account", "event", "zone", "latency"):
+        table.add_column(column)
+    for account, code, qualifier, zone, received_at in rows:
+        latency = datetime.fromisoformat(received_at).timestamp() - pressed_wall
+        table.add_row(account, f"{qualifier}{code}", f"{zone:03d}", f"{latency * 1000:.0f} ms")
+    console.print(table)
+    if not rows:
+        console.print("[red]The alarm receiving centre received nothing.[/]")
 
 
 def _show(

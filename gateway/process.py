@@ -105,6 +105,7 @@ class ReceiverProcess(NotifyingProcess):
         self, db: Path, *, udp: bool = False, key: str | None = None, log: Path | None = None
     ) -> None:
         """Prepare a receiver storing into ``db``; its stderr goes to ``log``."""
+        self.db = db
         kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
         with socket.socket(socket.AF_INET, kind) as probe:
             probe.bind(("127.0.0.1", 0))
