@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.dc09 import Token, decode, encode
 from gateway.events import EventKind, utc_now
+from gateway.receiver import AlarmStore, Dc09Centre, listen
 from tests.clients import wait_until
 from tests.forwarder_rig import Proxy, aio, centre, event, forwarding, stored
 
@@ -156,3 +158,33 @@ async def test_centre_that_stops_acknowledging_raises_trouble(tmp_path: Path) ->
     up, detail = rig.changes[0]
     assert up is False
     assert "no ACK for NULL" in detail
+
+
+class RefusingCentre(Dc09Centre):
+    """Our centre, except that it answers DUH to everything from account BEEF."""
+
+    def answer(self, frame: bytes) -> bytes:
+        message = decode(frame, self.keys)
+        if message.account == "BEEF":
+            return encode(message.reply(Token.DUH, None))
+        return super().answer(frame)
+
+
+@aio
+async def test_duh_gives_the_event_up_and_moves_on(tmp_path: Path) -> None:
+    """A DUH closes that one delivery with its reason; the events after it are delivered."""
+    store = AlarmStore(tmp_path / "refusing.sqlite3")
+    listener = await listen(RefusingCentre(store), "127.0.0.1", 0)
+    try:
+        async with forwarding(tmp_path, url=f"tcp://127.0.0.1:{listener.port}") as rig:
+            await rig.send(event(EventKind.PANIC, shop="S00012"), event(EventKind.PANIC, zone="4"))
+            await wait_until(lambda: rig.all_closed(2), 20, "both deliveries closed")
+    finally:
+        listener.close()
+    (_, acked1, error1), (_, acked2, error2) = rig.delivery_rows()
+    assert acked1 is not None
+    assert error1.startswith("given up: ")
+    assert error1.endswith("answered DUH")
+    assert (acked2 is not None, error2) == (True, None)
+    assert stored(store) == [("00011", 2, "1120", 4)]
+    assert rig.forwarder.refused == 1

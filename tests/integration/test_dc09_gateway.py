@@ -44,3 +44,54 @@ def test_panic_reaches_the_alarm_receiving_centre(tmp_path, block_broker, start_
         )
     finally:
         receiver.stop()
+
+
+def test_centre_killed_and_restarted_loses_nothing(tmp_path, block_broker, start_gateway):
+    """The centre process is SIGKILLed while panics come in: after its restart each is stored once, in order."""
+    db = tmp_path / "centre.sqlite3"
+    receiver = ReceiverProcess(db)
+    receiver.start()
+    try:
+        centre = {
+            "kind": "dc09",
+            "name": "centre",
+            "url": receiver.url,
+            "account": "9999",
+            "ack_timeout_s": 1,
+            "attempts": 2,
+        }
+        gateway = start_gateway(forwarders=[centre])
+
+        def alarms(account: str) -> list[tuple[int, str, int]]:
+            with sqlite3.connect(db) as conn:
+                return conn.execute(
+                    "SELECT qualifier, code, zone FROM alarms WHERE account=? ORDER BY id",
+                    (account,),
+                ).fetchall()
+
+        def zones() -> list[int]:
+            return [zone for _, _, zone in alarms("00011")]
+
+        async def scenario() -> None:
+            async with running(block_url=block_broker.url, shops=["S00011"]) as (panels, _):
+                panel = panels["S00011"]
+                await panel.send("panic", zone="1")
+                await wait_until(lambda: zones() == [1], 20, "the first panic stored")
+                receiver.kill()
+                for zone in range(2, 7):
+                    await panel.send("panic", zone=str(zone))
+                await wait_until(
+                    lambda: "forwarder[centre] down" in gateway.log_text(), 20, "link down"
+                )
+                receiver.start()
+                await wait_until(lambda: len(zones()) >= 6, 60, "all six panics stored")
+                await wait_until(
+                    lambda: len(alarms("9999")) >= 2, 20, "the link trouble and restore"
+                )
+
+        asyncio.run(scenario())
+        assert zones() == [1, 2, 3, 4, 5, 6]
+        # The gateway's own trouble about the link, then its restore, under its own account.
+        assert alarms("9999") == [(1, "380", 0), (3, "380", 0)]
+    finally:
+        receiver.stop()
