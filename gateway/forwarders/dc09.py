@@ -60,7 +60,8 @@ def _check_url(url: str) -> str:
 
 
 ReceiverUrl = Annotated[str, AfterValidator(_check_url)]
-Account = Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{3,16}$")]
+# Upper case: replies echo it so, and we match them against what we sent.
+Account = Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{3,16}$"), AfterValidator(str.upper)]
 
 
 class Dc09Config(ForwarderConfig):
@@ -299,7 +300,7 @@ class Dc09Forwarder:
         return Message(
             Token.NULL,
             self._null_sequence,
-            self.config.account.upper(),
+            self.config.account,
             receiver=self.config.receiver,
             line=self.config.line,
         )
@@ -337,6 +338,13 @@ class Dc09Forwarder:
                     continue
                 if reply.token is Token.NAK:
                     return reply
+                if reply.token is Token.ACK and self._key and not reply.encrypted:
+                    # An encrypted message is acknowledged encrypted; a clear ACK
+                    # could come from anyone on the path and must not drop an alarm.
+                    logger.warning(
+                        "%s: clear ACK to an encrypted message ignored", self.config.name
+                    )
+                    continue
                 same_account = reply.account is None or reply.account == message.account
                 if (
                     reply.token in (Token.ACK, Token.DUH)

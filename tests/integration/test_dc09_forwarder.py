@@ -188,3 +188,41 @@ async def test_duh_gives_the_event_up_and_moves_on(tmp_path: Path) -> None:
     assert (acked2 is not None, error2) == (True, None)
     assert stored(store) == [("00011", 2, "1120", 4)]
     assert rig.forwarder.refused == 1
+
+
+@aio
+async def test_gateway_account_in_lower_case_is_matched(tmp_path: Path) -> None:
+    """The gateway's own events go under its account, upper-cased as the centre echoes it."""
+    async with (
+        centre(tmp_path) as (cen, lis),
+        forwarding(tmp_path, url=f"tcp://127.0.0.1:{lis.port}", account="ab12") as rig,
+    ):
+        await rig.send(event(EventKind.DEVICE_FAULT, shop=None))
+        await wait_until(lambda: rig.all_closed(1), 20, "the trouble acknowledged")
+    assert stored(cen.store) == [("AB12", 1, "1380", 0)]
+    assert "AB12" in cen.supervision
+
+
+class ClearAckCentre(Dc09Centre):
+    """Answers every message with a clear ACK, even an encrypted one (as a spoofer could)."""
+
+    def answer(self, frame: bytes) -> bytes:
+        message = decode(frame, self.keys)
+        return encode(message.reply(Token.ACK, utc_now()))
+
+
+@aio
+async def test_clear_ack_to_an_encrypted_message_is_not_an_ack(tmp_path: Path) -> None:
+    """A clear ACK to an encrypted message never marks an alarm delivered."""
+    store = AlarmStore(tmp_path / "spoof.sqlite3")
+    listener = await listen(ClearAckCentre(store, key=bytes(16)), "127.0.0.1", 0)
+    try:
+        async with forwarding(
+            tmp_path, url=f"tcp://127.0.0.1:{listener.port}", key="00" * 16, ack_timeout_s=0.3
+        ) as rig:
+            await rig.send(event(EventKind.PANIC))
+            await wait_until(lambda: bool(rig.changes), 20, "the link reported down")
+            assert rig.pending() == 1
+    finally:
+        listener.close()
+    assert "no ACK for NULL" in rig.changes[0][1]
