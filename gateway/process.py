@@ -102,9 +102,15 @@ class ReceiverProcess(NotifyingProcess):
     """``python -m gateway receiver`` on a free loopback port: a DC-09 alarm receiving centre."""
 
     def __init__(
-        self, db: Path, *, udp: bool = False, key: str | None = None, log: Path | None = None
+        self,
+        db: Path,
+        *,
+        udp: bool = False,
+        key: str | None = None,
+        mqtt: str | None = None,
+        log: Path | None = None,
     ) -> None:
-        """Prepare a receiver storing into ``db``; its stderr goes to ``log``."""
+        """Prepare a receiver storing into ``db`` (and the feed at ``mqtt``); stderr to ``log``."""
         self.db = db
         kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
         with socket.socket(socket.AF_INET, kind) as probe:
@@ -113,4 +119,5 @@ class ReceiverProcess(NotifyingProcess):
         self.url = f"{'udp' if udp else 'tcp'}://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "gateway", "receiver", "--dc09", str(self.port)]
         args += ["--db", str(db)] + (["--udp"] if udp else []) + (["--key", key] if key else [])
+        args += ["--mqtt", mqtt] if mqtt else []
         super().__init__(args, log=log or db.with_suffix(".log"))

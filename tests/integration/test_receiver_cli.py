@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import aiomqtt
+
 from gateway.dc09 import Message, Token, decode, encode
 from gateway.events import utc_now
+from gateway.process import ReceiverProcess
+from tests.clients import wait_until
 
 
 def test_receiver_command_acks_and_shows_alarms(tmp_path: Path) -> None:
@@ -50,3 +57,41 @@ def test_receiver_command_acks_and_shows_alarms(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_receiver_stores_the_mqtt_feed_once_per_event(tmp_path: Path, police_broker) -> None:
+    """With --mqtt the receiver stores police-feed events, each id once however often it comes."""
+    db = tmp_path / "feed.sqlite3"
+    receiver = ReceiverProcess(db, mqtt=police_broker.url)
+    receiver.start()
+    try:
+        body = {
+            "id": "01J00000000000000000000001",
+            "kind": "panic",
+            "shop_id": "S00011",
+            "zone": "1",
+        }
+
+        def stored() -> list[tuple[str, str]]:
+            with sqlite3.connect(db) as conn:
+                return conn.execute("SELECT event_id, kind FROM alarms WHERE via='mqtt'").fetchall()
+
+        async def publish() -> None:
+            async with aiomqtt.Client(police_broker.host, police_broker.port) as client:
+                for _ in range(30):  # until the receiver has subscribed, then a few copies
+                    await client.publish("police/v1/L1/GW-001/events", json.dumps(body), qos=1)
+                    if stored():
+                        break
+                    await asyncio.sleep(0.1)
+                for _ in range(3):
+                    await client.publish("police/v1/L1/GW-001/events", json.dumps(body), qos=1)
+                await client.publish("police/v1/L1/GW-001/events", b"not json", qos=1)
+                await client.publish(
+                    "police/v1/L1/GW-001/events", json.dumps({**body, "id": "other"}), qos=1
+                )
+                await wait_until(lambda: len(stored()) == 2, 10, "the second event")
+
+        asyncio.run(publish())
+        assert stored() == [(body["id"], "panic"), ("other", "panic")]
+    finally:
+        receiver.stop()
