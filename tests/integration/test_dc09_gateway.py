@@ -9,20 +9,17 @@ from gateway.process import ReceiverProcess
 from tests.clients import running, wait_until
 
 
+def centre_at(url: str, **extra: object) -> dict[str, object]:
+    return {"kind": "dc09", "name": "centre", "url": url, "account": "9999"} | extra
+
+
 def test_panic_reaches_the_alarm_receiving_centre(tmp_path, block_broker, start_gateway):
     """A panic at S00011 (zone 1) arrives at the centre as Contact ID 1120, account 00011, zone 001."""
     db = tmp_path / "centre.sqlite3"
     receiver = ReceiverProcess(db)
     receiver.start()
     try:
-        centre = {
-            "kind": "dc09",
-            "name": "centre",
-            "url": receiver.url,
-            "account": "9999",
-            "ack_timeout_s": 3,
-        }
-        gateway = start_gateway(forwarders=[centre])
+        gateway = start_gateway(forwarders=[centre_at(receiver.url, ack_timeout_s=3)])
 
         def stored() -> list[tuple[str, int, str, int]]:
             with sqlite3.connect(db) as conn:
@@ -52,15 +49,7 @@ def test_centre_killed_and_restarted_loses_nothing(tmp_path, block_broker, start
     receiver = ReceiverProcess(db)
     receiver.start()
     try:
-        centre = {
-            "kind": "dc09",
-            "name": "centre",
-            "url": receiver.url,
-            "account": "9999",
-            "ack_timeout_s": 1,
-            "attempts": 2,
-        }
-        gateway = start_gateway(forwarders=[centre])
+        gateway = start_gateway(forwarders=[centre_at(receiver.url, ack_timeout_s=1, attempts=2)])
 
         def alarms(account: str) -> list[tuple[int, str, int]]:
             with sqlite3.connect(db) as conn:

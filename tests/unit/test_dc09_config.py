@@ -42,7 +42,7 @@ def test_init_writes_a_dc09_forwarder(tmp_path: Path) -> None:
     assert (centre.url, centre.backup_url, centre.account) == (
         "tcp://10.0.0.5:9000",
         "udp://10.0.0.6:9000",
-        "ab12",
+        "AB12",
     )
     assert centre.key is not None
     assert centre.key.get_secret_value() == KEY
