@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from dataclasses import replace
 from datetime import timedelta
 from typing import Annotated, ClassVar, Literal
@@ -110,6 +111,12 @@ class Dc09Config(ForwarderConfig):
         ge=0,
         le=86_400,
         description="Send a NULL supervision message after this long without traffic; 0: never.",
+    )
+    primary_retry_s: float = Field(
+        default=300,
+        ge=1,
+        le=86_400,
+        description="While on the backup receiver, try the primary again after this long.",
     )
     codes: dict[str, CodeEntry | None] = Field(
         default_factory=dict,
@@ -237,32 +244,44 @@ class Dc09Forwarder:
         return self._clock_offset.total_seconds()
 
     async def run(self) -> None:
-        """Forward to the primary receiver, then the backup; raise when neither acknowledges."""
-        urls = [self.config.url] + ([self.config.backup_url] if self.config.backup_url else [])
-        problems = []
-        for url in urls:
-            link = _Link(url)
-            try:
-                await link.open(self.config.ack_timeout_s)
-                await self._forward(link)
-            except (PlatformUnreachable, OSError, TimeoutError) as exc:
-                problems.append(f"{url}: {exc or type(exc).__name__}")
-                logger.warning("%s: %s", self.config.name, problems[-1])
-            finally:
-                link.close()
-        raise PlatformUnreachable("; ".join(problems))
+        """Forward to the primary receiver, else the backup; raise when neither acknowledges.
 
-    async def _forward(self, link: _Link) -> None:
+        On the backup, the primary is tried again every ``primary_retry_s``.
+        """
+        urls = [self.config.url] + ([self.config.backup_url] if self.config.backup_url else [])
+        while True:
+            problems = []
+            for i, url in enumerate(urls):
+                until = None if i == 0 else time.monotonic() + self.config.primary_retry_s
+                link = _Link(url)
+                try:
+                    await link.open(self.config.ack_timeout_s)
+                    await self._forward(link, until=until)
+                except (PlatformUnreachable, OSError, TimeoutError) as exc:
+                    problems.append(f"{url}: {exc or type(exc).__name__}")
+                    logger.warning("%s: %s", self.config.name, problems[-1])
+                    continue
+                finally:
+                    link.close()
+                logger.info("%s: trying the primary receiver again", self.config.name)
+                break
+            else:
+                raise PlatformUnreachable("; ".join(problems))
+
+    async def _forward(self, link: _Link, *, until: float | None = None) -> None:
+        """Send NULL, then events as they come; return (between messages) once ``until`` passed."""
         # A NULL first: the link counts as up only once the centre has answered.
         await self._exchange(link, self._null_message())
         self.link_up.set()
         idle = self.config.null_interval_s or None
-        while True:
+        while until is None or (left := until - time.monotonic()) > 0:
+            wait = idle if until is None else min(idle or left, left)
             try:
-                async with asyncio.timeout(idle):
+                async with asyncio.timeout(wait):
                     rows = await self._cursor.next_batch()
             except TimeoutError:
-                await self._exchange(link, self._null_message())
+                if until is None or time.monotonic() < until:
+                    await self._exchange(link, self._null_message())
                 continue
             await self._cursor.send_each(rows, functools.partial(self._deliver, link))
 

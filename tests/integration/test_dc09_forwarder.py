@@ -116,9 +116,9 @@ async def test_receiver_down_then_back(tmp_path: Path) -> None:
 
 
 @aio
-async def test_failover_to_backup(tmp_path: Path) -> None:
-    """With nothing on the primary port, alarms go to the backup receiver."""
-    async with centre(tmp_path) as (dead, dead_lis):
+async def test_failover_to_backup_and_back(tmp_path: Path) -> None:
+    """With nothing on the primary port alarms go to the backup; once the primary is back, to it."""
+    async with centre(tmp_path) as (_, dead_lis):
         primary = dead_lis.port
     async with (
         centre(tmp_path, udp=True) as (backup, lis),
@@ -127,12 +127,18 @@ async def test_failover_to_backup(tmp_path: Path) -> None:
             url=f"tcp://127.0.0.1:{primary}",
             backup_url=f"udp://127.0.0.1:{lis.port}",
             ack_timeout_s=0.5,
+            primary_retry_s=1,
         ) as rig,
     ):
         await rig.send(event(EventKind.FIRE, zone="2"))
         await wait_until(lambda: len(stored(backup.store)) == 1, 20, "stored at the backup")
-    assert stored(backup.store)[0][2:] == ("1110", 2)
-    assert stored(dead.store) == []
+        async with centre(tmp_path, port=primary) as (main, _):
+            await wait_until(lambda: "9999" in main.supervision, 20, "back on the primary")
+            await rig.send(event(EventKind.PANIC, zone="3"))
+            await wait_until(lambda: len(stored(main.store)) == 1, 20, "stored at the primary")
+    assert stored(backup.store) == [("00011", 1, "1110", 2)]
+    assert stored(main.store) == [("00011", 2, "1120", 3)]
+    assert rig.changes == []  # one path answered all along: no trouble
 
 
 @aio
