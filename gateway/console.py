@@ -27,12 +27,14 @@ def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> in
     """Print the gateway's counters and each forwarder's backlog; 1 if it never ran."""
     status = read_status(config)
     pending: dict[str, int] = {}
+    refused: dict[str, int] = {}
     if config.journal_path.exists():
         reader = JournalReader(config.journal_path)
         pending = reader.pending_counts()
+        refused = reader.given_up_counts()
         reader.close()
     if as_json:
-        console.print_json(json.dumps({"status": status, "pending": pending}))
+        console.print_json(json.dumps({"status": status, "pending": pending, "refused": refused}))
         return 0 if status else 1
     if status is None:
         console.print(f"[yellow]No status in {config.state_dir}: has the gateway run here?[/]")
@@ -54,6 +56,8 @@ def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> in
         table.add_row(f"link {name}", "[green]up[/]" if up else "[red]down[/]")
     for name in (f.name for f in config.forwarders):
         table.add_row(f"waiting for {name}", str(pending.get(name, 0)))
+        if refused.get(name):
+            table.add_row(f"refused by {name} (given up)", f"[red]{refused[name]}[/]")
     table.add_row("journal", f"{status['journal_mb']} MB, {status['evicted']} evicted")
     console.print(table)
     for warning in status["warnings"]:

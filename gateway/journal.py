@@ -467,6 +467,15 @@ class JournalReader:
             ).fetchall()
         )
 
+    def given_up_counts(self) -> dict[str, int]:
+        """Deliveries each forwarder's receiver refused for good (see ``Journal.give_up``)."""
+        return dict(
+            self._conn.execute(
+                "SELECT forwarder, COUNT(*) FROM deliveries WHERE last_error LIKE 'given up:%'"
+                " GROUP BY forwarder"
+            ).fetchall()
+        )
+
     def recent(self, limit: int) -> list[tuple[int, Event]]:
         """The newest ``limit`` events, newest first."""
         return [

@@ -26,6 +26,8 @@ def test_given_up_delivery_leaves_the_outbox_with_its_reason(tmp_path: Path) -> 
     asyncio.run(run_journal(journal, body))
     reader = JournalReader(tmp_path / "j.db")
     assert [r.seq for r in reader.pending("police", after=0, limit=10)] == [2]
+    assert reader.given_up_counts() == {"police": 1}
+    assert reader.pending_counts() == {"police": 1}
     reader.close()
     rows = (
         sqlite3.connect(tmp_path / "j.db")
