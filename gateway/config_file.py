@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
 ONLINE_TIMEOUT_S = 3.0
+RULES_FILE = "rules.yaml"
 MAX_SHOWN_VALUE = 60
 
 
@@ -120,13 +121,55 @@ def load_config(path: Path) -> GatewayConfig:
     """
     file = str(path)
     data, lines, problems = _parse(_read_text(path), file)
+    locate = _yaml_locator(file, lines)
+    rules_file = path.parent / RULES_FILE
+    if rules_file.is_file():
+        locate = _with_rules_file(
+            data, rules_file, locate, problems=problems, file=file, lines=lines
+        )
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        problems += explain_errors(exc, _yaml_locator(file, lines))
+        problems += explain_errors(exc, locate)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
     return config.resolved(path.parent)
+
+
+def _with_rules_file(
+    data: dict[Any, Any],
+    rules_file: Path,
+    locate: Locate,
+    *,
+    problems: list[ConfigProblem],
+    file: str,
+    lines: dict[Loc, int],
+) -> Locate:
+    """Take the ``rules`` section from ``rules.yaml``; problems in it point into that file."""
+    rfile = str(rules_file)
+    if "rules" in data:
+        message = f"rules are given here and in {rfile}; keep them in one place"
+        problems.append(ConfigProblem(file, "rules", message, lines.get(("rules",))))
+        return locate
+    try:
+        doc = _compose(_read_text(rules_file), rfile)
+    except yaml.MarkedYAMLError as exc:
+        problems.append(_syntax_problem(exc, rfile))
+        return locate
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        problems.append(ConfigProblem(rfile, "", f"not valid YAML: {exc}"))
+        return locate
+    problems.extend(doc.repeated_keys)
+    data["rules"] = {} if doc.data is None else doc.data
+    in_rules = _yaml_locator(rfile, doc.lines)
+
+    def locate_both(loc: Loc) -> Spot:
+        if loc[:1] != ("rules",):
+            return locate(loc)
+        spot = in_rules(loc[1:])
+        return Spot(rfile, path_text(loc), spot.line)
+
+    return locate_both
 
 
 def _read_text(path: Path) -> str:
