@@ -23,6 +23,7 @@ from gateway.errors import ConfigError, JournalError
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.forwarders import FORWARDERS
 from gateway.forwarders.base import Forwarder, ForwarderContext, ShopCard
+from gateway.inboxes import inboxes
 from gateway.intake import Intake
 from gateway.journal import Journal
 from gateway.notify import BlockPublisher
@@ -72,6 +73,7 @@ class Gateway:
         self.intake = Intake(self.journal, engine, self.actions)
         self.actions.emit = self.intake.gateway_event
         self.actions.siren = self.sound_siren
+        self.inboxes = {i.name: i for i in inboxes(config, self.intake, self.actions)}
         context = DriverContext(
             gateway_id=gid,
             block_broker=config.broker,
@@ -122,7 +124,7 @@ class Gateway:
             )
         rejected = {
             f"{name}.{reason}": n
-            for name, driver in self.drivers.items()
+            for name, driver in [*self.drivers.items(), *self.inboxes.items()]
             for reason, n in getattr(driver, "rejected", {}).items()
         }
         return {
@@ -168,6 +170,10 @@ class Gateway:
             )
         )
 
+    async def _inbox_link_changed(self, name: str, *, up: bool, detail: str) -> None:  # noqa: ARG002
+        """Shown in the status only: the forwarder and publisher on the same brokers journal it."""
+        self.links[name] = up
+
     async def run(self, notifier: SystemdNotifier) -> None:
         """Run every component until cancelled."""
         async with asyncio.TaskGroup() as tg:
@@ -191,6 +197,11 @@ class Gateway:
                         on_change=self._link_changed,
                     ),
                     name=f"forwarder[{name}]",
+                )
+            for name, inbox in self.inboxes.items():
+                tg.create_task(
+                    supervise(name, inbox.run, link=inbox, on_change=self._inbox_link_changed),
+                    name=name,
                 )
             for name, driver in self.drivers.items():
                 tg.create_task(

@@ -50,9 +50,15 @@ class Intake:
                 self._journal.release(origin_key)
             raise
 
-    async def gateway_event(self, event: Event, *, routes: tuple[str, ...] = ()) -> None:
+    async def gateway_event(
+        self,
+        event: Event,
+        *,
+        routes: tuple[str, ...] = (),
+        on_durable: OnDurable | None = None,
+    ) -> None:
         """Accept an event the gateway made itself; ``routes`` add to the rules' forwarders."""
-        await self._take(event, routes=routes)
+        await self._take(event, routes=routes, on_durable=on_durable)
 
     async def _take(
         self,

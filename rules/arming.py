@@ -50,6 +50,10 @@ class ArmSchedule:
         self.zone = zone
         self.overrides: dict[str, Override] = {}
 
+    def knows(self, shop_id: str) -> bool:
+        """Whether ``shop_id`` is a shop of this gateway."""
+        return shop_id in self._hours
+
     def armed(self, shop_id: str | None, at: datetime) -> bool:
         """Whether ``shop_id`` is armed at ``at`` (any time zone)."""
         if shop_id is None or shop_id not in self._hours:
