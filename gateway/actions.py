@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Protocol
@@ -24,6 +24,7 @@ from gateway.config import GatewayConfig
 from gateway.events import EVENT_CLASS, Event, EventClass, EventKind, Source, new_event_id, utc_now
 from gateway.mesh_message import MeshMessage
 from gateway.notify import BlockPublisher
+from gateway.ratelimit import RateLimitedLog
 from rules.area import AreaWatch
 from rules.arming import ArmSchedule
 from rules.engine import Firing
@@ -165,6 +166,7 @@ class RuleActions:
         self.mesh: MeshOut | None = None
         self.emit: Emit | None = None
         self.siren: SoundSiren | None = None
+        self._log = RateLimitedLog(logger, interval_s=10)
         self.notices_capped = 0
         self.area_alerts = 0
         self.relayed = 0
@@ -220,7 +222,8 @@ class RuleActions:
         given = self._bucket.take(len(alert.notices))
         if given < len(alert.notices):
             self.notices_capped += len(alert.notices) - given
-            logger.warning(
+            self._log.warning(
+                "cap",
                 "notice rate cap: alert %s reaches %d of %d shops",
                 alert.alert_id,
                 given,
@@ -413,12 +416,12 @@ class RuleActions:
             finally:
                 self._tg = None
 
-    def _spawn(self, work: Awaitable[None], name: str) -> asyncio.Task[None] | None:
+    def _spawn(self, work: Coroutine[None, None, None], name: str) -> asyncio.Task[None] | None:
         if self._tg is None:
-            logger.error("action %s dropped: the gateway is not running actions", name)
-            asyncio.ensure_future(work).cancel()
+            self._log.warning("not-running", "action %s dropped: actions are not running", name)
+            work.close()
             return None
-        return self._tg.create_task(_awaited(work), name=name)
+        return self._tg.create_task(work, name=name)
 
     async def _sound(self, event: Event, action: Siren, rule: str) -> None:
         shop = event.shop_id if action.shop == "origin" else action.shop
@@ -458,7 +461,3 @@ class RuleActions:
                 {"after_s": action.after_s, "alert_id": alert_id, "unacknowledged": True},
             )
             await self.emit(escalation, routes=tuple(action.to or ()))
-
-
-async def _awaited(work: Awaitable[None]) -> None:
-    await work

@@ -6,13 +6,20 @@ Every command is answered with an event the police receive through the outbox:
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from gateway.actions import RuleActions
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.intake import Intake
 from rules.commands import Command, CommandVerifier, Refusal
+from rules.models import Level
+
+logger = logging.getLogger(__name__)
 
 SOURCE = "police-cmd"
 
@@ -21,15 +28,48 @@ class PoliceCommands:
     """Verifies each command and carries it out."""
 
     def __init__(
-        self, gateway_id: str, verifier: CommandVerifier, intake: Intake, actions: RuleActions
+        self,
+        gateway_id: str,
+        verifier: CommandVerifier,
+        intake: Intake,
+        actions: RuleActions,
+        *,
+        state_file: Path,
     ) -> None:
-        """Obey what ``verifier`` accepts, through ``intake`` and ``actions``."""
+        """Obey what ``verifier`` accepts; the level and used nonces persist in ``state_file``."""
         self._verifier = verifier
         self._intake = intake
         self._actions = actions
         self._gateway_id = gateway_id
+        self._state_file = state_file
         self.obeyed = 0
         self.refused = 0
+        self._restore()
+
+    def _restore(self) -> None:
+        """The level and the nonces of the commands obeyed before a restart."""
+        try:
+            state = json.loads(self._state_file.read_text())
+            level = Level(state["level"])
+            nonces = {str(n): datetime.fromisoformat(t) for n, t in state["nonces"].items()}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("ignoring %s: %s", self._state_file, exc)
+            return
+        self._intake.engine.level = level
+        for nonce, issued in nonces.items():
+            self._verifier.remember(nonce, issued)
+
+    def _save(self) -> None:
+        nonces = {n: t.isoformat() for n, t in self._verifier.used_nonces().items()}
+        state = {"level": self._intake.engine.level.value, "nonces": nonces}
+        tmp = self._state_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(state))
+            tmp.replace(self._state_file)
+        except OSError as exc:  # the command is obeyed; only its memory across restarts is lost
+            logger.error("cannot write %s: %s", self._state_file, exc)  # noqa: TRY400
 
     async def handle(self, topic: str, payload: bytes, done: Callable[[], None]) -> None:
         """Verify, obey or refuse, and journal the answer; ``done`` once it is durable."""
@@ -52,6 +92,7 @@ class PoliceCommands:
             await self._intake.gateway_event(answer, on_durable=done)
             return
         attrs = self._obey(verdict)
+        self._save()
         self.obeyed += 1
         answer = self._event(EventKind.COMMAND_ACK, verdict.shop_id, attrs)
         await self._intake.gateway_event(answer, on_durable=done)

@@ -107,7 +107,9 @@ def inboxes(config: GatewayConfig, intake: Intake, actions: RuleActions) -> list
     if police is None:
         return found
     verifier = CommandVerifier(gid, config.commands.keys, max_age_s=config.commands.max_age_s)
-    commands = PoliceCommands(gid, verifier, intake, actions)
+    commands = PoliceCommands(
+        gid, verifier, intake, actions, state_file=config.state_dir / "commands.json"
+    )
     mesh = MeshRelay(police.topic_root, actions)
     found.append(
         Inbox(

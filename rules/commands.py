@@ -95,6 +95,10 @@ class CommandVerifier:
         while len(self._nonces) > MAX_NONCES:
             self._nonces.popitem(last=False)
 
+    def used_nonces(self) -> dict[str, datetime]:
+        """Nonces still remembered, with their issue times (to keep across a restart)."""
+        return dict(self._nonces)
+
     def verify(self, payload: bytes, now: datetime) -> Command | Refusal:
         """The command, if it is to be obeyed; else why not."""
         try:

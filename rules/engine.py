@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from gateway.events import Event, EventKind
@@ -158,7 +159,7 @@ class RuleEngine:
             "device_id": event.device_id,
             "device_kind": facts.device_kinds.get(event.device_id) if facts else None,
             "zone": event.zone,
-            "attrs": event.attrs,
+            "attrs": MappingProxyType(event.attrs),  # read-only: an 'if' cannot change the event
             "level": self.level.value,
             "armed": self.schedule.armed(event.shop_id, at),
             "hour": local.hour,

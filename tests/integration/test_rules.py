@@ -96,6 +96,17 @@ def test_signed_commands_change_the_level_and_the_neighbour_set(
             assert ack["attrs"]["level"] == "heightened"
             assert ack["attrs"]["previous_level"] == "everyday"
 
+            # A restart keeps the level and the memory of used nonces.
+            assert gw.stop() == 0
+            gw.start()
+            await wait_until(lambda: gw.status()["level"] == "heightened", 10, "the kept level")
+            await send(police, CMD_TOPIC, sign(key, "platform-1", good))
+            await wait_until(
+                lambda: kinds_at(platform, None).count("command_refused") == 6,
+                10,
+                "the replay after the restart refused",
+            )
+
     asyncio.run(scenario())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -159,9 +160,10 @@ def test_expressions_are_safe():
         "().__class__.__bases__",
         "kind ==",
         "undefined_name > 1",
+        "attrs.clear()",
     ):
         with pytest.raises(ExpressionError):
-            Condition(text)({"attrs": {}, "kind": "panic"})
+            Condition(text)({"attrs": MappingProxyType({}), "kind": "panic"})
 
 
 def test_area_alert_fires_once_per_cell_and_never_across_cells():
