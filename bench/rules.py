@@ -41,17 +41,13 @@ from typing import Any
 import yaml
 
 from bench.latency import (
-    NEIGHBOURS,
     QUICK,
-    RADIUS_M,
-    Bench,
     Block,
-    Place,
     Settings,
     Started,
     latency_run,
     log,
-    pick,
+    make_bench,
     stop,
     write_config,
 )
@@ -59,7 +55,6 @@ from bench.procs import RelayProcess, machine_info
 from bench.stats import RESULTS, finite
 from gateway.broker import Mosquitto
 from gateway.process import NotifyingProcess
-from rules.geo import neighbour_table
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("panic", "door_open", "door_close", "test", "low_battery", "tamper", "heartbeat")
@@ -210,25 +205,14 @@ async def latencies(s: Settings, workdir: Path, started: Started) -> dict[str, A
         for name in ("before", "now"):
             configs[name], _ = write_config(workdir / name / "site", block_url, police_url)
         with_rules(configs["now"])
-        shops_cfg = yaml.safe_load(configs["now"].read_text())["shops"]
-        places = [Place(x["id"], float(x["lat"]), float(x["lon"])) for x in shops_cfg]
-        nearest = neighbour_table(places, places, count=NEIGHBOURS, radius_m=RADIUS_M)
-        table = {k: [n.shop_id for n in v] for k, v in nearest.items()}
-        table_file = workdir / "neighbours.json"
-        table_file.write_text(json.dumps(table))
-        shop_ids = [p.id for p in places]
-        probes = pick([x for x in shop_ids if len(table[x]) == NEIGHBOURS], s.probe_shops)
-        b = Bench(
-            s=s, workdir=workdir, started=started, block_url=block_url, police_url=police_url,
-            config=configs["now"], table_file=table_file, table=table, shop_ids=shop_ids,
-            probes=probes, background=pick([x for x in shop_ids if x not in probes],
-                                           s.background_shops),
-        )  # fmt: skip
-        b.block = Block(block_url, shop_ids)
+        b = make_bench(
+            s, workdir, started, block_url=block_url, police_url=police_url, config=configs["now"]
+        )
+        b.block = Block(block_url, b.shop_ids)
         await b.block.connect()
         consumers = {
             "floor": RelayProcess(
-                block_url=block_url, police_url=police_url, neighbours=table_file,
+                block_url=block_url, police_url=police_url, neighbours=b.table_file,
                 log=workdir / "relay.log", client_id="bench-relay",
             ),
             "before": TreeGateway(before_tree, configs["before"], log=workdir / "before.log"),
@@ -286,7 +270,7 @@ def run(s: Settings, events: int) -> dict[str, Any]:
     result["before_vs_floor_p99"] = round(p99["before"] / p99["floor"], 2)
     result["verdict"] = "PASS" if p99["now"] <= MAX_P99_RATIO * p99["before"] else "MISS"
     result["lost"] = sum(
-        r["notify_incomplete"] + r["police_missing"] for runs in lat.values() for r in runs
+        r["notify_incomplete"] + r["police_missing"] for name in p99 for r in lat[name]
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"rules-{stamp}.json"

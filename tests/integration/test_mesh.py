@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 from firmware_stubs.mqtt_panel import ShopPanel
 from gateway.broker import Mosquitto
 from gateway.mqtt import BrokerConfig
 from tests.clients import expected_nearest, running, survey_rows, wait_until
-from tests.harness import SURVEY, TestGateway
+from tests.harness import SURVEY, TestGateway, init_config
 
 
 def split_survey(folder: Path) -> tuple[Path, dict[str, str]]:
@@ -28,31 +26,6 @@ def split_survey(folder: Path) -> tuple[Path, dict[str, str]]:
     return out, gateway_of
 
 
-def init(survey: Path, gateway: str, block_url: str, police_url: str, folder: Path) -> Path:
-    folder.mkdir()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "init",
-            "--survey",
-            str(survey),
-            "--gateway",
-            gateway,
-            "--broker",
-            block_url,
-            "--police",
-            police_url,
-            "--dir",
-            str(folder),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return folder / "lianfang.yaml"
-
-
 def test_a_panic_at_the_edge_of_one_block_alerts_the_next_blocks_shops_exactly_once(
     tmp_path, block_broker, police_broker, gateway_process
 ):
@@ -65,7 +38,16 @@ def test_a_panic_at_the_edge_of_one_block_alerts_the_next_blocks_shops_exactly_o
     assert {gateway_of[s] for s in expected} == {"GW-001", "GW-002"}
     with Mosquitto(workdir=tmp_path / "block2-dir") as block2:
         for gid, block in (("GW-001", block_broker), ("GW-002", block2)):
-            gw = TestGateway(init(survey, gid, block.url, police_broker.url, tmp_path / gid))
+            folder = tmp_path / gid
+            folder.mkdir()
+            config = init_config(
+                folder,
+                block_url=block.url,
+                police_url=police_broker.url,
+                survey=survey,
+                gateway=gid,
+            )
+            gw = TestGateway(config)
             gateway_process.append(gw)
             gw.start()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -299,3 +300,99 @@ def test_storm_control_one_alert_per_shop_per_cooldown_and_a_global_cap(config_d
     now[0] += 1.0  # a second later the bucket is full again
     panic("S00060")
     assert [n.shop_id for n in publisher._pending[-1].notices] == expected_nearest("S00060")
+
+
+def test_escalation_fires_unless_acknowledged_and_a_siren_nobody_drives_is_reported(config_dir):
+    """An unanswered alert escalates after after_s; a "coming" stops it. No siren: action_failed."""
+    from gateway.actions import RuleActions  # noqa: PLC0415
+    from gateway.notify import BlockPublisher  # noqa: PLC0415
+    from rules.engine import effective_rules  # noqa: PLC0415
+
+    cfg = load(
+        config_dir,
+        {
+            "disable": ["robbery-area-alert"],
+            "rules": [
+                {
+                    "name": "panic-escalates",
+                    "when": {"kinds": ["panic"]},
+                    "do": [{"action": "escalate", "after_s": 0.2, "to": ["police"]}],
+                }
+            ],
+        },
+    )
+    engine = rule_engine(cfg)
+    publisher = BlockPublisher(cfg.broker, gateway_id="GW-001", status=dict, status_interval_s=1)
+    rules = [e.rule for e in effective_rules(cfg.rules)]
+    actions = RuleActions(
+        cfg,
+        rules,
+        schedule=engine.schedule,
+        publisher=publisher,
+        routes=dict.fromkeys(EventKind, ("police",)),
+    )
+    emitted: list[tuple[Event, tuple[str, ...]]] = []
+
+    async def emit(ev: Event, routes: tuple[str, ...] = ()) -> None:
+        emitted.append((ev, routes))
+
+    async def siren(shop: str, seconds: float) -> bool:
+        return False
+
+    actions.emit = emit
+    actions.siren = siren
+
+    async def scenario() -> None:
+        runner = asyncio.create_task(actions.run(), name="actions")
+        await asyncio.sleep(0)
+        answered, ignored = event("panic", "S00011"), event("panic", "S00040")
+        answered = answered.model_copy(update={"id": "E-answered"})
+        ignored = ignored.model_copy(update={"id": "E-ignored"})
+        applied = actions.apply(answered, engine.evaluate(answered))
+        actions.apply(ignored, engine.evaluate(ignored))
+        response = actions.response_event("S00010", applied.event.attrs["alert_id"], "coming")
+        assert response.attrs["coming"] == 1
+        door = event("door_open", "S00012")
+        actions.apply(door, engine.evaluate(door, at=local(3)))
+        await asyncio.sleep(0.5)
+        runner.cancel()
+
+    asyncio.run(scenario())
+    kinds = sorted((e.kind.value, e.attrs["cause_event_id"], r) for e, r in emitted)
+    assert kinds == [
+        ("action_failed", "E1", ()),  # the door's siren
+        ("escalation", "E-ignored", ("police",)),
+    ]
+
+
+def test_rules_cli_lists_the_rules_and_dry_runs_an_event(config_dir):
+    import json  # noqa: PLC0415
+
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from gateway.cli import app  # noqa: PLC0415
+
+    load(config_dir)  # test.yaml: the shops' hours in Asia/Shanghai
+    config = str(config_dir / "test.yaml")
+    listed = CliRunner().invoke(app, ["rules", "list", "--config", config, "--json"])
+    assert listed.exit_code == 0, listed.output
+    rules = json.loads(listed.output)
+    assert [r["name"] for r in rules][:2] == ["panic-neighbours", "panic-neighbours-heightened"]
+    assert {r["origin"] for r in rules} == {"default"}
+    event_json = '{"shop_id":"S00011","kind":"door_open"}'
+    args = ["rules", "test", "--config", config, "--event", event_json, "--json"]
+    night = CliRunner().invoke(app, [*args, "--at", "2026-11-22T03:00+08:00"])
+    day = CliRunner().invoke(app, [*args, "--at", "2026-11-22T11:00+08:00"])
+    fired_at_night = [(r["rule"], r["action"]) for r in json.loads(night.output)["fires"]]
+    assert ("intrusion-when-armed", "raise") in fired_at_night
+    assert ("alarms-forward", "forward") in fired_at_night  # the intrusion it raises
+    assert json.loads(night.output)["armed"] is True
+    assert [r["rule"] for r in json.loads(day.output)["fires"]] == ["status-forward"]
+    high = CliRunner().invoke(
+        app, ["rules", "test", "--config", config, "--level", "heightened", "--json",
+              "--event", '{"shop_id":"S00011","kind":"panic"}'],
+    )  # fmt: skip
+    assert json.loads(high.output)["fires"][0]["shops"] == expected_nearest("S00011", count=20)
+    bad = CliRunner().invoke(app, ["rules", "test", "--config", config, "--event", "[1]"])
+    assert bad.exit_code == 2
+    assert "JSON object" in bad.output
