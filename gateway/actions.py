@@ -18,6 +18,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.config import GatewayConfig
@@ -128,9 +129,13 @@ class RuleActions:
         schedule: ArmSchedule,
         publisher: BlockPublisher,
         routes: dict[EventKind, tuple[str, ...]],
+        arming_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Act for ``config``'s gateway; ``routes`` are the forwarders that take each kind."""
+        """Act for ``config``'s gateway; ``routes`` are the forwarders that take each kind.
+
+        Early arm/disarm overrides are kept in ``arming_file`` across restarts.
+        """
         self._gid = config.gateway.id
         self._schedule = schedule
         self._publisher = publisher
@@ -163,6 +168,10 @@ class RuleActions:
         self._relayed: OrderedDict[str, None] = OrderedDict()
         self._escalations: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self._arming_file = arming_file
+        self._arming_changed = asyncio.Event()
+        if arming_file is not None:
+            self._restore_arming(arming_file)
         self.mesh: MeshOut | None = None
         self.emit: Emit | None = None
         self.siren: SoundSiren | None = None
@@ -335,6 +344,7 @@ class RuleActions:
             self._schedule.set(
                 event.shop_id, armed=event.kind is EventKind.ARM, at=event.occurred_at
             )
+            self._arming_changed.set()
             return {}
         if event.kind is EventKind.CANCEL:
             return self._cancel_attrs(event.shop_id)
@@ -408,13 +418,34 @@ class RuleActions:
     # --- actions that take time -----------------------------------------------------------
 
     async def run(self) -> None:
-        """Run sirens and escalation timers until cancelled."""
+        """Run sirens, escalation timers and the keeping of arm state until cancelled."""
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             try:
-                await asyncio.Event().wait()
+                await self._keep_arming()
             finally:
                 self._tg = None
+
+    def _restore_arming(self, path: Path) -> None:
+        try:
+            self._schedule.restore(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            logger.warning("ignoring %s: %s", path, exc)
+
+    async def _keep_arming(self) -> None:
+        """Write the arm overrides after each change, off the hot path; idle without a file."""
+        while True:
+            await self._arming_changed.wait()
+            self._arming_changed.clear()
+            if self._arming_file is None:
+                continue
+            text = json.dumps(self._schedule.saved())
+            try:
+                await asyncio.to_thread(write_atomically, self._arming_file, text)
+            except OSError as exc:  # arming still works; only its memory across restarts is lost
+                self._log.warning("arming-file", "cannot write %s: %s", self._arming_file, exc)
 
     def _spawn(self, work: Coroutine[None, None, None], name: str) -> asyncio.Task[None] | None:
         if self._tg is None:
@@ -461,3 +492,10 @@ class RuleActions:
                 {"after_s": action.after_s, "alert_id": alert_id, "unacknowledged": True},
             )
             await self.emit(escalation, routes=tuple(action.to or ()))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a reader never sees half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

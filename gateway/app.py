@@ -69,6 +69,7 @@ class Gateway:
             schedule=engine.schedule,
             publisher=self.publisher,
             routes=self._routes,
+            arming_file=config.state_dir / "arming.json",
         )
         self.intake = Intake(self.journal, engine, self.actions)
         self.actions.emit = self.intake.gateway_event

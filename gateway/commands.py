@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.actions import RuleActions
+from gateway.actions import RuleActions, write_atomically
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.intake import Intake
 from rules.commands import Command, CommandVerifier, Refusal
@@ -64,10 +64,8 @@ class PoliceCommands:
     def _save(self) -> None:
         nonces = {n: t.isoformat() for n, t in self._verifier.used_nonces().items()}
         state = {"level": self._intake.engine.level.value, "nonces": nonces}
-        tmp = self._state_file.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(state))
-            tmp.replace(self._state_file)
+            write_atomically(self._state_file, json.dumps(state))
         except OSError as exc:  # the command is obeyed; only its memory across restarts is lost
             logger.error("cannot write %s: %s", self._state_file, exc)  # noqa: TRY400
 

@@ -76,3 +76,23 @@ class ArmSchedule:
         until = hours.next_change(local) if hours else datetime.max.replace(tzinfo=self.zone)
         self.overrides[shop_id] = Override(armed, until)
         return True
+
+    def saved(self) -> dict[str, dict[str, object]]:
+        """The early arm/disarm overrides as JSON-ready data, to keep across a restart."""
+        return {
+            shop: {"armed": o.armed, "until": o.until.isoformat()}
+            for shop, o in self.overrides.items()
+        }
+
+    def restore(self, saved: dict[str, dict[str, object]]) -> None:
+        """Take back overrides from ``saved()``; shops the gateway no longer has are skipped.
+
+        Raises:
+            ValueError: when ``saved`` is not what ``saved()`` makes.
+        """
+        for shop, o in saved.items():
+            if shop in self._hours:
+                armed, until = o["armed"], o["until"]
+                if not isinstance(armed, bool) or not isinstance(until, str):
+                    raise ValueError(f"bad override for {shop}")
+                self.overrides[shop] = Override(armed, datetime.fromisoformat(until))

@@ -117,7 +117,7 @@ def test_a_door_opening_while_closed_is_an_intrusion_and_while_open_is_not(
 
     An early disarm from the keypad holds until opening time and is forwarded.
     """
-    start_gateway(rules={"timezone": "Asia/Shanghai"})
+    gw = start_gateway(rules={"timezone": "Asia/Shanghai"})
 
     async def scenario() -> None:
         async with running(
@@ -151,6 +151,22 @@ def test_a_door_opening_while_closed_is_an_intrusion_and_while_open_is_not(
             failed = by_kind["action_failed"]["attrs"]
             assert (failed["action"], failed["rule"]) == ("siren", "intrusion-when-armed")
             assert "no siren driver" in failed["reason"]
+
+            # The early disarm survives a restart; S00011 is still armed by its hours.
+            assert gw.stop() == 0
+            gw.start()
+            await panels["S00013"].send("door_open", ts=local_yesterday(time(3, 30)))
+            await panels["S00011"].send("door_open", ts=local_yesterday(time(3, 30)))
+            await wait_until(
+                lambda: (
+                    kinds_at(platform, "S00011").count("intrusion") == 2
+                    and len(kinds_at(platform, "S00013")) == 3
+                ),
+                10,
+                "the second intrusion and S00013's door",
+            )
+            await asyncio.sleep(0.3)
+            assert kinds_at(platform, "S00013") == ["disarm", "door_open", "door_open"]
 
     asyncio.run(scenario())
 

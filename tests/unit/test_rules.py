@@ -301,6 +301,17 @@ def test_storm_control_one_alert_per_shop_per_cooldown_and_a_global_cap(config_d
     panic("S00060")
     assert [n.shop_id for n in publisher._pending[-1].notices] == expected_nearest("S00060")
 
+    # The origin's cancel names its alert, within the 30 s window or not; never dropped.
+    cancel = event("cancel", "S00060")
+    within = actions.apply(cancel, engine.evaluate(cancel)).event.attrs
+    assert within["alert_id"] == publisher._pending[-1].alert_id
+    assert within["within_cancel_window"] is True
+    assert within["rules"] == ["status-forward"]
+    now[0] += 31
+    late = actions.apply(cancel, engine.evaluate(cancel))
+    assert late.event.attrs["within_cancel_window"] is False
+    assert late.routes == ("police",)
+
 
 def test_escalation_fires_unless_acknowledged_and_a_siren_nobody_drives_is_reported(config_dir):
     """An unanswered alert escalates after after_s; a "coming" stops it. No siren: action_failed."""
