@@ -63,6 +63,8 @@ _PATTERN_WORDS = {
     "starting with a letter or digit (no spaces, '/', '+' or '#')",
     r"^[a-z0-9][a-z0-9_.-]{0,39}$": "must be 1 to 40 lower-case letters, digits, '_', '.' or '-', "
     "starting with a letter or digit",
+    r"^[a-z0-9][a-z0-9_.-]{0,59}$": "must be 1 to 60 lower-case letters, digits, '_', '.' or '-', "
+    "starting with a letter or digit",
 }
 _WORDS = {
     "string_type": "must be text",

@@ -44,8 +44,12 @@ class Condition:
         self.text = text
         self._evaluator = EvalWithCompoundTypes(names={}, functions={})
         try:
+            # One expression, not statements: "kind = 1" or "a; b" are refused here.
+            ast.parse(text.strip(), mode="eval")
             self._tree = self._evaluator.parse(text)
-        except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        except SyntaxError as exc:
+            raise ExpressionError(f"not a valid expression: {exc.msg}") from None
+        except (ValueError, RecursionError, MemoryError) as exc:
             raise ExpressionError(f"not a valid expression: {exc.__class__.__name__}") from None
         unknown = sorted(
             {n.id for n in ast.walk(self._tree) if isinstance(n, ast.Name)} - set(NAMES)

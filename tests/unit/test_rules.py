@@ -162,6 +162,8 @@ def test_expressions_are_safe():
         "kind ==",
         "undefined_name > 1",
         "attrs.clear()",
+        "kind = 'panic'",
+        "kind == 'panic'; attrs.clear()",
     ):
         with pytest.raises(ExpressionError):
             Condition(text)({"attrs": MappingProxyType({}), "kind": "panic"})
