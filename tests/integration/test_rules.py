@@ -20,6 +20,15 @@ def local_yesterday(at: time) -> str:
     return datetime.combine(day, at, ZONE).isoformat()
 
 
+async def send_garbage(block: BrokerConfig, police: BrokerConfig) -> None:
+    """Bad responses and mesh messages: each is counted and dropped (5 in all)."""
+    await send(block, "lianfang/v1/shop/S00001/response", b"{nope")
+    await send(block, "lianfang/v1/shop/S99999/response", b'{"alert_id":"x","response":"coming"}')
+    await send(block, "lianfang/v1/shop/S00001/response", b'{"alert_id":"x","response":"maybe"}')
+    await send(police, "police/v1/L1/mesh/GW-001/notify", b'{"alert_id":"x"}')
+    await send(police, "police/v1/L1/mesh/GW-001/notify", b"\xff\xfe")
+
+
 def kinds_at(platform, shop: str) -> list[str]:
     return [d.body["kind"] for d in platform.unique if d.body["shop_id"] == shop]
 
@@ -64,9 +73,16 @@ def test_signed_commands_change_the_level_and_the_neighbour_set(
             assert platform is not None
             for payload, _ in bad:
                 await send(police, CMD_TOPIC, payload)
+            await send_garbage(BrokerConfig(url=block_broker.url), police)
             await wait_until(
                 lambda: kinds_at(platform, None).count("command_refused") == 4, 10, "4 refusals"
             )
+            await wait_until(lambda: sum(gw.status()["rejected"].values()) == 5, 10, "5 rejected")
+            assert gw.status()["rejected"] == {
+                "responses.invalid": 2,
+                "responses.unknown_shop": 1,
+                "mesh.invalid": 2,
+            }
             assert gw.status()["level"] == "everyday"
             await panels["S00040"].send("panic")
             await wait_until(lambda: sum(bool(p.notices) for p in panels.values()) >= 10, 10, "10")
