@@ -129,6 +129,7 @@ def load_config(path: Path) -> GatewayConfig:
         locate = _with_rules_file(
             data, rules_file, locate, problems=problems, file=file, lines=lines
         )
+    locate = _naming_rules(locate, data)
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
@@ -172,6 +173,28 @@ def _with_rules_file(
         return Spot(rfile, path_text(loc), spot.line)
 
     return locate_both
+
+
+def _naming_rules(locate: Locate, data: dict[Any, Any]) -> Locate:
+    """Name a rule by its name in problem paths: ``rules.rules[night-doors].do[0].seconds``."""
+    section = data.get("rules")
+    rules = section.get("rules") if isinstance(section, dict) else None
+    if not isinstance(rules, list):
+        return locate
+    names = [r.get("name") if isinstance(r, dict) else None for r in rules]
+
+    def locate_named(loc: Loc) -> Spot:
+        spot = locate(loc)
+        if len(loc) < 3 or loc[:2] != ("rules", "rules") or not isinstance(loc[2], int):
+            return spot
+        index = loc[2]
+        name = names[index] if 0 <= index < len(names) else None
+        if not isinstance(name, str) or not name or len(name) > 60:
+            return spot
+        prefix = f"rules.rules[{index}]"
+        return spot._replace(path=spot.path.replace(prefix, f"rules.rules[{name}]", 1))
+
+    return locate_named
 
 
 def _read_text(path: Path) -> str:

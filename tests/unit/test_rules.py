@@ -206,9 +206,9 @@ def test_rules_yaml_beside_the_config_is_located_by_file_rule_field_and_line(con
     with pytest.raises(ConfigError) as caught:
         load_config(folder / "lianfang.yaml")
     found = {(p.file.rsplit("/", 1)[-1], p.path, p.line) for p in caught.value.problems}
-    assert ("rules.yaml", "rules.rules[0].do[0].seconds", 5) in found
-    assert ("rules.yaml", "rules.rules[1].when.kinds[0]", 7) in found
-    assert ("rules.yaml", "rules.rules[1].if", 8) in found
+    assert ("rules.yaml", "rules.rules[night-doors].do[0].seconds", 5) in found
+    assert ("rules.yaml", "rules.rules[odd].when.kinds[0]", 7) in found
+    assert ("rules.yaml", "rules.rules[odd].if", 8) in found
     messages = " ".join(p.message for p in caught.value.problems)
     assert "unknown name '__import__'" in messages
     (folder / "rules.yaml").write_text(
