@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rules.models import Level
@@ -82,6 +80,11 @@ class CommandVerifier:
     def __init__(self, gateway_id: str, keys: dict[str, str], *, max_age_s: float) -> None:
         """Trust ``keys`` (key id -> raw Ed25519 public key, base64) for ``gateway_id``."""
         self._gateway_id = gateway_id
+        # cryptography costs ~7 MB of memory: loaded only by gateways that trust a key.
+        if keys:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+                Ed25519PublicKey,
+            )
         self._keys = {
             key_id: Ed25519PublicKey.from_public_bytes(base64.b64decode(raw))
             for key_id, raw in keys.items()
@@ -125,6 +128,8 @@ class CommandVerifier:
         key = self._keys.get(envelope.key_id)
         if key is None:
             raise _Refused("unknown_key", f"no key {envelope.key_id!r}", key_id=envelope.key_id)
+        from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 - see __init__
+
         try:
             key.verify(base64.b64decode(envelope.signature, validate=True), envelope.body.encode())
         except (InvalidSignature, binascii.Error, ValueError):
