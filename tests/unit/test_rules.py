@@ -269,15 +269,12 @@ def test_any_rules_document_is_accepted_or_refused_with_a_message(config_dir, do
         assert problem.file.endswith(("rules.yaml", "lianfang.yaml"))
 
 
-def test_storm_control_one_alert_per_shop_per_cooldown_and_a_global_cap(config_dir):
-    """Cool-down per origin shop; past max_notices_per_s the farthest neighbours go without."""
+def acting(cfg, engine, clock=None):
+    """Real RuleActions over a BlockPublisher that is not running: its queue shows what went out."""
     from gateway.actions import RuleActions  # noqa: PLC0415
     from gateway.notify import BlockPublisher  # noqa: PLC0415
     from rules.engine import effective_rules  # noqa: PLC0415
 
-    cfg = load(config_dir, {"max_notices_per_s": 15, "disable": ["robbery-area-alert"]})
-    engine = rule_engine(cfg)
-    now = [100.0]
     publisher = BlockPublisher(cfg.broker, gateway_id="GW-001", status=dict, status_interval_s=1)
     actions = RuleActions(
         cfg,
@@ -285,8 +282,17 @@ def test_storm_control_one_alert_per_shop_per_cooldown_and_a_global_cap(config_d
         schedule=engine.schedule,
         publisher=publisher,
         routes=dict.fromkeys(EventKind, ("police",)),
-        clock=lambda: now[0],
+        **({"clock": clock} if clock else {}),
     )
+    return actions, publisher
+
+
+def test_storm_control_one_alert_per_shop_per_cooldown_and_a_global_cap(config_dir):
+    """Cool-down per origin shop; past max_notices_per_s the farthest neighbours go without."""
+    cfg = load(config_dir, {"max_notices_per_s": 15, "disable": ["robbery-area-alert"]})
+    engine = rule_engine(cfg)
+    now = [100.0]
+    actions, publisher = acting(cfg, engine, clock=lambda: now[0])
 
     def panic(shop: str) -> None:
         ev = event("panic", shop)
@@ -317,10 +323,6 @@ def test_storm_control_one_alert_per_shop_per_cooldown_and_a_global_cap(config_d
 
 def test_escalation_fires_unless_acknowledged_and_a_siren_nobody_drives_is_reported(config_dir):
     """An unanswered alert escalates after after_s; a "coming" stops it. No siren: action_failed."""
-    from gateway.actions import RuleActions  # noqa: PLC0415
-    from gateway.notify import BlockPublisher  # noqa: PLC0415
-    from rules.engine import effective_rules  # noqa: PLC0415
-
     cfg = load(
         config_dir,
         {
@@ -335,15 +337,7 @@ def test_escalation_fires_unless_acknowledged_and_a_siren_nobody_drives_is_repor
         },
     )
     engine = rule_engine(cfg)
-    publisher = BlockPublisher(cfg.broker, gateway_id="GW-001", status=dict, status_interval_s=1)
-    rules = [e.rule for e in effective_rules(cfg.rules)]
-    actions = RuleActions(
-        cfg,
-        rules,
-        schedule=engine.schedule,
-        publisher=publisher,
-        routes=dict.fromkeys(EventKind, ("police",)),
-    )
+    actions, _ = acting(cfg, engine)
     emitted: list[tuple[Event, tuple[str, ...]]] = []
 
     async def emit(ev: Event, routes: tuple[str, ...] = ()) -> None:
