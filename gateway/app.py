@@ -32,7 +32,6 @@ from gateway.ratelimit import RateLimitedLog
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier, process_age_s
 from rules.build import rule_engine
-from rules.engine import effective_rules
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class Gateway:
         engine = rule_engine(config)
         self.actions = RuleActions(
             config,
-            [e.rule for e in effective_rules(config.rules)],
+            engine.rules,
             schedule=engine.schedule,
             publisher=self.publisher,
             routes=self._routes,

@@ -88,6 +88,7 @@ class RuleEngine:
     ) -> None:
         """Compile ``rules``; ``schedule`` says which shops are armed."""
         self.level = level
+        self.rules = tuple(rules)
         self.schedule = schedule
         self._shops = shops
         self._by_kind: dict[EventKind, list[_Compiled]] = {k: [] for k in EventKind}
