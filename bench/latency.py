@@ -814,6 +814,25 @@ def log_problems(path: Path, limit: int = 20) -> list[str]:
     return hits[:limit]
 
 
+def make_bench(
+    s: Settings, workdir: Path, started: Started, *, block_url: str, police_url: str, config: Path
+) -> Bench:
+    """The run's shared state for ``config``: its neighbour table, probe and background shops."""
+    shops_cfg = yaml.safe_load(config.read_text())["shops"]
+    places = [Place(x["id"], float(x["lat"]), float(x["lon"])) for x in shops_cfg]
+    nearest = neighbour_table(places, places, count=NEIGHBOURS, radius_m=RADIUS_M)
+    table = {k: [n.shop_id for n in v] for k, v in nearest.items()}
+    table_file = workdir / "neighbours.json"
+    table_file.write_text(json.dumps(table))
+    shop_ids = [p.id for p in places]
+    probes = pick([x for x in shop_ids if len(table[x]) == NEIGHBOURS], s.probe_shops)
+    return Bench(
+        s=s, workdir=workdir, started=started, block_url=block_url, police_url=police_url,
+        config=config, table_file=table_file, table=table, shop_ids=shop_ids, probes=probes,
+        background=pick([x for x in shop_ids if x not in probes], s.background_shops),
+    )  # fmt: skip
+
+
 async def measure(
     s: Settings, workdir: Path, started: Started, *, profile: bool = False
 ) -> dict[str, Any]:
@@ -828,20 +847,11 @@ async def measure(
         config, source = write_config(workdir / "gateway", block_url, police_url)
         out["config_source"] = source
         log(f"config: {source}")
-        shops_cfg = yaml.safe_load(config.read_text())["shops"]
-        places = [Place(x["id"], float(x["lat"]), float(x["lon"])) for x in shops_cfg]
-        nearest = neighbour_table(places, places, count=NEIGHBOURS, radius_m=RADIUS_M)
-        table = {k: [n.shop_id for n in v] for k, v in nearest.items()}
-        table_file = workdir / "neighbours.json"
-        table_file.write_text(json.dumps(table))
-        shop_ids = [p.id for p in places]
-        probes = pick([x for x in shop_ids if len(table[x]) == NEIGHBOURS], s.probe_shops)
-        b = Bench(
-            s=s, workdir=workdir, started=started, block_url=block_url, police_url=police_url,
-            config=config, table_file=table_file, table=table, shop_ids=shop_ids, probes=probes,
-            background=pick([x for x in shop_ids if x not in probes], s.background_shops),
-            profile_dir=workdir if profile else None,
-        )  # fmt: skip
+        b = make_bench(
+            s, workdir, started, block_url=block_url, police_url=police_url, config=config
+        )
+        shop_ids = b.shop_ids
+        b.profile_dir = workdir if profile else None
         out["block"] = {
             "shops": len(shop_ids),
             "probe_shops": b.probes,

@@ -88,6 +88,15 @@ class ShopPanel:
         )
         return seq
 
+    async def respond(self, alert_id: str, response: str) -> None:
+        """Answer a neighbour alert: ``coming``, ``safe`` or ``cancel`` (QoS 1)."""
+        if self._client is None:
+            raise RuntimeError("the panel is not connected; run() it first")
+        body = {"alert_id": alert_id, "response": response}
+        await self._client.publish(
+            f"lianfang/v1/shop/{self.shop_id}/response", json.dumps(body), qos=1
+        )
+
 
 async def _main(args: argparse.Namespace) -> None:
     panel = ShopPanel(

@@ -17,11 +17,13 @@ from typing import Any
 from drivers import DRIVERS
 from drivers.base import Driver, DriverContext, SirenDriver
 from gateway import __version__
+from gateway.actions import RuleActions
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, JournalError
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.forwarders import FORWARDERS
 from gateway.forwarders.base import Forwarder, ForwarderContext, ShopCard
+from gateway.inboxes import inboxes
 from gateway.intake import Intake
 from gateway.journal import Journal
 from gateway.notify import BlockPublisher
@@ -29,8 +31,7 @@ from gateway.outbox import OutboxCursor
 from gateway.ratelimit import RateLimitedLog
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier, process_age_s
-from rules.geo import neighbour_table
-from rules.neighbour_alert import NeighbourAlerts
+from rules.build import rule_engine
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +61,19 @@ class Gateway:
             status=self.snapshot,
             status_interval_s=config.status_interval_s,
         )
-        alert = config.neighbour_alert
-        self.alerts = NeighbourAlerts(
-            neighbour_table(config.shops, config.shops, count=alert.count, radius_m=alert.radius_m),
-            {s.id: s.name for s in config.shops},
-            cooldown_s=alert.cooldown_s,
-            expires_s=alert.expires_s,
+        engine = rule_engine(config)
+        self.actions = RuleActions(
+            config,
+            engine.rules,
+            schedule=engine.schedule,
+            publisher=self.publisher,
+            routes=self._routes,
+            arming_file=config.state_dir / "arming.json",
         )
-        self.intake = Intake(self.journal, self.alerts, self.publisher)
+        self.intake = Intake(self.journal, engine, self.actions)
+        self.actions.emit = self.intake.gateway_event
+        self.actions.siren = self.sound_siren
+        self.inboxes = {i.name: i for i in inboxes(config, self.intake, self.actions)}
         context = DriverContext(
             gateway_id=gid,
             block_broker=config.broker,
@@ -120,7 +126,7 @@ class Gateway:
             )
         rejected = {
             f"{name}.{reason}": n
-            for name, driver in self.drivers.items()
+            for name, driver in [*self.drivers.items(), *self.inboxes.items()]
             for reason, n in getattr(driver, "rejected", {}).items()
         }
         return {
@@ -134,7 +140,13 @@ class Gateway:
             "neighbour_notices_refused": self.publisher.notices_refused,
             "alerts_dropped": self.publisher.alerts_dropped,
             "acknowledged": js.acked,
-            "alerts_suppressed": self.alerts.suppressed,
+            "alerts_suppressed": self.actions.alerts.suppressed,
+            "level": self.intake.engine.level.value,
+            "notices_capped": self.actions.notices_capped,
+            "area_alerts": self.actions.area_alerts,
+            "mesh_notices_relayed": self.actions.relayed,
+            "forged_kinds_refused": self.intake.refused,
+            "rule_errors": self.intake.engine.failed,
             "alerts_expired": self.publisher.alerts_expired,
             "journal_mb": round(js.size_bytes / 1e6, 2),
             "evicted": js.evicted,
@@ -160,10 +172,15 @@ class Gateway:
             )
         )
 
+    async def _inbox_link_changed(self, name: str, *, up: bool, detail: str) -> None:  # noqa: ARG002
+        """Shown in the status only: the forwarder and publisher on the same brokers journal it."""
+        self.links[name] = up
+
     async def run(self, notifier: SystemdNotifier) -> None:
         """Run every component until cancelled."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.journal.run(), name="journal")
+            tg.create_task(self.actions.run(), name="rule-actions")
             tg.create_task(
                 supervise(
                     "block-publisher",
@@ -182,6 +199,11 @@ class Gateway:
                         on_change=self._link_changed,
                     ),
                     name=f"forwarder[{name}]",
+                )
+            for name, inbox in self.inboxes.items():
+                tg.create_task(
+                    supervise(name, inbox.run, link=inbox, on_change=self._inbox_link_changed),
+                    name=name,
                 )
             for name, driver in self.drivers.items():
                 tg.create_task(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from gateway.errors import ConfigError
+from gateway.rules_cli import rules_app
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the configuration schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(rules_app, name="rules")
 
 ConfigOption = Annotated[
     Path | None,

@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 from drivers import DriverConfigUnion
 from gateway.forwarders import ForwarderConfigUnion
 from gateway.mqtt import BrokerConfig
+from rules.models import CommandsConfig, RulesConfig
 
 # Ids travel in MQTT topics: no '/', '+', '#' or spaces.
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")]
@@ -173,6 +174,13 @@ class GatewayConfig(Strict):
     other_shops: list[OtherShopConfig] = Field(
         default_factory=list, description="Shops of neighbouring gateways."
     )
+    rules: RulesConfig = Field(
+        default_factory=RulesConfig,
+        description="Local rules and their settings (or a rules.yaml beside this file).",
+    )
+    commands: CommandsConfig = Field(
+        default_factory=CommandsConfig, description="Signed commands from the police platform."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -195,6 +203,16 @@ class GatewayConfig(Strict):
                         "at": ("other_shops", i, "gateway_id"),
                     },
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _rules_name_what_exists(self) -> GatewayConfig:
+        from rules.checks import unknown_names  # noqa: PLC0415 - rules import this module
+
+        problems = unknown_names(self)
+        if problems:
+            at, message = problems[0]
+            raise PydanticCustomError("unknown_name", "{message}", {"message": message, "at": at})
         return self
 
     def resolved(self, base: Path) -> GatewayConfig:

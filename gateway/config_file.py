@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
 ONLINE_TIMEOUT_S = 3.0
+RULES_FILE = "rules.yaml"
 MAX_SHOWN_VALUE = 60
 
 
@@ -61,6 +62,8 @@ _PATTERN_WORDS = {
     r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$": "must be 1 to 40 letters, digits, '_', '.' or '-', "
     "starting with a letter or digit (no spaces, '/', '+' or '#')",
     r"^[a-z0-9][a-z0-9_.-]{0,39}$": "must be 1 to 40 lower-case letters, digits, '_', '.' or '-', "
+    "starting with a letter or digit",
+    r"^[a-z0-9][a-z0-9_.-]{0,59}$": "must be 1 to 60 lower-case letters, digits, '_', '.' or '-', "
     "starting with a letter or digit",
 }
 _WORDS = {
@@ -120,12 +123,19 @@ def load_config(path: Path) -> GatewayConfig:
     """
     file = str(path)
     data, lines, problems = _parse(_read_text(path), file)
+    locate = _yaml_locator(file, lines)
+    rules_file = path.parent / RULES_FILE
+    if rules_file.is_file():
+        locate = _with_rules_file(
+            data, rules_file, locate, problems=problems, file=file, lines=lines
+        )
+    locate = _naming_rules(locate, data)
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        problems += explain_errors(exc, _yaml_locator(file, lines))
+        problems += explain_errors(exc, locate)
     else:
-        problems += _readable_secrets(path, config, _yaml_locator(file, lines))
+        problems += _readable_secrets(path, config, locate)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
     return config.resolved(path.parent)
@@ -143,6 +153,64 @@ def _readable_secrets(path: Path, config: GatewayConfig, locate: Locate) -> list
                 message = "is a secret in a file every user may read; run chmod o-r on the file"
                 found.append(ConfigProblem(spot.file, spot.path, message, spot.line))
     return found
+
+
+def _with_rules_file(
+    data: dict[Any, Any],
+    rules_file: Path,
+    locate: Locate,
+    *,
+    problems: list[ConfigProblem],
+    file: str,
+    lines: dict[Loc, int],
+) -> Locate:
+    """Take the ``rules`` section from ``rules.yaml``; problems in it point into that file."""
+    rfile = str(rules_file)
+    if "rules" in data:
+        message = f"rules are given here and in {rfile}; keep them in one place"
+        problems.append(ConfigProblem(file, "rules", message, lines.get(("rules",))))
+        return locate
+    try:
+        doc = _compose(_read_text(rules_file), rfile)
+    except yaml.MarkedYAMLError as exc:
+        problems.append(_syntax_problem(exc, rfile))
+        return locate
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        problems.append(ConfigProblem(rfile, "", f"not valid YAML: {exc}"))
+        return locate
+    problems.extend(doc.repeated_keys)
+    data["rules"] = {} if doc.data is None else doc.data
+    in_rules = _yaml_locator(rfile, doc.lines)
+
+    def locate_both(loc: Loc) -> Spot:
+        if loc[:1] != ("rules",):
+            return locate(loc)
+        spot = in_rules(loc[1:])
+        return Spot(rfile, path_text(loc), spot.line)
+
+    return locate_both
+
+
+def _naming_rules(locate: Locate, data: dict[Any, Any]) -> Locate:
+    """Name a rule by its name in problem paths: ``rules.rules[night-doors].do[0].seconds``."""
+    section = data.get("rules")
+    rules = section.get("rules") if isinstance(section, dict) else None
+    if not isinstance(rules, list):
+        return locate
+    names = [r.get("name") if isinstance(r, dict) else None for r in rules]
+
+    def locate_named(loc: Loc) -> Spot:
+        spot = locate(loc)
+        if len(loc) < 3 or loc[:2] != ("rules", "rules") or not isinstance(loc[2], int):
+            return spot
+        index = loc[2]
+        name = names[index] if 0 <= index < len(names) else None
+        if not isinstance(name, str) or not name or len(name) > 60:
+            return spot
+        prefix = f"rules.rules[{index}]"
+        return spot._replace(path=spot.path.replace(prefix, f"rules.rules[{name}]", 1))
+
+    return locate_named
 
 
 def _read_text(path: Path) -> str:

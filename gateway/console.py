@@ -46,6 +46,7 @@ def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> in
     age = f"{status['written_s_ago']} s ago" + (" (stale: is it running?)" if stale else "")
     table.add_row("status written", age)
     table.add_row("uptime", f"{status['uptime_s']} s")
+    table.add_row("alert level", str(status.get("level", "everyday")))
     table.add_row("events journalled", str(status["events"]))
     table.add_row("repeats dropped", str(status["duplicates"]))
     table.add_row("neighbour notices", str(status["neighbour_notices"]))

@@ -31,6 +31,12 @@ class EventKind(StrEnum):
     TEST = "test"
     CANCEL = "cancel"
     HEARTBEAT = "heartbeat"
+    RESPONSE = "response"
+    AREA_ALERT = "area_alert"
+    ESCALATION = "escalation"
+    ACTION_FAILED = "action_failed"
+    COMMAND_ACK = "command_ack"
+    COMMAND_REFUSED = "command_refused"
 
 
 class EventClass(StrEnum):
@@ -61,10 +67,25 @@ EVENT_CLASS: dict[EventKind, EventClass] = {
     EventKind.CANCEL: EventClass.STATUS,
     EventKind.TEST: EventClass.ROUTINE,
     EventKind.HEARTBEAT: EventClass.ROUTINE,
+    EventKind.RESPONSE: EventClass.STATUS,
+    EventKind.AREA_ALERT: EventClass.ALARM,
+    EventKind.ESCALATION: EventClass.ALARM,
+    EventKind.ACTION_FAILED: EventClass.TROUBLE,
+    EventKind.COMMAND_ACK: EventClass.STATUS,
+    EventKind.COMMAND_REFUSED: EventClass.TROUBLE,
 }
 
-# Kinds that alert the neighbours of the shop they come from.
-NEIGHBOUR_ALERT_KINDS = frozenset({EventKind.PANIC, EventKind.DURESS})
+# Kinds only the gateway itself makes (rules, commands, responses); never taken from a device.
+GATEWAY_MADE_KINDS = frozenset(
+    {
+        EventKind.RESPONSE,
+        EventKind.AREA_ALERT,
+        EventKind.ESCALATION,
+        EventKind.ACTION_FAILED,
+        EventKind.COMMAND_ACK,
+        EventKind.COMMAND_REFUSED,
+    }
+)
 
 
 def new_event_id() -> str:

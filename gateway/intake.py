@@ -1,27 +1,30 @@
-"""Where every driver's events enter: neighbour alert first, then the journal."""
+"""Where every event enters: rules first (neighbour alerts go out at once), then the journal."""
 
 from __future__ import annotations
 
-from gateway.events import Event
+from gateway.actions import RuleActions
+from gateway.events import GATEWAY_MADE_KINDS, Event
 from gateway.journal import Journal, OnDurable
-from gateway.notify import BlockPublisher
-from rules.neighbour_alert import NeighbourAlerts
+from rules.engine import RuleEngine
+
+# A derived event may derive once more (door open -> intrusion -> its actions), no further.
+MAX_DERIVED_DEPTH = 2
 
 
 class Intake:
-    """The ``Emit`` the drivers call.
+    """The ``Emit`` the drivers call, and the way in for the gateway's own events.
 
-    A neighbour alert goes out as soon as the event is parsed, without waiting
-    for the disk or the police link; the durable append follows.
+    The rules run as soon as the event is parsed: a neighbour alert goes out
+    without waiting for the disk or the police link; the durable append follows,
+    to the forwarders the rules chose.
     """
 
-    def __init__(
-        self, journal: Journal, alerts: NeighbourAlerts, publisher: BlockPublisher
-    ) -> None:
-        """Feed ``journal`` and alert through ``publisher``."""
+    def __init__(self, journal: Journal, engine: RuleEngine, actions: RuleActions) -> None:
+        """Judge events with ``engine``, act with ``actions``, keep them in ``journal``."""
         self._journal = journal
-        self._alerts = alerts
-        self._publisher = publisher
+        self.engine = engine
+        self.actions = actions
+        self.refused = 0
 
     async def __call__(
         self,
@@ -31,15 +34,48 @@ class Intake:
         origin_key: str | None = None,
     ) -> None:
         """Accept ``event`` from a driver; repeats of a recent ``origin_key`` are dropped."""
+        if event.kind in GATEWAY_MADE_KINDS:
+            # A device may not forge what only the gateway says (responses, area alerts...).
+            self.refused += 1
+            if on_durable is not None:
+                on_durable()
+            return
         if origin_key is not None and not self._journal.claim(origin_key, on_durable):
             return
-        alert = self._alerts.alert_for(event)
-        if alert is not None:
-            self._publisher.submit(alert)
         try:
-            await self._journal.append(event, origin_key=origin_key, on_durable=on_durable)
+            await self._take(event, on_durable=on_durable, origin_key=origin_key)
         except BaseException:
             # Cancelled while the journal was backed up: the broker sends it again.
             if origin_key is not None:
                 self._journal.release(origin_key)
             raise
+
+    async def gateway_event(
+        self,
+        event: Event,
+        *,
+        routes: tuple[str, ...] = (),
+        on_durable: OnDurable | None = None,
+    ) -> None:
+        """Accept an event the gateway made itself; ``routes`` add to the rules' forwarders."""
+        await self._take(event, routes=routes, on_durable=on_durable)
+
+    async def _take(
+        self,
+        event: Event,
+        *,
+        on_durable: OnDurable | None = None,
+        origin_key: str | None = None,
+        routes: tuple[str, ...] = (),
+        depth: int = 0,
+    ) -> None:
+        applied = self.actions.apply(event, self.engine.evaluate(event))
+        await self._journal.append(
+            applied.event,
+            origin_key=origin_key,
+            on_durable=on_durable,
+            routes=tuple(dict.fromkeys(applied.routes + routes)),
+        )
+        if depth < MAX_DERIVED_DEPTH:
+            for derived, extra in applied.derived:
+                await self._take(derived, routes=extra, depth=depth + 1)

@@ -223,17 +223,24 @@ class Journal:
             del self._origins[origin_key]
 
     async def append(
-        self, event: Event, *, origin_key: str | None = None, on_durable: OnDurable | None = None
+        self,
+        event: Event,
+        *,
+        origin_key: str | None = None,
+        on_durable: OnDurable | None = None,
+        routes: Iterable[str] | None = None,
     ) -> None:
         """Queue ``event``; ``on_durable`` runs once it is committed.
 
-        Waits only when the writer is backed up (backpressure on the drivers).
+        ``routes`` (the forwarders that must deliver it) defaults to the journal's
+        ``route``. Waits only when the writer is backed up (backpressure on the drivers).
         """
         while self._queue.qsize() >= self._queue_size:
             self._room.clear()
             await self._room.wait()
         callbacks = [on_durable] if on_durable else []
-        self._queue.put_nowait(_Append(event, origin_key, callbacks, tuple(self._route(event))))
+        names = tuple(self._route(event) if routes is None else routes)
+        self._queue.put_nowait(_Append(event, origin_key, callbacks, names))
 
     def ack(self, forwarder: str, seq: int) -> None:
         """Record that ``forwarder``'s receiver acknowledged the event at ``seq``."""

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from gateway.events import NEIGHBOUR_ALERT_KINDS, Event, new_event_id, utc_now
+from gateway.events import Event, new_event_id, utc_now
 from rules.geo import Neighbour
 
 
@@ -25,28 +25,23 @@ class NeighbourAlert:
     """One alert fanned out to the nearest shops of its origin."""
 
     alert_id: str
-    event: Event
+    event_id: str
     notices: tuple[Notice, ...]
     expires_at_monotonic: float
 
 
 class NeighbourAlerts:
-    """Decides, per event, whether and whom to alert; one alert per shop per cool-down.
-
-    The neighbour lists are computed once at start; deciding costs a dict lookup.
-    """
+    """Builds an event's alert to the neighbours the rules chose; one per shop per cool-down."""
 
     def __init__(
         self,
-        table: dict[str, list[Neighbour]],
         names: dict[str, str],
         *,
         cooldown_s: float,
         expires_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Alert from ``table`` (nearest shops per shop); ``names`` are shop names."""
-        self._table = table
+        """Alert with ``names`` (shop names by id) shown to neighbours."""
         self._names = names
         self._cooldown_s = cooldown_s
         self._expires_s = expires_s
@@ -54,12 +49,9 @@ class NeighbourAlerts:
         self._last_alert: dict[str, float] = {}
         self.suppressed = 0
 
-    def alert_for(self, event: Event) -> NeighbourAlert | None:
-        """The alert ``event`` raises, or None (not an alerting kind, or in cool-down)."""
-        if event.kind not in NEIGHBOUR_ALERT_KINDS or event.shop_id is None:
-            return None
-        neighbours = self._table.get(event.shop_id)
-        if not neighbours:
+    def alert_for(self, event: Event, neighbours: list[Neighbour]) -> NeighbourAlert | None:
+        """The alert of ``event`` to ``neighbours``, or None (none, or its shop is in cool-down)."""
+        if event.shop_id is None or not neighbours:
             return None
         now = self._clock()
         last = self._last_alert.get(event.shop_id)
@@ -94,7 +86,7 @@ class NeighbourAlerts:
             )
             for n in neighbours
         )
-        return NeighbourAlert(alert_id, event, notices, now + self._expires_s)
+        return NeighbourAlert(alert_id, event.id, notices, now + self._expires_s)
 
 
 def _reverse_words(n: Neighbour) -> str:

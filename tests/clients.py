@@ -8,11 +8,23 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from datetime import time as clock_time
+from zoneinfo import ZoneInfo
 
 from firmware_stubs.mqtt_panel import ShopPanel
 from firmware_stubs.police_platform import PolicePlatform
 from gateway.mqtt import BrokerConfig
 from tests.harness import SURVEY
+
+ZONE = ZoneInfo("Asia/Shanghai")
+"""The survey's shops keep Beijing time."""
+
+
+def local_yesterday(at: clock_time) -> str:
+    """Yesterday at ``at`` in the shops' zone: in the past, so the gateway keeps the device's time."""
+    day = datetime.now(ZONE).date() - timedelta(days=1)
+    return datetime.combine(day, at, ZONE).isoformat()
 
 
 def survey_rows() -> list[dict[str, str]]:

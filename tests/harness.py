@@ -17,18 +17,24 @@ SURVEY = REPO / "gateway" / "data" / "changping-road.csv"
 
 
 def init_config(
-    directory: Path, *, block_url: str, police_url: str | None, **overrides: Any
+    directory: Path,
+    *,
+    block_url: str,
+    police_url: str | None,
+    survey: Path = SURVEY,
+    gateway: str = "GW-001",
+    **overrides: Any,
 ) -> Path:
-    """Write lianfang.yaml from the Changping survey with the real `lianfang init`; apply overrides."""
+    """Write lianfang.yaml from a survey (Changping) with the real `lianfang init`; apply overrides."""
     cmd = [
         sys.executable,
         "-m",
         "gateway",
         "init",
         "--survey",
-        str(SURVEY),
+        str(survey),
         "--gateway",
-        "GW-001",
+        gateway,
         "--broker",
         block_url,
         "--dir",

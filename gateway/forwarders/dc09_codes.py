@@ -53,6 +53,8 @@ DEFAULT_CODES: dict[str, CodeEntry] = {
     EventKind.DISARM: _entry(401, "OP"),
     EventKind.TEST: _entry(602, "RP"),
     EventKind.CANCEL: _entry(406, "OC"),
+    # The rules raise it when a siren could not be sounded: sounder/relay trouble.
+    EventKind.ACTION_FAILED: _entry(320, "YA", "YH"),
 }
 """Kinds and codes as DESIGN.md lists them. ``door_open``/``door_close`` are not
 alarms by themselves (the rules raise ``intrusion`` when armed) and heartbeats

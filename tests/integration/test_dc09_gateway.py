@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import time
 
 from gateway.process import ReceiverProcess
-from tests.clients import running, wait_until
+from tests.clients import local_yesterday, running, wait_until
 
 
 def centre_at(url: str, **extra: object) -> dict[str, object]:
@@ -19,7 +20,10 @@ def test_panic_reaches_the_alarm_receiving_centre(tmp_path, block_broker, start_
     receiver = ReceiverProcess(db)
     receiver.start()
     try:
-        gateway = start_gateway(forwarders=[centre_at(receiver.url, ack_timeout_s=3)])
+        gateway = start_gateway(
+            forwarders=[centre_at(receiver.url, ack_timeout_s=3)],
+            rules={"timezone": "Asia/Shanghai"},  # the survey's opening hours are Beijing time
+        )
 
         def stored() -> list[tuple[str, int, str, int]]:
             with sqlite3.connect(db) as conn:
@@ -30,7 +34,8 @@ def test_panic_reaches_the_alarm_receiving_centre(tmp_path, block_broker, start_
         async def scenario() -> None:
             async with running(block_url=block_broker.url, shops=["S00011"]) as (panels, _):
                 await panels["S00011"].send("panic", zone="1")
-                await panels["S00011"].send("door_open", zone="2")  # no DC-09 code: not sent
+                # In opening hours a door is a door (no DC-09 code: not sent), not an intrusion.
+                await panels["S00011"].send("door_open", zone="2", ts=local_yesterday(time(11)))
                 await panels["S00011"].send("tamper", zone="3")
                 await wait_until(lambda: len(stored()) >= 2, 20, "two alarms at the centre")
 

@@ -15,6 +15,9 @@ from tests.clients import expected_nearest, open_police_session, running, wait_u
 
 SHOPS = [f"S{n:05d}" for n in range(1, 21)]
 KINDS = ["door_open", "door_close", "test", "panic"]
+# These tests count exactly what the panels sent; rules that raise events of their own
+# (intrusions from doors opened while armed, area alerts) are tested in test_rules.py.
+DEVICE_EVENTS_ONLY = {"rules": {"disable": ["intrusion-when-armed", "robbery-area-alert"]}}
 
 
 async def publish_steadily(
@@ -56,7 +59,7 @@ def test_kill_9_midway_loses_nothing_and_duplicates_keep_their_id(
     block_broker, police_broker, start_gateway
 ):
     """2,000 events at a steady rate, kill -9 at 1,000, restart: every event reaches the police, one id each."""
-    gw = start_gateway()
+    gw = start_gateway(**DEVICE_EVENTS_ONLY)
 
     def crash_and_restart() -> None:
         gw.kill()
@@ -87,7 +90,7 @@ def test_police_outage_under_load_loses_nothing_and_keeps_order_per_shop(
     block_broker, police_broker, start_gateway
 ):
     """The police broker is stopped for a while under load and restarted: all arrive, in order per shop."""
-    start_gateway()
+    start_gateway(**DEVICE_EVENTS_ONLY)
 
     def outage() -> None:
         police_broker.stop()
@@ -125,7 +128,7 @@ def test_police_outage_under_load_loses_nothing_and_keeps_order_per_shop(
 
 def test_sigterm_stops_cleanly_and_says_offline(block_broker, police_broker, start_gateway):
     """SIGTERM exits 0 and leaves a retained 'offline' status on both brokers."""
-    gw = start_gateway()
+    gw = start_gateway(**DEVICE_EVENTS_ONLY)
 
     async def retained(port: int, topic: str) -> dict:
         async with aiomqtt.Client("127.0.0.1", port, identifier=f"probe-{port}") as c:
@@ -151,7 +154,7 @@ def test_sigterm_stops_cleanly_and_says_offline(block_broker, police_broker, sta
 
 def test_kill_9_fires_the_last_will(block_broker, police_broker, start_gateway):
     """A gateway that vanishes is reported offline by its last will, so police can tell it is dead."""
-    gw = start_gateway()
+    gw = start_gateway(**DEVICE_EVENTS_ONLY)
 
     async def watch() -> list[tuple[str, str | None]]:
         states: list[tuple[str, str | None]] = []
@@ -174,7 +177,7 @@ def test_neighbours_are_alerted_while_the_police_link_is_down(
     block_broker, police_broker, start_gateway
 ):
     """With the police broker gone, a panic still alerts the neighbours at once; the police get it later."""
-    start_gateway()
+    start_gateway(**DEVICE_EVENTS_ONLY)
     near = expected_nearest("S00050")
 
     open_police_session(police_broker.url)
@@ -202,7 +205,7 @@ def test_neighbours_are_alerted_while_the_police_link_is_down(
 
 def test_a_block_broker_restart_is_survived(block_broker, police_broker, start_gateway):
     """The block broker restarts; the gateway reconnects by itself and the next panic gets through."""
-    gw = start_gateway()
+    gw = start_gateway(**DEVICE_EVENTS_ONLY)
 
     open_police_session(police_broker.url)
     block_broker.stop()

@@ -63,7 +63,7 @@ BROKEN = [
         "brokr: {url: mqtt://h:1}\ndrivers:\n",
         6,
         "brokr",
-        "unknown key 'brokr' (expected one of: broker, drivers,",
+        "unknown key 'brokr' (expected one of: broker, commands, drivers,",
     ),
     Broken(
         "unknown nested key",

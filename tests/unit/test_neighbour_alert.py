@@ -31,16 +31,16 @@ class Clock:
         return self.now
 
 
+NEAR = [Neighbour("B", 12.0, 90.0), Neighbour("C", 20.0, 180.0)]
+
+
 def alerts(clock: Clock) -> NeighbourAlerts:
-    table = {"A": [Neighbour("B", 12.0, 90.0), Neighbour("C", 20.0, 180.0)]}
-    return NeighbourAlerts(
-        table, {"A": "No.1 Gold Exchange"}, cooldown_s=30, expires_s=300, clock=clock
-    )
+    return NeighbourAlerts({"A": "No.1 Gold Exchange"}, cooldown_s=30, expires_s=300, clock=clock)
 
 
 def test_panic_tells_each_neighbour_the_way_back_to_the_shop_in_trouble():
     """B lies east of A, so B is told to go west; C lies south, so C goes north."""
-    alert = alerts(Clock()).alert_for(event(EventKind.PANIC))
+    alert = alerts(Clock()).alert_for(event(EventKind.PANIC), NEAR)
     assert alert is not None
     bodies = {n.shop_id: json.loads(n.payload) for n in alert.notices}
     assert bodies["B"]["bearing"] == "west"
@@ -50,21 +50,20 @@ def test_panic_tells_each_neighbour_the_way_back_to_the_shop_in_trouble():
     assert bodies["B"]["alert_id"] == alert.alert_id == bodies["C"]["alert_id"]
 
 
-def test_only_panic_and_duress_alert_neighbours():
-    """Door and trouble events do not alert the neighbours; duress does."""
+def test_no_neighbours_no_alert():
+    """A shop with nobody within reach raises no alert, and starts no cool-down."""
     a = alerts(Clock())
-    assert a.alert_for(event(EventKind.DOOR_OPEN)) is None
-    assert a.alert_for(event(EventKind.TAMPER)) is None
-    assert a.alert_for(event(EventKind.DURESS)) is not None
+    assert a.alert_for(event(EventKind.PANIC), []) is None
+    assert a.alert_for(event(EventKind.PANIC), NEAR) is not None
 
 
 def test_one_alert_per_shop_per_cooldown():
     """Presses within 30 s are suppressed and counted; after the cool-down a new alert goes out."""
     clock = Clock()
     a = alerts(clock)
-    assert a.alert_for(event(EventKind.PANIC)) is not None
+    assert a.alert_for(event(EventKind.PANIC), NEAR) is not None
     clock.now += 29
-    assert a.alert_for(event(EventKind.PANIC)) is None
+    assert a.alert_for(event(EventKind.PANIC), NEAR) is None
     assert a.suppressed == 1
     clock.now += 2
-    assert a.alert_for(event(EventKind.PANIC)) is not None
+    assert a.alert_for(event(EventKind.PANIC), NEAR) is not None

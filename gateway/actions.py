@@ -1,0 +1,501 @@
+"""What fired rules do: alert neighbours, route to the police, raise events, sirens, escalation.
+
+Neighbours of other gateways are reached through the police broker (the mesh);
+an area alert tells every shop of a grid cell.
+
+``apply`` runs on the hot path before the journal write and never waits; the
+actions that take time (sirens, escalation timers) run as named tasks in
+``run``'s TaskGroup and report failures as journalled events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.config import GatewayConfig
+from gateway.events import EVENT_CLASS, Event, EventClass, EventKind, Source, new_event_id, utc_now
+from gateway.mesh_message import MeshMessage
+from gateway.notify import BlockPublisher
+from gateway.ratelimit import RateLimitedLog
+from rules.area import AreaWatch
+from rules.arming import ArmSchedule
+from rules.engine import Firing
+from rules.geo import Neighbour, nearest_shops
+from rules.models import AreaAlert, Escalate, Forward, NotifyNearest, Raise, Rule, Siren
+from rules.neighbour_alert import NeighbourAlert, NeighbourAlerts, Notice
+
+logger = logging.getLogger(__name__)
+
+PRIORITY_ORDER = (EventClass.ROUTINE, EventClass.STATUS, EventClass.TROUBLE, EventClass.ALARM)
+RECENT_ALERTS = 10_000
+RESPONSES = ("coming", "safe", "cancel")
+
+Emit = Callable[..., Awaitable[None]]
+"""``emit(event, routes=...)``: hand a gateway-made event to the intake."""
+SoundSiren = Callable[[str, float], Awaitable[bool]]
+
+
+class MeshOut(Protocol):
+    """Carries notices for shops of other gateways through the police broker."""
+
+    def submit(self, gateway_id: str, large_grid: str, message: bytes) -> None:
+        """Queue ``message`` for ``gateway_id``; never waits."""
+        ...
+
+
+@dataclass
+class Applied:
+    """An event after its rules: what to journal, where to forward it, what it raised."""
+
+    event: Event
+    routes: tuple[str, ...]
+    derived: list[tuple[Event, tuple[str, ...]]] = field(default_factory=list)
+
+
+@dataclass
+class _Outcome:
+    """What the fired actions of one event add up to."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    rules: dict[str, None] = field(default_factory=dict)
+    routes: dict[str, None] = field(default_factory=dict)
+    priority: EventClass | None = None
+    derived: list[tuple[Event, tuple[str, ...]]] = field(default_factory=list)
+
+    def forward(self, to: Iterable[str], priority: EventClass | None, kind: EventKind) -> None:
+        self.routes.update(dict.fromkeys(to))
+        wanted = priority or EVENT_CLASS[kind]
+        if self.priority is None or PRIORITY_ORDER.index(wanted) > PRIORITY_ORDER.index(
+            self.priority
+        ):
+            self.priority = wanted
+
+    def applied(self, event: Event) -> Applied:
+        if self.rules:
+            self.extra["rules"] = list(self.rules)
+        if self.priority is not None:
+            self.extra["priority"] = self.priority.value
+        if self.extra:
+            event = event.model_copy(update={"attrs": {**event.attrs, **self.extra}})
+        return Applied(event, tuple(self.routes), self.derived)
+
+
+@dataclass
+class _OpenAlert:
+    alert_id: str
+    event_id: str
+    shop_id: str
+    at: float
+    responses: dict[str, str] = field(default_factory=dict)
+
+
+class TokenBucket:
+    """A rate cap: ``rate`` tokens a second, at most ``rate`` saved up."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        """Start full."""
+        self._rate = rate
+        self._tokens = rate
+        self._clock = clock
+        self._last = clock()
+
+    def take(self, wanted: int) -> int:
+        """Take up to ``wanted`` tokens; how many were given."""
+        now = self._clock()
+        self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        given = min(wanted, int(self._tokens))
+        self._tokens -= given
+        return given
+
+
+class RuleActions:
+    """Carries out the actions of fired rules for one gateway."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        rules: Sequence[Rule],
+        *,
+        schedule: ArmSchedule,
+        publisher: BlockPublisher,
+        routes: dict[EventKind, tuple[str, ...]],
+        arming_file: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Act for ``config``'s gateway; ``routes`` are the forwarders that take each kind.
+
+        Early arm/disarm overrides are kept in ``arming_file`` across restarts.
+        """
+        self._gid = config.gateway.id
+        self._schedule = schedule
+        self._publisher = publisher
+        self._routes = routes
+        self._clock = clock
+        alert = config.neighbour_alert
+        self._alert_config = alert
+        self._cancel_window_s = config.rules.cancel_window_s
+        self._own = {s.id: s for s in config.shops}
+        self._places = [*config.shops, *config.other_shops]
+        self._gateway_of = {s.id: self._gid for s in config.shops} | {
+            o.id: o.gateway_id for o in config.other_shops
+        }
+        self._large_of = {p.id: p.grid.large for p in self._places}
+        self.alerts = NeighbourAlerts(
+            {p.id: p.name for p in self._places},
+            cooldown_s=alert.cooldown_s,
+            expires_s=alert.expires_s,
+            clock=clock,
+        )
+        self._bucket = TokenBucket(config.rules.max_notices_per_s, clock)
+        self._nearest: dict[tuple[int, float, bool], dict[str, list[Neighbour]]] = {}
+        for rule in rules:
+            for action in rule.do:
+                if isinstance(action, NotifyNearest):
+                    self._table(action)  # computed once at start, not on the first panic
+        self._area = AreaWatch()
+        self._open: dict[str, _OpenAlert] = {}  # latest alert per origin shop
+        self._by_alert: OrderedDict[str, _OpenAlert] = OrderedDict()
+        self._relayed: OrderedDict[str, None] = OrderedDict()
+        self._escalations: dict[str, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._arming_file = arming_file
+        self._arming_changed = asyncio.Event()
+        if arming_file is not None:
+            self._restore_arming(arming_file)
+        self.mesh: MeshOut | None = None
+        self.emit: Emit | None = None
+        self.siren: SoundSiren | None = None
+        self._log = RateLimitedLog(logger, interval_s=10)
+        self.notices_capped = 0
+        self.area_alerts = 0
+        self.relayed = 0
+
+    # --- the hot path --------------------------------------------------------------
+
+    def apply(self, event: Event, firings: Iterable[Firing]) -> Applied:
+        """Do the immediate actions of ``firings`` and say where ``event`` goes; never waits."""
+        outcome = _Outcome()
+        for firing in firings:
+            outcome.rules[firing.rule] = None
+            action = firing.action
+            if isinstance(action, NotifyNearest):
+                if "alert_id" not in outcome.extra and (alert_id := self._notify(event, action)):
+                    outcome.extra["alert_id"] = alert_id
+            elif isinstance(action, Forward):
+                outcome.forward(action.to or self._routes[event.kind], action.priority, event.kind)
+            elif isinstance(action, Raise):
+                outcome.derived.append((self._made(action.kind, event, firing.rule), ()))
+            elif isinstance(action, AreaAlert):
+                area = self._area_alert(event, action, firing.rule)
+                if area is not None:
+                    outcome.derived.append((area, ()))
+            elif isinstance(action, Siren):
+                self._spawn(self._sound(event, action, firing.rule), f"siren[{event.id}]")
+            else:
+                self._start_escalation(event, action, firing.rule, outcome.extra.get("alert_id"))
+        outcome.extra.update(self._state_change(event))
+        return outcome.applied(event)
+
+    def _table(self, action: NotifyNearest) -> dict[str, list[Neighbour]]:
+        key = (
+            action.count or self._alert_config.count,
+            action.radius_m or self._alert_config.radius_m,
+            action.other_gateways,
+        )
+        table = self._nearest.get(key)
+        if table is None:
+            places = self._places if key[2] else list(self._own.values())
+            table = {
+                s.id: nearest_shops(s, places, count=key[0], radius_m=key[1])
+                for s in self._own.values()
+            }
+            self._nearest[key] = table
+        return table
+
+    def _notify(self, event: Event, action: NotifyNearest) -> str | None:
+        """Alert the nearest shops of ``event``'s shop; the alert id, if one went out."""
+        neighbours = self._table(action).get(event.shop_id or "", [])
+        alert = self.alerts.alert_for(event, neighbours)
+        if alert is None:
+            return None
+        given = self._bucket.take(len(alert.notices))
+        if given < len(alert.notices):
+            self.notices_capped += len(alert.notices) - given
+            self._log.warning(
+                "cap",
+                "notice rate cap: alert %s reaches %d of %d shops",
+                alert.alert_id,
+                given,
+                len(alert.notices),
+            )
+        self._send(replace(alert, notices=alert.notices[:given]))
+        self._remember(_OpenAlert(alert.alert_id, event.id, event.shop_id or "", self._clock()))
+        return alert.alert_id
+
+    def _send(self, alert: NeighbourAlert) -> None:
+        """Own shops through the block broker; other gateways' shops through the mesh."""
+        own: list[Notice] = []
+        away: dict[str, list[Notice]] = defaultdict(list)
+        for notice in alert.notices:
+            gateway = self._gateway_of[notice.shop_id]
+            (own if gateway == self._gid else away[gateway]).append(notice)
+        if own:
+            self._publisher.submit(replace(alert, notices=tuple(own)))
+        if self.mesh is None:
+            return
+        for gateway, notices in away.items():
+            body = ",".join(
+                f'{{"shop_id":{json.dumps(n.shop_id)},"notice":{n.payload.decode()}}}'
+                for n in notices
+            )
+            message = (
+                f'{{"alert_id":{json.dumps(alert.alert_id)},"from_gateway":'
+                f'{json.dumps(self._gid)},"notices":[{body}]}}'
+            )
+            self.mesh.submit(gateway, self._large_of[notices[0].shop_id], message.encode())
+
+    def _remember(self, alert: _OpenAlert) -> None:
+        self._open[alert.shop_id] = alert
+        self._by_alert[alert.alert_id] = alert
+        if len(self._by_alert) > RECENT_ALERTS:
+            self._by_alert.popitem(last=False)
+
+    def _made(
+        self, kind: EventKind, cause: Event, rule: str, attrs: dict[str, Any] | None = None
+    ) -> Event:
+        """A gateway-made event about ``cause``'s shop and device."""
+        return Event(
+            id=new_event_id(),
+            gateway_id=self._gid,
+            shop_id=cause.shop_id,
+            device_id=cause.device_id,
+            zone=cause.zone,
+            kind=kind,
+            occurred_at=cause.occurred_at,
+            received_at=utc_now(),
+            source=Source(driver="rules", ref=rule),
+            attrs={"cause_event_id": cause.id, "rule": rule, **(attrs or {})},
+        )
+
+    def _area_alert(self, event: Event, action: AreaAlert, rule: str) -> Event | None:
+        shop = self._own.get(event.shop_id or "")
+        if shop is None:
+            return None
+        cell = getattr(shop.grid, action.grid.value)
+        trigger = self._area.count(
+            cell,
+            event.id,
+            shop.id,
+            event.occurred_at,
+            alarms=action.alarms,
+            window_s=action.window_s,
+        )
+        if trigger is None:
+            return None
+        self.area_alerts += 1
+        alert_id = new_event_id()
+        expires = (utc_now() + timedelta(seconds=self._alert_config.expires_s)).isoformat()
+        body = {
+            "alert_id": alert_id,
+            "kind": "area_alert",
+            "grid": action.grid.value,
+            "cell": cell,
+            "from_shop_ids": [sid for _, sid in trigger.alarms],
+            "event_ids": [eid for eid, _ in trigger.alarms],
+            "occurred_at": event.occurred_at.isoformat(),
+            "expires_at": expires,
+        }
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        members = [p.id for p in self._places if getattr(p.grid, action.grid.value) == cell]
+        notices = tuple(Notice(sid, payload) for sid in members)
+        self._send(
+            NeighbourAlert(
+                alert_id, event.id, notices, self._clock() + self._alert_config.expires_s
+            )
+        )
+        return self._made(
+            EventKind.AREA_ALERT,
+            event,
+            rule,
+            {
+                "alert_id": alert_id,
+                "grid": action.grid.value,
+                "cell": cell,
+                "alarms": [{"event_id": e, "shop_id": s} for e, s in trigger.alarms],
+                "shops_alerted": len(notices),
+            },
+        )
+
+    def _state_change(self, event: Event) -> dict[str, Any]:
+        """Arm state follows arm/disarm events; a cancel names the alert it cancels."""
+        if event.shop_id is None:
+            return {}
+        if event.kind in (EventKind.ARM, EventKind.DISARM):
+            self._schedule.set(
+                event.shop_id, armed=event.kind is EventKind.ARM, at=event.occurred_at
+            )
+            self._arming_changed.set()
+            return {}
+        if event.kind is EventKind.CANCEL:
+            return self._cancel_attrs(event.shop_id)
+        return {}
+
+    def _cancel_attrs(self, shop_id: str) -> dict[str, Any]:
+        alert = self._open.get(shop_id)
+        if alert is None:
+            return {"alert_id": None, "within_cancel_window": False}
+        within = self._clock() - alert.at <= self._cancel_window_s
+        return {"alert_id": alert.alert_id, "within_cancel_window": within}
+
+    # --- responses and acknowledgements ------------------------------------------------
+
+    def response_event(self, shop_id: str, alert_id: str, response: str) -> Event:
+        """The journalled form of a shop's answer to an alert (counted per alert)."""
+        now = utc_now()
+        attrs: dict[str, Any] = {"alert_id": alert_id, "response": response}
+        alert = self._by_alert.get(alert_id)
+        if alert is not None:
+            alert.responses[shop_id] = response
+            attrs["origin_shop_id"] = alert.shop_id
+            attrs["alert_event_id"] = alert.event_id
+            attrs["coming"] = sum(r == "coming" for r in alert.responses.values())
+            if shop_id == alert.shop_id and response == "cancel":
+                attrs.update(self._cancel_attrs(shop_id))
+            if response in ("coming", "safe"):
+                self.acknowledge(alert.event_id)
+        else:
+            attrs["known_alert"] = False
+        return Event(
+            id=new_event_id(),
+            gateway_id=self._gid,
+            shop_id=shop_id,
+            device_id="response",
+            kind=EventKind.RESPONSE,
+            occurred_at=now,
+            received_at=now,
+            source=Source(driver="responses", ref=alert_id),
+            attrs=attrs,
+        )
+
+    def acknowledge(self, event_or_alert_id: str) -> bool:
+        """Stop the escalation of an event (by its id or its alert's id); whether one ran."""
+        alert = self._by_alert.get(event_or_alert_id)
+        task = self._escalations.pop(alert.event_id if alert else event_or_alert_id, None)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    def relay(self, message: MeshMessage) -> int:
+        """Publish a mesh message's notices for this gateway's shops, once per alert."""
+        if message.from_gateway == self._gid or message.alert_id in self._relayed:
+            return 0
+        self._relayed[message.alert_id] = None
+        if len(self._relayed) > RECENT_ALERTS:
+            self._relayed.popitem(last=False)
+        notices = tuple(
+            Notice(n.shop_id, json.dumps(n.notice, separators=(",", ":")).encode())
+            for n in message.notices
+            if n.shop_id in self._own
+        )
+        if notices:
+            event_id = str(message.notices[0].notice.get("event_id", ""))
+            expires = self._clock() + self._alert_config.expires_s
+            self._publisher.submit(NeighbourAlert(message.alert_id, event_id, notices, expires))
+            self.relayed += len(notices)
+        return len(notices)
+
+    # --- actions that take time -----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run sirens, escalation timers and the keeping of arm state until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            try:
+                await self._keep_arming()
+            finally:
+                self._tg = None
+
+    def _restore_arming(self, path: Path) -> None:
+        try:
+            self._schedule.restore(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            logger.warning("ignoring %s: %s", path, exc)
+
+    async def _keep_arming(self) -> None:
+        """Write the arm overrides after each change, off the hot path; idle without a file."""
+        while True:
+            await self._arming_changed.wait()
+            self._arming_changed.clear()
+            if self._arming_file is None:
+                continue
+            text = json.dumps(self._schedule.saved())
+            try:
+                await asyncio.to_thread(write_atomically, self._arming_file, text)
+            except OSError as exc:  # arming still works; only its memory across restarts is lost
+                self._log.warning("arming-file", "cannot write %s: %s", self._arming_file, exc)
+
+    def _spawn(self, work: Coroutine[None, None, None], name: str) -> asyncio.Task[None] | None:
+        if self._tg is None:
+            self._log.warning("not-running", "action %s dropped: actions are not running", name)
+            work.close()
+            return None
+        return self._tg.create_task(work, name=name)
+
+    async def _sound(self, event: Event, action: Siren, rule: str) -> None:
+        shop = event.shop_id if action.shop == "origin" else action.shop
+        if shop is None:
+            return
+        try:
+            sounded = self.siren is not None and await self.siren(shop, action.seconds)
+            reason = "no siren driver drives this shop"
+        except Exception as exc:  # noqa: BLE001 - any driver failure is journalled, never fatal
+            sounded, reason = False, f"siren failed: {exc!r}"[:256]
+        if not sounded and self.emit is not None:
+            failed = self._made(
+                EventKind.ACTION_FAILED,
+                event,
+                rule,
+                {"action": "siren", "siren_shop_id": shop, "reason": reason},
+            )
+            await self.emit(failed)
+
+    def _start_escalation(
+        self, event: Event, action: Escalate, rule: str, alert_id: str | None
+    ) -> None:
+        task = self._spawn(self._escalate(event, action, rule, alert_id), f"escalate[{event.id}]")
+        if task is not None:
+            self._escalations[event.id] = task
+
+    async def _escalate(
+        self, event: Event, action: Escalate, rule: str, alert_id: str | None
+    ) -> None:
+        await asyncio.sleep(action.after_s)
+        self._escalations.pop(event.id, None)
+        if self.emit is not None:
+            escalation = self._made(
+                EventKind.ESCALATION,
+                event,
+                rule,
+                {"after_s": action.after_s, "alert_id": alert_id, "unacknowledged": True},
+            )
+            await self.emit(escalation, routes=tuple(action.to or ()))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a reader never sees half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
