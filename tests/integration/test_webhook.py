@@ -134,6 +134,21 @@ async def test_5xx_and_timeouts_are_retried(tmp_path: Path) -> None:
 
 
 @aio
+async def test_a_refused_secret_or_url_is_retried_not_given_up(tmp_path: Path) -> None:
+    """401 and 404 would meet every alarm alike: the event waits, reported as a link fault."""
+    platform = Platform(script=[(401, "bad signature"), (404, "no such path")])
+    with https_platform(tmp_path, platform) as (port, ca):
+        async with forwarding(tmp_path, **webhook(port, ca)) as rig:
+            await rig.send(event(EventKind.PANIC))
+            await wait_until(lambda: rig.all_closed(1), 30, "delivered at last")
+            rows = rig.delivery_rows()
+    assert len(platform.received) == 3
+    assert rows[0][2] is None or not rows[0][2].startswith("given up")
+    assert rig.forwarder.refused == 0
+    assert rig.changes[0] == (False, f"https://127.0.0.1:{port}/alarms: HTTP 401 bad signature")
+
+
+@aio
 async def test_untrusted_certificate_fails_closed(tmp_path: Path) -> None:
     """A server whose CA is not trusted gets nothing: the event waits in the outbox."""
     platform = Platform()
