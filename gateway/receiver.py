@@ -35,6 +35,8 @@ from gateway.systemd import SystemdNotifier
 logger = logging.getLogger(__name__)
 
 DEDUP_WINDOW = timedelta(hours=1)
+MAX_CONNECTIONS = 256
+"""TCP connections served at once; more are closed on arrival (memory stays bounded)."""
 EARLIEST = timedelta(seconds=40)
 LATEST = timedelta(seconds=20)
 """The usual timestamp window: a message may be 40 s old or 20 s ahead."""
@@ -158,9 +160,11 @@ class Dc09Centre:
         *,
         key: bytes | None = None,
         clock: Callable[[], datetime] = utc_now,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         """Store into ``store``; decrypt with ``key`` (any account); ``clock`` is the centre's."""
         self.store = store
+        self.max_connections = max_connections
         self.keys = {"": key} if key else None
         self.clock = clock
         self.rejected: Counter[str] = Counter()
@@ -211,6 +215,11 @@ class Dc09Centre:
     async def serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer every frame on one TCP connection until it closes."""
         buffer = bytearray()
+        if len(self._connections) >= self.max_connections:
+            self.rejected["connections"] += 1
+            logger.warning("%d connections open; closing a new one", len(self._connections))
+            writer.close()
+            return
         self._connections.add(writer)
         oversized = False  # after a line too long, drop bytes up to its CR
         try:

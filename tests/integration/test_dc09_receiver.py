@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gateway.dc09 import Message, Token, crc16, decode, encode
 from gateway.events import utc_now
+from tests.clients import wait_until
 from tests.forwarder_rig import aio, centre, stored
 
 KEY = bytes(range(32))
@@ -91,3 +92,21 @@ async def test_udp_garbage_is_nakked(tmp_path: Path) -> None:
                 sock.send(datagram)
                 replies.append(decode(await loop.run_in_executor(None, sock.recv, 2048)))
     assert [r.token for r in replies] == [Token.NAK, Token.ACK]
+
+
+@aio
+async def test_connections_beyond_the_limit_are_closed(tmp_path: Path) -> None:
+    """Past max_connections a new connection is closed at once; those open are still served."""
+    async with centre(tmp_path, max_connections=2) as (cen, lis):
+        first = await asyncio.open_connection("127.0.0.1", lis.port)
+        second = await asyncio.open_connection("127.0.0.1", lis.port)
+        await wait_until(lambda: len(cen._connections) == 2, 10, "two connections served")
+        reader, writer = await asyncio.open_connection("127.0.0.1", lis.port)
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        for _, open_writer in (first, second):
+            open_writer.close()
+        await wait_until(lambda: not cen._connections, 10, "both closed")
+        replies = await exchange(lis.port, good(1))
+    assert [r.token for r in replies] == [Token.ACK]
+    assert cen.rejected["connections"] == 1
