@@ -41,6 +41,8 @@ _BODY = re.compile(
     # pysiaalarm 3.x writes Python's "None" in its replies when the message had no R.
     r"(?:R(?P<receiver>[0-9A-F]{1,6})|None)?"
     r"(?:L(?P<line>[0-9A-F]{1,6}))?"
+    # pysiaalarm's NAK to a message it cannot parse reads "L0R0A0[]".
+    r"(?:R[0-9A-F]{1,6})?"
     r"(?:A0)?"  # the standard's example NAK reads "R0L0A0[]"
     r"(?:#(?P<account>[0-9A-Fa-f]{3,16}))?"
     r"\[(?P<rest>.*)\Z",
