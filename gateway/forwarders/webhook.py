@@ -106,8 +106,11 @@ class WebhookForwarder:
             "Idempotency-Key": row.event.id,
         }
         try:
-            response = await client.post(self.config.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            # httpx's timeout bounds each read, not the whole POST: a server that
+            # drips its answer would hold the outbox for as long as it likes.
+            async with asyncio.timeout(self.config.timeout_s):
+                response = await client.post(self.config.url, content=body, headers=headers)
+        except (httpx.HTTPError, TimeoutError) as exc:
             raise PlatformUnreachable(f"{self.config.url}: {exc or type(exc).__name__}") from exc
         status = response.status_code
         if 200 <= status < 300:
