@@ -58,6 +58,8 @@ def test_receiver_command_acks_and_shows_alarms(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def test_receiver_stores_the_mqtt_feed_once_per_event(tmp_path: Path, police_broker) -> None:
