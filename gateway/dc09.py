@@ -34,7 +34,7 @@ MAX_FRAME = 1000
 
 TIMESTAMP_FORMAT = "%H:%M:%S,%m-%d-%Y"
 ZERO_IV = bytes(16)
-_PAD_CHARS = "".join(c for c in string.ascii_letters + string.digits)
+_PAD_CHARS = string.ascii_letters + string.digits
 
 _BODY = re.compile(
     r'"(?P<star>\*?)(?P<token>[A-Z-]{3,7})"(?P<seq>\d{4})'
