@@ -166,6 +166,12 @@ class _Link:
                 )
             else:
                 self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+                self._buffer.clear()
+
+    @property
+    def hung_up(self) -> bool:
+        """The receiver closed our idle TCP connection (some close idle ones)."""
+        return self._reader is not None and self._reader.at_eof()
 
     async def send(self, frame: bytes) -> None:
         # One message per write: some receivers read one message per segment.
@@ -332,6 +338,14 @@ class Dc09Forwarder:
 
     async def _exchange(self, link: _Link, message: Message) -> Message:
         """Send until ACK or DUH; a NAK resets the clock offset from its timestamp."""
+        if link.hung_up:
+            # Closed while idle, not while answering us: connect again quietly
+            # rather than report the centre down.
+            logger.info(
+                "%s: %s closed the idle connection; reconnecting", self.config.name, link.url
+            )
+            link.close()
+            await link.open(self.config.ack_timeout_s)
         for _ in range(self.config.attempts):
             stamped = replace(message, timestamp=utc_now() + self._clock_offset)
             await link.send(encode(stamped, self._key))

@@ -301,3 +301,19 @@ async def test_a_late_ack_of_the_null_is_not_taken_for_the_next_alarm(tmp_path: 
         listener.close()
     assert receiving.ignored  # its first send went unanswered...
     assert stored(receiving.store) == [("9999", 1, "1380", 0)]  # ...and it was stored on a resend
+
+
+@aio
+async def test_a_centre_closing_the_idle_connection_is_not_a_trouble(tmp_path: Path) -> None:
+    """The centre hangs up while the link is idle: the next alarm reconnects, no trouble raised."""
+    async with (
+        centre(tmp_path) as (cen, lis),
+        forwarding(tmp_path, url=f"tcp://127.0.0.1:{lis.port}") as rig,
+    ):
+        await wait_until(rig.forwarder.link_up.is_set, 10, "link up")
+        cen.hang_up()
+        await wait_until(lambda: not cen._connections, 10, "the centre hung up")
+        await rig.send(event(EventKind.PANIC, zone="6"))
+        await wait_until(lambda: rig.all_closed(1), 20, "the panic acknowledged")
+    assert stored(cen.store) == [("00011", 1, "1120", 6)]
+    assert rig.changes == []
