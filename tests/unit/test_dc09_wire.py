@@ -66,7 +66,7 @@ GOLDEN = [
     ),
     (
         Message(Token.NAK, 0, None, receiver="0", line="0", timestamp=STAMP),
-        '"NAK"0000R0L0[]_04:05:06,11-22-2026',
+        '"NAK"0000R0L0A0[]_04:05:06,11-22-2026',
     ),
 ]
 
