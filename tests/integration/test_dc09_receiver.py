@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 from gateway.dc09 import Message, Token, crc16, decode, encode
 from gateway.events import utc_now
+from gateway.receiver import DEDUP_WINDOW
 from tests.clients import wait_until
 from tests.forwarder_rig import aio, centre, stored
 
@@ -110,3 +112,16 @@ async def test_connections_beyond_the_limit_are_closed(tmp_path: Path) -> None:
         replies = await exchange(lis.port, good(1))
     assert [r.token for r in replies] == [Token.ACK]
     assert cen.rejected["connections"] == 1
+
+
+@aio
+async def test_same_number_after_the_dedup_window_is_a_new_alarm(tmp_path: Path) -> None:
+    """A wrapped sequence number with the same data, past DEDUP_WINDOW, is stored, not dropped."""
+    moment = [utc_now()]
+    async with centre(tmp_path, clock=lambda: moment[0]) as (cen, lis):
+        untimed = encode(Message(Token.ADM_CID, 5, "1234", data="#1234|1120 01 001"))
+        await exchange(lis.port, untimed, untimed)
+        moment[0] += DEDUP_WINDOW + timedelta(seconds=1)
+        await exchange(lis.port, untimed)
+    assert [row[1] for row in stored(cen.store)] == [5, 5]
+    assert cen.store.duplicates == 1
