@@ -34,14 +34,17 @@ MAX_FRAME = 1000
 
 TIMESTAMP_FORMAT = "%H:%M:%S,%m-%d-%Y"
 ZERO_IV = bytes(16)
-_PAD_CHARS = "".join(c for c in string.ascii_letters + string.digits)
+_PAD_CHARS = string.ascii_letters + string.digits
 
 _BODY = re.compile(
     r'"(?P<star>\*?)(?P<token>[A-Z-]{3,7})"(?P<seq>\d{4})'
     # pysiaalarm 3.x writes Python's "None" in its replies when the message had no R.
     r"(?:R(?P<receiver>[0-9A-F]{1,6})|None)?"
-    r"(?:L(?P<line>[0-9A-F]{1,6}))?"
-    r"(?:A0)?"  # the standard's example NAK reads "R0L0A0[]"
+    # Lazy, so that the NAK's "L0A0[" reads as line 0; "A0" only counts before "[".
+    r"(?:L(?P<line>[0-9A-F]{1,6}?))?"
+    # pysiaalarm's NAK to a message it cannot parse reads "L0R0A0[]".
+    r"(?:R[0-9A-F]{1,6})?"
+    r"(?:A0(?=\[))?"  # the standard's NAK reads "R0L0A0[]"
     r"(?:#(?P<account>[0-9A-Fa-f]{3,16}))?"
     r"\[(?P<rest>.*)\Z",
     re.DOTALL,
@@ -134,6 +137,8 @@ def encode(message: Message, key: bytes | None = None) -> bytes:
         head += f"R{message.receiver}"
     if message.line is not None:
         head += f"L{message.line}"
+    if message.token is Token.NAK:
+        head += "A0"  # as the standard writes its NAK
     if message.account is not None:
         head += f"#{message.account}"
     stamp = format_timestamp(message.timestamp) if message.timestamp else ""

@@ -75,12 +75,19 @@ class OutboxCursor:
     async def send_each(
         self, rows: list[OutboxRow], send: Callable[[OutboxRow], Awaitable[None]]
     ) -> None:
-        """``send`` the rows one at a time, in order; on a failure rewind the unsent rest."""
+        """``send`` the rows one at a time, in order; on a failure rewind the unsent rest.
+
+        ``send`` closes each row (``ack`` or ``give_up``) or raises.
+        """
         for i, row in enumerate(rows):
             try:
                 await send(row)
             except BaseException as exc:
                 self.rewind(rows[i:], repr(exc))
+                # Every row before this one is closed, though its ack may still
+                # be on its way to disk: read again from this one, or those
+                # would be read as pending and sent twice.
+                self._sent_upto = row.seq - 1
                 raise
 
     def give_up(self, row: OutboxRow, error: str) -> None:

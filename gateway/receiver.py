@@ -4,7 +4,7 @@
 as the standard says: ACK once an alarm is stored, NAK (with its own clock) for
 a frame it cannot check or a timestamp outside its window, DUH for a message
 it reads but cannot use. Copies are dropped: DC-09 by account, sequence and
-data within an hour, the MQTT feed by event id.
+data within ten minutes, the MQTT feed by event id.
 """
 
 from __future__ import annotations
@@ -34,7 +34,12 @@ from gateway.systemd import SystemdNotifier
 
 logger = logging.getLogger(__name__)
 
-DEDUP_WINDOW = timedelta(hours=1)
+DEDUP_WINDOW = timedelta(minutes=10)
+"""A copy comes within the gateway's retries (seconds to a few minutes). The
+window is short because a sequence number comes back after 9999 messages: a
+new alarm with the same account, number and data must not be taken for a copy."""
+MAX_CONNECTIONS = 256
+"""TCP connections served at once; more are closed on arrival (memory stays bounded)."""
 EARLIEST = timedelta(seconds=40)
 LATEST = timedelta(seconds=20)
 """The usual timestamp window: a message may be 40 s old or 20 s ahead."""
@@ -82,7 +87,7 @@ class AlarmStore:
         self.listeners: list[Callable[[Alarm], None]] = []
 
     def add_dc09(self, message: Message, fields: dict[str, str | int], now: datetime) -> bool:
-        """Store a DC-09 alarm; False if the same message came within the last hour."""
+        """Store a DC-09 alarm; False if the same message came within ``DEDUP_WINDOW``."""
         seen = self._conn.execute(
             "SELECT 1 FROM alarms WHERE account=? AND sequence=? AND data=? AND received_at>?",
             (message.account, message.sequence, message.data, (now - DEDUP_WINDOW).isoformat()),
@@ -158,9 +163,11 @@ class Dc09Centre:
         *,
         key: bytes | None = None,
         clock: Callable[[], datetime] = utc_now,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         """Store into ``store``; decrypt with ``key`` (any account); ``clock`` is the centre's."""
         self.store = store
+        self.max_connections = max_connections
         self.keys = {"": key} if key else None
         self.clock = clock
         self.rejected: Counter[str] = Counter()
@@ -211,6 +218,11 @@ class Dc09Centre:
     async def serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer every frame on one TCP connection until it closes."""
         buffer = bytearray()
+        if len(self._connections) >= self.max_connections:
+            self.rejected["connections"] += 1
+            logger.warning("%d connections open; closing a new one", len(self._connections))
+            writer.close()
+            return
         self._connections.add(writer)
         oversized = False  # after a line too long, drop bytes up to its CR
         try:

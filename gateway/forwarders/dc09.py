@@ -166,6 +166,12 @@ class _Link:
                 )
             else:
                 self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+                self._buffer.clear()
+
+    @property
+    def hung_up(self) -> bool:
+        """The receiver closed our idle TCP connection (some close idle ones)."""
+        return self._reader is not None and self._reader.at_eof()
 
     async def send(self, frame: bytes) -> None:
         # One message per write: some receivers read one message per segment.
@@ -225,7 +231,7 @@ class Dc09Forwarder:
             key_bytes(config.key.get_secret_value(), config.key_format) if config.key else None
         )
         self._clock_offset = timedelta()
-        self._null_sequence = 0
+        self._last_sequence = 0
         self.link_up = asyncio.Event()
         self.naks = 0
         self.refused = 0
@@ -297,9 +303,10 @@ class Dc09Forwarder:
             token, text = Token.ADM_CID, contact_id(account, data)
         else:
             token, text = Token.SIA_DCS, sia_dcs(account, data)
+        self._last_sequence = (row.seq - 1) % 9999 + 1
         message = Message(
             token,
-            (row.seq - 1) % 9999 + 1,
+            self._last_sequence,
             account,
             data=text,
             receiver=self.config.receiver,
@@ -315,10 +322,15 @@ class Dc09Forwarder:
             self._cursor.give_up(row, f"{link.url} answered DUH")
 
     def _null_message(self) -> Message:
-        self._null_sequence = self._null_sequence % 9999 + 1
+        # The NULL repeats the last event's number rather than counting on its
+        # own: a late copy of its ACK then never matches the next event's
+        # number (a NULL and the gateway's own events share the account), and
+        # a centre that drops repeated numbers drops only the NULL. Before any
+        # event, 9999: the first event collides only if its journal position is
+        # a multiple of 9999.
         return Message(
             Token.NULL,
-            self._null_sequence,
+            self._last_sequence or 9999,
             self.config.account,
             receiver=self.config.receiver,
             line=self.config.line,
@@ -326,6 +338,14 @@ class Dc09Forwarder:
 
     async def _exchange(self, link: _Link, message: Message) -> Message:
         """Send until ACK or DUH; a NAK resets the clock offset from its timestamp."""
+        if link.hung_up:
+            # Closed while idle, not while answering us: connect again quietly
+            # rather than report the centre down.
+            logger.info(
+                "%s: %s closed the idle connection; reconnecting", self.config.name, link.url
+            )
+            link.close()
+            await link.open(self.config.ack_timeout_s)
         for _ in range(self.config.attempts):
             stamped = replace(message, timestamp=utc_now() + self._clock_offset)
             await link.send(encode(stamped, self._key))
@@ -346,14 +366,15 @@ class Dc09Forwarder:
         )
 
     async def _reply_to(self, link: _Link, message: Message) -> Message:
+        """The centre's NAK, or its ACK or DUH echoing this message's sequence and account."""
         keys = {"": self._key} if self._key else None
         async with asyncio.timeout(self.config.ack_timeout_s):
             while True:
-                frame = await link.receive()
                 try:
+                    frame = await link.receive()
                     reply = decode(frame, keys)
                 except FrameError as exc:
-                    logger.warning("%s: unusable reply (%s): %r", self.config.name, exc, frame)
+                    logger.warning("%s: unusable reply (%s)", self.config.name, exc)
                     continue
                 if reply.token is Token.NAK:
                     return reply
@@ -364,11 +385,11 @@ class Dc09Forwarder:
                         "%s: clear ACK to an encrypted message ignored", self.config.name
                     )
                     continue
-                same_account = reply.account is None or reply.account == message.account
                 if (
                     reply.token in (Token.ACK, Token.DUH)
-                    and same_account
-                    and (reply.sequence == message.sequence)
+                    and reply.account == message.account
+                    and reply.sequence == message.sequence
                 ):
                     return reply
-                # Anything else is a late reply to an earlier send: keep waiting for ours.
+                # Anything else is a late reply to an earlier send, or not ours:
+                # an ACK that does not echo our account never marks an alarm delivered.

@@ -3,9 +3,11 @@
 Each event is one POST: the body is the event JSON with its shop, the header
 ``X-Lianfang-Signature: sha256=<hex>`` is the HMAC-SHA256 of the body under the
 shared secret, and ``Idempotency-Key`` is the event id, so a POST sent again
-after a lost response is recognised. A 2xx acknowledges the event; a 4xx
-(other than 408/425/429) refuses it for good and is recorded with the response
-body; anything else (5xx, timeouts, refused connections) is retried with backoff.
+after a lost response is recognised. A 2xx acknowledges the event; a 4xx that
+speaks of this request's content (400, 409, 413, 422) refuses it for good and is
+recorded with the response body; anything else (5xx, timeouts, refused
+connections, and the 4xx that speak of the endpoint or our credentials: 401,
+403, 404, 429...) is retried with backoff, since every alarm would meet it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from gateway.outbox import OutboxCursor
 logger = logging.getLogger(__name__)
 
 KIND = "webhook"
-RETRYABLE_4XX = frozenset({408, 425, 429})
+EVENT_REFUSALS = frozenset({400, 409, 413, 422})
+"""4xx statuses that refuse this one event. Others (401, 403, 404, 405, 429...)
+would refuse every alarm alike: a wrong secret or URL must not make the gateway
+give up each alarm in turn, so they are retried and reported as a link fault."""
 SHOWN_BODY = 500
 
 
@@ -101,14 +106,17 @@ class WebhookForwarder:
             "Idempotency-Key": row.event.id,
         }
         try:
-            response = await client.post(self.config.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            # httpx's timeout bounds each read, not the whole POST: a server that
+            # drips its answer would hold the outbox for as long as it likes.
+            async with asyncio.timeout(self.config.timeout_s):
+                response = await client.post(self.config.url, content=body, headers=headers)
+        except (httpx.HTTPError, TimeoutError) as exc:
             raise PlatformUnreachable(f"{self.config.url}: {exc or type(exc).__name__}") from exc
         status = response.status_code
         if 200 <= status < 300:
             self.link_up.set()
             self._cursor.ack(row)
-        elif 400 <= status < 500 and status not in RETRYABLE_4XX:
+        elif status in EVENT_REFUSALS:
             self.link_up.set()  # the platform answers; it refuses this one event
             self.refused += 1
             text = response.text[:SHOWN_BODY]
@@ -121,4 +129,5 @@ class WebhookForwarder:
             )
             self._cursor.give_up(row, f"HTTP {status}: {text}")
         else:
-            raise PlatformUnreachable(f"{self.config.url}: HTTP {status}")
+            text = response.text[:SHOWN_BODY]
+            raise PlatformUnreachable(f"{self.config.url}: HTTP {status} {text}".rstrip())

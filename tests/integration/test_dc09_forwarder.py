@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -151,7 +152,7 @@ async def test_centre_that_stops_acknowledging_raises_trouble(tmp_path: Path) ->
             tmp_path,
             url=f"tcp://127.0.0.1:{proxy.port}",
             null_interval_s=0.3,
-            ack_timeout_s=0.3,
+            ack_timeout_s=1,  # a loaded machine must not make a live centre look dead
             attempts=2,
         ) as rig:
             await wait_until(rig.forwarder.link_up.is_set, 10, "link up")
@@ -232,3 +233,87 @@ async def test_clear_ack_to_an_encrypted_message_is_not_an_ack(tmp_path: Path) -
     finally:
         listener.close()
     assert "no ACK for NULL" in rig.changes[0][1]
+
+
+class StrayAckCentre(Dc09Centre):
+    """ACKs alarms without the account (``None``) or with another one ("ABC")."""
+
+    stray_account: str | None = None
+
+    def answer(self, frame: bytes) -> bytes:
+        message = decode(frame, self.keys)
+        if message.token is Token.NULL:
+            return super().answer(frame)
+        return encode(replace(message, account=self.stray_account).reply(Token.ACK, utc_now()))
+
+
+@pytest.mark.parametrize("stray_account", [None, "ABC"], ids=["no-account", "other-account"])
+@aio
+async def test_an_ack_for_another_account_is_not_an_ack(
+    tmp_path: Path, stray_account: str | None
+) -> None:
+    """An ACK with the right sequence but not our account never marks an alarm delivered."""
+    receiving = StrayAckCentre(AlarmStore(tmp_path / "stray.sqlite3"))
+    receiving.stray_account = stray_account
+    listener = await listen(receiving, "127.0.0.1", 0)
+    try:
+        async with forwarding(
+            tmp_path, url=f"tcp://127.0.0.1:{listener.port}", ack_timeout_s=0.3
+        ) as rig:
+            await rig.send(event(EventKind.PANIC))
+            await wait_until(lambda: bool(rig.changes), 20, "the link reported down")
+            assert rig.pending() == 1
+    finally:
+        listener.close()
+    assert "no ACK for ADM-CID 0001" in rig.changes[0][1]
+
+
+class DoubleAckCentre(Dc09Centre):
+    """ACKs each NULL twice (a late copy, as after a resend) and ignores an alarm's first send."""
+
+    def __init__(self, store: AlarmStore) -> None:
+        super().__init__(store)
+        self.ignored: set[bytes] = set()
+
+    def answer(self, frame: bytes) -> bytes:
+        message = decode(frame, self.keys)
+        if message.token is Token.NULL:
+            return super().answer(frame) * 2
+        if message.data.encode() not in self.ignored:
+            self.ignored.add(message.data.encode())
+            return b""
+        return super().answer(frame)
+
+
+@aio
+async def test_a_late_ack_of_the_null_is_not_taken_for_the_next_alarm(tmp_path: Path) -> None:
+    """The gateway's own event after its NULL: only the centre's ACK of that event delivers it."""
+    receiving = DoubleAckCentre(AlarmStore(tmp_path / "double.sqlite3"))
+    listener = await listen(receiving, "127.0.0.1", 0)
+    try:
+        async with forwarding(
+            tmp_path, url=f"tcp://127.0.0.1:{listener.port}", ack_timeout_s=0.5
+        ) as rig:
+            await wait_until(rig.forwarder.link_up.is_set, 10, "link up")
+            await rig.send(event(EventKind.DEVICE_FAULT, shop=None))
+            await wait_until(lambda: rig.all_closed(1), 20, "the trouble acknowledged")
+    finally:
+        listener.close()
+    assert receiving.ignored  # its first send went unanswered...
+    assert stored(receiving.store) == [("9999", 1, "1380", 0)]  # ...and it was stored on a resend
+
+
+@aio
+async def test_a_centre_closing_the_idle_connection_is_not_a_trouble(tmp_path: Path) -> None:
+    """The centre hangs up while the link is idle: the next alarm reconnects, no trouble raised."""
+    async with (
+        centre(tmp_path) as (cen, lis),
+        forwarding(tmp_path, url=f"tcp://127.0.0.1:{lis.port}") as rig,
+    ):
+        await wait_until(rig.forwarder.link_up.is_set, 10, "link up")
+        cen.hang_up()
+        await wait_until(lambda: not cen._connections, 10, "the centre hung up")
+        await rig.send(event(EventKind.PANIC, zone="6"))
+        await wait_until(lambda: rig.all_closed(1), 20, "the panic acknowledged")
+    assert stored(cen.store) == [("00011", 1, "1120", 6)]
+    assert rig.changes == []

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 from gateway.dc09 import Message, Token, crc16, decode, encode
 from gateway.events import utc_now
+from gateway.receiver import DEDUP_WINDOW
+from tests.clients import wait_until
 from tests.forwarder_rig import aio, centre, stored
 
 KEY = bytes(range(32))
@@ -91,3 +94,34 @@ async def test_udp_garbage_is_nakked(tmp_path: Path) -> None:
                 sock.send(datagram)
                 replies.append(decode(await loop.run_in_executor(None, sock.recv, 2048)))
     assert [r.token for r in replies] == [Token.NAK, Token.ACK]
+
+
+@aio
+async def test_connections_beyond_the_limit_are_closed(tmp_path: Path) -> None:
+    """Past max_connections a new connection is closed at once; those open are still served."""
+    async with centre(tmp_path, max_connections=2) as (cen, lis):
+        first = await asyncio.open_connection("127.0.0.1", lis.port)
+        second = await asyncio.open_connection("127.0.0.1", lis.port)
+        await wait_until(lambda: len(cen._connections) == 2, 10, "two connections served")
+        reader, writer = await asyncio.open_connection("127.0.0.1", lis.port)
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        for _, open_writer in (first, second):
+            open_writer.close()
+        await wait_until(lambda: not cen._connections, 10, "both closed")
+        replies = await exchange(lis.port, good(1))
+    assert [r.token for r in replies] == [Token.ACK]
+    assert cen.rejected["connections"] == 1
+
+
+@aio
+async def test_same_number_after_the_dedup_window_is_a_new_alarm(tmp_path: Path) -> None:
+    """A wrapped sequence number with the same data, past DEDUP_WINDOW, is stored, not dropped."""
+    moment = [utc_now()]
+    async with centre(tmp_path, clock=lambda: moment[0]) as (cen, lis):
+        untimed = encode(Message(Token.ADM_CID, 5, "1234", data="#1234|1120 01 001"))
+        await exchange(lis.port, untimed, untimed)
+        moment[0] += DEDUP_WINDOW + timedelta(seconds=1)
+        await exchange(lis.port, untimed)
+    assert [row[1] for row in stored(cen.store)] == [5, 5]
+    assert cen.store.duplicates == 1

@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiomqtt
@@ -57,6 +58,8 @@ def test_receiver_command_acks_and_shows_alarms(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def test_receiver_stores_the_mqtt_feed_once_per_event(tmp_path: Path, police_broker) -> None:
@@ -78,11 +81,12 @@ def test_receiver_stores_the_mqtt_feed_once_per_event(tmp_path: Path, police_bro
 
         async def publish() -> None:
             async with aiomqtt.Client(police_broker.host, police_broker.port) as client:
-                for _ in range(30):  # until the receiver has subscribed, then a few copies
+                # READY=1 comes before the subscription: publish again until one is
+                # stored (a retry cadence, bounded), then a few copies.
+                deadline = time.monotonic() + 30
+                while not stored() and time.monotonic() < deadline:
                     await client.publish("police/v1/L1/GW-001/events", json.dumps(body), qos=1)
-                    if stored():
-                        break
-                    await asyncio.sleep(0.1)
+                    await asyncio.sleep(0.2)
                 for _ in range(3):
                     await client.publish("police/v1/L1/GW-001/events", json.dumps(body), qos=1)
                 await client.publish("police/v1/L1/GW-001/events", b"not json", qos=1)

@@ -27,7 +27,8 @@ SECRET = "a shared secret of the platform"
 class Platform:
     """What the HTTPS server answers, in turn (then 200), and what it received."""
 
-    script: list[tuple[int, str] | float] = field(default_factory=list)
+    script: list[tuple[int, str] | float | str] = field(default_factory=list)
+    """(status, body) answers; a float: that long silent first; "drip": a body byte every 0.3 s."""
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
 
 
@@ -40,9 +41,20 @@ def https_platform(tmp_path: Path, platform: Platform) -> Iterator[tuple[int, Pa
             body = self.rfile.read(int(self.headers["Content-Length"]))
             platform.received.append((dict(self.headers), body))
             step = platform.script.pop(0) if platform.script else (200, "{}")
+            if step == "drip":
+                with contextlib.suppress(OSError):
+                    self.send_response(200)
+                    self.send_header("Content-Length", "10")
+                    self.end_headers()
+                    for _ in range(10):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.3)
+                return
             if isinstance(step, float):
                 time.sleep(step)  # slower than the client's timeout
                 step = (200, "{}")
+            assert isinstance(step, tuple)
             status, text = step
             with contextlib.suppress(OSError):  # the client may have given up waiting
                 self.send_response(status)
@@ -131,6 +143,33 @@ async def test_5xx_and_timeouts_are_retried(tmp_path: Path) -> None:
     assert len(platform.received) == 3
     assert rows[0][1] is not None
     assert rig.changes[0][0] is False  # the failures were reported as a link fault
+
+
+@aio
+async def test_a_dripping_answer_counts_as_a_timeout(tmp_path: Path) -> None:
+    """timeout_s bounds the whole POST: an answer dripped over 3 s is a timeout, sent again."""
+    platform = Platform(script=["drip"])
+    with https_platform(tmp_path, platform) as (port, ca):
+        async with forwarding(tmp_path, **webhook(port, ca, timeout_s=1)) as rig:
+            await rig.send(event(EventKind.PANIC))
+            await wait_until(lambda: rig.all_closed(1), 30, "delivered at last")
+    assert len(platform.received) == 2
+    assert rig.changes[0][0] is False
+
+
+@aio
+async def test_a_refused_secret_or_url_is_retried_not_given_up(tmp_path: Path) -> None:
+    """401 and 404 would meet every alarm alike: the event waits, reported as a link fault."""
+    platform = Platform(script=[(401, "bad signature"), (404, "no such path")])
+    with https_platform(tmp_path, platform) as (port, ca):
+        async with forwarding(tmp_path, **webhook(port, ca)) as rig:
+            await rig.send(event(EventKind.PANIC))
+            await wait_until(lambda: rig.all_closed(1), 30, "delivered at last")
+            rows = rig.delivery_rows()
+    assert len(platform.received) == 3
+    assert rows[0][2] is None or not rows[0][2].startswith("given up")
+    assert rig.forwarder.refused == 0
+    assert rig.changes[0] == (False, f"https://127.0.0.1:{port}/alarms: HTTP 401 bad signature")
 
 
 @aio

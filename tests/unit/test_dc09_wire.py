@@ -66,7 +66,7 @@ GOLDEN = [
     ),
     (
         Message(Token.NAK, 0, None, receiver="0", line="0", timestamp=STAMP),
-        '"NAK"0000R0L0[]_04:05:06,11-22-2026',
+        '"NAK"0000R0L0A0[]_04:05:06,11-22-2026',
     ),
 ]
 
@@ -171,3 +171,13 @@ def test_split_frames_from_a_stream() -> None:
     with pytest.raises(FrameError):
         split_frame(huge)
     assert not huge
+
+
+def test_pysiaalarm_nak_forms_are_read() -> None:
+    """The NAKs of pysiaalarm ("L0R0A0[]" for what it cannot parse) carry its clock to us."""
+    for body in (
+        '"NAK"0000L0R0A0[]_04:05:06,11-22-2026',
+        '"NAK"0000NoneL0A0[]_04:05:06,11-22-2026',
+    ):
+        nak = decode(independent_frame(body))
+        assert (nak.token, nak.sequence, nak.timestamp) == (Token.NAK, 0, STAMP)

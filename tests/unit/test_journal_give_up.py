@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from gateway.journal import JournalReader
+from tests.clients import wait_until
 from tests.unit.test_journal import event, open_journal, run_journal
 
 
@@ -17,11 +18,10 @@ def test_given_up_delivery_leaves_the_outbox_with_its_reason(tmp_path: Path) -> 
     async def body() -> None:
         await journal.append(event())
         await journal.append(event())
-        while journal.stats.appended < 2:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: journal.stats.appended == 2, 10, "both events committed")
+        commits = journal.stats.commits
         journal.give_up("police", 1, "HTTP 422: unknown shop")
-        while journal.stats.commits < 2:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: journal.stats.commits > commits, 10, "the give-up committed")
 
     asyncio.run(run_journal(journal, body))
     reader = JournalReader(tmp_path / "j.db")
