@@ -8,8 +8,13 @@ from typing import Annotated
 from pydantic import Field
 
 from drivers.base import Driver
+from drivers.line_serial import LineSerialConfig, LineSerialDriver
 from drivers.mqtt_ingest import MqttIngestConfig, MqttIngestDriver
 
-DRIVERS: dict[str, Callable[..., Driver]] = {d.kind: d for d in (MqttIngestDriver,)}
+DRIVERS: dict[str, Callable[..., Driver]] = {
+    d.kind: d for d in (MqttIngestDriver, LineSerialDriver)
+}
 
-DriverConfigUnion = Annotated[MqttIngestConfig, Field(discriminator="kind")]
+DriverConfigUnion = Annotated[
+    MqttIngestConfig | LineSerialConfig, Field(discriminator="kind")
+]

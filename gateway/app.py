@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from drivers import DRIVERS
 from drivers.base import Driver, DriverContext, SirenDriver
 from gateway import __version__
 from gateway.config import GatewayConfig
+from gateway.device_state import DeviceStates
 from gateway.errors import ConfigError, JournalError
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.forwarders import FORWARDERS
@@ -68,10 +70,13 @@ class Gateway:
             expires_s=alert.expires_s,
         )
         self.intake = Intake(self.journal, self.alerts, self.publisher)
+        self.device_states = DeviceStates(config.journal_path)
         context = DriverContext(
             gateway_id=gid,
             block_broker=config.broker,
             devices={s.id: frozenset(d.id for d in s.devices) for s in config.shops},
+            state_dir=config.state_dir,
+            device_states=self.device_states,
         )
         self.drivers: dict[str, Driver] = {
             c.name: DRIVERS[c.kind](c, context=context) for c in config.drivers
@@ -137,6 +142,7 @@ class Gateway:
             "journal_mb": round(js.size_bytes / 1e6, 2),
             "evicted": js.evicted,
             "links": dict(self.links),
+            "devices": [asdict(d) for d in self.device_states.all()],
             "warnings": warnings,
         }
 
@@ -162,6 +168,7 @@ class Gateway:
         """Run every component until cancelled."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.journal.run(), name="journal")
+            tg.create_task(self.device_states.run(), name="device-states")
             tg.create_task(
                 supervise(
                     "block-publisher",

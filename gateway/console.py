@@ -27,12 +27,14 @@ def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> in
     """Print the gateway's counters and each forwarder's backlog; 1 if it never ran."""
     status = read_status(config)
     pending: dict[str, int] = {}
+    devices: list[dict[str, Any]] = []
     if config.journal_path.exists():
         reader = JournalReader(config.journal_path)
         pending = reader.pending_counts()
+        devices = reader.device_states()
         reader.close()
     if as_json:
-        console.print_json(json.dumps({"status": status, "pending": pending}))
+        console.print_json(json.dumps({"status": status, "pending": pending, "devices": devices}))
         return 0 if status else 1
     if status is None:
         console.print(f"[yellow]No status in {config.state_dir}: has the gateway run here?[/]")
@@ -56,9 +58,25 @@ def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> in
         table.add_row(f"waiting for {name}", str(pending.get(name, 0)))
     table.add_row("journal", f"{status['journal_mb']} MB, {status['evicted']} evicted")
     console.print(table)
+    if devices:
+        console.print(device_table(devices))
     for warning in status["warnings"]:
         console.print(f"[bold yellow]warning:[/] {warning}")
     return 0
+
+
+def device_table(devices: list[dict[str, Any]]) -> Table:
+    """Field devices: last seen, battery and fault, as kept in the journal database."""
+    table = Table(title="Field devices")
+    for column in ("shop", "device", "driver", "last seen", "battery", "fault"):
+        table.add_column(column)
+    now = time.time()
+    for d in devices:
+        seen = "never" if d["last_seen"] is None else f"{now - d['last_seen']:.0f} s ago"
+        battery = "" if d["battery_v"] is None else f"{d['battery_v']:.2f} V"
+        fault = f"[red]{d['fault']}[/]" if d["fault"] else "[green]ok[/]"
+        table.add_row(d["shop_id"], d["device_id"], d["driver"], seen, battery, fault)
+    return table
 
 
 def show_events(config: GatewayConfig, console: Console, *, limit: int, as_json: bool) -> int:
