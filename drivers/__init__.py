@@ -9,12 +9,13 @@ from pydantic import Field
 
 from drivers.base import Driver
 from drivers.line_serial import LineSerialConfig, LineSerialDriver
+from drivers.modbus import ModbusConfig, ModbusDriver
 from drivers.mqtt_ingest import MqttIngestConfig, MqttIngestDriver
 
 DRIVERS: dict[str, Callable[..., Driver]] = {
-    d.kind: d for d in (MqttIngestDriver, LineSerialDriver)
+    d.kind: d for d in (MqttIngestDriver, LineSerialDriver, ModbusDriver)
 }
 
 DriverConfigUnion = Annotated[
-    MqttIngestConfig | LineSerialConfig, Field(discriminator="kind")
+    MqttIngestConfig | LineSerialConfig | ModbusConfig, Field(discriminator="kind")
 ]

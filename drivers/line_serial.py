@@ -129,7 +129,7 @@ class LineSerialDriver:
         self._keys: dict[int, _Keys] = {}
         self._writer: asyncio.StreamWriter | None = None
         self.supervision = Supervision(
-            config.name, context, {d: d.supervision_s for d in config.devices}
+            config.name, context, [(d, d.supervision_s) for d in config.devices]
         )
 
     async def run(self, emit: Emit) -> None:

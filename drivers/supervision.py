@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from drivers.base import DeviceBinding, DriverContext, Emit
@@ -33,14 +34,16 @@ class Supervision:
         self,
         driver: str,
         context: DriverContext,
-        intervals: dict[DeviceBinding, float | None],
+        intervals: Iterable[tuple[DeviceBinding, float | None]],
     ) -> None:
-        """Watch the devices in ``intervals`` that have one (seconds); others are only recorded."""
+        """Watch the devices that have an interval (seconds); others are only recorded."""
         self._driver = driver
         self._context = context
         now = time.monotonic()
         # A device never heard since start is given one whole interval.
-        self._watched = {b: _Watched(b, s, now) for b, s in intervals.items() if s is not None}
+        self._watched = {
+            (b.shop_id, b.device_id): _Watched(b, s, now) for b, s in intervals if s is not None
+        }
 
     def heard(self, binding: DeviceBinding, *, battery_v: float | None = None) -> bool:
         """Record a frame from ``binding``; True if it was lost and is back (emit ``restore``)."""
@@ -49,7 +52,7 @@ class Supervision:
             states.seen(
                 binding.shop_id, binding.device_id, driver=self._driver, battery_v=battery_v
             )
-        watched = self._watched.get(binding)
+        watched = self._watched.get((binding.shop_id, binding.device_id))
         if watched is None:
             return False
         watched.heard_at = time.monotonic()

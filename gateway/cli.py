@@ -253,6 +253,48 @@ def demo(
     raise typer.Exit(run_demo(shop))
 
 
+@app.command()
+def scan(
+    *,
+    port: Annotated[
+        str | None, typer.Option(help="RTU serial port or pyserial URL.", show_default=False)
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Modbus TCP HOST:PORT.", show_default=False)
+    ] = None,
+    units: Annotated[str, typer.Option(help="Unit ids to try, e.g. 1-247 or 1,5.")] = "1-247",
+    baudrate: Annotated[int, typer.Option(help="RTU line speed.")] = 9600,
+    timeout: Annotated[float, typer.Option(help="Answer timeout per unit, s.")] = 0.2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the Modbus unit ids that answer on a bus (--port for RTU, --host for TCP)."""
+    import asyncio  # noqa: PLC0415 - keep `lianfang --help` fast
+
+    from drivers.modbus import modbus_client, parse_units, scan_units  # noqa: PLC0415
+
+    if (port is None) == (host is None):
+        typer.echo("give exactly one of --port (RTU) and --host (TCP)", err=True)
+        raise typer.Exit(2)
+
+    async def run_scan() -> list[int] | None:
+        client = modbus_client(port=port, host=host, baudrate=baudrate, timeout_s=timeout)
+        if not await client.connect():
+            return None
+        try:
+            return await scan_units(client, parse_units(units))
+        finally:
+            client.close()
+
+    found = asyncio.run(run_scan())
+    if found is None:
+        typer.echo(f"cannot open {port or host}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(found))
+    else:
+        typer.echo(f"{len(found)} unit(s) answered on {port or host}: {found}")
+
+
 @config_app.command("schema")
 def config_schema() -> None:
     """Print the JSON schema of lianfang.yaml."""

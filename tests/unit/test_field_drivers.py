@@ -1,0 +1,98 @@
+"""Field driver config and logic that needs no bus: bindings, registry, debounce."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+from pydantic import ValidationError
+
+from drivers import DRIVERS, DriverConfigUnion
+from drivers.modbus import ModbusInputConfig, _Contact, _debounced, parse_units
+from gateway.config import GatewayConfig
+
+BASE = {
+    "gateway": {"id": "GW-001", "large_grid": "L1"},
+    "broker": {"url": "mqtt://127.0.0.1:1883"},
+    "shops": [
+        {
+            "id": "S1",
+            "name": "One",
+            "lat": 39.9,
+            "lon": 116.4,
+            "grid": {"large": "L1", "medium": "M1", "small": "s1"},
+            "devices": [{"id": "pb-1", "kind": "panic_button"}],
+        }
+    ],
+}
+
+
+def line(device_id: str, shop: str = "S1") -> dict[str, object]:
+    return {
+        "kind": "line_serial",
+        "name": "bus-1",
+        "port": "/dev/ttyUSB0",
+        "devices": [{"address": 3, "shop_id": shop, "device_id": device_id}],
+    }
+
+
+def test_registry_matches_config_union():
+    """Every driver kind in the config union has exactly one registered driver."""
+    union = typing.get_args(typing.get_args(DriverConfigUnion)[0])
+    kinds = {typing.get_args(c.model_fields["kind"].annotation)[0] for c in union}
+    assert kinds == set(DRIVERS)
+
+
+def test_binding_to_a_listed_device_is_valid():
+    """A bus device bound to a device its shop lists is accepted."""
+    GatewayConfig.model_validate({**BASE, "drivers": [line("pb-1")]})
+
+
+@pytest.mark.parametrize(
+    ("driver", "words"),
+    [
+        (line("pb-9"), "binds device 'pb-9', which shop 'S1' does not list"),
+        (line("pb-1", shop="S9"), "shop 'S9', not a served shop"),
+    ],
+)
+def test_binding_to_an_unknown_device_names_it(driver, words):
+    """A binding to a device or shop that is not configured is refused, naming both."""
+    with pytest.raises(ValidationError) as caught:
+        GatewayConfig.model_validate({**BASE, "drivers": [driver]})
+    assert words in str(caught.value)
+
+
+def test_repeated_address_and_two_links_are_refused():
+    """Two devices on one address, and a Modbus bus with both port and host, are config errors."""
+    bus = line("pb-1")
+    bus["devices"] = [*bus["devices"], {"address": 3, "shop_id": "S1", "device_id": "pb-2"}]  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="address 3 is used by two devices"):
+        GatewayConfig.model_validate({**BASE, "drivers": [bus]})
+    modbus = {
+        "kind": "modbus",
+        "name": "io",
+        "port": "/dev/ttyUSB1",
+        "host": "10.0.0.5:502",
+        "modules": [{"unit": 1, "shop_id": "S1", "device_id": "pb-1"}],
+    }
+    with pytest.raises(ValidationError, match="exactly one of 'port'"):
+        GatewayConfig.model_validate({**BASE, "drivers": [modbus]})
+
+
+def test_debounce_needs_a_change_to_hold():
+    """A blip shorter than the debounce makes no event; a change that holds makes one, once."""
+    contact = _Contact(ModbusInputConfig(zone="1", address=0, debounce_s=0.5))
+    assert _debounced(contact, 0.0, is_open=False) is None  # first reading: the state
+    assert _debounced(contact, 1.0, is_open=True) is None  # opened...
+    assert _debounced(contact, 1.2, is_open=False) is None  # ...a blip
+    assert _debounced(contact, 2.0, is_open=True) is None
+    assert _debounced(contact, 2.4, is_open=True) is None
+    assert _debounced(contact, 2.5, is_open=True) == "door_open"
+    assert _debounced(contact, 3.0, is_open=True) is None
+    assert _debounced(contact, 3.1, is_open=False) is None
+    assert _debounced(contact, 3.6, is_open=False) == "door_close"
+
+
+def test_unit_lists():
+    """Unit ranges and lists as the installer types them."""
+    assert parse_units("1-3,7") == [1, 2, 3, 7]
