@@ -143,6 +143,11 @@ class Gateway:
             "evicted": js.evicted,
             "links": dict(self.links),
             "devices": [asdict(d) for d in self.device_states.all()],
+            "unknown_codes": {
+                f"{name}.{code}": at
+                for name, driver in self.drivers.items()
+                for code, at in getattr(driver, "unknown_codes", {}).items()
+            },
             "warnings": warnings,
         }
 

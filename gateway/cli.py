@@ -254,6 +254,42 @@ def demo(
 
 
 @app.command()
+def learn(
+    *,
+    shop: Annotated[str, typer.Option(help="Shop id, e.g. S00011.", show_default=False)],
+    device: Annotated[str, typer.Option(help="Device id, e.g. pb-1.", show_default=False)],
+    driver: Annotated[
+        str | None,
+        typer.Option(help="The rf433 driver; needed if there are several.", show_default=False),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="How long to wait for a press, s.")] = 120,
+    config: ConfigOption = None,
+) -> None:
+    """Pair a 433 MHz button: press it now; its code is written into the config."""
+    import asyncio  # noqa: PLC0415 - keep `lianfang --help` fast
+
+    from gateway.learn import bind_code, learn_driver, next_code  # noqa: PLC0415
+
+    path = config_path(config)
+    cfg = _load(path)
+    try:
+        rf = learn_driver(cfg, driver, file=str(path))
+
+        def listening(how: str) -> None:
+            typer.echo(f"Press the button for {shop}/{device} now (listening {how})")
+
+        try:
+            code = asyncio.run(next_code(cfg, rf, timeout, listening=listening))
+        except TimeoutError:
+            typer.echo(f"no code heard in {timeout:g} s; nothing changed", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"Heard code {code}")
+        typer.echo(bind_code(path, cfg, rf, shop=shop, device=device, code=code))
+    except ConfigError as exc:
+        _fail(exc)
+
+
+@app.command()
 def scan(
     *,
     port: Annotated[

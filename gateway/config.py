@@ -67,9 +67,7 @@ class DeviceConfig(Strict):
     id: Identifier = Field(description="Device id, unique within its shop (e.g. 'panel-1').")
     kind: Literal[
         "alarm_panel", "panic_button", "keypad", "rf433_button", "door_contact", "io_module"
-    ] = Field(
-        default="alarm_panel", description="What the device is."
-    )
+    ] = Field(default="alarm_panel", description="What the device is.")
 
 
 class ShopPlace(Strict):

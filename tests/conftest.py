@@ -72,7 +72,9 @@ def start_field_gateway(
     """Start `lianfang run` with field devices bound on extra drivers (see tests/field.py)."""
 
     def start(
-        devices: dict[str, list[tuple[str, str]]], drivers: list[dict[str, object]], **overrides: object
+        devices: dict[str, list[tuple[str, str]]],
+        drivers: list[dict[str, object]],
+        **overrides: object,
     ) -> TestGateway:
         config = init_config(
             tmp_path, block_url=block_broker.url, police_url=police_broker.url, **overrides
