@@ -27,8 +27,8 @@ class StubProcess:
         self.lines: list[str] = []
         self._new: queue.Queue[str] = queue.Queue()
 
-    def start(self, timeout_s: float = 15.0) -> str:
-        """Start it and return the pty path it prints for the gateway (``PTY /dev/pts/N``)."""
+    def start(self, timeout_s: float = 15.0, *, ready: str = "PTY ") -> str:
+        """Start it; wait for its ``ready`` line and return the pty path it printed, if any."""
         stderr = self.log.open("a") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             self.args,
@@ -39,8 +39,9 @@ class StubProcess:
             bufsize=1,
         )
         threading.Thread(target=self._collect, name="stub-output", daemon=True).start()
-        first = self.expect("PTY ", timeout_s)
-        self.port = first.split(" ", 1)[1]
+        first = self.expect(ready, timeout_s)
+        if first.startswith("PTY "):
+            self.port = first.split(" ", 1)[1]
         return self.port
 
     def _collect(self) -> None:

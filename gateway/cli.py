@@ -290,6 +290,16 @@ def learn(
 
 
 @app.command()
+def simulate(config: ConfigOption = None) -> None:
+    """Simulate the configured block: a stub per field device, private brokers, the real gateway."""
+    from firmware_stubs.simulate import run_simulate  # noqa: PLC0415 - keep `lianfang --help` fast
+
+    path = config_path(config)
+    _load(path)
+    raise typer.Exit(run_simulate(path))
+
+
+@app.command()
 def scan(
     *,
     port: Annotated[
