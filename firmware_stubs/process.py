@@ -18,9 +18,11 @@ from gateway.broker import terminate
 class StubProcess:
     """``python -m firmware_stubs.NAME --pty ...``, driven through its stdin."""
 
-    def __init__(self, name: str, *args: str, log: Path | None = None) -> None:
-        """Prepare the stub ``name`` with extra command-line ``args``."""
-        self.args = [sys.executable, "-m", f"firmware_stubs.{name}", *args]
+    def __init__(
+        self, name: str, *args: str, log: Path | None = None, package: str = "firmware_stubs"
+    ) -> None:
+        """Prepare ``package.name`` (a stub by default) with extra command-line ``args``."""
+        self.args = [sys.executable, "-m", f"{package}.{name}", *args]
         self.log = log
         self.process: subprocess.Popen[str] | None = None
         self.port = ""
