@@ -270,52 +270,50 @@ async def wired_phase(
     full = [s for s, ns in sorted(table.items()) if len(ns) == NEIGHBOURS][:PROBES]
     probes = {i + 1: shop for i, shop in enumerate(full)}
     near = {s: [n.shop_id for n in table[s]] for s in full}
-    results: dict[str, list[float]] = {}
-
-    device = DeviceEnd()
-    try:
-        neighbours = workdir / "line-neighbours.json"
-        neighbours.write_text(
-            json.dumps(
-                {
-                    "origin": {str(a): s for a, s in probes.items()},
-                    "neighbours": {str(a): near[s] for a, s in probes.items()},
-                }
-            )
+    neighbours = workdir / "line-neighbours.json"
+    neighbours.write_text(
+        json.dumps(
+            {
+                "origin": {str(a): s for a, s in probes.items()},
+                "neighbours": {str(a): near[s] for a, s in probes.items()},
+            }
         )
-        floor = StubProcess(
-            "field_floor", "line", "--port", device.port, "--block", block,
+    )
+
+    def floor(port: str) -> StubProcess:
+        return StubProcess(
+            "field_floor", "line", "--port", port, "--block", block,
             "--neighbours", str(neighbours), package="bench", log=workdir / "floor-line.log",
         )  # fmt: skip
-        floor.start(ready="READY")
-        try:
-            notify, acks = await wired_run(device, block, probes, near, settings.presses)
-        finally:
-            floor.stop()
-        results["floor_notify"], results["floor_ack"] = notify, acks
-    finally:
-        device.close()
 
-    device = DeviceEnd()
-    try:
+    def gateway(port: str) -> GatewayProcess:
         driver = {
             "kind": "line_serial",
             "name": "bus-1",
-            "port": device.port,
+            "port": port,
             "devices": [
                 {"address": a, "shop_id": s, "device_id": "pb-1"} for a, s in probes.items()
             ],
         }
         config = field_config(base, workdir / "wired", [driver], dict.fromkeys(full, "pb-1"))
-        gateway = GatewayProcess(config, log=workdir / "wired" / "gateway.log")
-        gateway.start()
+        return GatewayProcess(config, log=workdir / "wired" / "gateway.log")
+
+    results: dict[str, list[float]] = {}
+    for name, consumer in (("floor", floor), ("gateway", gateway)):
+        device = DeviceEnd()
+        process = consumer(device.port)
         try:
-            notify, acks = await wired_run(device, block, probes, near, settings.presses)
+            if isinstance(process, StubProcess):
+                process.start(ready="READY")
+            else:
+                process.start()
+            try:
+                notify, acks = await wired_run(device, block, probes, near, settings.presses)
+            finally:
+                process.stop()
         finally:
-            gateway.stop()
-        results["gateway_notify"], results["gateway_ack"] = notify, acks
-    finally:
-        device.close()
+            device.close()
+        results[f"{name}_notify"], results[f"{name}_ack"] = notify, acks
     return results
 
 

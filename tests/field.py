@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,3 +36,14 @@ def stub(name: str, *args: str, log: Path | None = None) -> Iterator[StubProcess
         yield process
     finally:
         process.stop()
+
+
+def cli_json(command: str, config: Path) -> Any:
+    """Run ``lianfang COMMAND --config CONFIG --json`` and parse what it prints."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", command, "--config", str(config), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(done.stdout)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from drivers.base import DriverContext
@@ -67,6 +69,17 @@ def driver_for(cfg: ModbusConfig, state_dir: Path) -> ModbusDriver:
     return ModbusDriver(cfg, context=context)
 
 
+@asynccontextmanager
+async def driving(driver: ModbusDriver, events: Collected) -> AsyncIterator[None]:
+    """The driver polling in a task, until the block ends."""
+    task = asyncio.create_task(driver.run(events), name="driver")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def test_door_edges_faults_and_restore_over_tcp(tmp_path):
     """Door open/close become events within two polls of the module; a stopped stub is a device_fault per module; restarted, a restore."""
 
@@ -76,40 +89,41 @@ def test_door_edges_faults_and_restore_over_tcp(tmp_path):
         await io.start()
         driver = driver_for(config({"host": tcp}), tmp_path)
         events = Collected()
-        task = asyncio.create_task(driver.run(events), name="driver")
         try:
-            await wait_until(lambda: driver.polls >= 4, 10, "first polls")
-            before = driver.polls
-            await io.set_door(1, 1, is_open=True)
-            await wait_until(lambda: events, 10, "door_open")
-            # two modules share the bus: two polls of unit 1 are at most five bus polls
-            assert driver.polls - before <= 5
-            [opened] = events
-            assert (opened.shop_id, opened.device_id, opened.zone) == ("S00011", "io-1", "2")
-            assert opened.kind == "door_open"
-            await io.set_door(1, 1, is_open=False)
-            await wait_until(lambda: len(events) == 2, 10, "door_close")
-            assert events[1].kind == "door_close"
-            await io.stop()
-            await wait_until(lambda: len(events) == 4, 15, "two device faults")
-            assert sorted(events.kinds()[2:]) == [
-                ("S00011", "device_fault"),
-                ("S00012", "device_fault"),
-            ]
-            await asyncio.sleep(3 * PERIOD)
-            assert len(events) == 4  # one fault each, not one per failed poll
-            await io.set_door(2, 0, is_open=True)  # opened while the module was unreachable
-            await io.start()
-            await wait_until(lambda: len(events) == 7, 15, "two restores and the door")
-            assert sorted(events.kinds()[4:]) == [
-                ("S00011", "restore"),
-                ("S00012", "door_open"),
-                ("S00012", "restore"),
-            ]
+            async with driving(driver, events):
+                await exercise(io, driver, events)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             await io.stop()
+
+    async def exercise(io: ModbusIO, driver: ModbusDriver, events: Collected) -> None:
+        await wait_until(lambda: driver.polls >= 4, 10, "first polls")
+        before = driver.polls
+        await io.set_door(1, 1, is_open=True)
+        await wait_until(lambda: events, 10, "door_open")
+        # two modules share the bus: two polls of unit 1 are at most five bus polls
+        assert driver.polls - before <= 5
+        [opened] = events
+        assert (opened.shop_id, opened.device_id, opened.zone) == ("S00011", "io-1", "2")
+        assert opened.kind == "door_open"
+        await io.set_door(1, 1, is_open=False)
+        await wait_until(lambda: len(events) == 2, 10, "door_close")
+        assert events[1].kind == "door_close"
+        await io.stop()
+        await wait_until(lambda: len(events) == 4, 15, "two device faults")
+        assert sorted(events.kinds()[2:]) == [
+            ("S00011", "device_fault"),
+            ("S00012", "device_fault"),
+        ]
+        await asyncio.sleep(3 * PERIOD)
+        assert len(events) == 4  # one fault each, not one per failed poll
+        await io.set_door(2, 0, is_open=True)  # opened while the module was unreachable
+        await io.start()
+        await wait_until(lambda: len(events) == 7, 15, "two restores and the door")
+        assert sorted(events.kinds()[4:]) == [
+            ("S00011", "restore"),
+            ("S00012", "door_open"),
+            ("S00012", "restore"),
+        ]
 
     asyncio.run(scenario())
 
@@ -126,28 +140,24 @@ def test_siren_is_switched_off_also_after_a_restart_in_between(tmp_path):
         try:
             first = driver_for(config({"host": tcp}), tmp_path)
             assert first.siren_shops() == {"S00011"}
-            task = asyncio.create_task(first.run(Collected()), name="first")
-            await wait_until(lambda: first.polls >= 2, 10, "first polls")
-            await first.sound_siren("S00011", 0.6)
-            await wait_until(lambda: len(changes) == 4, 10, "coils on and off")
-            assert changes[:2] == [(1, 0, True), (1, 1, True)]
-            assert sorted(changes[2:]) == [(1, 0, False), (1, 1, False)]
+            async with driving(first, Collected()):
+                await wait_until(lambda: first.polls >= 2, 10, "first polls")
+                await first.sound_siren("S00011", 0.6)
+                await wait_until(lambda: len(changes) == 4, 10, "coils on and off")
+                assert changes[:2] == [(1, 0, True), (1, 1, True)]
+                assert sorted(changes[2:]) == [(1, 0, False), (1, 1, False)]
 
-            await first.sound_siren("S00011", 1.5)
-            await wait_until(lambda: len(changes) == 6, 10, "coils on again")
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+                await first.sound_siren("S00011", 1.5)
+                await wait_until(lambda: len(changes) == 6, 10, "coils on again")
             assert json.loads((tmp_path / "sirens-io-bus.json").read_text())
             await asyncio.sleep(0.3)
             assert io.coils[1][:2] == [True, True]  # nobody left to switch them off
 
             second = driver_for(config({"host": tcp}), tmp_path)
-            task = asyncio.create_task(second.run(Collected()), name="second")
-            await wait_until(lambda: len(changes) == 8, 10, "coils off after the restart")
-            assert io.coils[1][:2] == [False, False]
-            assert json.loads((tmp_path / "sirens-io-bus.json").read_text()) == {}
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            async with driving(second, Collected()):
+                await wait_until(lambda: len(changes) == 8, 10, "coils off after the restart")
+                assert io.coils[1][:2] == [False, False]
+                assert json.loads((tmp_path / "sirens-io-bus.json").read_text()) == {}
         finally:
             watcher.cancel()
             await io.stop()
@@ -167,15 +177,11 @@ def test_rtu_over_a_pty_and_scan(tmp_path):
             client.close()
             driver = driver_for(config({"port": io.port}), tmp_path)
             events = Collected()
-            task = asyncio.create_task(driver.run(events), name="driver")
-            try:
+            async with driving(driver, events):
                 await wait_until(lambda: driver.polls >= 4, 10, "first polls")
                 io.send("open 1 0")
                 await wait_until(lambda: events, 10, "door_open over RTU")
                 assert (events[0].kind, events[0].zone) == ("door_open", "1")
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
 
         asyncio.run(scenario())
 

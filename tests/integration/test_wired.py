@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 import time
 
 from tests.clients import expected_nearest, running, wait_until
-from tests.field import stub
+from tests.field import cli_json, stub
 
 SHOP = "S00011"
 KEYPAD_SHOP = "S00040"
@@ -111,14 +108,7 @@ def test_lost_acks_make_retransmissions_that_are_journalled_once(
 
         asyncio.run(scenario())
         assert gw.stop() == 0
-        listed = json.loads(
-            subprocess.run(
-                [sys.executable, "-m", "gateway", "events", "--config", str(gw.config), "--json"],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-        )
+        listed = cli_json("events", gw.config)
         assert [(e["device_id"], e["kind"]) for e in listed if e["shop_id"]] == [("pb-1", "panic")]
 
 
@@ -196,14 +186,7 @@ def test_silent_button_raises_supervision_lost_then_restore(
 
         asyncio.run(scenario())
         assert gw.stop() == 0
-        shown = json.loads(
-            subprocess.run(
-                [sys.executable, "-m", "gateway", "status", "--config", str(gw.config), "--json"],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-        )
+        shown = cli_json("status", gw.config)
         [device] = [d for d in shown["devices"] if d["device_id"] == "pb-1"]
         assert device["shop_id"] == SHOP
         assert device["fault"] is None
