@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +141,9 @@ class Gateway:
             "journal_mb": round(js.size_bytes / 1e6, 2),
             "evicted": js.evicted,
             "links": dict(self.links),
-            "devices": [asdict(d) for d in self.device_states.all()],
+            "device_faults": {
+                f"{d.shop_id}/{d.device_id}": d.fault for d in self.device_states.all() if d.fault
+            },
             "unknown_codes": {
                 f"{name}.{code}": at
                 for name, driver in self.drivers.items()

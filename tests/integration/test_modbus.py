@@ -12,7 +12,9 @@ from pathlib import Path
 from drivers.base import DriverContext
 from drivers.modbus import ModbusConfig, ModbusDriver, modbus_client, scan_units
 from firmware_stubs.modbus_io import ModbusIO
+from gateway.app import Gateway
 from gateway.broker import free_port
+from gateway.config import GatewayConfig
 from gateway.events import Event
 from gateway.mqtt import BrokerConfig
 from tests.clients import wait_until
@@ -210,6 +212,55 @@ def test_scan_command_lists_responding_units(tmp_path):
             assert proc.returncode == 0
             assert json.loads(out) == [3, 7]
         finally:
+            await io.stop()
+
+    asyncio.run(scenario())
+
+
+def test_gateway_sound_siren_reaches_the_modbus_driver(tmp_path):
+    """Gateway.sound_siren (the rules' way in) drives the shop's coil through the Modbus driver; a shop without one gets False."""
+
+    async def scenario() -> None:
+        tcp = f"127.0.0.1:{free_port()}"
+        io = ModbusIO([1, 2], tcp=tcp)
+        await io.start()
+        driver = config({"host": tcp}).model_dump(mode="json")
+        shops = [
+            {
+                "id": shop,
+                "name": shop,
+                "lat": 39.9,
+                "lon": 116.4 + i / 1000,
+                "grid": {"large": "L1", "medium": "M1", "small": "s1"},
+                "devices": [{"id": "io-1", "kind": "io_module"}],
+            }
+            for i, shop in enumerate(("S00011", "S00012"))
+        ]
+        gateway = Gateway(
+            GatewayConfig.model_validate(
+                {
+                    "gateway": {"id": "GW-001", "large_grid": "L1"},
+                    "broker": {"url": "mqtt://127.0.0.1:1"},
+                    "state_dir": str(tmp_path / "state"),
+                    "drivers": [driver],
+                    "shops": shops,
+                }
+            )
+        )
+        changes: list[tuple[int, int, bool]] = []
+        watcher = asyncio.create_task(io.watch_coils(lambda *c: changes.append(c)), name="watch")
+        modbus = gateway.drivers["io-bus"]
+        assert isinstance(modbus, ModbusDriver)
+        try:
+            async with driving(modbus, Collected()):
+                await wait_until(lambda: modbus.polls >= 2, 10, "first polls")
+                assert await gateway.sound_siren("S00012", 1) is False
+                assert await gateway.sound_siren("S00011", 0.3) is True
+                await wait_until(lambda: len(changes) == 4, 10, "siren and strobe on and off")
+                assert [c for c in changes if c[2]] == [(1, 0, True), (1, 1, True)]
+        finally:
+            watcher.cancel()
+            gateway.journal.close()
             await io.stop()
 
     asyncio.run(scenario())

@@ -168,13 +168,17 @@ def test_silent_button_raises_supervision_lost_then_restore(
                 [lost] = [d.body for d in platform.unique if d.body["kind"] == "supervision_lost"]
                 assert (lost["shop_id"], lost["device_id"]) == (SHOP, "pb-1")
                 await wait_until(
-                    lambda: any(
-                        d["device_id"] == "pb-1" and d["fault"] == "supervision_lost"
-                        for d in gw.status()["devices"]
-                    ),
+                    lambda: gw.status()["device_faults"] == {f"{SHOP}/pb-1": "supervision_lost"},
                     10,
                     "the fault in the status",
                 )
+                for _ in range(20):  # the device_state table is flushed every 2 s
+                    shown = await asyncio.to_thread(cli_json, "status", gw.config)
+                    if any(d["fault"] == "supervision_lost" for d in shown["devices"]):
+                        break
+                    await asyncio.sleep(0.5)
+                [device] = [d for d in shown["devices"] if d["device_id"] == "pb-1"]
+                assert device["fault"] == "supervision_lost"
                 bus.send("heartbeats on")
                 await wait_until(
                     lambda: any(d.body["kind"] == "restore" for d in platform.unique),
