@@ -1,10 +1,11 @@
 """Wired panic buttons and keypads on one serial bus (RS-485 or USB), line protocol.
 
 Each frame is acknowledged once its event is in the journal (frames that make
-no event, such as a heartbeat or a single key, at once). A repeat of the last
-``(addr, seq)`` of an address within ``repeat_window_s`` is not emitted again;
-once the first copy is durable it is acknowledged again, since the device
-evidently missed the ACK. Garbled input is counted by reason and skipped.
+no event, such as a heartbeat or a single key, at once). The last frame of an
+address, sent again to the letter within ``repeat_window_s``, is a
+retransmission: it is not emitted again, and once the first copy is durable it
+is acknowledged again, since the device evidently missed the ACK. Garbled
+input is counted by reason and skipped.
 
 A keypad's keys are collected per address; a configured sequence (default
 ``9#``) typed within ``sequence_timeout_s`` becomes its event kind. Single keys
@@ -74,11 +75,11 @@ class LineSerialConfig(DriverConfig):
         default=2.6, gt=0, le=30, description="A heartbeat below this voltage raises low_battery."
     )
     repeat_window_s: float = Field(
-        default=60,
+        default=10,
         gt=0,
         le=3600,
-        description="A repeat of the last (addr, seq) this recent "
-        "is a retransmission, not a new frame.",
+        description="The last frame of an address, sent again this soon (s), is a "
+        "retransmission, not a new frame.",
     )
 
     @model_validator(mode="after")
@@ -100,7 +101,7 @@ class LineSerialConfig(DriverConfig):
 
 @dataclass
 class _LastFrame:
-    seq: int
+    frame: LineFrame
     at: float
     durable: bool
 
@@ -175,12 +176,14 @@ class LineSerialDriver:
         now = time.monotonic()
         last = self._last.get(frame.addr)
         window = self.config.repeat_window_s
-        if last is not None and last.seq == frame.seq and now - last.at < window:
+        # A retransmission is the same frame to the letter; a device that restarts its
+        # numbering after a power cut sends a different frame, or one much later.
+        if last is not None and last.frame == frame and now - last.at < window:
             self.repeats += 1
             if last.durable:
                 self._send(frame.ack(), self._writer)
             return
-        record = _LastFrame(frame.seq, now, durable=False)
+        record = _LastFrame(frame, now, durable=False)
         self._last[frame.addr] = record
         battery = _volts(frame.data) if frame.type == "HB" else None
         if self.supervision.heard(device, battery_v=battery):

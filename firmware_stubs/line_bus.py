@@ -52,10 +52,14 @@ class LineDevice:
 class LineBus:
     """The devices and their shared wire."""
 
-    def __init__(self, wire: Wire, addresses: list[int], *, heartbeat_s: float) -> None:
-        """Devices at ``addresses`` on ``wire``."""
+    def __init__(
+        self, wire: Wire, addresses: list[int], *, heartbeat_s: float, seq: int | None = None
+    ) -> None:
+        """Devices at ``addresses`` on ``wire``, numbering from ``seq`` (random if None)."""
         self.wire = wire
         self.devices = {a: LineDevice(a) for a in addresses}
+        for dev in self.devices.values():
+            dev.seq = dev.seq if seq is None else seq
         self.heartbeat_s = heartbeat_s
         self.heartbeats = heartbeat_s > 0
         self.powered = asyncio.Event()
@@ -115,6 +119,8 @@ class LineBus:
     def _power(self, *, on: bool) -> None:
         if on:
             self.powered.set()
+            for dev in self.devices.values():  # a boot heartbeat, as real devices send
+                dev.queue.put_nowait(("HB", f"{dev.battery_v:.2f}"))
             return
         self.powered.clear()
         for dev in self.devices.values():
@@ -174,11 +180,13 @@ def main(default_kind: str = "device") -> None:
         "--address", type=int, action="append", required=True, help="device address (repeatable)"
     )
     ap.add_argument("--heartbeat-s", type=float, default=30, help="heartbeat period; 0 for none")
+    ap.add_argument("--seq", type=int, choices=range(256), metavar="0-255", help="first seq number")
     args = ap.parse_args()
 
     async def serve() -> None:
         wire = await Wire.open(None if args.pty else args.port, args.baudrate)
-        await LineBus(wire, args.address, heartbeat_s=args.heartbeat_s).run(args.control)
+        bus = LineBus(wire, args.address, heartbeat_s=args.heartbeat_s, seq=args.seq)
+        await bus.run(args.control)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())

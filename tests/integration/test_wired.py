@@ -112,6 +112,27 @@ def test_lost_acks_make_retransmissions_that_are_journalled_once(
         assert [(e["device_id"], e["kind"]) for e in listed if e["shop_id"]] == [("pb-1", "panic")]
 
 
+def test_a_press_after_a_power_cut_is_never_taken_for_a_repeat(
+    tmp_path, block_broker, police_broker, start_field_gateway
+):
+    """The button numbers from 0 again after a power cut; its next panic (seq 0 or 1 again) still reaches the police."""
+    with stub("panic_button", "--address", "3", "--heartbeat-s", "0", "--seq", "0") as bus:
+        start_field_gateway(DEVICES, [line_driver(bus.port)])
+
+        async def scenario() -> None:
+            async with running(police_url=police_broker.url) as (_, platform):
+                assert platform is not None
+                bus.send("press")
+                await wait_until(lambda: len(platform.by_id) == 1, 10, "the first panic")
+                bus.send("power off")
+                bus.send("power on")
+                bus.send("press")
+                await wait_until(lambda: len(platform.by_id) == 2, 10, "the panic after the cut")
+                await asyncio.to_thread(bus.expect, "SENT 3 1 PANIC", 10)
+
+        asyncio.run(scenario())
+
+
 def test_noise_is_counted_and_a_panic_after_it_gets_through(
     tmp_path, block_broker, police_broker, start_field_gateway
 ):
