@@ -52,6 +52,8 @@ def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> in
     table.add_row("alerts suppressed (cool-down)", str(status["alerts_suppressed"]))
     for reason, n in sorted(status["rejected"].items()):
         table.add_row(f"rejected {reason}", str(n))
+    for code, heard in sorted(status.get("unknown_codes", {}).items()):
+        table.add_row(f"unknown 433 MHz code {code}", f"heard {time.time() - heard:.0f} s ago")
     for name, up in sorted(status["links"].items()):
         table.add_row(f"link {name}", "[green]up[/]" if up else "[red]down[/]")
     for name in (f.name for f in config.forwarders):
