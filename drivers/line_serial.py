@@ -128,6 +128,7 @@ class LineSerialDriver:
         self._devices = {d.address: d for d in config.devices}
         self._last: dict[int, _LastFrame] = {}
         self._keys: dict[int, _Keys] = {}
+        self._low_battery: set[int] = set()
         self._writer: asyncio.StreamWriter | None = None
         self.supervision = Supervision(
             config.name, context, [(d, d.supervision_s) for d in config.devices]
@@ -214,9 +215,7 @@ class LineSerialDriver:
         if frame.type in FRAME_KINDS:
             return FRAME_KINDS[frame.type], frame.data or None, attrs
         if frame.type == "HB":
-            if battery is not None and battery < self.config.low_battery_v:
-                return EventKind.LOW_BATTERY, None, {**attrs, "battery_v": battery}
-            return None, None, attrs
+            return self._battery(frame.addr, battery), None, {**attrs, "battery_v": battery}
         if frame.type == "KEY" and frame.data is not None and len(frame.data) == 1:
             matched = self._typed(frame.addr, frame.data, now)
             if matched is None:
@@ -232,6 +231,19 @@ class LineSerialDriver:
             frame.type,
         )
         return None, None, attrs
+
+    def _battery(self, addr: int, volts: float | None) -> EventKind | None:
+        """``low_battery`` once when a battery falls low, ``restore`` once it is well again."""
+        if volts is None:
+            return None
+        if volts < self.config.low_battery_v and addr not in self._low_battery:
+            self._low_battery.add(addr)
+            return EventKind.LOW_BATTERY
+        # A little hysteresis, so a battery at the threshold does not flap.
+        if volts >= self.config.low_battery_v + 0.1 and addr in self._low_battery:
+            self._low_battery.discard(addr)
+            return EventKind.RESTORE
+        return None
 
     def _typed(self, addr: int, key: str, now: float) -> str | None:
         """Add a key press; the configured sequence it completes, if any."""

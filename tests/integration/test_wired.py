@@ -133,6 +133,32 @@ def test_a_press_after_a_power_cut_is_never_taken_for_a_repeat(
         asyncio.run(scenario())
 
 
+def test_low_battery_is_raised_once_and_restored_once(
+    tmp_path, block_broker, police_broker, start_field_gateway
+):
+    """Heartbeats under low_battery_v raise one low_battery, not one per heartbeat; a new battery, one restore."""
+    with stub("panic_button", "--address", "3", "--heartbeat-s", "0") as bus:
+        start_field_gateway(DEVICES, [line_driver(bus.port)])
+
+        async def scenario() -> None:
+            async with running(police_url=police_broker.url) as (_, platform):
+                assert platform is not None
+                bus.send("battery 3 2.41")
+                for _ in range(3):
+                    bus.send("hb 3")
+                    await asyncio.to_thread(bus.expect, "ACKED 3", 10)
+                bus.send("battery 3 3.05")
+                for _ in range(2):
+                    bus.send("hb 3")
+                    await asyncio.to_thread(bus.expect, "ACKED 3", 10)
+                await wait_until(lambda: len(platform.by_id) == 2, 10, "low_battery and restore")
+                await asyncio.sleep(0.5)
+                kinds = [(d.body["kind"], d.body["attrs"]["battery_v"]) for d in platform.unique]
+                assert kinds == [("low_battery", 2.41), ("restore", 3.05)]
+
+        asyncio.run(scenario())
+
+
 def test_noise_is_counted_and_a_panic_after_it_gets_through(
     tmp_path, block_broker, police_broker, start_field_gateway
 ):
