@@ -129,6 +129,8 @@ class LineSerialDriver:
         self._last: dict[int, _LastFrame] = {}
         self._keys: dict[int, _Keys] = {}
         self._low_battery: set[int] = set()
+        # Longest first: with '9#' and '1239#' configured, typing 1239# is the latter.
+        self._sequences = sorted(config.key_sequences, key=len, reverse=True)
         self._writer: asyncio.StreamWriter | None = None
         self.supervision = Supervision(
             config.name, context, [(d, d.supervision_s) for d in config.devices]
@@ -252,7 +254,7 @@ class LineSerialDriver:
             keys.typed = ""
         keys.typed = (keys.typed + key)[-MAX_KEYS:]
         keys.at = now
-        for sequence in self.config.key_sequences:
+        for sequence in self._sequences:
             if keys.typed.endswith(sequence):
                 keys.typed = ""
                 return sequence

@@ -8,8 +8,11 @@ import pytest
 from pydantic import ValidationError
 
 from drivers import DRIVERS, DriverConfigUnion
+from drivers.base import DriverContext
+from drivers.line_serial import LineSerialConfig, LineSerialDriver
 from drivers.modbus import ModbusInputConfig, _Contact, _debounced, parse_units
 from gateway.config import GatewayConfig
+from gateway.mqtt import BrokerConfig
 
 BASE = {
     "gateway": {"id": "GW-001", "large_grid": "L1"},
@@ -96,3 +99,22 @@ def test_debounce_needs_a_change_to_hold():
 def test_unit_lists():
     """Unit ranges and lists as the installer types them."""
     assert parse_units("1-3,7") == [1, 2, 3, 7]
+
+
+def test_keypad_sequences_longest_match_and_timeout():
+    """With '9#' and '1239#' configured, 1239# is the longer one; keys too far apart start afresh; a lone key matches nothing."""
+    config = LineSerialConfig.model_validate(
+        {
+            **line("pb-1"),
+            "key_sequences": {"9#": "panic", "1239#": "disarm"},
+            "sequence_timeout_s": 2,
+        }
+    )
+    driver = LineSerialDriver(
+        config, context=DriverContext("GW-001", BrokerConfig(url="mqtt://127.0.0.1:1"))
+    )
+    typed = [driver._typed(3, key, t) for key, t in zip("1239#", [0, 0.5, 1, 1.5, 2], strict=True)]
+    assert typed == [None, None, None, None, "1239#"]
+    assert [driver._typed(3, k, t) for k, t in (("9", 10), ("#", 10.5))] == [None, "9#"]
+    assert [driver._typed(3, k, t) for k, t in (("9", 20), ("#", 22.5))] == [None, None]
+    assert driver._typed(3, "9", 30) is None
