@@ -5,25 +5,31 @@ MHz receivers on pty pairs, Modbus modules on loopback TCP or a pty), the
 block and police brokers are private Mosquitto instances, and the real
 gateway runs on a copy of the config rewired to them. Commands on stdin go to
 a driver's stub: ``DRIVER COMMAND...`` (``bus-1 press 3``, ``io-1 open 1 0``,
-``rf-1 press A1B2C3``); every event the police platform receives is printed
-as ``POLICE kind shop/device zone``. Each stub also listens on its own control
-port (printed at start) for scripts.
+``rf-1 press A1B2C3``), or ``panel SHOP KIND`` to a shop's MQTT panel; every
+event the police platform receives is printed as ``POLICE kind shop/device
+zone``, every neighbour alert as ``NOTICE shop from SHOP distance bearing``.
+Each stub also listens on its own control port (printed at start) for scripts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import shutil
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import yaml
 from rich.console import Console
 from rich.table import Table
 
+from firmware_stubs.mqtt_client import client_for
 from firmware_stubs.police_platform import Delivery, PolicePlatform
 from firmware_stubs.process import StubProcess
 from gateway.broker import Mosquitto, free_port
@@ -33,6 +39,7 @@ from gateway.mqtt import BrokerConfig
 from gateway.process import GatewayProcess
 
 FIELD_KINDS = ("line_serial", "rf433", "modbus")
+NOTIFY = "lianfang/v1/shop/+/notify"
 
 
 def stub_for(driver: dict[str, Any], control: int, log: Path) -> tuple[StubProcess, str]:
@@ -103,7 +110,7 @@ def run_simulate(config_path: Path) -> int:
                 "e.g. 'bus-1 press 3', or quit"
             )
             try:
-                asyncio.run(_serve(config, police.url, stubs, console))
+                asyncio.run(_serve(config, (block.url, police.url), stubs, console))
             finally:
                 gateway.stop()
         return 0
@@ -114,8 +121,13 @@ def run_simulate(config_path: Path) -> int:
 
 
 async def _serve(
-    config: GatewayConfig, police_url: str, stubs: dict[str, StubProcess], console: Console
+    config: GatewayConfig,
+    urls: tuple[str, str],
+    stubs: dict[str, StubProcess],
+    console: Console,
 ) -> None:
+    block_url, police_url = urls
+
     def show(delivery: Delivery) -> None:
         body = delivery.body
         where = f"{body.get('shop_id') or '-'}/{body['device_id']}"
@@ -124,19 +136,48 @@ async def _serve(
     platform = PolicePlatform(
         BrokerConfig(url=police_url), client_id=f"simulate-{config.gateway.id}", on_event=show
     )
+    block = client_for(BrokerConfig(url=block_url), client_id="simulate-block", persistent=False)
+    seq = itertools.count(1)
     loop = asyncio.get_running_loop()
-    async with asyncio.TaskGroup() as tg:
-        listener = tg.create_task(platform.run(), name="police")
+    async with block, asyncio.TaskGroup() as tg:
+        await block.subscribe(NOTIFY, qos=1)
+        listeners = [
+            tg.create_task(platform.run(), name="police"),
+            tg.create_task(_show_notices(block), name="notices"),
+        ]
         await asyncio.wait_for(platform.ready.wait(), 10)
         print("READY", flush=True)
         while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
             if line == "quit":
                 break
             name, _, command = line.partition(" ")
-            if name not in stubs or not command:
-                console.print(f"[yellow]give DRIVER COMMAND; drivers: {', '.join(stubs)}[/]")
-                continue
-            stubs[name].send(command)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.sleep(0.5)  # the last events still reach the screen
-        listener.cancel()
+            if name == "panel" and len(command.split()) == 2:
+                shop, kind = command.split()
+                body = {"device_id": "panel-1", "kind": kind, "seq": next(seq), "ts": _now()}
+                await block.publish(f"lianfang/v1/shop/{shop}/event", json.dumps(body), qos=1)
+            elif name in stubs and command:
+                stubs[name].send(command)
+            else:
+                drivers = ", ".join(stubs) or "none"
+                console.print(
+                    f"[yellow]give DRIVER COMMAND (drivers: {drivers}) or panel SHOP KIND[/]"
+                )
+        await asyncio.sleep(0.5)  # the last events still reach the screen
+        for listener in listeners:
+            listener.cancel()
+
+
+async def _show_notices(block: aiomqtt.Client) -> None:
+    async for message in block.messages:
+        shop = str(message.topic).split("/")[3]
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            body = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+            print(
+                f"NOTICE {shop} from {body['from_shop_id']} {body['distance_m']:.0f} m "
+                f"{body['bearing']}",
+                flush=True,
+            )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()

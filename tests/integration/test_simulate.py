@@ -45,7 +45,7 @@ DEVICES = {
 
 
 def test_simulate_drives_every_kind_of_field_device_to_the_police(tmp_path):
-    """A wired press, a Modbus door and a 433 MHz press in the simulated block each reach the police."""
+    """A wired press (and its 10 neighbour notices), a Modbus door, a 433 MHz press and a panel event each reach the police."""
     config = init_config(
         tmp_path, block_url="mqtt://127.0.0.1:1883", police_url="mqtt://127.0.0.1:1884"
     )
@@ -70,12 +70,22 @@ def test_simulate_drives_every_kind_of_field_device_to_the_police(tmp_path):
     try:
         wait_for("READY", 60)
         assert proc.stdin is not None
-        for command in ("bus-1 press 3 2", "io-1 open 1 0", "rf-1 press A1B2C3"):
+        for command in (
+            "bus-1 press 3 2",
+            "io-1 open 1 0",
+            "rf-1 press A1B2C3",
+            "panel S00020 fire",
+        ):
             proc.stdin.write(command + "\n")
             proc.stdin.flush()
         wait_for("POLICE panic S00011/pb-1 2")
+        wait_until_count = time.monotonic() + 30
+        while sum("from S00011" in line for line in list(lines)) < 10:
+            assert time.monotonic() < wait_until_count, f"10 notices for S00011 in {lines}"
+            time.sleep(0.05)
         wait_for("POLICE door_open S00012/io-1 1")
         wait_for("POLICE panic S00013/rb-1 -")
+        wait_for("POLICE fire S00020/panel-1 -")
         proc.stdin.write("quit\n")
         proc.stdin.flush()
         assert proc.wait(timeout=30) == 0
