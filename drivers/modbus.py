@@ -68,6 +68,10 @@ class ModbusInputConfig(BaseModel):
     open_kind: EventKind = Field(default=EventKind.DOOR_OPEN, description="Kind when it opens.")
     close_kind: EventKind = Field(default=EventKind.DOOR_CLOSE, description="Kind when it shuts.")
 
+    def is_open(self, bit: bool) -> bool:
+        """Whether the door is open when the input reads ``bit``."""
+        return bit if self.contact == "NO" else not bit
+
 
 class ModbusModuleConfig(DeviceBinding):
     """An IO module on the bus, bound to a shop device (kind io_module)."""
@@ -98,6 +102,12 @@ class ModbusConfig(DriverConfig):
     )
     frame_gap_s: float = Field(
         default=0.005, ge=0, le=1, description="Quiet time between requests on an RTU bus."
+    )
+    siren_max_s: float = Field(
+        default=180,
+        gt=0,
+        le=1800,
+        description="Longest a siren sounds for one request, s (local rules often cap it).",
     )
     fault_poll_s: float = Field(
         default=2.0,
@@ -226,8 +236,11 @@ class ModbusDriver:
         return frozenset(m.shop_id for m in self.config.modules if m.siren_coil is not None)
 
     async def sound_siren(self, shop_id: str, seconds: float) -> None:
-        """Switch on ``shop_id``'s sirens and strobes; the poll loop switches them off."""
-        deadline = time.time() + seconds
+        """Switch on ``shop_id``'s sirens and strobes; the poll loop switches them off.
+
+        ``seconds`` is capped at ``siren_max_s``.
+        """
+        deadline = time.time() + min(seconds, self.config.siren_max_s)
         coils = [
             (m.unit, coil)
             for m in self.config.modules
@@ -365,8 +378,7 @@ class ModbusDriver:
             await emit(self._event(binding, EventKind.RESTORE, attrs={"of": "device_fault"}))
         now = time.monotonic()
         for contact, bit in bits.items():
-            is_open = bit if contact.config.contact == "NO" else not bit
-            kind = _debounced(contact, now, is_open=is_open)
+            kind = _debounced(contact, now, is_open=contact.config.is_open(bit))
             if kind is not None:
                 await emit(
                     self._event(

@@ -171,7 +171,7 @@ async def _show_notices(block: aiomqtt.Client) -> None:
     async for message in block.messages:
         shop = str(message.topic).split("/")[3]
         with contextlib.suppress(ValueError, KeyError, TypeError):
-            body = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+            body = json.loads(bytes(message.payload))
             print(
                 f"NOTICE {shop} from {body['from_shop_id']} {body['distance_m']:.0f} m "
                 f"{body['bearing']}",

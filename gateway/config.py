@@ -179,6 +179,7 @@ class GatewayConfig(Strict):
         if repeats:
             raise _duplicate_error(repeats)
         _check_bound_devices(self)
+        _check_buses(self)
         for i, other in enumerate(self.other_shops):
             if other.gateway_id == self.gateway.id:
                 raise PydanticCustomError(
@@ -239,6 +240,27 @@ def _check_bound_devices(config: GatewayConfig) -> None:
                 "at": at,
             }
             raise PydanticCustomError("unbound_device", message, context)
+
+
+def _check_buses(config: GatewayConfig) -> None:
+    """One driver per serial port: two would read each other's frames."""
+    owner: dict[str, str] = {}
+    for i, driver in enumerate(config.drivers):
+        port = getattr(driver, "port", None)
+        if port is None:
+            continue
+        if port in owner:
+            raise PydanticCustomError(
+                "shared_port",
+                "drivers '{first}' and '{second}' both use port '{port}'; one bus, one driver",
+                {
+                    "first": owner[port],
+                    "second": driver.name,
+                    "port": port,
+                    "at": ("drivers", i, "port"),
+                },
+            )
+        owner[port] = driver.name
 
 
 def _resolve_broker(broker: BrokerConfig, base: Path) -> BrokerConfig:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import typing
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from drivers import DRIVERS, DriverConfigUnion
 from drivers.base import DriverContext
 from drivers.line_serial import LineSerialConfig, LineSerialDriver
 from drivers.modbus import ModbusInputConfig, _Contact, _debounced, parse_units
+from drivers.rf433 import CodeReader, Rf433Config
 from gateway.config import GatewayConfig
 from gateway.mqtt import BrokerConfig
 
@@ -82,6 +85,21 @@ def test_repeated_address_and_two_links_are_refused():
         GatewayConfig.model_validate({**BASE, "drivers": [modbus]})
 
 
+def test_two_drivers_on_one_port_are_refused():
+    """A serial port belongs to one driver; the second is named."""
+    rf = {"kind": "rf433", "name": "rf-1", "port": "/dev/ttyUSB0"}
+    with pytest.raises(ValidationError, match="drivers 'bus-1' and 'rf-1' both use port"):
+        GatewayConfig.model_validate({**BASE, "drivers": [line("pb-1"), rf]})
+
+
+def test_contact_polarity():
+    """NC reads 1 while shut (a cut wire reads open); NO reads 1 while open."""
+    nc = ModbusInputConfig(zone="1", address=0)
+    no = ModbusInputConfig(zone="1", address=0, contact="NO")
+    assert [nc.is_open(b) for b in (True, False)] == [False, True]
+    assert [no.is_open(b) for b in (True, False)] == [True, False]
+
+
 def test_debounce_needs_a_change_to_hold():
     """A blip shorter than the debounce makes no event; a change that holds makes one, once."""
     contact = _Contact(ModbusInputConfig(zone="1", address=0, debounce_s=0.5))
@@ -118,3 +136,25 @@ def test_keypad_sequences_longest_match_and_timeout():
     assert [driver._typed(3, k, t) for k, t in (("9", 10), ("#", 10.5))] == [None, "9#"]
     assert [driver._typed(3, k, t) for k, t in (("9", 20), ("#", 22.5))] == [None, None]
     assert driver._typed(3, "9", 30) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["A1B2C3", "00FFEE", "123456"]), st.integers(1, 12)), max_size=8
+    ),
+    st.lists(st.binary(max_size=30), max_size=8),
+)
+def test_each_burst_is_one_press_whatever_the_noise(presses, noise):
+    """Bursts 1 s apart give one code each, in order; garbled lines in between give none."""
+    reader = CodeReader(Rf433Config.model_fields["line_pattern"].default, burst_s=0.5)
+    got: list[str] = []
+    now = 0.0
+    for i, (code, repeats) in enumerate(presses):
+        junk = noise[i] if i < len(noise) else b""
+        got += reader.feed(junk.replace(b"\n", b"") + b"\r\n", now)
+        for _ in range(repeats):
+            got += reader.feed(f"RX:{code.lower()}\r\n".encode(), now)
+            now += 0.05
+        now += 1.0
+    assert got == [code for code, _ in presses]
