@@ -129,7 +129,13 @@ def bind_code(
     yaml.preserve_quotes = True
     data = yaml.load(path.read_text(encoding="utf-8"))
     shop_node = next(s for s in data["shops"] if s["id"] == shop)
-    devices = shop_node.setdefault("devices", CommentedSeq())
+    if "devices" not in shop_node:
+        # Written out, the implicit default (panel-1) stays paired.
+        current = next(s for s in config.shops if s.id == shop).devices
+        shop_node["devices"] = CommentedSeq(
+            CommentedMap([("id", d.id), ("kind", d.kind)]) for d in current
+        )
+    devices = shop_node["devices"]
     added = ""
     if device not in {d["id"] for d in devices}:
         devices.append(CommentedMap([("id", device), ("kind", "rf433_button")]))
