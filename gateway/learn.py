@@ -60,7 +60,7 @@ async def next_code(
     ``listening(how)`` is called once a press will be heard.
     """
     status_file = config.state_dir / "status.json"
-    fresh = 3 * config.status_interval_s
+    fresh = max(3 * config.status_interval_s, 5.0)  # a busy gateway may write late
     async with asyncio.timeout(timeout_s):
         if status_file.exists() and time.time() - status_file.stat().st_mtime < fresh:
             started = time.time()

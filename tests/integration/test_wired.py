@@ -62,12 +62,16 @@ def test_wired_panic_reaches_the_police_and_the_nearest_shops(
 def test_keypad_9_hash_is_a_panic_and_a_stray_9_is_not(
     tmp_path, block_broker, police_broker, start_field_gateway
 ):
-    """'9' alone, and '9' then '#' after the sequence timeout, raise nothing; '9#' raises one panic."""
+    """'9' alone, and '9' then '#' after the sequence timeout, raise nothing; '9#' raises one panic, to the police and the 10 nearest shops."""
     with stub("keypad", "--address", "5", "--address", "3", "--heartbeat-s", "0") as bus:
         start_field_gateway(DEVICES, [line_driver(bus.port, sequence_timeout_s=1.0)])
 
+        near = expected_nearest(KEYPAD_SHOP)
+
         async def scenario() -> None:
-            async with running(police_url=police_broker.url) as (_, platform):
+            async with running(
+                block_url=block_broker.url, police_url=police_broker.url, shops=near
+            ) as (panels, platform):
                 assert platform is not None
                 bus.send("keys 5 9")
                 await asyncio.to_thread(bus.expect, "ACKED 5", 10)
@@ -83,6 +87,12 @@ def test_keypad_9_hash_is_a_panic_and_a_stray_9_is_not(
                 assert police.body["device_id"] == "kp-1"
                 assert police.body["kind"] == "panic"
                 assert police.body["attrs"]["keys"] == "9#"
+                await wait_until(
+                    lambda: all(len(panels[s].notices) == 1 for s in near), 10, "10 notices"
+                )
+                assert {p.notices[0].body["event_id"] for p in panels.values()} == {
+                    police.body["id"]
+                }
 
         asyncio.run(scenario())
 
