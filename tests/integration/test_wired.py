@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from drivers.line_frames import LineFrame, LineReader
 from tests.clients import expected_nearest, running, wait_until
 from tests.field import cli_json, stub
 
@@ -253,3 +254,48 @@ def test_silent_button_raises_supervision_lost_then_restore(
         assert device["fault"] is None
         assert device["battery_v"] == 3.02
         assert device["last_seen"] > time.time() - 60
+
+
+def test_bus_behind_a_socket_converter_and_its_reconnect(
+    tmp_path, block_broker, police_broker, start_field_gateway
+):
+    """port: socket://... (an RS-485-to-Ethernet converter, here a loopback TCP server): frames in, ACKs out; after the converter drops the link, the gateway reconnects."""
+
+    async def scenario() -> None:
+        connections: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue()
+        )
+        server = await asyncio.start_server(
+            lambda r, w: connections.put_nowait((r, w)), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        await asyncio.to_thread(
+            start_field_gateway, DEVICES, [line_driver(f"socket://127.0.0.1:{port}")]
+        )
+
+        async def press(seq: int) -> None:
+            reader, writer = await asyncio.wait_for(connections.get(), 30)
+            frame = LineFrame(3, seq, "PANIC", "1")
+            writer.write(frame.encode())
+            acks = LineReader()
+            got: list[LineFrame] = []
+            while not got:
+                got = acks.feed(await asyncio.wait_for(reader.read(100), 10))
+            assert got == [frame.ack()]
+            writer.close()  # the converter drops the link
+
+        async with running(police_url=police_broker.url) as (_, platform):
+            assert platform is not None
+            await press(40)
+            await press(41)  # on the gateway's new connection
+            await wait_until(
+                lambda: [d.body["kind"] for d in platform.unique].count("panic") == 2,
+                10,
+                "both panics",
+            )
+            # the dropped link is a trouble of the gateway's own, and its return a restore
+            links = [(d.body["device_id"], d.body["kind"]) for d in platform.unique]
+            assert ("link:driver[bus-1]", "device_fault") in links
+        server.close()
+
+    asyncio.run(scenario())
