@@ -19,8 +19,8 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,7 +205,6 @@ class ModbusDriver:
         self.config = config
         self._context = context
         self.link_up = asyncio.Event()
-        self.rejected: Counter[str] = Counter()
         self.polls = 0
         self._log = RateLimitedLog(logger)
         self._modules = [_Module(m, [_Contact(i) for i in m.inputs]) for m in config.modules]
@@ -218,13 +217,15 @@ class ModbusDriver:
         self._deadlines_file = (context.state_dir or Path()) / f"sirens-{config.name}.json"
         loaded = _load_deadlines(self._deadlines_file)
         # Unreadable: switching every coil of this bus off once beats leaving one on.
-        self._deadlines = loaded if loaded is not None else dict.fromkeys(self._all_coils(), 0.0)
+        self._deadlines = loaded if loaded is not None else dict.fromkeys(self._coils(), 0.0)
         self.supervision = Supervision(config.name, context, [(m, None) for m in config.modules])
 
-    def _all_coils(self) -> list[str]:
+    def _coils(self, shop_id: str | None = None) -> list[str]:
+        """``unit/coil`` of every siren and strobe (of ``shop_id``'s modules, if given)."""
         return [
             f"{m.unit}/{coil}"
             for m in self.config.modules
+            if shop_id in (None, m.shop_id)
             for coil in (m.siren_coil, m.strobe_coil)
             if coil is not None
         ]
@@ -241,20 +242,13 @@ class ModbusDriver:
         ``seconds`` is capped at ``siren_max_s``.
         """
         deadline = time.time() + min(seconds, self.config.siren_max_s)
-        coils = [
-            (m.unit, coil)
-            for m in self.config.modules
-            if m.shop_id == shop_id
-            for coil in (m.siren_coil, m.strobe_coil)
-            if coil is not None
-        ]
-        for unit, coil in coils:
-            self._deadlines[f"{unit}/{coil}"] = max(
-                deadline, self._deadlines.get(f"{unit}/{coil}", 0)
-            )
+        coils = self._coils(shop_id)
+        for key in coils:
+            self._deadlines[key] = max(deadline, self._deadlines.get(key, 0))
         _save_deadlines(self._deadlines_file, self._deadlines)  # before any coil is set
         self._wake.set()
-        for unit, coil in coils:
+        for key in coils:
+            unit, coil = _unit_coil(key)
             if not await self._write_coil(unit, coil, on=True):
                 raise DriverUnavailable(f"{self.config.where}: unit {unit} did not set coil {coil}")
 
@@ -274,9 +268,11 @@ class ModbusDriver:
                 await self._switch_off_due()
                 module = min(self._modules, key=lambda m: m.due)
                 wait = module.due - time.monotonic()
-                next_off = min(self._deadlines.values(), default=None)
+                # Overdue switch-offs that failed are retried with every poll, not in a spin.
+                now_wall = time.time()
+                next_off = min((d for d in self._deadlines.values() if d > now_wall), default=None)
                 if next_off is not None:
-                    wait = min(wait, next_off - time.time())
+                    wait = min(wait, next_off - now_wall)
                 if wait > 0:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
@@ -415,11 +411,11 @@ class ModbusDriver:
         due = [key for key, deadline in self._deadlines.items() if deadline <= now]
         if not due:
             return
-        for key in due:
-            unit, coil = (int(part) for part in key.split("/"))
-            if await self._write_coil(unit, coil, on=False):
-                del self._deadlines[key]
-        _save_deadlines(self._deadlines_file, self._deadlines)
+        done = [key for key in due if await self._write_coil(*_unit_coil(key), on=False)]
+        for key in done:
+            del self._deadlines[key]
+        if done:
+            _save_deadlines(self._deadlines_file, self._deadlines)
 
 
 def _debounced(contact: _Contact, now: float, *, is_open: bool) -> EventKind | None:
@@ -446,16 +442,25 @@ async def _read(client: ModbusClient, *, register: str, address: int, count: int
     return await client.read_holding_registers(address, count=count, device_id=unit)
 
 
+def _unit_coil(key: str) -> tuple[int, int]:
+    unit, coil = key.split("/")
+    return int(unit), int(coil)
+
+
 def _load_deadlines(path: Path) -> dict[str, float] | None:
     """Siren deadlines kept before a restart; None if the file is unreadable."""
     try:
         loaded = json.loads(path.read_text())
-        return {str(k): float(v) for k, v in loaded.items()}
+        deadlines = {str(k): float(v) for k, v in loaded.items()}
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         logger.warning("siren deadlines %s unreadable (%s); switching every coil off", path, exc)
         return None
+    if not all(re.fullmatch(r"\d+/\d+", key) for key in deadlines):
+        logger.warning("siren deadlines %s garbled; switching every coil off", path)
+        return None
+    return deadlines
 
 
 def _save_deadlines(path: Path, deadlines: dict[str, float]) -> None:

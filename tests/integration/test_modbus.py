@@ -264,3 +264,41 @@ def test_gateway_sound_siren_reaches_the_modbus_driver(tmp_path):
             await io.stop()
 
     asyncio.run(scenario())
+
+
+def test_siren_switch_off_waits_for_a_module_that_is_down_without_spinning(tmp_path):
+    """A siren whose module goes down before its deadline is switched off once the module is back; meanwhile the bus is not hammered; a garbled deadlines file switches every coil off."""
+
+    async def scenario() -> None:
+        tcp = f"127.0.0.1:{free_port()}"
+        io = ModbusIO([1, 2], tcp=tcp)
+        await io.start()
+        changes: list[tuple[int, int, bool]] = []
+        watcher = asyncio.create_task(io.watch_coils(lambda *c: changes.append(c)), name="watch")
+        driver = driver_for(config({"host": tcp}), tmp_path)
+        try:
+            async with driving(driver, Collected()):
+                await wait_until(lambda: driver.polls >= 2, 10, "first polls")
+                await driver.sound_siren("S00011", 0.3)
+                await wait_until(lambda: len(changes) == 2, 10, "coils on")
+                await io.stop()
+                before = driver.polls
+                await asyncio.sleep(2)  # the deadline passes while the module is down
+                assert driver.polls - before < 40  # 2 modules at 200 ms, then every 2 s
+                assert io.coils[1][:2] == [True, True]
+                await io.start()  # the module comes back with its coils still on
+                await wait_until(lambda: len(changes) == 4, 15, "coils off once it is back")
+                assert io.coils[1][:2] == [False, False]
+                await driver.sound_siren("S00011", 60)
+                await wait_until(lambda: len(changes) == 6, 10, "coils on for a minute")
+            # the deadlines file garbled while the driver was away: every coil goes off
+            (tmp_path / "sirens-io-bus.json").write_text('{"1/0": "soon"')
+            second = driver_for(config({"host": tcp}), tmp_path)
+            async with driving(second, Collected()):
+                await wait_until(lambda: len(changes) == 8, 10, "every coil off")
+                assert io.coils[1][:2] == [False, False]
+        finally:
+            watcher.cancel()
+            await io.stop()
+
+    asyncio.run(scenario())
