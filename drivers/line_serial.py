@@ -183,6 +183,7 @@ class LineSerialDriver:
         # numbering after a power cut sends a different frame, or one much later.
         if last is not None and last.frame == frame and now - last.at < window:
             self.repeats += 1
+            last.at = now  # a device retrying while the journal is slow stays one event
             if last.durable:
                 self._send(frame.ack(), self._writer)
             return
