@@ -64,6 +64,12 @@ class LineSerialConfig(DriverConfig):
     )
     baudrate: int = Field(default=9600, ge=300, le=921600, description="Line speed, baud.")
     devices: list[LineDeviceConfig] = Field(min_length=1, description="Devices on the bus.")
+    supervision_s: float | None = Field(
+        default=None,
+        ge=1,
+        le=86400,
+        description="Supervision interval of every device on the bus that sets none itself.",
+    )
     key_sequences: dict[str, EventKind] = Field(
         default_factory=lambda: {"9#": EventKind.PANIC},
         description="Keypad sequences and the event kind each becomes (e.g. '9#': panic).",
@@ -133,7 +139,9 @@ class LineSerialDriver:
         self._sequences = sorted(config.key_sequences, key=len, reverse=True)
         self._writer: asyncio.StreamWriter | None = None
         self.supervision = Supervision(
-            config.name, context, [(d, d.supervision_s) for d in config.devices]
+            config.name,
+            context,
+            [(d, d.supervision_s or config.supervision_s) for d in config.devices],
         )
 
     async def run(self, emit: Emit) -> None:

@@ -158,3 +158,18 @@ def test_each_burst_is_one_press_whatever_the_noise(presses, noise):
             now += 0.05
         now += 1.0
     assert got == [code for code, _ in presses]
+
+
+def test_bus_supervision_interval_applies_to_devices_without_their_own():
+    """supervision_s on the bus covers every device; a device's own value wins."""
+    bus = line("pb-1")
+    bus["devices"] = [  # type: ignore[assignment]
+        {"address": 3, "shop_id": "S1", "device_id": "pb-1", "supervision_s": 10},
+        {"address": 4, "shop_id": "S1", "device_id": "pb-2"},
+    ]
+    config = LineSerialConfig.model_validate({**bus, "supervision_s": 60})
+    driver = LineSerialDriver(
+        config, context=DriverContext("GW-001", BrokerConfig(url="mqtt://127.0.0.1:1"))
+    )
+    watched = {key[1]: w.interval_s for key, w in driver.supervision._watched.items()}
+    assert watched == {"pb-1": 10, "pb-2": 60}
