@@ -129,7 +129,6 @@ class LineSerialDriver:
         self._context = context
         self.link_up = asyncio.Event()
         self.rejected: Counter[str] = Counter()
-        self.repeats = 0
         self._log = RateLimitedLog(logger)
         self._devices = {d.address: d for d in config.devices}
         self._last: dict[int, _LastFrame] = {}
@@ -190,7 +189,6 @@ class LineSerialDriver:
         # A retransmission is the same frame to the letter; a device that restarts its
         # numbering after a power cut sends a different frame, or one much later.
         if last is not None and last.frame == frame and now - last.at < window:
-            self.repeats += 1
             last.at = now  # a device retrying while the journal is slow stays one event
             if last.durable:
                 self._send(frame.ack(), self._writer)
