@@ -245,15 +245,16 @@ def read_shops(config: Path) -> list[dict[str, Any]]:
 
 
 def field_config(
-    base: Path, directory: Path, drivers: list[dict[str, Any]], devices: dict[str, str]
+    base: Path, directory: Path, drivers: list[dict[str, Any]], devices: dict[str, tuple[str, str]]
 ) -> Path:
-    """``base`` with ``drivers`` added and each shop in ``devices`` given that device."""
+    """``base`` with ``drivers`` added and each shop in ``devices`` given that (id, kind)."""
     directory.mkdir(parents=True, exist_ok=True)
     data = yaml.safe_load(base.read_text())
     for shop in data["shops"]:
         if shop["id"] in devices:
             shop.setdefault("devices", [{"id": "panel-1", "kind": "alarm_panel"}])
-            shop["devices"].append({"id": devices[shop["id"]], "kind": "panic_button"})
+            device_id, kind = devices[shop["id"]]
+            shop["devices"].append({"id": device_id, "kind": kind})
     data["drivers"] = [*data["drivers"], *drivers]
     path = directory / "lianfang.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
@@ -295,7 +296,9 @@ async def wired_phase(
                 {"address": a, "shop_id": s, "device_id": "pb-1"} for a, s in probes.items()
             ],
         }
-        config = field_config(base, workdir / "wired", [driver], dict.fromkeys(full, "pb-1"))
+        config = field_config(
+            base, workdir / "wired", [driver], dict.fromkeys(full, ("pb-1", "panic_button"))
+        )
         return GatewayProcess(config, log=workdir / "wired" / "gateway.log")
 
     results: dict[str, list[float]] = {}
@@ -357,7 +360,7 @@ async def modbus_phase(
             for u in range(1, MODULES + 1)
         ]
         driver = {"kind": "modbus", "name": "io-bus", "host": tcp, "modules": modules}
-        devices = dict.fromkeys(shops, "io-1")
+        devices = dict.fromkeys(shops, ("io-1", "io_module"))
         config = field_config(base, workdir / "modbus", [driver], devices)
         stamps: list[tuple[Edge, float]] = []
         unit_of = {s: i + 1 for i, s in enumerate(shops)}
