@@ -65,6 +65,8 @@ TARGETS: dict[str, Target] = {
     "drain_events_per_s": Target(5000, at_most=False),
     "rss_load_mb": Target(45, at_most=True),
     "ready_median_s": Target(1.5, at_most=True),
+    "wired_notify_p99_ms": Target(10.0, at_most=True),
+    "modbus_cpu_pct": Target(5.0, at_most=True),
 }
 
 

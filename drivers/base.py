@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.events import Event
+from gateway.device_state import DeviceStates
+from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.journal import OnDurable
 from gateway.mqtt import BrokerConfig
 
@@ -45,6 +47,10 @@ class DriverConfig(BaseModel):
         description="Name of this driver instance, used in logs and event sources.",
     )
 
+    def bound_devices(self) -> list[tuple[str, str, tuple[str | int, ...]]]:
+        """Shop id, device id and config path of every device bound on this driver's bus."""
+        return []
+
 
 @dataclass(frozen=True)
 class DriverContext:
@@ -54,6 +60,44 @@ class DriverContext:
     block_broker: BrokerConfig
     devices: dict[str, frozenset[str]] = field(default_factory=dict)
     """Device ids by shop id: the devices this gateway accepts events from."""
+    state_dir: Path | None = None
+    """Where a driver may keep what must survive a restart (such as siren deadlines)."""
+    device_states: DeviceStates | None = None
+    """Last seen, battery and fault of each field device, kept in the journal database."""
+
+    def event(
+        self,
+        driver: str,
+        binding: DeviceBinding,
+        kind: EventKind,
+        *,
+        ref: str,
+        zone: str | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> Event:
+        """A new event from the field device ``binding`` names, received now."""
+        now = utc_now()
+        return Event(
+            id=new_event_id(),
+            gateway_id=self.gateway_id,
+            shop_id=binding.shop_id,
+            device_id=binding.device_id,
+            zone=zone,
+            kind=kind,
+            occurred_at=now,
+            received_at=now,
+            source=Source(driver=driver, ref=ref),
+            attrs=attrs or {},
+        )
+
+
+class DeviceBinding(BaseModel):
+    """Which shop's device a bus address, code or unit is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shop_id: str = Field(description="Shop the device belongs to (one of 'shops').")
+    device_id: str = Field(description="Device id within that shop (one of its 'devices').")
 
 
 class Driver(Protocol):

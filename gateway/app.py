@@ -19,6 +19,7 @@ from drivers.base import Driver, DriverContext, SirenDriver
 from gateway import __version__
 from gateway.actions import RuleActions
 from gateway.config import GatewayConfig
+from gateway.device_state import DeviceStates
 from gateway.errors import ConfigError, JournalError
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.forwarders import FORWARDERS
@@ -74,10 +75,13 @@ class Gateway:
         self.actions.emit = self.intake.gateway_event
         self.actions.siren = self.sound_siren
         self.inboxes = {i.name: i for i in inboxes(config, self.intake, self.actions)}
+        self.device_states = DeviceStates(config.journal_path)
         context = DriverContext(
             gateway_id=gid,
             block_broker=config.broker,
             devices={s.id: frozenset(d.id for d in s.devices) for s in config.shops},
+            state_dir=config.state_dir,
+            device_states=self.device_states,
         )
         self.drivers: dict[str, Driver] = {
             c.name: DRIVERS[c.kind](c, context=context) for c in config.drivers
@@ -151,6 +155,14 @@ class Gateway:
             "journal_mb": round(js.size_bytes / 1e6, 2),
             "evicted": js.evicted,
             "links": dict(self.links),
+            "device_faults": {
+                f"{d.shop_id}/{d.device_id}": d.fault for d in self.device_states.all() if d.fault
+            },
+            "unknown_codes": {
+                f"{name}.{code}": at
+                for name, driver in self.drivers.items()
+                for code, at in getattr(driver, "unknown_codes", {}).items()
+            },
             "warnings": warnings,
         }
 
@@ -181,6 +193,7 @@ class Gateway:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.journal.run(), name="journal")
             tg.create_task(self.actions.run(), name="rule-actions")
+            tg.create_task(self.device_states.run(), name="device-states")
             tg.create_task(
                 supervise(
                     "block-publisher",

@@ -66,9 +66,9 @@ class DeviceConfig(Strict):
     """A device paired to a shop."""
 
     id: Identifier = Field(description="Device id, unique within its shop (e.g. 'panel-1').")
-    kind: Literal["alarm_panel", "panic_button", "keypad", "rf433_button", "door_contact"] = Field(
-        default="alarm_panel", description="What the device is."
-    )
+    kind: Literal[
+        "alarm_panel", "panic_button", "keypad", "rf433_button", "door_contact", "io_module"
+    ] = Field(default="alarm_panel", description="What the device is.")
 
 
 class ShopPlace(Strict):
@@ -191,6 +191,8 @@ class GatewayConfig(Strict):
         )
         if repeats:
             raise _duplicate_error(repeats)
+        _check_bound_devices(self)
+        _check_buses(self)
         for i, other in enumerate(self.other_shops):
             if other.gateway_id == self.gateway.id:
                 raise PydanticCustomError(
@@ -229,6 +231,59 @@ class GatewayConfig(Strict):
     def journal_path(self) -> Path:
         """Path of the journal database."""
         return self.state_dir / "journal.sqlite3"
+
+
+def _check_bound_devices(config: GatewayConfig) -> None:
+    """Every device a driver binds is one of its shop's devices, and bound only once."""
+    devices = {s.id: {d.id for d in s.devices} for s in config.shops}
+    bound: dict[tuple[str, str], str] = {}
+    for i, driver in enumerate(config.drivers):
+        for shop_id, device_id, loc in driver.bound_devices():
+            at = ("drivers", i, *loc)
+            if shop_id not in devices:
+                message = "driver '{driver}' binds a device of shop '{shop_id}', not a served shop"
+            elif device_id not in devices[shop_id]:
+                message = (
+                    "driver '{driver}' binds device '{device_id}', which shop '{shop_id}'"
+                    " does not list under 'devices'"
+                )
+            elif (shop_id, device_id) in bound:
+                message = (
+                    "device '{device_id}' of shop '{shop_id}' is bound twice"
+                    " (also by driver '{other}')"
+                )
+            else:
+                bound[shop_id, device_id] = driver.name
+                continue
+            context = {
+                "driver": driver.name,
+                "shop_id": shop_id,
+                "device_id": device_id,
+                "other": bound.get((shop_id, device_id), ""),
+                "at": at,
+            }
+            raise PydanticCustomError("unbound_device", message, context)
+
+
+def _check_buses(config: GatewayConfig) -> None:
+    """One driver per serial port: two would read each other's frames."""
+    owner: dict[str, str] = {}
+    for i, driver in enumerate(config.drivers):
+        port = getattr(driver, "port", None)
+        if port is None:
+            continue
+        if port in owner:
+            raise PydanticCustomError(
+                "shared_port",
+                "drivers '{first}' and '{second}' both use port '{port}'; one bus, one driver",
+                {
+                    "first": owner[port],
+                    "second": driver.name,
+                    "port": port,
+                    "at": ("drivers", i, "port"),
+                },
+            )
+        owner[port] = driver.name
 
 
 def _resolve_broker(broker: BrokerConfig, base: Path) -> BrokerConfig:

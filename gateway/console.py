@@ -23,18 +23,27 @@ def read_status(config: GatewayConfig) -> dict[str, Any] | None:
     return status
 
 
+def journal_view(config: GatewayConfig) -> dict[str, Any]:
+    """What the journal file says: backlog and refusals per forwarder, field devices."""
+    if not config.journal_path.exists():
+        return {"pending": {}, "refused": {}, "devices": []}
+    reader = JournalReader(config.journal_path)
+    try:
+        return {
+            "pending": reader.pending_counts(),
+            "refused": reader.given_up_counts(),
+            "devices": reader.device_states(),
+        }
+    finally:
+        reader.close()
+
+
 def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> int:
     """Print the gateway's counters and each forwarder's backlog; 1 if it never ran."""
     status = read_status(config)
-    pending: dict[str, int] = {}
-    refused: dict[str, int] = {}
-    if config.journal_path.exists():
-        reader = JournalReader(config.journal_path)
-        pending = reader.pending_counts()
-        refused = reader.given_up_counts()
-        reader.close()
+    view = journal_view(config)
     if as_json:
-        console.print_json(json.dumps({"status": status, "pending": pending, "refused": refused}))
+        console.print_json(json.dumps({"status": status, **view}))
         return 0 if status else 1
     if status is None:
         console.print(f"[yellow]No status in {config.state_dir}: has the gateway run here?[/]")
@@ -53,17 +62,35 @@ def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> in
     table.add_row("alerts suppressed (cool-down)", str(status["alerts_suppressed"]))
     for reason, n in sorted(status["rejected"].items()):
         table.add_row(f"rejected {reason}", str(n))
+    for code, heard in sorted(status.get("unknown_codes", {}).items()):
+        table.add_row(f"unknown 433 MHz code {code}", f"heard {time.time() - heard:.0f} s ago")
     for name, up in sorted(status["links"].items()):
         table.add_row(f"link {name}", "[green]up[/]" if up else "[red]down[/]")
     for name in (f.name for f in config.forwarders):
-        table.add_row(f"waiting for {name}", str(pending.get(name, 0)))
-        if refused.get(name):
-            table.add_row(f"refused by {name} (given up)", f"[red]{refused[name]}[/]")
+        table.add_row(f"waiting for {name}", str(view["pending"].get(name, 0)))
+        if view["refused"].get(name):
+            table.add_row(f"refused by {name} (given up)", f"[red]{view['refused'][name]}[/]")
     table.add_row("journal", f"{status['journal_mb']} MB, {status['evicted']} evicted")
     console.print(table)
+    if view["devices"]:
+        console.print(device_table(view["devices"]))
     for warning in status["warnings"]:
         console.print(f"[bold yellow]warning:[/] {warning}")
     return 0
+
+
+def device_table(devices: list[dict[str, Any]]) -> Table:
+    """Field devices: last seen, battery and fault, as kept in the journal database."""
+    table = Table(title="Field devices")
+    for column in ("shop", "device", "driver", "last seen", "battery", "fault"):
+        table.add_column(column)
+    now = time.time()
+    for d in devices:
+        seen = "never" if d["last_seen"] is None else f"{now - d['last_seen']:.0f} s ago"
+        battery = "" if d["battery_v"] is None else f"{d['battery_v']:.2f} V"
+        fault = f"[red]{d['fault']}[/]" if d["fault"] else "[green]ok[/]"
+        table.add_row(d["shop_id"], d["device_id"], d["driver"], seen, battery, fault)
+    return table
 
 
 def show_events(config: GatewayConfig, console: Console, *, limit: int, as_json: bool) -> int:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import JournalError
 from gateway.events import EVENT_CLASS, Event, EventClass, utc_now
@@ -54,6 +55,15 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(forwarder, seq)
     WHERE acked_at IS NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS device_state (
+    shop_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    driver TEXT NOT NULL,
+    last_seen REAL,
+    battery_v REAL,
+    fault TEXT,
+    PRIMARY KEY (shop_id, device_id)
+) WITHOUT ROWID;
 """
 
 MAX_BATCH = 2000
@@ -491,6 +501,15 @@ class JournalReader:
                 "SELECT seq, body FROM events ORDER BY seq DESC LIMIT ?", (limit,)
             )
         ]
+
+    def device_states(self) -> list[dict[str, Any]]:
+        """Each field device's last known state (``device_state`` table), by shop and device."""
+        cursor = self._conn.execute(
+            "SELECT shop_id, device_id, driver, last_seen, battery_v, fault FROM device_state"
+            " ORDER BY shop_id, device_id"
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
 
     def close(self) -> None:
         """Close the connection."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.broker import Mosquitto, mosquitto_binary
+from tests.field import bind_field_devices
 from tests.harness import TestGateway, init_config
 
 
@@ -53,6 +54,32 @@ def start_gateway(
         config = init_config(
             tmp_path, block_url=block_broker.url, police_url=police_broker.url, **overrides
         )
+        gw = TestGateway(config)
+        gateway_process.append(gw)
+        gw.start()
+        return gw
+
+    return start
+
+
+@pytest.fixture
+def start_field_gateway(
+    tmp_path: Path,
+    block_broker: Mosquitto,
+    police_broker: Mosquitto,
+    gateway_process: list[TestGateway],
+) -> Callable[..., TestGateway]:
+    """Start `lianfang run` with field devices bound on extra drivers (see tests/field.py)."""
+
+    def start(
+        devices: dict[str, list[tuple[str, str]]],
+        drivers: list[dict[str, object]],
+        **overrides: object,
+    ) -> TestGateway:
+        config = init_config(
+            tmp_path, block_url=block_broker.url, police_url=police_broker.url, **overrides
+        )
+        bind_field_devices(config, devices, drivers)
         gw = TestGateway(config)
         gateway_process.append(gw)
         gw.start()

@@ -167,7 +167,7 @@ BROKEN = [
         "- kind: modbus_rtu",
         7,
         "drivers[0].kind",
-        "unknown kind 'modbus_rtu' (expected one of: mqtt_ingest)",
+        "unknown kind 'modbus_rtu' (expected one of: line_serial, ",
     ),
 ]
 

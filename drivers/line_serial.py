@@ -1,0 +1,275 @@
+"""Wired panic buttons and keypads on one serial bus (RS-485 or USB), line protocol.
+
+Each frame is acknowledged once its event is in the journal (frames that make
+no event, such as a heartbeat or a single key, at once). The last frame of an
+address, sent again to the letter within ``repeat_window_s``, is a
+retransmission: it is not emitted again, and once the first copy is durable it
+is acknowledged again, since the device evidently missed the ACK. Garbled
+input is counted by reason and skipped.
+
+A keypad's keys are collected per address; a configured sequence (default
+``9#``) typed within ``sequence_timeout_s`` becomes its event kind. Single keys
+make no event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from drivers.base import DeviceBinding, DriverConfig, DriverContext, Emit
+from drivers.line_frames import LineFrame, LineReader
+from drivers.serial_port import open_serial, read_some
+from drivers.supervision import Supervision
+from gateway.events import EventKind
+from gateway.ratelimit import RateLimitedLog
+
+logger = logging.getLogger(__name__)
+
+KIND = "line_serial"
+MAX_KEYS = 16
+
+# Frame types that are one event each, and its kind.
+FRAME_KINDS = {"PANIC": EventKind.PANIC, "TAMPER": EventKind.TAMPER, "RESTORE": EventKind.RESTORE}
+
+
+class LineDeviceConfig(DeviceBinding):
+    """A device on the bus: its address and the shop device it is."""
+
+    address: int = Field(ge=1, le=247, description="Bus address set on the device (1-247).")
+    supervision_s: float | None = Field(
+        default=None,
+        ge=1,
+        le=86400,
+        description="Heartbeat supervision: silent this long raises supervision_lost. "
+        "None: not supervised.",
+    )
+
+
+class LineSerialConfig(DriverConfig):
+    """A serial bus of wired panic buttons and keypads speaking the line protocol."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["line_serial"] = Field(description="Driver type.")
+    port: str = Field(
+        min_length=1,
+        description="Serial device (/dev/ttyUSB0) or pyserial URL (socket://host:port).",
+    )
+    baudrate: int = Field(default=9600, ge=300, le=921600, description="Line speed, baud.")
+    devices: list[LineDeviceConfig] = Field(min_length=1, description="Devices on the bus.")
+    supervision_s: float | None = Field(
+        default=None,
+        ge=1,
+        le=86400,
+        description="Supervision interval of every device on the bus that sets none itself.",
+    )
+    key_sequences: dict[str, EventKind] = Field(
+        default_factory=lambda: {"9#": EventKind.PANIC},
+        description="Keypad sequences and the event kind each becomes (e.g. '9#': panic).",
+    )
+    sequence_timeout_s: float = Field(
+        default=4.0, gt=0, le=60, description="Keys further apart than this start a new sequence."
+    )
+    low_battery_v: float = Field(
+        default=2.6, gt=0, le=30, description="A heartbeat below this voltage raises low_battery."
+    )
+    repeat_window_s: float = Field(
+        default=10,
+        gt=0,
+        le=3600,
+        description="The last frame of an address, sent again this soon (s), is a "
+        "retransmission, not a new frame.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_addresses(self) -> LineSerialConfig:
+        seen: set[int] = set()
+        for device in self.devices:
+            if device.address in seen:
+                raise ValueError(f"address {device.address} is used by two devices on {self.port}")
+            seen.add(device.address)
+        for sequence in self.key_sequences:
+            if not 1 <= len(sequence) <= MAX_KEYS:
+                raise ValueError(f"key sequence {sequence!r} must be 1 to {MAX_KEYS} keys")
+        return self
+
+    def bound_devices(self) -> list[tuple[str, str, tuple[str | int, ...]]]:
+        """Each device's shop and id, with where it is in this driver's config."""
+        return [(d.shop_id, d.device_id, ("devices", i)) for i, d in enumerate(self.devices)]
+
+
+@dataclass
+class _LastFrame:
+    frame: LineFrame
+    at: float
+    durable: bool
+
+
+@dataclass
+class _Keys:
+    typed: str = ""
+    at: float = 0.0
+
+
+class LineSerialDriver:
+    """Reads one bus, emits each device's events, acknowledges them once durable."""
+
+    kind: ClassVar[str] = KIND
+
+    def __init__(self, config: LineSerialConfig, *, context: DriverContext) -> None:
+        """Serve the devices in ``config`` on its port."""
+        self.config = config
+        self._context = context
+        self.link_up = asyncio.Event()
+        self.rejected: Counter[str] = Counter()
+        self._log = RateLimitedLog(logger)
+        self._devices = {d.address: d for d in config.devices}
+        self._last: dict[int, _LastFrame] = {}
+        self._keys: dict[int, _Keys] = {}
+        self._low_battery: set[int] = set()
+        # Longest first: with '9#' and '1239#' configured, typing 1239# is the latter.
+        self._sequences = sorted(config.key_sequences, key=len, reverse=True)
+        self._writer: asyncio.StreamWriter | None = None
+        self.supervision = Supervision(
+            config.name,
+            context,
+            [(d, d.supervision_s or config.supervision_s) for d in config.devices],
+        )
+
+    async def run(self, emit: Emit) -> None:
+        """Read the bus until cancelled; raise ``DriverUnavailable`` when the port fails."""
+        reader, writer = await open_serial(self.config.port, self.config.baudrate)
+        self._writer = writer
+        frames = LineReader()
+        self.link_up.set()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.supervision.watch(emit), name=f"{self.config.name}.supervise")
+                while True:
+                    data = await read_some(reader, self.config.port)
+                    for frame in frames.feed(data):
+                        await self._handle(frame, emit)
+                    self._count(frames)
+        finally:
+            self._writer = None
+            writer.close()
+
+    def _count(self, frames: LineReader) -> None:
+        if not frames.rejected:
+            return
+        for reason, n in frames.rejected.items():
+            self.rejected[reason] += n
+            self._log.warning(reason, "%s: dropped %d %s input(s)", self.config.name, n, reason)
+        frames.rejected.clear()
+
+    def _send(self, frame: LineFrame, writer: asyncio.StreamWriter | None) -> None:
+        # After a reconnect, an ACK for a frame read on the old port is dropped:
+        # the device sends the frame again and the repeat is acknowledged.
+        if writer is not None and writer is self._writer and not writer.is_closing():
+            writer.write(frame.encode())
+
+    async def _handle(self, frame: LineFrame, emit: Emit) -> None:
+        device = self._devices.get(frame.addr)
+        if device is None:
+            self.rejected["unknown_address"] += 1
+            self._log.warning(
+                "unknown", "%s: frame from unknown address %d", self.config.name, frame.addr
+            )
+            return
+        now = time.monotonic()
+        last = self._last.get(frame.addr)
+        window = self.config.repeat_window_s
+        # A retransmission is the same frame to the letter; a device that restarts its
+        # numbering after a power cut sends a different frame, or one much later.
+        if last is not None and last.frame == frame and now - last.at < window:
+            last.at = now  # a device retrying while the journal is slow stays one event
+            if last.durable:
+                self._send(frame.ack(), self._writer)
+            return
+        record = _LastFrame(frame, now, durable=False)
+        self._last[frame.addr] = record
+        battery = _volts(frame.data) if frame.type == "HB" else None
+        if self.supervision.heard(device, battery_v=battery):
+            await self.supervision.restored(emit, device, self._ref(frame))
+        kind, zone, attrs = self._meaning(frame, device, battery, now)
+        writer = self._writer
+
+        def acknowledge() -> None:
+            record.durable = True
+            self._send(frame.ack(), writer)
+
+        if kind is None:
+            acknowledge()
+            return
+        event = self._context.event(
+            self.config.name, device, kind, ref=self._ref(frame), zone=zone, attrs=attrs
+        )
+        await emit(event, on_durable=acknowledge)
+
+    def _ref(self, frame: LineFrame) -> str:
+        return f"{self.config.port}#{frame.addr}/{frame.seq}"
+
+    def _meaning(
+        self, frame: LineFrame, device: LineDeviceConfig, battery: float | None, now: float
+    ) -> tuple[EventKind | None, str | None, dict[str, object]]:
+        """The event kind a frame makes (None for none), its zone and attributes."""
+        attrs: dict[str, object] = {"addr": frame.addr, "seq": frame.seq}
+        if frame.type in FRAME_KINDS:
+            return FRAME_KINDS[frame.type], frame.data or None, attrs
+        if frame.type == "HB":
+            return self._battery(frame.addr, battery), None, {**attrs, "battery_v": battery}
+        if frame.type == "KEY" and frame.data is not None and len(frame.data) == 1:
+            matched = self._typed(frame.addr, frame.data, now)
+            if matched is None:
+                return None, None, attrs
+            return self.config.key_sequences[matched], None, {**attrs, "keys": matched}
+        self.rejected["unknown_type"] += 1
+        self._log.warning(
+            "type",
+            "%s: address %d (%s) sent unknown frame type %s",
+            self.config.name,
+            frame.addr,
+            device.device_id,
+            frame.type,
+        )
+        return None, None, attrs
+
+    def _battery(self, addr: int, volts: float | None) -> EventKind | None:
+        """``low_battery`` once when a battery falls low, ``restore`` once it is well again."""
+        if volts is None:
+            return None
+        if volts < self.config.low_battery_v and addr not in self._low_battery:
+            self._low_battery.add(addr)
+            return EventKind.LOW_BATTERY
+        # A little hysteresis, so a battery at the threshold does not flap.
+        if volts >= self.config.low_battery_v + 0.1 and addr in self._low_battery:
+            self._low_battery.discard(addr)
+            return EventKind.RESTORE
+        return None
+
+    def _typed(self, addr: int, key: str, now: float) -> str | None:
+        """Add a key press; the configured sequence it completes, if any."""
+        keys = self._keys.setdefault(addr, _Keys())
+        if now - keys.at > self.config.sequence_timeout_s:
+            keys.typed = ""
+        keys.typed = (keys.typed + key)[-MAX_KEYS:]
+        keys.at = now
+        for sequence in self._sequences:
+            if keys.typed.endswith(sequence):
+                keys.typed = ""
+                return sequence
+        return None
+
+
+def _volts(data: str | None) -> float | None:
+    try:
+        return float(data) if data else None
+    except ValueError:
+        return None

@@ -1,0 +1,101 @@
+"""Supervision of field devices that send heartbeats: a silent device is a trouble.
+
+A device with a supervision interval must be heard from (any frame) within
+each interval. When it is not, ``watch`` emits ``supervision_lost`` (forwarded
+to the police as a trouble) once; the next frame from it emits ``restore``.
+The device's last seen time, battery and fault go to ``DeviceStates``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from drivers.base import DeviceBinding, DriverContext, Emit
+from gateway.events import EventKind
+
+SUPERVISION_LOST = EventKind.SUPERVISION_LOST.value
+
+
+@dataclass
+class _Watched:
+    binding: DeviceBinding
+    interval_s: float
+    heard_at: float
+    lost: bool = False
+
+
+class Supervision:
+    """Tracks when each device was last heard; raises and clears supervision troubles."""
+
+    def __init__(
+        self,
+        driver: str,
+        context: DriverContext,
+        intervals: Iterable[tuple[DeviceBinding, float | None]],
+    ) -> None:
+        """Watch the devices that have an interval (seconds); others are only recorded."""
+        self._driver = driver
+        self._context = context
+        now = time.monotonic()
+        # A device never heard since start is given one whole interval.
+        self._watched = {
+            (b.shop_id, b.device_id): _Watched(b, s, now) for b, s in intervals if s is not None
+        }
+
+    def heard(self, binding: DeviceBinding, *, battery_v: float | None = None) -> bool:
+        """Record a frame from ``binding``; True if it was lost and is back (emit ``restore``)."""
+        states = self._context.device_states
+        if states is not None:
+            states.seen(
+                binding.shop_id, binding.device_id, driver=self._driver, battery_v=battery_v
+            )
+        watched = self._watched.get((binding.shop_id, binding.device_id))
+        if watched is None:
+            return False
+        watched.heard_at = time.monotonic()
+        if not watched.lost:
+            return False
+        watched.lost = False
+        self.set_fault(binding, None)
+        return True
+
+    def set_fault(self, binding: DeviceBinding, fault: str | None) -> None:
+        """Record that ``binding`` is in trouble (``fault``) or no longer (None)."""
+        states = self._context.device_states
+        if states is not None:
+            states.fault(binding.shop_id, binding.device_id, driver=self._driver, fault=fault)
+
+    async def watch(self, emit: Emit) -> None:
+        """Emit ``supervision_lost`` for each device silent past its interval, until cancelled."""
+        if not self._watched:
+            return
+        period = min(1.0, min(w.interval_s for w in self._watched.values()) / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for watched in self._watched.values():
+                silent = now - watched.heard_at
+                if watched.lost or silent <= watched.interval_s:
+                    continue
+                watched.lost = True
+                self.set_fault(watched.binding, SUPERVISION_LOST)
+                await emit(
+                    self._context.event(
+                        self._driver,
+                        watched.binding,
+                        EventKind.SUPERVISION_LOST,
+                        ref="supervision",
+                        attrs={"silent_s": round(silent, 1), "interval_s": watched.interval_s},
+                    )
+                )
+
+    async def restored(self, emit: Emit, binding: DeviceBinding, ref: str) -> None:
+        """Emit the ``restore`` of a device that was lost and is heard again."""
+        await emit(
+            self._context.event(
+                self._driver, binding, EventKind.RESTORE, ref=ref, attrs={"of": SUPERVISION_LOST}
+            )
+        )

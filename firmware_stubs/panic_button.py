@@ -1,0 +1,9 @@
+"""A wired panic button (line protocol); the commands are those of ``firmware_stubs.line_bus``.
+
+python -m firmware_stubs.panic_button --pty --address 3
+"""
+
+from firmware_stubs.line_bus import main
+
+if __name__ == "__main__":
+    main("panic button")

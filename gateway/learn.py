@@ -1,0 +1,172 @@
+"""Pair a 433 MHz button: wait for its code, then write the binding into ``lianfang.yaml``.
+
+The code is taken from the running gateway (its status lists codes it heard
+but does not know) or, when no gateway is running here, from the receiver's
+port directly. The config is edited round-trip (ruamel.yaml keeps the
+installer's comments, order and quoting), validated as a whole, backed up to
+``lianfang.yaml.bak`` and replaced atomically; a config that would not load is
+never written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from drivers.rf433 import CodeReader, Rf433Config
+from drivers.serial_port import open_serial, read_some
+from gateway.config import GatewayConfig
+from gateway.config_file import load_config
+from gateway.errors import ConfigError, ConfigProblem
+
+POLL_S = 0.2
+
+
+def learn_driver(config: GatewayConfig, name: str | None, *, file: str) -> Rf433Config:
+    """The 433 MHz driver to pair with: ``name``, or the only one."""
+    found = [d for d in config.drivers if isinstance(d, Rf433Config)]
+    chosen = [d for d in found if name is None or d.name == name]
+    if len(chosen) == 1:
+        return chosen[0]
+    names = ", ".join(d.name for d in found) or "none"
+    if not found:
+        why = "no rf433 driver configured"
+    elif name is not None:
+        why = f"no rf433 driver named {name!r}"
+    else:
+        why = "more than one rf433 driver; choose one with --driver"
+    raise ConfigError([ConfigProblem(file, "drivers", f"{why} (rf433 drivers: {names})")])
+
+
+async def next_code(
+    config: GatewayConfig,
+    driver: Rf433Config,
+    timeout_s: float,
+    *,
+    listening: Callable[[str], None],
+) -> str:
+    """The next code pressed; from the running gateway's status if it runs, else from the port.
+
+    ``listening(how)`` is called once a press will be heard.
+    """
+    status_file = config.state_dir / "status.json"
+    fresh = max(3 * config.status_interval_s, 5.0)  # a busy gateway may write late
+    async with asyncio.timeout(timeout_s):
+        if status_file.exists() and time.time() - status_file.stat().st_mtime < fresh:
+            started = time.time()
+            listening("through the running gateway")
+            return await _code_from_status(status_file, driver.name, started)
+        return await _code_from_port(driver, listening)
+
+
+async def _code_from_status(status_file: Path, driver: str, started: float) -> str:
+    while True:
+        await asyncio.sleep(POLL_S)
+        code = await asyncio.to_thread(_heard_since, status_file, driver, started)
+        if code is not None:
+            return code
+
+
+def _heard_since(status_file: Path, driver: str, since: float) -> str | None:
+    """The code ``driver`` last heard (and did not know) after ``since``, per the status file."""
+    try:
+        heard: dict[str, float] = json.loads(status_file.read_text()).get("unknown_codes", {})
+    except (OSError, ValueError):
+        return None  # caught mid-write; the next poll reads it whole
+    prefix = f"{driver}."
+    fresh = [(at, key) for key, at in heard.items() if key.startswith(prefix) and at > since]
+    return max(fresh)[1].removeprefix(prefix) if fresh else None
+
+
+async def _code_from_port(driver: Rf433Config, listening: Callable[[str], None]) -> str:
+    reader, writer = await open_serial(driver.port, driver.baudrate)
+    listening(f"on {driver.port}")
+    codes = CodeReader(driver.line_pattern, driver.burst_s)
+    try:
+        while True:
+            pressed = codes.feed(await read_some(reader, driver.port), time.monotonic())
+            if pressed:
+                return pressed[0]
+    finally:
+        writer.close()
+
+
+def bind_code(
+    path: Path, config: GatewayConfig, driver: Rf433Config, *, shop: str, device: str, code: str
+) -> str:
+    """Write ``code`` as ``shop``'s button ``device`` into the file at ``path``; say what was done.
+
+    Adds the device to the shop (kind ``rf433_button``) if it is not listed yet.
+    Raises ``ConfigError`` if the code is bound elsewhere or the result is invalid.
+    """
+    file = str(path)
+    for button in driver.buttons:
+        if button.code == code:
+            if (button.shop_id, button.device_id) == (shop, device):
+                return f"code {code} is already {shop}/{device}; nothing to change"
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        file,
+                        f"drivers.{driver.name}.buttons",
+                        f"code {code} is already learned as {button.shop_id}/{button.device_id}",
+                    )
+                ]
+            )
+    if shop not in {s.id for s in config.shops}:
+        raise ConfigError([ConfigProblem(file, "shops", f"no shop {shop!r} in this config")])
+    yaml = YAML()  # round-trip: comments, order and quoting stay as the installer wrote them
+    yaml.preserve_quotes = True
+    data = yaml.load(path.read_text(encoding="utf-8"))
+    shop_node = next(s for s in data["shops"] if s["id"] == shop)
+    if "devices" not in shop_node:
+        # Written out, the implicit default (panel-1) stays paired.
+        current = next(s for s in config.shops if s.id == shop).devices
+        shop_node["devices"] = CommentedSeq(
+            CommentedMap([("id", d.id), ("kind", d.kind)]) for d in current
+        )
+    devices = shop_node["devices"]
+    added = ""
+    if device not in {d["id"] for d in devices}:
+        devices.append(CommentedMap([("id", device), ("kind", "rf433_button")]))
+        added = f"; added device {device} to shop {shop}"
+    driver_node = next(d for d in data["drivers"] if d["name"] == driver.name)
+    buttons = driver_node.setdefault("buttons", CommentedSeq())
+    buttons.append(CommentedMap([("code", code), ("shop_id", shop), ("device_id", device)]))
+    text = io.StringIO()
+    yaml.dump(data, text)
+    _replace_checked(path, text.getvalue())
+    return f"learned code {code} as {shop}/{device}{added}; old file kept as {path.name}.bak"
+
+
+def _replace_checked(path: Path, text: str) -> None:
+    """Validate ``text`` as this config file, back the old one up, and swap atomically."""
+    tmp = path.with_name(f".{path.name}.learn")
+    try:
+        with tmp.open("w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            load_config(tmp)  # the whole file must still load, relative paths and all
+        except ConfigError as exc:
+            raise ConfigError(
+                [
+                    dataclasses.replace(p, file=f"{path} (as learn would write it)")
+                    for p in exc.problems
+                ]
+            ) from None
+        shutil.copy2(path, path.with_name(f"{path.name}.bak"))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

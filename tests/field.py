@@ -1,0 +1,49 @@
+"""Field devices for the tests: stub processes on ptys, and configs that bind them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from firmware_stubs.process import StubProcess
+
+
+def bind_field_devices(
+    config: Path, devices: dict[str, list[tuple[str, str]]], drivers: list[dict[str, Any]]
+) -> None:
+    """Add ``devices`` (shop -> [(id, kind)]) to the shops and append ``drivers``."""
+    data = yaml.safe_load(config.read_text())
+    for shop in data["shops"]:
+        for device_id, kind in devices.get(shop["id"], []):
+            shop["devices"].append({"id": device_id, "kind": kind})
+    data["drivers"].extend(drivers)
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@contextmanager
+def stub(name: str, *args: str, log: Path | None = None) -> Iterator[StubProcess]:
+    """A running stub on a fresh pty; stopped (by its PID) on the way out."""
+    process = StubProcess(name, "--pty", *args, log=log)
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()
+
+
+def cli_json(command: str, config: Path) -> Any:
+    """Run ``lianfang COMMAND --config CONFIG --json`` and parse what it prints."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", command, "--config", str(config), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(done.stdout)

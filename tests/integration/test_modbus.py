@@ -1,0 +1,304 @@
+"""Modbus IO modules: the driver in-process against the real pymodbus stub (TCP and RTU on ptys)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from drivers.base import DriverContext
+from drivers.modbus import ModbusConfig, ModbusDriver, modbus_client, scan_units
+from firmware_stubs.modbus_io import ModbusIO
+from gateway.app import Gateway
+from gateway.broker import free_port
+from gateway.config import GatewayConfig
+from gateway.events import Event
+from gateway.mqtt import BrokerConfig
+from tests.clients import wait_until
+from tests.field import stub
+
+PERIOD = 0.2
+
+
+def config(where: dict[str, str]) -> ModbusConfig:
+    return ModbusConfig.model_validate(
+        {
+            "kind": "modbus",
+            "name": "io-bus",
+            **where,
+            "timeout_s": 0.3,
+            "modules": [
+                {
+                    "unit": 1,
+                    "shop_id": "S00011",
+                    "device_id": "io-1",
+                    "poll_interval_s": PERIOD,
+                    "inputs": [{"zone": "1", "address": 0}, {"zone": "2", "address": 1}],
+                    "siren_coil": 0,
+                    "strobe_coil": 1,
+                },
+                {
+                    "unit": 2,
+                    "shop_id": "S00012",
+                    "device_id": "io-1",
+                    "poll_interval_s": PERIOD,
+                    "inputs": [{"zone": "1", "address": 0}],
+                },
+            ],
+        }
+    )
+
+
+class Collected(list[Event]):
+    async def __call__(self, event: Event, *, on_durable=None, **_: object) -> None:
+        self.append(event)
+        if on_durable:
+            on_durable()
+
+    def kinds(self) -> list[tuple[str | None, str]]:
+        return [(e.shop_id, e.kind.value) for e in self]
+
+
+def driver_for(cfg: ModbusConfig, state_dir: Path) -> ModbusDriver:
+    context = DriverContext(
+        gateway_id="GW-001",
+        block_broker=BrokerConfig(url="mqtt://127.0.0.1:1"),
+        state_dir=state_dir,
+    )
+    return ModbusDriver(cfg, context=context)
+
+
+@asynccontextmanager
+async def driving(driver: ModbusDriver, events: Collected) -> AsyncIterator[None]:
+    """The driver polling in a task, until the block ends."""
+    task = asyncio.create_task(driver.run(events), name="driver")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_door_edges_faults_and_restore_over_tcp(tmp_path):
+    """Door open/close become events within two polls of the module; a stopped stub is a device_fault per module; restarted, a restore."""
+
+    async def scenario() -> None:
+        tcp = f"127.0.0.1:{free_port()}"
+        io = ModbusIO([1, 2], tcp=tcp)
+        await io.start()
+        driver = driver_for(config({"host": tcp}), tmp_path)
+        events = Collected()
+        try:
+            async with driving(driver, events):
+                await exercise(io, driver, events)
+        finally:
+            await io.stop()
+
+    async def exercise(io: ModbusIO, driver: ModbusDriver, events: Collected) -> None:
+        await wait_until(lambda: driver.polls >= 4, 10, "first polls")
+        before = driver.polls
+        await io.set_door(1, 1, is_open=True)
+        await wait_until(lambda: events, 10, "door_open")
+        # two modules share the bus: two polls of unit 1 are at most five bus polls
+        assert driver.polls - before <= 5
+        [opened] = events
+        assert (opened.shop_id, opened.device_id, opened.zone) == ("S00011", "io-1", "2")
+        assert opened.kind == "door_open"
+        await io.set_door(1, 1, is_open=False)
+        await wait_until(lambda: len(events) == 2, 10, "door_close")
+        assert events[1].kind == "door_close"
+        await io.stop()
+        await wait_until(lambda: len(events) == 4, 15, "two device faults")
+        assert sorted(events.kinds()[2:]) == [
+            ("S00011", "device_fault"),
+            ("S00012", "device_fault"),
+        ]
+        await asyncio.sleep(3 * PERIOD)
+        assert len(events) == 4  # one fault each, not one per failed poll
+        await io.set_door(2, 0, is_open=True)  # opened while the module was unreachable
+        await io.start()
+        await wait_until(lambda: len(events) == 7, 15, "two restores and the door")
+        assert sorted(events.kinds()[4:]) == [
+            ("S00011", "restore"),
+            ("S00012", "door_open"),
+            ("S00012", "restore"),
+        ]
+
+    asyncio.run(scenario())
+
+
+def test_siren_is_switched_off_also_after_a_restart_in_between(tmp_path):
+    """The siren and strobe coils go on, then off at the deadline; a driver stopped in between leaves the deadline on disk and the next one switches them off."""
+
+    async def scenario() -> None:
+        tcp = f"127.0.0.1:{free_port()}"
+        io = ModbusIO([1, 2], tcp=tcp)
+        await io.start()
+        changes: list[tuple[int, int, bool]] = []
+        watcher = asyncio.create_task(io.watch_coils(lambda *c: changes.append(c)), name="watch")
+        try:
+            first = driver_for(config({"host": tcp}), tmp_path)
+            assert first.siren_shops() == {"S00011"}
+            async with driving(first, Collected()):
+                await wait_until(lambda: first.polls >= 2, 10, "first polls")
+                await first.sound_siren("S00011", 0.6)
+                await wait_until(lambda: len(changes) == 4, 10, "coils on and off")
+                assert changes[:2] == [(1, 0, True), (1, 1, True)]
+                assert sorted(changes[2:]) == [(1, 0, False), (1, 1, False)]
+
+                await first.sound_siren("S00011", 1.5)
+                await wait_until(lambda: len(changes) == 6, 10, "coils on again")
+            assert json.loads((tmp_path / "sirens-io-bus.json").read_text())
+            await asyncio.sleep(0.3)
+            assert io.coils[1][:2] == [True, True]  # nobody left to switch them off
+
+            second = driver_for(config({"host": tcp}), tmp_path)
+            async with driving(second, Collected()):
+                await wait_until(lambda: len(changes) == 8, 10, "coils off after the restart")
+                assert io.coils[1][:2] == [False, False]
+                assert json.loads((tmp_path / "sirens-io-bus.json").read_text()) == {}
+        finally:
+            watcher.cancel()
+            await io.stop()
+
+    asyncio.run(scenario())
+
+
+def test_rtu_over_a_pty_and_scan(tmp_path):
+    """The stub as a process serving RTU on a pty: scan lists its units, and a door edge arrives."""
+    with stub("modbus_io", "--units", "1,2") as io:
+        io.expect("READY")
+
+        async def scenario() -> None:
+            client = modbus_client(port=io.port, host=None, baudrate=9600, timeout_s=0.3)
+            await client.connect()
+            assert await scan_units(client, range(1, 5)) == [1, 2]
+            client.close()
+            driver = driver_for(config({"port": io.port}), tmp_path)
+            events = Collected()
+            async with driving(driver, events):
+                await wait_until(lambda: driver.polls >= 4, 10, "first polls")
+                io.send("open 1 0")
+                await wait_until(lambda: events, 10, "door_open over RTU")
+                assert (events[0].kind, events[0].zone) == ("door_open", "1")
+
+        asyncio.run(scenario())
+
+
+def test_scan_command_lists_responding_units(tmp_path):
+    """`lianfang scan --host` prints the unit ids that answer, and only those."""
+
+    async def scenario() -> None:
+        tcp = f"127.0.0.1:{free_port()}"
+        io = ModbusIO([3, 7], tcp=tcp)
+        await io.start()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gateway",
+                "scan",
+                "--host",
+                tcp,
+                "--units",
+                "1-10",
+                "--json",
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0
+            assert json.loads(out) == [3, 7]
+        finally:
+            await io.stop()
+
+    asyncio.run(scenario())
+
+
+def test_gateway_sound_siren_reaches_the_modbus_driver(tmp_path):
+    """Gateway.sound_siren (the rules' way in) drives the shop's coil through the Modbus driver; a shop without one gets False."""
+
+    async def scenario() -> None:
+        tcp = f"127.0.0.1:{free_port()}"
+        io = ModbusIO([1, 2], tcp=tcp)
+        await io.start()
+        driver = config({"host": tcp}).model_dump(mode="json")
+        shops = [
+            {
+                "id": shop,
+                "name": shop,
+                "lat": 39.9,
+                "lon": 116.4 + i / 1000,
+                "grid": {"large": "L1", "medium": "M1", "small": "s1"},
+                "devices": [{"id": "io-1", "kind": "io_module"}],
+            }
+            for i, shop in enumerate(("S00011", "S00012"))
+        ]
+        gateway = Gateway(
+            GatewayConfig.model_validate(
+                {
+                    "gateway": {"id": "GW-001", "large_grid": "L1"},
+                    "broker": {"url": "mqtt://127.0.0.1:1"},
+                    "state_dir": str(tmp_path / "state"),
+                    "drivers": [driver],
+                    "shops": shops,
+                }
+            )
+        )
+        changes: list[tuple[int, int, bool]] = []
+        watcher = asyncio.create_task(io.watch_coils(lambda *c: changes.append(c)), name="watch")
+        modbus = gateway.drivers["io-bus"]
+        assert isinstance(modbus, ModbusDriver)
+        try:
+            async with driving(modbus, Collected()):
+                await wait_until(lambda: modbus.polls >= 2, 10, "first polls")
+                assert await gateway.sound_siren("S00012", 1) is False
+                assert await gateway.sound_siren("S00011", 0.3) is True
+                await wait_until(lambda: len(changes) == 4, 10, "siren and strobe on and off")
+                assert [c for c in changes if c[2]] == [(1, 0, True), (1, 1, True)]
+        finally:
+            watcher.cancel()
+            gateway.journal.close()
+            await io.stop()
+
+    asyncio.run(scenario())
+
+
+def test_siren_switch_off_waits_for_a_module_that_is_down_without_spinning(tmp_path):
+    """A siren whose module goes down before its deadline is switched off once the module is back; meanwhile the bus is not hammered; a garbled deadlines file switches every coil off."""
+
+    async def scenario() -> None:
+        tcp = f"127.0.0.1:{free_port()}"
+        io = ModbusIO([1, 2], tcp=tcp)
+        await io.start()
+        changes: list[tuple[int, int, bool]] = []
+        watcher = asyncio.create_task(io.watch_coils(lambda *c: changes.append(c)), name="watch")
+        driver = driver_for(config({"host": tcp}), tmp_path)
+        try:
+            async with driving(driver, Collected()):
+                await wait_until(lambda: driver.polls >= 2, 10, "first polls")
+                await driver.sound_siren("S00011", 0.3)
+                await wait_until(lambda: len(changes) == 2, 10, "coils on")
+                await io.stop()
+                before = driver.polls
+                await asyncio.sleep(2)  # the deadline passes while the module is down
+                assert driver.polls - before < 40  # 2 modules at 200 ms, then every 2 s
+                assert io.coils[1][:2] == [True, True]
+                await io.start()  # the module comes back with its coils still on
+                await wait_until(lambda: len(changes) == 4, 15, "coils off once it is back")
+                assert io.coils[1][:2] == [False, False]
+                await driver.sound_siren("S00011", 60)
+                await wait_until(lambda: len(changes) == 6, 10, "coils on for a minute")
+            # the deadlines file garbled while the driver was away: every coil goes off
+            (tmp_path / "sirens-io-bus.json").write_text('{"1/0": "soon"')
+            second = driver_for(config({"host": tcp}), tmp_path)
+            async with driving(second, Collected()):
+                await wait_until(lambda: len(changes) == 8, 10, "every coil off")
+                assert io.coils[1][:2] == [False, False]
+        finally:
+            watcher.cancel()
+            await io.stop()
+
+    asyncio.run(scenario())
