@@ -147,6 +147,7 @@ class Gateway:
             "mesh_notices_relayed": self.actions.relayed,
             "forged_kinds_refused": self.intake.refused,
             "rule_errors": self.intake.engine.failed,
+            "rules_crashed": self.intake.rules_crashed,
             "alerts_expired": self.publisher.alerts_expired,
             "journal_mb": round(js.size_bytes / 1e6, 2),
             "evicted": js.evicted,

@@ -403,3 +403,32 @@ def test_rules_cli_lists_the_rules_and_dry_runs_an_event(config_dir):
     bad = CliRunner().invoke(app, ["rules", "test", "--config", config, "--event", "[1]"])
     assert bad.exit_code == 2
     assert "JSON object" in bad.output
+
+
+def test_a_panic_is_journalled_and_routed_even_when_its_rules_raise(config_dir, tmp_path):
+    """A fault in an action (here: no forwarder route for the kind) loses nothing: journalled as is."""
+    from gateway.intake import Intake  # noqa: PLC0415
+    from gateway.journal import Journal, JournalReader  # noqa: PLC0415
+
+    cfg = load(config_dir)
+    engine = rule_engine(cfg)
+    actions, publisher = acting(cfg, engine)
+    actions._routes = {}  # the forward action's lookup fails, as a bug in an action would
+    journal = Journal(tmp_path / "j.db", route=lambda _event: ["police"], max_size_bytes=10**9)
+    intake = Intake(journal, engine, actions)
+
+    async def scenario() -> None:
+        durable = asyncio.Event()
+        writer = asyncio.create_task(journal.run(), name="journal")
+        await intake(event("panic"), on_durable=durable.set)
+        await asyncio.wait_for(durable.wait(), timeout=30)
+        writer.cancel()
+
+    asyncio.run(scenario())
+    journal.close()
+    reader = JournalReader(tmp_path / "j.db")
+    [row] = reader.pending("police", after=0, limit=10)
+    reader.close()
+    assert row.shop_id == "S00011"
+    assert intake.rules_crashed == 1
+    assert [n.shop_id for n in publisher._pending[0].notices] == expected_nearest("S00011")
