@@ -103,7 +103,7 @@ class TokenBucket:
 
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         """Start full."""
-        self._rate = rate
+        self.rate = rate
         self._tokens = rate
         self._clock = clock
         self._last = clock()
@@ -111,7 +111,7 @@ class TokenBucket:
     def take(self, wanted: int) -> int:
         """Take up to ``wanted`` tokens; how many were given."""
         now = self._clock()
-        self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
+        self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
         self._last = now
         given = min(wanted, int(self._tokens))
         self._tokens -= given
@@ -177,6 +177,7 @@ class RuleActions:
         self.siren: SoundSiren | None = None
         self._log = RateLimitedLog(logger, interval_s=10)
         self.notices_capped = 0
+        self.notices_cap_expired = 0
         self.area_alerts = 0
         self.relayed = 0
 
@@ -229,16 +230,19 @@ class RuleActions:
         if alert is None:
             return None
         given = self._bucket.take(len(alert.notices))
+        self._send(replace(alert, notices=alert.notices[:given]))
         if given < len(alert.notices):
+            # Delayed, never dropped: the cool-down is spent, this alert will not come again.
             self.notices_capped += len(alert.notices) - given
             self._log.warning(
                 "cap",
-                "notice rate cap: alert %s reaches %d of %d shops",
+                "notice rate cap: alert %s reaches %d of %d shops now, the rest as the cap allows",
                 alert.alert_id,
                 given,
                 len(alert.notices),
             )
-        self._send(replace(alert, notices=alert.notices[:given]))
+            rest = replace(alert, notices=alert.notices[given:])
+            self._spawn(self._send_when_allowed(rest), f"capped[{alert.alert_id}]")
         self._remember(_OpenAlert(alert.alert_id, event.id, event.shop_id or "", self._clock()))
         return alert.alert_id
 
@@ -263,6 +267,24 @@ class RuleActions:
                 f'{json.dumps(self._gid)},"notices":[{body}]}}'
             )
             self.mesh.submit(gateway, self._large_of[notices[0].shop_id], message.encode())
+
+    async def _send_when_allowed(self, alert: NeighbourAlert) -> None:
+        """Send ``alert``'s notices as the global cap gives room, until the alert expires."""
+        waiting = alert.notices
+        while waiting:
+            await asyncio.sleep(len(waiting) / self._bucket.rate)
+            if self._clock() >= alert.expires_at_monotonic:
+                self.notices_cap_expired += len(waiting)
+                self._log.warning(
+                    "cap-expired",
+                    "notice rate cap: alert %s expired with %d shops not told",
+                    alert.alert_id,
+                    len(waiting),
+                )
+                return
+            given = self._bucket.take(len(waiting))
+            self._send(replace(alert, notices=waiting[:given]))
+            waiting = waiting[given:]
 
     def _remember(self, alert: _OpenAlert) -> None:
         self._open[alert.shop_id] = alert

@@ -143,6 +143,7 @@ class Gateway:
             "alerts_suppressed": self.actions.alerts.suppressed,
             "level": self.intake.engine.level.value,
             "notices_capped": self.actions.notices_capped,
+            "notices_cap_expired": self.actions.notices_cap_expired,
             "area_alerts": self.actions.area_alerts,
             "mesh_notices_relayed": self.actions.relayed,
             "forged_kinds_refused": self.intake.refused,
