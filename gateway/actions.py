@@ -165,7 +165,7 @@ class RuleActions:
         self._area = AreaWatch()
         self._open: dict[str, _OpenAlert] = {}  # latest alert per origin shop
         self._by_alert: OrderedDict[str, _OpenAlert] = OrderedDict()
-        self._relayed: OrderedDict[str, None] = OrderedDict()
+        self._relayed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._escalations: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._arming_file = arming_file
@@ -229,20 +229,7 @@ class RuleActions:
         alert = self.alerts.alert_for(event, neighbours)
         if alert is None:
             return None
-        given = self._bucket.take(len(alert.notices))
-        self._send(replace(alert, notices=alert.notices[:given]))
-        if given < len(alert.notices):
-            # Delayed, never dropped: the cool-down is spent, this alert will not come again.
-            self.notices_capped += len(alert.notices) - given
-            self._log.warning(
-                "cap",
-                "notice rate cap: alert %s reaches %d of %d shops now, the rest as the cap allows",
-                alert.alert_id,
-                given,
-                len(alert.notices),
-            )
-            rest = replace(alert, notices=alert.notices[given:])
-            self._spawn(self._send_when_allowed(rest), f"capped[{alert.alert_id}]")
+        self._send_capped(alert)
         self._remember(_OpenAlert(alert.alert_id, event.id, event.shop_id or "", self._clock()))
         return alert.alert_id
 
@@ -267,6 +254,23 @@ class RuleActions:
                 f'{json.dumps(self._gid)},"notices":[{body}]}}'
             )
             self.mesh.submit(gateway, self._large_of[notices[0].shop_id], message.encode())
+
+    def _send_capped(self, alert: NeighbourAlert) -> None:
+        """Send what the global cap allows now; the rest as it gives room (never dropped)."""
+        given = self._bucket.take(len(alert.notices))
+        self._send(replace(alert, notices=alert.notices[:given]))
+        if given < len(alert.notices):
+            # Delayed, not dropped: the origin's cool-down is spent, its alert will not come again.
+            self.notices_capped += len(alert.notices) - given
+            self._log.warning(
+                "cap",
+                "notice rate cap: alert %s reaches %d of %d shops now, the rest as the cap allows",
+                alert.alert_id,
+                given,
+                len(alert.notices),
+            )
+            rest = replace(alert, notices=alert.notices[given:])
+            self._spawn(self._send_when_allowed(rest), f"capped[{alert.alert_id}]")
 
     async def _send_when_allowed(self, alert: NeighbourAlert) -> None:
         """Send ``alert``'s notices as the global cap gives room, until the alert expires."""
@@ -419,10 +423,14 @@ class RuleActions:
         return True
 
     def relay(self, message: MeshMessage) -> int:
-        """Publish a mesh message's notices for this gateway's shops, once per alert."""
-        if message.from_gateway == self._gid or message.alert_id in self._relayed:
+        """Publish a mesh message's notices for this gateway's shops, once per alert.
+
+        Relayed notices count against the same global cap as the gateway's own.
+        """
+        key = (message.from_gateway, message.alert_id)
+        if message.from_gateway == self._gid or key in self._relayed:
             return 0
-        self._relayed[message.alert_id] = None
+        self._relayed[key] = None
         if len(self._relayed) > RECENT_ALERTS:
             self._relayed.popitem(last=False)
         notices = tuple(
@@ -433,7 +441,7 @@ class RuleActions:
         if notices:
             event_id = str(message.notices[0].notice.get("event_id", ""))
             expires = self._clock() + self._alert_config.expires_s
-            self._publisher.submit(NeighbourAlert(message.alert_id, event_id, notices, expires))
+            self._send_capped(NeighbourAlert(message.alert_id, event_id, notices, expires))
             self.relayed += len(notices)
         return len(notices)
 
