@@ -37,7 +37,10 @@ logger = logging.getLogger(__name__)
 
 PRIORITY_ORDER = (EventClass.ROUTINE, EventClass.STATUS, EventClass.TROUBLE, EventClass.ALARM)
 RECENT_ALERTS = 10_000
-RESPONSES = ("coming", "safe", "cancel")
+ALWAYS_FORWARDED = frozenset(
+    {kind for kind, cls in EVENT_CLASS.items() if cls is EventClass.ALARM} | {EventKind.CANCEL}
+)
+"""Kinds that reach the forwarders that take them even when no rule forwards them."""
 
 Emit = Callable[..., Awaitable[None]]
 """``emit(event, routes=...)``: hand a gateway-made event to the intake."""
@@ -204,6 +207,9 @@ class RuleActions:
                 self._spawn(self._sound(event, action, firing.rule), f"siren[{event.id}]")
             else:
                 self._start_escalation(event, action, firing.rule, outcome.extra.get("alert_id"))
+        if not outcome.routes and event.kind in ALWAYS_FORWARDED:
+            # Rules add routes and priority; they cannot keep an alarm or a cancel from the police.
+            outcome.forward(self._routes[event.kind], None, event.kind)
         outcome.extra.update(self._state_change(event))
         return outcome.applied(event)
 

@@ -448,3 +448,19 @@ def test_a_panic_is_journalled_and_routed_even_when_its_rules_raise(config_dir, 
     assert row.shop_id == "S00011"
     assert intake.rules_crashed == 1
     assert [n.shop_id for n in publisher._pending[0].notices] == expected_nearest("S00011")
+
+
+def test_no_rule_set_keeps_an_alarm_or_a_cancel_from_the_police(config_dir):
+    """With the defaults off and no forward rule, alarms and cancels still go; a door does not."""
+    cfg = load(config_dir, {"defaults": False})
+    engine = rule_engine(cfg)
+    actions, _ = acting(cfg, engine)
+
+    def routes(kind: str) -> tuple[str, ...]:
+        ev = event(kind)
+        return actions.apply(ev, engine.evaluate(ev)).routes
+
+    assert routes("panic") == ("police",)
+    assert routes("fire") == ("police",)
+    assert routes("cancel") == ("police",)
+    assert routes("door_open") == ()
