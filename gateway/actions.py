@@ -102,19 +102,26 @@ class _OpenAlert:
 
 
 class TokenBucket:
-    """A rate cap: ``rate`` tokens a second, at most ``rate`` saved up."""
+    """A rate cap: ``rate`` tokens a second, at most ``burst`` (default ``rate``) saved up."""
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        burst: float | None = None,
+    ) -> None:
         """Start full."""
         self.rate = rate
-        self._tokens = rate
+        self._burst = rate if burst is None else burst
+        self._tokens = self._burst
         self._clock = clock
         self._last = clock()
 
     def take(self, wanted: int) -> int:
         """Take up to ``wanted`` tokens; how many were given."""
         now = self._clock()
-        self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
         given = min(wanted, int(self._tokens))
         self._tokens -= given

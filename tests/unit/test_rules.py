@@ -377,7 +377,9 @@ def test_escalation_fires_unless_acknowledged_and_a_siren_nobody_drives_is_repor
         assert response.attrs["coming"] == 1
         door = event("door_open", "S00012")
         actions.apply(door, engine.evaluate(door, at=local(3)))
-        await asyncio.sleep(0.5)
+        # Both timers started together, the answered one first: had it not been stopped,
+        # its escalation would be in before the ignored one's.
+        await wait_until(lambda: len(emitted) == 2, 30, "the siren failure and one escalation")
         runner.cancel()
 
     asyncio.run(scenario())
@@ -464,3 +466,38 @@ def test_no_rule_set_keeps_an_alarm_or_a_cancel_from_the_police(config_dir):
     assert routes("fire") == ("police",)
     assert routes("cancel") == ("police",)
     assert routes("door_open") == ()
+
+
+def test_a_flood_of_junk_commands_is_counted_but_only_a_burst_is_journalled(config_dir, tmp_path):
+    """Refusals are journalled up to a burst; the rest are acknowledged and counted, not queued."""
+    from gateway.commands import REFUSAL_BURST, PoliceCommands  # noqa: PLC0415
+    from gateway.intake import Intake  # noqa: PLC0415
+    from gateway.journal import Journal, JournalReader  # noqa: PLC0415
+    from rules.commands import CommandVerifier  # noqa: PLC0415
+
+    cfg = load(config_dir)
+    engine = rule_engine(cfg)
+    actions, _ = acting(cfg, engine)
+    journal = Journal(tmp_path / "j.db", route=lambda _event: ["police"], max_size_bytes=10**9)
+    intake = Intake(journal, engine, actions)
+    verifier = CommandVerifier("GW-001", {}, max_age_s=300)
+    commands = PoliceCommands(
+        "GW-001", verifier, intake, actions, state_file=tmp_path / "commands.json"
+    )
+    flood = REFUSAL_BURST + 30
+    answered: list[int] = []
+
+    async def scenario() -> None:
+        writer = asyncio.create_task(journal.run(), name="journal")
+        for i in range(flood):
+            await commands.handle("cmd", b"{junk", lambda i=i: answered.append(i))
+        await wait_until(lambda: len(answered) == flood, 30, "every junk command answered")
+        writer.cancel()
+
+    asyncio.run(scenario())
+    journal.close()
+    reader = JournalReader(tmp_path / "j.db")
+    rows = reader.pending("police", after=0, limit=1000)
+    reader.close()
+    assert REFUSAL_BURST <= len(rows) <= REFUSAL_BURST + 1  # one more per 10 s of a slow run
+    assert commands.refused == flood
