@@ -98,6 +98,7 @@ class _OpenAlert:
     event_id: str
     shop_id: str
     at: float
+    alerted: frozenset[str]
     responses: dict[str, str] = field(default_factory=dict)
 
 
@@ -243,7 +244,9 @@ class RuleActions:
         if alert is None:
             return None
         self._send_capped(alert)
-        self._remember(_OpenAlert(alert.alert_id, event.id, event.shop_id or "", self._clock()))
+        alerted = frozenset(n.shop_id for n in alert.notices)
+        origin = event.shop_id or ""
+        self._remember(_OpenAlert(alert.alert_id, event.id, origin, self._clock(), alerted))
         return alert.alert_id
 
     def _send(self, alert: NeighbourAlert) -> None:
@@ -404,14 +407,18 @@ class RuleActions:
         attrs: dict[str, Any] = {"alert_id": alert_id, "response": response}
         alert = self._by_alert.get(alert_id)
         if alert is not None:
-            alert.responses[shop_id] = response
             attrs["origin_shop_id"] = alert.shop_id
             attrs["alert_event_id"] = alert.event_id
+            # Only a shop that was alerted counts as coming or stops the escalation: not the
+            # origin (a robber can make it say "safe"), not a shop that was never told.
+            attrs["alerted"] = shop_id in alert.alerted
+            if attrs["alerted"]:
+                alert.responses[shop_id] = response
+                if response in ("coming", "safe"):
+                    self.acknowledge(alert.event_id)
             attrs["coming"] = sum(r == "coming" for r in alert.responses.values())
             if shop_id == alert.shop_id and response == "cancel":
                 attrs.update(self._cancel_attrs(shop_id))
-            if response in ("coming", "safe"):
-                self.acknowledge(alert.event_id)
         else:
             attrs["known_alert"] = False
         return Event(

@@ -373,8 +373,18 @@ def test_escalation_fires_unless_acknowledged_and_a_siren_nobody_drives_is_repor
         ignored = ignored.model_copy(update={"id": "E-ignored"})
         applied = actions.apply(answered, engine.evaluate(answered))
         actions.apply(ignored, engine.evaluate(ignored))
-        response = actions.response_event("S00010", applied.event.attrs["alert_id"], "coming")
+        alert_id = applied.event.attrs["alert_id"]
+        origin_says_safe = actions.response_event("S00011", alert_id, "safe")
+        stranger_comes = actions.response_event("S00099", alert_id, "coming")
+        assert (origin_says_safe.attrs["alerted"], stranger_comes.attrs["alerted"]) == (
+            False,
+            False,
+        )
+        assert stranger_comes.attrs["coming"] == 0
+        assert "E-answered" in actions._escalations  # neither stopped it
+        response = actions.response_event("S00010", alert_id, "coming")
         assert response.attrs["coming"] == 1
+        assert response.attrs["alerted"] is True
         door = event("door_open", "S00012")
         actions.apply(door, engine.evaluate(door, at=local(3)))
         # Both timers started together, the answered one first: had it not been stopped,
