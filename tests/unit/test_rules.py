@@ -511,3 +511,51 @@ def test_a_flood_of_junk_commands_is_counted_but_only_a_burst_is_journalled(conf
     reader.close()
     assert REFUSAL_BURST <= len(rows) <= REFUSAL_BURST + 1  # one more per 10 s of a slow run
     assert commands.refused == flood
+
+
+def test_commands_within_clock_leeway_pass_and_a_nonce_is_refused_again_after_a_restart(
+    config_dir, tmp_path
+):
+    """Expiry and issue time allow 2 min of skew, no more; a used nonce survives a restart."""
+    from firmware_stubs.police_commands import command_body, new_key, sign  # noqa: PLC0415
+    from gateway.commands import PoliceCommands  # noqa: PLC0415
+    from gateway.intake import Intake  # noqa: PLC0415
+    from gateway.journal import Journal  # noqa: PLC0415
+    from rules.commands import Command, CommandVerifier, Refusal  # noqa: PLC0415
+
+    key, public = new_key()
+    now = datetime.now(UTC)
+
+    def verdict(verifier: CommandVerifier, **kw) -> str:
+        body = command_body("GW-001", "set_level", level="heightened", **kw)
+        result = verifier.verify(sign(key, "platform-1", body), now)
+        return "ok" if isinstance(result, Command) else result.reason
+
+    verifier = CommandVerifier("GW-001", {"platform-1": public}, max_age_s=600)
+    assert verdict(verifier, issued_at=now - timedelta(seconds=90), valid_s=30) == "ok"
+    assert verdict(verifier, issued_at=now - timedelta(seconds=200), valid_s=30) == "expired"
+    assert verdict(verifier, issued_at=now + timedelta(seconds=90)) == "ok"
+    assert verdict(verifier, issued_at=now + timedelta(seconds=200)) == "not_yet_valid"
+
+    cfg = load(config_dir)
+    state = tmp_path / "commands.json"
+    payload = sign(key, "platform-1", command_body("GW-001", "set_level", level="extraordinary"))
+
+    def started() -> tuple[PoliceCommands, Intake]:
+        engine = rule_engine(cfg)
+        actions, _ = acting(cfg, engine)
+        journal = Journal(tmp_path / "j.db", route=lambda _event: ["police"], max_size_bytes=10**9)
+        intake = Intake(journal, engine, actions)
+        fresh = CommandVerifier("GW-001", {"platform-1": public}, max_age_s=600)
+        return PoliceCommands("GW-001", fresh, intake, actions, state_file=state), intake
+
+    first, intake = started()
+    asyncio.run(first.handle("cmd", payload, lambda: None))
+    assert (first.obeyed, intake.engine.level) == (1, Level.EXTRAORDINARY)
+    again, intake = started()
+    assert intake.engine.level is Level.EXTRAORDINARY  # the level survives the restart too
+    asyncio.run(again.handle("cmd", payload, lambda: None))
+    assert (again.obeyed, again.refused) == (0, 1)
+    refusal = again._verifier.verify(payload, datetime.now(UTC))
+    assert isinstance(refusal, Refusal)
+    assert refusal.reason == "replayed"
