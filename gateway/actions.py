@@ -28,6 +28,7 @@ from gateway.notify import BlockPublisher
 from gateway.ratelimit import RateLimitedLog
 from rules.area import AreaWatch
 from rules.arming import ArmSchedule
+from rules.build import notice_places
 from rules.engine import Firing
 from rules.geo import Neighbour, nearest_shops
 from rules.models import AreaAlert, Escalate, Forward, NotifyNearest, Raise, Rule, Siren
@@ -148,6 +149,7 @@ class RuleActions:
         Early arm/disarm overrides are kept in ``arming_file`` across restarts.
         """
         self._gid = config.gateway.id
+        self._config = config
         self._schedule = schedule
         self._publisher = publisher
         self._routes = routes
@@ -229,7 +231,7 @@ class RuleActions:
         )
         table = self._nearest.get(key)
         if table is None:
-            places = self._places if key[2] else list(self._own.values())
+            places = notice_places(self._config, other_gateways=key[2])
             table = {
                 s.id: nearest_shops(s, places, count=key[0], radius_m=key[1])
                 for s in self._own.values()
