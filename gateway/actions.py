@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 PRIORITY_ORDER = (EventClass.ROUTINE, EventClass.STATUS, EventClass.TROUBLE, EventClass.ALARM)
 RECENT_ALERTS = 10_000
 ALWAYS_FORWARDED = frozenset(
-    {kind for kind, cls in EVENT_CLASS.items() if cls is EventClass.ALARM} | {EventKind.CANCEL}
+    {kind for kind, cls in EVENT_CLASS.items() if cls is EventClass.ALARM}
+    | {EventKind.CANCEL, EventKind.RESPONSE}
 )
 """Kinds that reach the forwarders that take them even when no rule forwards them."""
 
@@ -218,7 +219,7 @@ class RuleActions:
             else:
                 self._start_escalation(event, action, firing.rule, outcome.extra.get("alert_id"))
         if not outcome.routes and event.kind in ALWAYS_FORWARDED:
-            # Rules add routes and priority; they cannot keep an alarm or a cancel from the police.
+            # Rules add routes and priority; they cannot keep these kinds from the police.
             outcome.forward(self._routes[event.kind], None, event.kind)
         outcome.extra.update(self._state_change(event))
         return outcome.applied(event)

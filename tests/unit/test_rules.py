@@ -463,7 +463,7 @@ def test_a_panic_is_journalled_and_routed_even_when_its_rules_raise(config_dir, 
 
 
 def test_no_rule_set_keeps_an_alarm_or_a_cancel_from_the_police(config_dir):
-    """With the defaults off and no forward rule, alarms and cancels still go; a door does not."""
+    """With the defaults off and no forward rule, alarms, cancels and answers go; a door does not."""
     cfg = load(config_dir, {"defaults": False})
     engine = rule_engine(cfg)
     actions, _ = acting(cfg, engine)
@@ -476,6 +476,8 @@ def test_no_rule_set_keeps_an_alarm_or_a_cancel_from_the_police(config_dir):
     assert routes("fire") == ("police",)
     assert routes("cancel") == ("police",)
     assert routes("door_open") == ()
+    answer = actions.response_event("S00012", "A-1", "cancel")
+    assert actions.apply(answer, engine.evaluate(answer)).routes == ("police",)
 
 
 def test_a_flood_of_junk_commands_is_counted_but_only_a_burst_is_journalled(config_dir, tmp_path):
