@@ -186,6 +186,8 @@ def test_area_alert_fires_once_per_cell_and_never_across_cells():
     assert count("M1", "e5", "D", 4) is None  # once per window
     assert count("M1", "e6", "E", 30) is None  # next day: only E within 24 h
     assert count("M1", "e7", "F", 51) is not None  # window since firing over; E, F within 24 h
+    assert count("M3", "e8", "G", 200) is None
+    assert count("M3", "e9", "H", 100) is None  # delivered late: four days before G's
 
 
 def test_rules_yaml_beside_the_config_is_located_by_file_rule_field_and_line(config_dir, tmp_path):
