@@ -28,6 +28,7 @@ from gateway.notify import BlockPublisher
 from gateway.ratelimit import RateLimitedLog
 from rules.area import AreaWatch
 from rules.arming import ArmSchedule
+from rules.build import notice_places
 from rules.engine import Firing
 from rules.geo import Neighbour, nearest_shops
 from rules.models import AreaAlert, Escalate, Forward, NotifyNearest, Raise, Rule, Siren
@@ -37,7 +38,11 @@ logger = logging.getLogger(__name__)
 
 PRIORITY_ORDER = (EventClass.ROUTINE, EventClass.STATUS, EventClass.TROUBLE, EventClass.ALARM)
 RECENT_ALERTS = 10_000
-RESPONSES = ("coming", "safe", "cancel")
+ALWAYS_FORWARDED = frozenset(
+    {kind for kind, cls in EVENT_CLASS.items() if cls is EventClass.ALARM}
+    | {EventKind.CANCEL, EventKind.RESPONSE}
+)
+"""Kinds that reach the forwarders that take them even when no rule forwards them."""
 
 Emit = Callable[..., Awaitable[None]]
 """``emit(event, routes=...)``: hand a gateway-made event to the intake."""
@@ -95,23 +100,31 @@ class _OpenAlert:
     event_id: str
     shop_id: str
     at: float
+    alerted: frozenset[str]
     responses: dict[str, str] = field(default_factory=dict)
 
 
 class TokenBucket:
-    """A rate cap: ``rate`` tokens a second, at most ``rate`` saved up."""
+    """A rate cap: ``rate`` tokens a second, at most ``burst`` (default ``rate``) saved up."""
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        burst: float | None = None,
+    ) -> None:
         """Start full."""
-        self._rate = rate
-        self._tokens = rate
+        self.rate = rate
+        self._burst = rate if burst is None else burst
+        self._tokens = self._burst
         self._clock = clock
         self._last = clock()
 
     def take(self, wanted: int) -> int:
         """Take up to ``wanted`` tokens; how many were given."""
         now = self._clock()
-        self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
         given = min(wanted, int(self._tokens))
         self._tokens -= given
@@ -137,6 +150,7 @@ class RuleActions:
         Early arm/disarm overrides are kept in ``arming_file`` across restarts.
         """
         self._gid = config.gateway.id
+        self._config = config
         self._schedule = schedule
         self._publisher = publisher
         self._routes = routes
@@ -165,7 +179,7 @@ class RuleActions:
         self._area = AreaWatch()
         self._open: dict[str, _OpenAlert] = {}  # latest alert per origin shop
         self._by_alert: OrderedDict[str, _OpenAlert] = OrderedDict()
-        self._relayed: OrderedDict[str, None] = OrderedDict()
+        self._relayed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._escalations: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._arming_file = arming_file
@@ -177,6 +191,7 @@ class RuleActions:
         self.siren: SoundSiren | None = None
         self._log = RateLimitedLog(logger, interval_s=10)
         self.notices_capped = 0
+        self.notices_cap_expired = 0
         self.area_alerts = 0
         self.relayed = 0
 
@@ -203,6 +218,9 @@ class RuleActions:
                 self._spawn(self._sound(event, action, firing.rule), f"siren[{event.id}]")
             else:
                 self._start_escalation(event, action, firing.rule, outcome.extra.get("alert_id"))
+        if not outcome.routes and event.kind in ALWAYS_FORWARDED:
+            # Rules add routes and priority; they cannot keep these kinds from the police.
+            outcome.forward(self._routes[event.kind], None, event.kind)
         outcome.extra.update(self._state_change(event))
         return outcome.applied(event)
 
@@ -214,7 +232,7 @@ class RuleActions:
         )
         table = self._nearest.get(key)
         if table is None:
-            places = self._places if key[2] else list(self._own.values())
+            places = notice_places(self._config, other_gateways=key[2])
             table = {
                 s.id: nearest_shops(s, places, count=key[0], radius_m=key[1])
                 for s in self._own.values()
@@ -228,18 +246,10 @@ class RuleActions:
         alert = self.alerts.alert_for(event, neighbours)
         if alert is None:
             return None
-        given = self._bucket.take(len(alert.notices))
-        if given < len(alert.notices):
-            self.notices_capped += len(alert.notices) - given
-            self._log.warning(
-                "cap",
-                "notice rate cap: alert %s reaches %d of %d shops",
-                alert.alert_id,
-                given,
-                len(alert.notices),
-            )
-        self._send(replace(alert, notices=alert.notices[:given]))
-        self._remember(_OpenAlert(alert.alert_id, event.id, event.shop_id or "", self._clock()))
+        self._send_capped(alert)
+        alerted = frozenset(n.shop_id for n in alert.notices)
+        origin = event.shop_id or ""
+        self._remember(_OpenAlert(alert.alert_id, event.id, origin, self._clock(), alerted))
         return alert.alert_id
 
     def _send(self, alert: NeighbourAlert) -> None:
@@ -263,6 +273,41 @@ class RuleActions:
                 f'{json.dumps(self._gid)},"notices":[{body}]}}'
             )
             self.mesh.submit(gateway, self._large_of[notices[0].shop_id], message.encode())
+
+    def _send_capped(self, alert: NeighbourAlert) -> None:
+        """Send what the global cap allows now; the rest as it gives room (never dropped)."""
+        given = self._bucket.take(len(alert.notices))
+        self._send(replace(alert, notices=alert.notices[:given]))
+        if given < len(alert.notices):
+            # Delayed, not dropped: the origin's cool-down is spent, its alert will not come again.
+            self.notices_capped += len(alert.notices) - given
+            self._log.warning(
+                "cap",
+                "notice rate cap: alert %s reaches %d of %d shops now, the rest as the cap allows",
+                alert.alert_id,
+                given,
+                len(alert.notices),
+            )
+            rest = replace(alert, notices=alert.notices[given:])
+            self._spawn(self._send_when_allowed(rest), f"capped[{alert.alert_id}]")
+
+    async def _send_when_allowed(self, alert: NeighbourAlert) -> None:
+        """Send ``alert``'s notices as the global cap gives room, until the alert expires."""
+        waiting = alert.notices
+        while waiting:
+            await asyncio.sleep(len(waiting) / self._bucket.rate)
+            if self._clock() >= alert.expires_at_monotonic:
+                self.notices_cap_expired += len(waiting)
+                self._log.warning(
+                    "cap-expired",
+                    "notice rate cap: alert %s expired with %d shops not told",
+                    alert.alert_id,
+                    len(waiting),
+                )
+                return
+            given = self._bucket.take(len(waiting))
+            self._send(replace(alert, notices=waiting[:given]))
+            waiting = waiting[given:]
 
     def _remember(self, alert: _OpenAlert) -> None:
         self._open[alert.shop_id] = alert
@@ -365,14 +410,18 @@ class RuleActions:
         attrs: dict[str, Any] = {"alert_id": alert_id, "response": response}
         alert = self._by_alert.get(alert_id)
         if alert is not None:
-            alert.responses[shop_id] = response
             attrs["origin_shop_id"] = alert.shop_id
             attrs["alert_event_id"] = alert.event_id
+            # Only a shop that was alerted counts as coming or stops the escalation: not the
+            # origin (a robber can make it say "safe"), not a shop that was never told.
+            attrs["alerted"] = shop_id in alert.alerted
+            if attrs["alerted"]:
+                alert.responses[shop_id] = response
+                if response in ("coming", "safe"):
+                    self.acknowledge(alert.event_id)
             attrs["coming"] = sum(r == "coming" for r in alert.responses.values())
             if shop_id == alert.shop_id and response == "cancel":
                 attrs.update(self._cancel_attrs(shop_id))
-            if response in ("coming", "safe"):
-                self.acknowledge(alert.event_id)
         else:
             attrs["known_alert"] = False
         return Event(
@@ -397,10 +446,14 @@ class RuleActions:
         return True
 
     def relay(self, message: MeshMessage) -> int:
-        """Publish a mesh message's notices for this gateway's shops, once per alert."""
-        if message.from_gateway == self._gid or message.alert_id in self._relayed:
+        """Publish a mesh message's notices for this gateway's shops, once per alert.
+
+        Relayed notices count against the same global cap as the gateway's own.
+        """
+        key = (message.from_gateway, message.alert_id)
+        if message.from_gateway == self._gid or key in self._relayed:
             return 0
-        self._relayed[message.alert_id] = None
+        self._relayed[key] = None
         if len(self._relayed) > RECENT_ALERTS:
             self._relayed.popitem(last=False)
         notices = tuple(
@@ -411,7 +464,7 @@ class RuleActions:
         if notices:
             event_id = str(message.notices[0].notice.get("event_id", ""))
             expires = self._clock() + self._alert_config.expires_s
-            self._publisher.submit(NeighbourAlert(message.alert_id, event_id, notices, expires))
+            self._send_capped(NeighbourAlert(message.alert_id, event_id, notices, expires))
             self.relayed += len(notices)
         return len(notices)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -100,6 +101,13 @@ def init(
     dc09_key_format: Annotated[
         str, typer.Option(help="'hex' (decode the digits) or 'ascii' (the characters).")
     ] = "hex",
+    timezone: Annotated[
+        str | None,
+        typer.Option(
+            help="IANA zone of the shops' opening hours, e.g. Asia/Shanghai; default the system's.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write lianfang.yaml from an installer's survey sheet (CSV)."""
     from gateway.survey import NEARBY_M, init_config  # noqa: PLC0415 - keep `lianfang --help` fast
@@ -117,10 +125,13 @@ def init(
             broker_url=broker,
             police_url=police,
             dc09=centre,
+            timezone=timezone,
             force=force,
         )
     except ConfigError as exc:
         _fail(exc)
+    if (warning := _zone_warning(config)) is not None:
+        typer.echo(f"warning: {warning}; pass --timezone", err=True)
     typer.echo(
         f"Wrote {out} for gateway {config.gateway.id} (large grid {config.gateway.large_grid}):"
         f" {len(config.shops)} shops, and {len(config.other_shops)} shops of other gateways"
@@ -147,11 +158,21 @@ def check(
         if problems:
             _fail(ConfigError(problems))
         reached = "; every broker reached"
+    if (warning := _zone_warning(cfg)) is not None:
+        typer.echo(f"warning: {warning}; set rules.timezone", err=True)
     typer.echo(
         f"{path}: valid: gateway {cfg.gateway.id}, {len(cfg.shops)} shops,"
         f" {len(cfg.other_shops)} other shops, {len(cfg.drivers)} driver(s),"
         f" {len(cfg.forwarders)} forwarder(s){reached}"
     )
+
+
+def _zone_warning(config: GatewayConfig) -> str | None:
+    """Why the shops may be armed at the wrong hours: opening hours with no zone named."""
+    if config.rules.timezone is not None or not any(s.opens and s.closes for s in config.shops):
+        return None
+    system = datetime.now().astimezone().tzname()
+    return f"no rules.timezone: opening hours are read in this system's zone ({system})"
 
 
 @app.command()

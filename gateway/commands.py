@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.actions import RuleActions, write_atomically
+from gateway.actions import RuleActions, TokenBucket, write_atomically
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.intake import Intake
 from rules.commands import Command, CommandVerifier, Refusal
@@ -22,6 +22,9 @@ from rules.models import Level
 logger = logging.getLogger(__name__)
 
 SOURCE = "police-cmd"
+# Refusals journalled: a burst of 20, then one every 10 s; the rest are counted in the next.
+REFUSALS_PER_S = 0.1
+REFUSAL_BURST = 20
 
 
 class PoliceCommands:
@@ -44,6 +47,8 @@ class PoliceCommands:
         self._state_file = state_file
         self.obeyed = 0
         self.refused = 0
+        self._refusals = TokenBucket(REFUSALS_PER_S, burst=REFUSAL_BURST)
+        self._refused_unjournalled = 0
         self._restore()
 
     def _restore(self) -> None:
@@ -75,6 +80,12 @@ class PoliceCommands:
         verdict = self._verifier.verify(payload, now)
         if isinstance(verdict, Refusal):
             self.refused += 1
+            if not self._refusals.take(1):
+                # A flood of junk on the command topic must not crowd the journal and outbox.
+                self._refused_unjournalled += 1
+                done()
+                return
+            unjournalled, self._refused_unjournalled = self._refused_unjournalled, 0
             answer = self._event(
                 EventKind.COMMAND_REFUSED,
                 None,
@@ -85,6 +96,7 @@ class PoliceCommands:
                     "nonce": verdict.nonce,
                     "command": verdict.command,
                     "topic": topic,
+                    "refused_since_not_journalled": unjournalled,
                 },
             )
             await self._intake.gateway_event(answer, on_durable=done)

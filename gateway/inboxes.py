@@ -27,6 +27,7 @@ from gateway.notify import TOPIC_ROOT
 from rules.commands import CommandVerifier
 
 RESPONSE_TOPIC = f"{TOPIC_ROOT}/shop/+/response"
+MAX_MESH_BYTES = 256 * 1024
 
 
 class Response(BaseModel):
@@ -64,10 +65,11 @@ class ShopResponses:
 class MeshRelay:
     """Sends notices to other gateways' shops, and relays theirs to this block."""
 
-    def __init__(self, topic_root: str, actions: RuleActions) -> None:
-        """Publish under ``topic_root`` (``police/v1``)."""
+    def __init__(self, topic_root: str, actions: RuleActions, neighbours: set[str]) -> None:
+        """Publish under ``topic_root`` (``police/v1``); relay from ``neighbours`` (gateway ids)."""
         self._root = topic_root
         self._actions = actions
+        self._neighbours = neighbours
         self.inbox: Inbox | None = None
 
     def submit(self, gateway_id: str, large_grid: str, message: bytes) -> None:
@@ -76,11 +78,18 @@ class MeshRelay:
             self.inbox.submit(mesh_topic(self._root, large_grid, gateway_id), message)
 
     async def handle(self, topic: str, payload: bytes, done: Callable[[], None]) -> None:  # noqa: ARG002 - one topic
-        """Relay a message's notices to this block's shops."""
+        """Relay a message's notices to this block's shops (from neighbouring gateways only)."""
+        if len(payload) > MAX_MESH_BYTES:
+            raise Rejected("invalid", f"{len(payload)} bytes is too long for a mesh message")
         try:
             message = MeshMessage.model_validate(json.loads(payload))
         except (ValueError, ValidationError) as exc:
             raise Rejected("invalid", f"not a mesh message: {exc}"[:200]) from None
+        if message.from_gateway not in self._neighbours:
+            # Only a gateway whose shops lie near ours has a reason to alert them.
+            raise Rejected(
+                "unknown_gateway", f"{message.from_gateway!r} is no neighbouring gateway"
+            )
         self._actions.relay(message)
         done()
 
@@ -110,7 +119,7 @@ def inboxes(config: GatewayConfig, intake: Intake, actions: RuleActions) -> list
     commands = PoliceCommands(
         gid, verifier, intake, actions, state_file=config.state_dir / "commands.json"
     )
-    mesh = MeshRelay(police.topic_root, actions)
+    mesh = MeshRelay(police.topic_root, actions, {s.gateway_id for s in config.other_shops} - {gid})
     found.append(
         Inbox(
             "police-commands",

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from gateway.actions import RuleActions
+import logging
+
+from gateway.actions import Applied, RuleActions
 from gateway.events import GATEWAY_MADE_KINDS, Event
 from gateway.journal import Journal, OnDurable
+from gateway.ratelimit import RateLimitedLog
 from rules.engine import RuleEngine
+
+logger = logging.getLogger(__name__)
 
 # A derived event may derive once more (door open -> intrusion -> its actions), no further.
 MAX_DERIVED_DEPTH = 2
@@ -25,6 +30,8 @@ class Intake:
         self.engine = engine
         self.actions = actions
         self.refused = 0
+        self.rules_crashed = 0
+        self._log = RateLimitedLog(logger, interval_s=60)
 
     async def __call__(
         self,
@@ -69,13 +76,27 @@ class Intake:
         routes: tuple[str, ...] = (),
         depth: int = 0,
     ) -> None:
-        applied = self.actions.apply(event, self.engine.evaluate(event))
+        applied = self._judged(event)
         await self._journal.append(
-            applied.event,
+            event if applied is None else applied.event,
             origin_key=origin_key,
             on_durable=on_durable,
-            routes=tuple(dict.fromkeys(applied.routes + routes)),
+            # Rules that crashed chose nothing: the journal's own routes still reach the police.
+            routes=None if applied is None else tuple(dict.fromkeys(applied.routes + routes)),
         )
+        if applied is None:
+            return
         if depth < MAX_DERIVED_DEPTH:
             for derived, extra in applied.derived:
                 await self._take(derived, routes=extra, depth=depth + 1)
+
+    def _judged(self, event: Event) -> Applied | None:
+        """The rules' verdict on ``event``; None when they raised (the event is kept anyway)."""
+        try:
+            return self.actions.apply(event, self.engine.evaluate(event))
+        except Exception as exc:  # noqa: BLE001 - a rule bug must not lose an alarm
+            self.rules_crashed += 1
+            self._log.warning(
+                "crash", "rules failed on %s %s (%r); journalled as is", event.kind, event.id, exc
+            )
+            return None

@@ -185,6 +185,7 @@ def init_config(
     broker_url: str,
     police_url: str | None = None,
     dc09: dict[str, Any] | None = None,
+    timezone: str | None = None,
     force: bool = False,
     nearby_m: float = NEARBY_M,
 ) -> GatewayConfig:
@@ -195,7 +196,8 @@ def init_config(
             an ``out`` that exists (unless ``force``).
 
     ``dc09`` adds a DC-09 forwarder named ``centre`` with these settings; a file
-    that then holds its key is written readable by its owner only.
+    that then holds its key is written readable by its owner only. ``timezone``
+    (IANA name) is the zone the shops' opening hours are read in (``rules.timezone``).
     """
     rows = read_survey(survey)
     own = [r for r in rows if r.gateway_id == gateway_id]
@@ -208,6 +210,10 @@ def init_config(
     if dc09 is not None:
         data.setdefault("forwarders", []).append({"kind": "dc09", "name": "centre", **dc09})
         data["shops"] = data.pop("shops")  # keep shops after the forwarders in the file
+        data["other_shops"] = data.pop("other_shops")
+    if timezone is not None:
+        data["rules"] = {"timezone": timezone}
+        data["shops"] = data.pop("shops")
         data["other_shops"] = data.pop("other_shops")
     try:
         config = GatewayConfig.model_validate(data)

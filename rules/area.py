@@ -44,8 +44,10 @@ class AreaWatch:
         if fired is not None and at - fired <= window:
             return None
         first_per_shop: dict[str, str] = {}
-        for _, eid, sid in recent:
-            first_per_shop.setdefault(sid, eid)
+        for t, eid, sid in recent:
+            # A late alarm (a panel's buffer) arrives after newer ones: count only its window.
+            if abs(at - t) <= window:
+                first_per_shop.setdefault(sid, eid)
         if len(first_per_shop) < alarms:
             return None
         self._fired[cell] = at

@@ -11,7 +11,7 @@ from rules.engine import RuleEngine, ShopFacts, effective_rules
 from rules.models import Level
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+    from gateway.config import GatewayConfig, ShopPlace
 
 
 def local_zone(config: GatewayConfig) -> tzinfo:
@@ -48,3 +48,13 @@ def rule_engine(config: GatewayConfig, *, level: Level | None = None) -> RuleEng
         shops=facts,
         level=level or config.rules.level,
     )
+
+
+def notice_places(config: GatewayConfig, *, other_gateways: bool) -> list[ShopPlace]:
+    """The shops a neighbour alert may reach: other gateways' only through the police broker.
+
+    Without a police MQTT forwarder there is no mesh: counting those shops among
+    the nearest would leave them and the next own shops untold.
+    """
+    mesh = any(f.kind == "police_mqtt" for f in config.forwarders)
+    return [*config.shops, *(config.other_shops if other_gateways and mesh else [])]

@@ -149,7 +149,8 @@ class CommandVerifier:
 
         if command.gateway_id != self._gateway_id:
             raise refuse("wrong_gateway", f"addressed to {command.gateway_id}")
-        if now > command.expires_at:
+        # The same leeway both ways: a gateway clock a minute fast must not refuse every command.
+        if now > command.expires_at + CLOCK_SKEW:
             raise refuse("expired", f"expired at {command.expires_at.isoformat()}")
         if command.issued_at > now + CLOCK_SKEW:
             raise refuse("not_yet_valid", f"issued in the future, {command.issued_at.isoformat()}")

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.events import EVENT_CLASS, Event, EventKind, Source
+from rules.build import notice_places
 from rules.engine import RuleEngine
 from rules.geo import nearest_shops
 from rules.models import AreaAlert, Escalate, Forward, NotifyNearest, Raise, Siren
@@ -37,7 +38,7 @@ def dry_run(
 
 
 def _nearest(config: GatewayConfig, event: Event, action: NotifyNearest) -> list[Any]:
-    places = [*config.shops, *(config.other_shops if action.other_gateways else [])]
+    places = notice_places(config, other_gateways=action.other_gateways)
     origin = next((s for s in config.shops if s.id == event.shop_id), None)
     if origin is None:
         return []

@@ -78,3 +78,28 @@ def test_a_panic_at_the_edge_of_one_block_alerts_the_next_blocks_shops_exactly_o
                     t.cancel()
 
         asyncio.run(scenario())
+
+
+def test_without_a_police_broker_the_nearest_are_this_gateways_own_shops(tmp_path):
+    """No mesh to reach GW-002: S00011's 10 are the nearest 10 of GW-001, none of GW-002."""
+    import json  # noqa: PLC0415
+
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from gateway.cli import app  # noqa: PLC0415
+
+    survey, gateway_of = split_survey(tmp_path)
+    event = '{"shop_id":"S00011","kind":"panic"}'
+    shops = {}
+    for name, police in (("meshed", "mqtt://127.0.0.1:2"), ("alone", None)):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = init_config(folder, block_url="mqtt://127.0.0.1:1", police_url=police,
+                             survey=survey)  # fmt: skip
+        args = ["rules", "test", "--config", str(config), "--event", event, "--json"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        shops[name] = json.loads(result.output)["fires"][0]["shops"]
+    assert shops["meshed"] == expected_nearest("S00011")
+    north = [s for s in expected_nearest("S00011", count=100) if gateway_of[s] == "GW-001"]
+    assert shops["alone"] == north[:10]

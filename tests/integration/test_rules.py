@@ -13,12 +13,16 @@ CMD_TOPIC = "police/v1/L1/GW-001/cmd"
 
 
 async def send_garbage(block: BrokerConfig, police: BrokerConfig) -> None:
-    """Bad responses and mesh messages: each is counted and dropped (5 in all)."""
+    """Bad responses and mesh messages: each is counted and dropped (6 in all)."""
     await send(block, "lianfang/v1/shop/S00001/response", b"{nope")
     await send(block, "lianfang/v1/shop/S99999/response", b'{"alert_id":"x","response":"coming"}')
     await send(block, "lianfang/v1/shop/S00001/response", b'{"alert_id":"x","response":"maybe"}')
     await send(police, "police/v1/L1/mesh/GW-001/notify", b'{"alert_id":"x"}')
     await send(police, "police/v1/L1/mesh/GW-001/notify", b"\xff\xfe")
+    unknown_sender = (
+        b'{"alert_id":"x","from_gateway":"GW-999","notices":[{"shop_id":"S00001","notice":{}}]}'
+    )
+    await send(police, "police/v1/L1/mesh/GW-001/notify", unknown_sender)
 
 
 def kinds_at(platform, shop: str) -> list[str]:
@@ -69,12 +73,14 @@ def test_signed_commands_change_the_level_and_the_neighbour_set(
             await wait_until(
                 lambda: kinds_at(platform, None).count("command_refused") == 4, 10, "4 refusals"
             )
-            await wait_until(lambda: sum(gw.status()["rejected"].values()) == 5, 10, "5 rejected")
+            await wait_until(lambda: sum(gw.status()["rejected"].values()) == 6, 10, "6 rejected")
             assert gw.status()["rejected"] == {
                 "responses.invalid": 2,
                 "responses.unknown_shop": 1,
                 "mesh.invalid": 2,
+                "mesh.unknown_gateway": 1,
             }
+            assert gw.status()["mesh_notices_relayed"] == 0
             assert gw.status()["level"] == "everyday"
             await panels["S00040"].send("panic")
             await wait_until(lambda: sum(bool(p.notices) for p in panels.values()) >= 10, 10, "10")

@@ -20,7 +20,7 @@ from rules.area import AreaWatch
 from rules.build import rule_engine
 from rules.expr import Condition, ExpressionError
 from rules.models import Level
-from tests.clients import expected_nearest
+from tests.clients import expected_nearest, wait_until
 from tests.harness import init_config
 
 ZONE = ZoneInfo("Asia/Shanghai")
@@ -186,6 +186,8 @@ def test_area_alert_fires_once_per_cell_and_never_across_cells():
     assert count("M1", "e5", "D", 4) is None  # once per window
     assert count("M1", "e6", "E", 30) is None  # next day: only E within 24 h
     assert count("M1", "e7", "F", 51) is not None  # window since firing over; E, F within 24 h
+    assert count("M3", "e8", "G", 200) is None
+    assert count("M3", "e9", "H", 100) is None  # delivered late: four days before G's
 
 
 def test_rules_yaml_beside_the_config_is_located_by_file_rule_field_and_line(config_dir, tmp_path):
@@ -288,7 +290,7 @@ def acting(cfg, engine, clock=None):
 
 
 def test_storm_control_one_alert_per_shop_per_cooldown_and_a_global_cap(config_dir):
-    """Cool-down per origin shop; past max_notices_per_s the farthest neighbours go without."""
+    """Cool-down per origin shop; past max_notices_per_s the farthest neighbours are told later."""
     cfg = load(config_dir, {"max_notices_per_s": 15, "disable": ["robbery-area-alert"]})
     engine = rule_engine(cfg)
     now = [100.0]
@@ -298,14 +300,30 @@ def test_storm_control_one_alert_per_shop_per_cooldown_and_a_global_cap(config_d
         ev = event("panic", shop)
         actions.apply(ev, engine.evaluate(ev))
 
-    panic("S00011")
-    panic("S00011")  # cool-down
-    panic("S00040")  # only 5 tokens left
-    sent = [[n.shop_id for n in a.notices] for a in publisher._pending]
-    assert sent == [expected_nearest("S00011"), expected_nearest("S00040")[:5]]
+    def told(alert_id: str) -> list[str]:
+        return [n.shop_id for a in publisher._pending if a.alert_id == alert_id for n in a.notices]
+
+    async def storm() -> None:
+        runner = asyncio.create_task(actions.run(), name="actions")
+        await asyncio.sleep(0)
+        panic("S00011")
+        panic("S00011")  # cool-down
+        panic("S00040")  # only 5 tokens left: 5 shops now, the rest when the cap allows
+        sent = [[n.shop_id for n in a.notices] for a in publisher._pending]
+        assert sent == [expected_nearest("S00011"), expected_nearest("S00040")[:5]]
+        now[0] += 1.0  # a second later the bucket is full again
+        alert_id = publisher._pending[1].alert_id
+        await wait_until(
+            lambda: told(alert_id) == expected_nearest("S00040"), 30, "the capped notices"
+        )
+        runner.cancel()
+
+    asyncio.run(storm())
     assert actions.alerts.suppressed == 1
     assert actions.notices_capped == 5
-    now[0] += 1.0  # a second later the bucket is full again
+    assert actions.notices_cap_expired == 0
+    assert publisher._pending[-1].alert_id == publisher._pending[-2].alert_id
+    now[0] += 1.0
     panic("S00060")
     assert [n.shop_id for n in publisher._pending[-1].notices] == expected_nearest("S00060")
 
@@ -357,11 +375,23 @@ def test_escalation_fires_unless_acknowledged_and_a_siren_nobody_drives_is_repor
         ignored = ignored.model_copy(update={"id": "E-ignored"})
         applied = actions.apply(answered, engine.evaluate(answered))
         actions.apply(ignored, engine.evaluate(ignored))
-        response = actions.response_event("S00010", applied.event.attrs["alert_id"], "coming")
+        alert_id = applied.event.attrs["alert_id"]
+        origin_says_safe = actions.response_event("S00011", alert_id, "safe")
+        stranger_comes = actions.response_event("S00099", alert_id, "coming")
+        assert (origin_says_safe.attrs["alerted"], stranger_comes.attrs["alerted"]) == (
+            False,
+            False,
+        )
+        assert stranger_comes.attrs["coming"] == 0
+        assert "E-answered" in actions._escalations  # neither stopped it
+        response = actions.response_event("S00010", alert_id, "coming")
         assert response.attrs["coming"] == 1
+        assert response.attrs["alerted"] is True
         door = event("door_open", "S00012")
         actions.apply(door, engine.evaluate(door, at=local(3)))
-        await asyncio.sleep(0.5)
+        # Both timers started together, the answered one first: had it not been stopped,
+        # its escalation would be in before the ignored one's.
+        await wait_until(lambda: len(emitted) == 2, 30, "the siren failure and one escalation")
         runner.cancel()
 
     asyncio.run(scenario())
@@ -403,3 +433,133 @@ def test_rules_cli_lists_the_rules_and_dry_runs_an_event(config_dir):
     bad = CliRunner().invoke(app, ["rules", "test", "--config", config, "--event", "[1]"])
     assert bad.exit_code == 2
     assert "JSON object" in bad.output
+
+
+def test_a_panic_is_journalled_and_routed_even_when_its_rules_raise(config_dir, tmp_path):
+    """A fault in an action (here: no forwarder route for the kind) loses nothing: journalled as is."""
+    from gateway.intake import Intake  # noqa: PLC0415
+    from gateway.journal import Journal, JournalReader  # noqa: PLC0415
+
+    cfg = load(config_dir)
+    engine = rule_engine(cfg)
+    actions, publisher = acting(cfg, engine)
+    actions._routes = {}  # the forward action's lookup fails, as a bug in an action would
+    journal = Journal(tmp_path / "j.db", route=lambda _event: ["police"], max_size_bytes=10**9)
+    intake = Intake(journal, engine, actions)
+
+    async def scenario() -> None:
+        durable = asyncio.Event()
+        writer = asyncio.create_task(journal.run(), name="journal")
+        await intake(event("panic"), on_durable=durable.set)
+        await asyncio.wait_for(durable.wait(), timeout=30)
+        writer.cancel()
+
+    asyncio.run(scenario())
+    journal.close()
+    reader = JournalReader(tmp_path / "j.db")
+    [row] = reader.pending("police", after=0, limit=10)
+    reader.close()
+    assert row.shop_id == "S00011"
+    assert intake.rules_crashed == 1
+    assert [n.shop_id for n in publisher._pending[0].notices] == expected_nearest("S00011")
+
+
+def test_no_rule_set_keeps_an_alarm_or_a_cancel_from_the_police(config_dir):
+    """With the defaults off and no forward rule, alarms, cancels and answers go; a door does not."""
+    cfg = load(config_dir, {"defaults": False})
+    engine = rule_engine(cfg)
+    actions, _ = acting(cfg, engine)
+
+    def routes(kind: str) -> tuple[str, ...]:
+        ev = event(kind)
+        return actions.apply(ev, engine.evaluate(ev)).routes
+
+    assert routes("panic") == ("police",)
+    assert routes("fire") == ("police",)
+    assert routes("cancel") == ("police",)
+    assert routes("door_open") == ()
+    answer = actions.response_event("S00012", "A-1", "cancel")
+    assert actions.apply(answer, engine.evaluate(answer)).routes == ("police",)
+
+
+def test_a_flood_of_junk_commands_is_counted_but_only_a_burst_is_journalled(config_dir, tmp_path):
+    """Refusals are journalled up to a burst; the rest are acknowledged and counted, not queued."""
+    from gateway.commands import REFUSAL_BURST, PoliceCommands  # noqa: PLC0415
+    from gateway.intake import Intake  # noqa: PLC0415
+    from gateway.journal import Journal, JournalReader  # noqa: PLC0415
+    from rules.commands import CommandVerifier  # noqa: PLC0415
+
+    cfg = load(config_dir)
+    engine = rule_engine(cfg)
+    actions, _ = acting(cfg, engine)
+    journal = Journal(tmp_path / "j.db", route=lambda _event: ["police"], max_size_bytes=10**9)
+    intake = Intake(journal, engine, actions)
+    verifier = CommandVerifier("GW-001", {}, max_age_s=300)
+    commands = PoliceCommands(
+        "GW-001", verifier, intake, actions, state_file=tmp_path / "commands.json"
+    )
+    flood = REFUSAL_BURST + 30
+    answered: list[int] = []
+
+    async def scenario() -> None:
+        writer = asyncio.create_task(journal.run(), name="journal")
+        for i in range(flood):
+            await commands.handle("cmd", b"{junk", lambda i=i: answered.append(i))
+        await wait_until(lambda: len(answered) == flood, 30, "every junk command answered")
+        writer.cancel()
+
+    asyncio.run(scenario())
+    journal.close()
+    reader = JournalReader(tmp_path / "j.db")
+    rows = reader.pending("police", after=0, limit=1000)
+    reader.close()
+    assert REFUSAL_BURST <= len(rows) <= REFUSAL_BURST + 1  # one more per 10 s of a slow run
+    assert commands.refused == flood
+
+
+def test_commands_within_clock_leeway_pass_and_a_nonce_is_refused_again_after_a_restart(
+    config_dir, tmp_path
+):
+    """Expiry and issue time allow 2 min of skew, no more; a used nonce survives a restart."""
+    from firmware_stubs.police_commands import command_body, new_key, sign  # noqa: PLC0415
+    from gateway.commands import PoliceCommands  # noqa: PLC0415
+    from gateway.intake import Intake  # noqa: PLC0415
+    from gateway.journal import Journal  # noqa: PLC0415
+    from rules.commands import Command, CommandVerifier, Refusal  # noqa: PLC0415
+
+    key, public = new_key()
+    now = datetime.now(UTC)
+
+    def verdict(verifier: CommandVerifier, **kw) -> str:
+        body = command_body("GW-001", "set_level", level="heightened", **kw)
+        result = verifier.verify(sign(key, "platform-1", body), now)
+        return "ok" if isinstance(result, Command) else result.reason
+
+    verifier = CommandVerifier("GW-001", {"platform-1": public}, max_age_s=600)
+    assert verdict(verifier, issued_at=now - timedelta(seconds=90), valid_s=30) == "ok"
+    assert verdict(verifier, issued_at=now - timedelta(seconds=200), valid_s=30) == "expired"
+    assert verdict(verifier, issued_at=now + timedelta(seconds=90)) == "ok"
+    assert verdict(verifier, issued_at=now + timedelta(seconds=200)) == "not_yet_valid"
+
+    cfg = load(config_dir)
+    state = tmp_path / "commands.json"
+    payload = sign(key, "platform-1", command_body("GW-001", "set_level", level="extraordinary"))
+
+    def started() -> tuple[PoliceCommands, Intake]:
+        engine = rule_engine(cfg)
+        actions, _ = acting(cfg, engine)
+        journal = Journal(tmp_path / "j.db", route=lambda _event: ["police"], max_size_bytes=10**9)
+        intake = Intake(journal, engine, actions)
+        fresh = CommandVerifier("GW-001", {"platform-1": public}, max_age_s=600)
+        return PoliceCommands("GW-001", fresh, intake, actions, state_file=state), intake
+
+    first, intake = started()
+    asyncio.run(first.handle("cmd", payload, lambda: None))
+    assert (first.obeyed, intake.engine.level) == (1, Level.EXTRAORDINARY)
+    again, intake = started()
+    assert intake.engine.level is Level.EXTRAORDINARY  # the level survives the restart too
+    asyncio.run(again.handle("cmd", payload, lambda: None))
+    assert (again.obeyed, again.refused) == (0, 1)
+    refusal = again._verifier.verify(payload, datetime.now(UTC))
+    assert isinstance(refusal, Refusal)
+    assert refusal.reason == "replayed"

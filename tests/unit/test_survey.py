@@ -258,3 +258,24 @@ def test_what_init_writes_loads_back(
     written = init_config(survey, "GW-001", out=out, broker_url="mqtt://h:1", force=True)
     assert written.shops[0].name == cells["name"].strip()
     assert load_config(out).shops == written.shops
+
+
+def test_opening_hours_without_a_zone_are_warned_of_and_timezone_names_it(tmp_path: Path) -> None:
+    """A Pi on UTC would arm Beijing shops at the wrong hours: init and check say so."""
+    bare, zoned = tmp_path / "bare", tmp_path / "zoned"
+    warned = init("--survey", str(CHANGPING), "--gateway", "GW-001", "--dir", str(bare))
+    assert "no rules.timezone" in warned.stderr
+    checked = CliRunner().invoke(app, ["check", "--config", str(bare / "lianfang.yaml")])
+    assert checked.exit_code == 0
+    assert "no rules.timezone" in checked.stderr
+    args = ["--survey", str(CHANGPING), "--gateway", "GW-001", "--dir", str(zoned)]
+    quiet = init(*args, "--timezone", "Asia/Shanghai")
+    assert quiet.exit_code == 0, quiet.output
+    assert "timezone" not in quiet.stderr
+    assert load_config(zoned / "lianfang.yaml").rules.timezone == "Asia/Shanghai"
+    checked = CliRunner().invoke(app, ["check", "--config", str(zoned / "lianfang.yaml")])
+    assert "timezone" not in checked.stderr
+    bad = init("--survey", str(CHANGPING), "--gateway", "GW-001", "--dir", str(tmp_path / "x"),
+               "--timezone", "Mars/Olympus")  # fmt: skip
+    assert bad.exit_code != 0
+    assert "Mars/Olympus" in bad.output
