@@ -81,6 +81,7 @@ PRIORITY_RANK: dict[EventClass, int] = {
     EventClass.STATUS: 2,
     EventClass.ROUTINE: 3,
 }
+RANKS = tuple(sorted(PRIORITY_RANK.values()))
 # Kinds that close an earlier event (an alarm's cancel, a fault's restore, a
 # shop's answer): never ranked above status, so they never overtake what they close.
 FOLLOWER_KINDS = frozenset({EventKind.RESTORE, EventKind.CANCEL, EventKind.RESPONSE})
@@ -99,7 +100,7 @@ class OutboxRow:
     shop_id: str | None
     body: str
     """The event's JSON, exactly as journalled."""
-    priority: int = PRIORITY_RANK[EventClass.STATUS]
+    priority: int
     """Drain rank (``PRIORITY_RANK``): lower drains first."""
 
     @property
@@ -556,7 +557,7 @@ class JournalReader:
         rank it does not name starts at 0) or one number for every rank.
         """
         rows: list[OutboxRow] = []
-        for rank in sorted(PRIORITY_RANK.values()):
+        for rank in RANKS:
             if len(rows) >= limit:
                 break
             since = after if isinstance(after, int) else after.get(rank, 0)

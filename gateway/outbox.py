@@ -13,12 +13,9 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from gateway.journal import PRIORITY_RANK, Journal, JournalReader, OutboxRow
+from gateway.journal import RANKS, Journal, JournalReader, OutboxRow
 
 LIVE_BUFFER = 2000
-
-
-RANKS = sorted(PRIORITY_RANK.values())
 
 
 class OutboxCursor:
