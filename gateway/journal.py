@@ -196,14 +196,15 @@ def _migrate_priority(conn: sqlite3.Connection) -> None:
                 conn.execute(
                     "ALTER TABLE deliveries ADD COLUMN priority INTEGER NOT NULL DEFAULT 2"
                 )
-            ranks = [
-                (_rank(EventKind(kind), priority), seq)
-                for seq, kind, priority in conn.execute(
-                    "SELECT seq, kind, json_extract(body, '$.attrs.priority') FROM events"
-                    " WHERE seq IN (SELECT seq FROM deliveries WHERE acked_at IS NULL)"
-                )
-            ]
-            conn.executemany("UPDATE deliveries SET priority=? WHERE seq=?", ranks)
+            # One statement, row by row inside SQLite: flat memory for a million rows.
+            conn.create_function(
+                "lianfang_rank", 2, lambda k, p: _rank(EventKind(k), p), deterministic=True
+            )
+            conn.execute(
+                "UPDATE deliveries SET priority = lianfang_rank(e.kind,"
+                " json_extract(e.body, '$.attrs.priority')) FROM events e"
+                " WHERE e.seq = deliveries.seq AND deliveries.acked_at IS NULL"
+            )
             conn.execute("DROP INDEX IF EXISTS deliveries_pending")
         conn.execute(PENDING_INDEX)
         conn.execute("COMMIT")
