@@ -110,7 +110,7 @@ class PoliceMqttForwarder:
                 for row in await self._cursor.next_batch():
                     await window.acquire()
                     in_flight[row.seq] = row
-                    # paho sends in call order: rows go on the wire in journal order.
+                    # paho sends in call order: rows go on the wire in the cursor's order.
                     outcome = link.publish(
                         self.events_topic, upstream_payload(row, self._context.shops)
                     )

@@ -1,0 +1,300 @@
+"""Alarms first: the journal ranks each delivery, the outbox cursor drains by rank, then by seq."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.events import EVENT_CLASS, EventClass, EventKind
+from gateway.journal import (
+    FOLLOWER_KINDS,
+    PRIORITY_RANK,
+    Journal,
+    JournalReader,
+    OutboxRow,
+    delivery_priority,
+)
+from gateway.outbox import OutboxCursor
+from tests.clients import wait_until
+from tests.unit.test_journal import event, open_journal, run_journal
+
+# The journal schema as main made it before priorities (a file from the field).
+OLD_SCHEMA = """
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, shop_id TEXT, device_id TEXT NOT NULL,
+    kind TEXT NOT NULL, class TEXT NOT NULL, received_at TEXT NOT NULL, origin_key TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX events_class ON events(class, seq);
+CREATE TABLE deliveries (
+    forwarder TEXT NOT NULL, seq INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    acked_at TEXT, last_error TEXT, PRIMARY KEY (seq, forwarder)
+) WITHOUT ROWID;
+CREATE INDEX deliveries_pending ON deliveries(forwarder, seq) WHERE acked_at IS NULL;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+STATUS, ALARM = PRIORITY_RANK[EventClass.STATUS], PRIORITY_RANK[EventClass.ALARM]
+
+
+def forwarded(kind: EventKind, priority: EventClass | None = None, shop: str = "S00001"):
+    """An event as the rules hand it to the journal: ``attrs.priority`` from ``forward``."""
+    ev = event(kind, shop)
+    wanted = priority or EVENT_CLASS[kind]
+    return ev.model_copy(update={"attrs": {**ev.attrs, "priority": wanted.value}})
+
+
+def append_all(journal: Journal, events: list) -> None:
+    async def body() -> None:
+        for ev in events:
+            await journal.append(ev)
+        await wait_until(lambda: journal.stats.appended == len(events), 10, "all committed")
+
+    asyncio.run(run_journal(journal, body))
+
+
+def mixed_backlog() -> list:
+    """300 status and routine events of several shops, a trouble, a panic and its cancel."""
+    evs = [
+        forwarded(
+            [EventKind.DOOR_OPEN, EventKind.DOOR_CLOSE, EventKind.TEST][i % 3], shop=f"S{i % 7}"
+        )
+        for i in range(300)
+    ]
+    evs.insert(120, forwarded(EventKind.LOW_BATTERY, shop="S3"))
+    evs.insert(250, forwarded(EventKind.PANIC, shop="S5"))
+    evs.insert(251, forwarded(EventKind.CANCEL, shop="S5"))
+    return evs
+
+
+def expected_order(evs: list) -> list[int]:
+    """Seqs (1-based journal order) sorted by rank, then seq: what the cursor must hand out."""
+    ranked = [(delivery_priority(ev), seq) for seq, ev in enumerate(evs, start=1)]
+    return [seq for _, seq in sorted(ranked)]
+
+
+def drain(cursor: OutboxCursor, count: int, ack: bool = True) -> list[OutboxRow]:
+    async def body() -> list[OutboxRow]:
+        got: list[OutboxRow] = []
+        while len(got) < count:
+            rows = await asyncio.wait_for(cursor.next_batch(), 5)
+            got.extend(rows)
+            if ack:
+                for row in rows:
+                    cursor.ack(row)
+        return got
+
+    return asyncio.run(body())
+
+
+def test_a_backlog_on_disk_drains_alarms_first_and_by_seq_within_a_priority(tmp_path: Path):
+    """After a restart the panic leads, then the trouble, then status and routine in seq order."""
+    path = tmp_path / "j.db"
+    evs = mixed_backlog()
+    append_all(open_journal(path), evs)
+    cursor = OutboxCursor(open_journal(path), "police", batch=64)
+    got = drain(cursor, len(evs), ack=False)
+    cursor.close()
+    assert [r.seq for r in got] == expected_order(evs)
+    assert [r.event.kind for r in got[:2]] == [EventKind.PANIC, EventKind.LOW_BATTERY]
+    kinds = [r.event.kind for r in got]
+    assert kinds.index(EventKind.CANCEL) > kinds.index(EventKind.PANIC)
+
+
+def test_an_alarm_committed_mid_drain_goes_in_the_next_batch_and_nothing_repeats(tmp_path):
+    """A panic journalled while the cursor is half-way through a status backlog jumps the rest."""
+    path = tmp_path / "j.db"
+    journal = open_journal(path)
+    cursor = OutboxCursor(journal, "police", batch=100)
+    got: list[OutboxRow] = []
+
+    async def body() -> None:
+        for i in range(2500):  # past the live buffer: the cursor reads the journal
+            await journal.append(forwarded(EventKind.DOOR_OPEN, shop=f"S{i % 9}"))
+        await wait_until(lambda: journal.stats.appended == 2500, 10, "backlog committed")
+        got.extend(await cursor.next_batch())
+        await journal.append(forwarded(EventKind.PANIC))
+        await wait_until(lambda: journal.stats.appended == 2501, 10, "panic committed")
+        while len(got) < 2501:
+            rows = await asyncio.wait_for(cursor.next_batch(), 5)
+            got.extend(rows)
+            for row in rows:
+                cursor.ack(row)
+
+    asyncio.run(run_journal(journal, body))
+    cursor.close()
+    assert got[100].event.kind is EventKind.PANIC
+    seqs = [r.seq for r in got]
+    assert sorted(seqs) == list(range(1, 2502))
+    status = [s for s in seqs if s != 2501]
+    assert status == sorted(status)
+
+
+def test_the_live_buffer_hands_out_an_alarm_ahead_of_buffered_status_rows(tmp_path):
+    """300 status rows in memory (six batches): a later panic leads; caught up, journal order."""
+    journal = open_journal(tmp_path / "j.db")
+    cursor = OutboxCursor(journal, "police", batch=50)
+    got: list[OutboxRow] = []
+
+    async def body() -> None:
+        await journal.append(forwarded(EventKind.DOOR_OPEN))
+        got.extend(await asyncio.wait_for(cursor.next_batch(), 5))
+        waiting = asyncio.create_task(cursor.next_batch(), name="next")
+        # Caught up: the cursor found nothing more on disk and waits for live rows.
+        await wait_until(lambda: not cursor._from_disk, 10, "the cursor on its live path")
+        evs = [forwarded(EventKind.DOOR_CLOSE) for _ in range(300)]
+        for ev in [*evs, forwarded(EventKind.PANIC)]:
+            await journal.append(ev)  # never suspends: one group commit, one live hand-over
+        got.extend(await asyncio.wait_for(waiting, 5))
+        while len(got) < 302:
+            got.extend(await asyncio.wait_for(cursor.next_batch(), 5))
+        # Caught up again: a door and a panic in one commit go in journal order.
+        waiting = asyncio.create_task(cursor.next_batch(), name="next")
+        await journal.append(forwarded(EventKind.DOOR_OPEN))
+        await journal.append(forwarded(EventKind.PANIC))
+        got.extend(await asyncio.wait_for(waiting, 5))
+
+    asyncio.run(run_journal(journal, body))
+    cursor.close()
+    assert got[1].event.kind is EventKind.PANIC
+    assert [r.seq for r in got] == [1, 302, *range(2, 302), 303, 304]
+
+
+def test_a_failed_send_rewinds_each_priority_to_its_first_unsent_row(tmp_path):
+    """Panic acked (ack not on disk yet), trouble fails: the next batch is the trouble and the rest."""
+    path = tmp_path / "j.db"
+    evs = [forwarded(EventKind.DOOR_OPEN), forwarded(EventKind.TAMPER), forwarded(EventKind.PANIC)]
+    append_all(open_journal(path), evs)
+    cursor = OutboxCursor(open_journal(path), "police")
+
+    async def body() -> tuple[list[int], list[int]]:
+        # The journal writer is not running: the panic's ack stays queued.
+        rows = await cursor.next_batch()
+
+        async def send(row: OutboxRow) -> None:
+            if row.event.kind is EventKind.TAMPER:
+                raise ConnectionResetError("cut")
+            cursor.ack(row)
+
+        with pytest.raises(ConnectionResetError):
+            await cursor.send_each(rows, send)
+        return [r.seq for r in rows], [r.seq for r in await cursor.next_batch()]
+
+    first, again = asyncio.run(body())
+    cursor.close()
+    assert first == [3, 2, 1]
+    assert again == [2, 1]
+
+
+def test_a_journal_from_before_priorities_is_migrated_and_keeps_working(tmp_path):
+    """Old schema file: pending rows get their rank, the index serves the query, appends work."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SCHEMA)
+    evs = mixed_backlog()
+    for seq, ev in enumerate(evs, start=1):
+        old.execute(
+            "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                seq,
+                ev.id,
+                ev.shop_id,
+                ev.device_id,
+                ev.kind.value,
+                EVENT_CLASS[ev.kind].value,
+                ev.received_at.isoformat(),
+                None,
+                ev.model_dump_json(),
+            ),
+        )
+        acked = "2026-01-01T00:00:00+00:00" if seq % 10 == 0 and ev.kind is EventKind.TEST else None
+        old.execute(
+            "INSERT INTO deliveries (forwarder, seq, acked_at) VALUES ('police', ?, ?)",
+            (seq, acked),
+        )
+    old.commit()
+    old.close()
+
+    journal = open_journal(path)
+    conn = sqlite3.connect(path)
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "deliveries_pending_priority" in indexes
+    assert "deliveries_pending" not in indexes
+    plan = " ".join(
+        str(r[3])
+        for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT d.seq, e.shop_id, e.body FROM deliveries d JOIN events e"
+            " ON e.seq = d.seq WHERE d.forwarder='police' AND d.priority=2"
+            " AND d.acked_at IS NULL AND d.seq>0 ORDER BY d.seq LIMIT 10"
+        )
+    )
+    assert "deliveries_pending_priority" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+
+    pending_before = [
+        seq
+        for seq in expected_order(evs)
+        if not (seq % 10 == 0 and evs[seq - 1].kind is EventKind.TEST)
+    ]
+    cursor = OutboxCursor(journal, "police", batch=64)
+    fresh = forwarded(EventKind.PANIC, shop="S6")
+    got: list[OutboxRow] = []
+
+    async def body() -> None:
+        await journal.append(fresh)
+        await wait_until(lambda: journal.stats.appended == 1, 10, "the new panic committed")
+        while len(got) < len(pending_before) + 1:
+            rows = await asyncio.wait_for(cursor.next_batch(), 5)
+            got.extend(rows)
+            for row in rows:
+                cursor.ack(row)
+        await wait_until(lambda: journal.stats.acked == len(got), 10, "acks committed")
+
+    asyncio.run(run_journal(journal, body))
+    cursor.close()
+    new_seq = len(evs) + 1
+    # The two panics (old and new) lead, in seq order; then the old rows by rank.
+    assert [r.seq for r in got] == [pending_before[0], new_seq, *pending_before[1:]]
+    assert JournalReader(path).pending_counts() == {}
+
+
+@pytest.mark.parametrize("kind", list(EventKind))
+def test_no_rules_priority_lets_a_follower_overtake_an_alarm_or_trouble(kind: EventKind):
+    """Whatever priority a rule gives, cancel/restore/response rank below every alarm and trouble."""
+    ranks = {delivery_priority(forwarded(kind, p)) for p in EventClass}
+    if kind in FOLLOWER_KINDS:
+        assert min(ranks) >= STATUS
+    elif EVENT_CLASS[kind] is EventClass.ALARM:
+        assert ranks == {ALARM}
+    elif EVENT_CLASS[kind] is EventClass.TROUBLE:
+        assert max(ranks) == PRIORITY_RANK[EventClass.TROUBLE]
+    else:
+        assert ranks == set(PRIORITY_RANK.values())
+
+
+def test_rows_an_older_gateway_wrote_after_the_migration_are_ranked_again(tmp_path):
+    """A downgrade writes deliveries without a rank and brings back the old index: reopened, ranked."""
+    path = tmp_path / "j.db"
+    append_all(open_journal(path), [forwarded(EventKind.DOOR_OPEN)])
+    older = sqlite3.connect(path)  # what the old code does on open and on append
+    older.executescript(
+        OLD_SCHEMA.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS").replace(
+            "CREATE INDEX", "CREATE INDEX IF NOT EXISTS"
+        )
+    )
+    panic = forwarded(EventKind.PANIC)
+    older.execute(
+        "INSERT INTO events (seq, id, device_id, kind, class, received_at, body)"
+        " VALUES (2, ?, 'd', 'panic', 'alarm', 't', ?)",
+        (panic.id, panic.model_dump_json()),
+    )
+    older.execute("INSERT INTO deliveries (forwarder, seq) VALUES ('police', 2)")
+    older.commit()
+    older.close()
+    reader = JournalReader(path)
+    assert [r.seq for r in reader.pending("police", after=0, limit=10)] == [2, 1]
+    indexes = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert "deliveries_pending" not in indexes
