@@ -24,10 +24,12 @@ import string
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from typing import TYPE_CHECKING
 
 from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 MAX_FRAME = 1000
 """Receivers may reject longer messages; we never send one and never read one."""
@@ -155,11 +157,23 @@ def encode(message: Message, key: bytes | None = None) -> bytes:
     return b"\n%04X%04X%s\r" % (crc16(raw), len(raw), raw)
 
 
+def _aes_cbc(key: bytes) -> Cipher[modes.CBC]:
+    """AES in CBC with the standard's zero IV."""
+    # Imported here: cryptography costs the daemon ~6 MB, paid only by gateways with a key.
+    from cryptography.hazmat.primitives.ciphers import (  # noqa: PLC0415
+        Cipher,
+        algorithms,
+        modes,
+    )
+
+    return Cipher(algorithms.AES(key), modes.CBC(ZERO_IV))
+
+
 def _encrypt(inner: str, key: bytes) -> str:
     pad_len = -(len(inner) + 1) % 16
     pad = "".join(secrets.choice(_PAD_CHARS) for _ in range(pad_len))
     plain = f"{pad}|{inner}".encode("ascii")
-    encryptor = Cipher(algorithms.AES(key), modes.CBC(ZERO_IV)).encryptor()
+    encryptor = _aes_cbc(key).encryptor()
     return (encryptor.update(plain) + encryptor.finalize()).hex().upper()
 
 
@@ -170,7 +184,7 @@ def _decrypt(hex_text: str, key: bytes) -> str:
         raise FrameError("encrypted block is not hex", "format") from None
     if not cipher_text or len(cipher_text) % 16:
         raise FrameError("encrypted block is not a whole number of AES blocks", "format")
-    decryptor = Cipher(algorithms.AES(key), modes.CBC(ZERO_IV)).decryptor()
+    decryptor = _aes_cbc(key).decryptor()
     plain = decryptor.update(cipher_text) + decryptor.finalize()
     try:
         text = plain.decode("ascii")
