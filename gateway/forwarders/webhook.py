@@ -19,16 +19,18 @@ import hmac
 import logging
 import ssl
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
-import httpx
 from pydantic import AfterValidator, Field, SecretStr
 
 from gateway.errors import PlatformUnreachable
 from gateway.forwarders.base import ForwarderConfig, ForwarderContext, upstream_payload
 from gateway.journal import OutboxRow
 from gateway.outbox import OutboxCursor
+
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,9 @@ class WebhookForwarder:
 
     async def run(self) -> None:
         """POST events until cancelled; raise when the platform fails, for a retry with backoff."""
+        # Imported here: only gateways with a webhook pay httpx's memory.
+        import httpx  # noqa: PLC0415
+
         tls = ssl.create_default_context(
             cafile=str(self.config.ca_file) if self.config.ca_file else None
         )
@@ -99,6 +104,8 @@ class WebhookForwarder:
                 await self._cursor.send_each(rows, functools.partial(self._post, client))
 
     async def _post(self, client: httpx.AsyncClient, row: OutboxRow) -> None:
+        import httpx  # noqa: PLC0415 - loaded by run() already
+
         body = upstream_payload(row, self._context.shops)
         headers = {
             "Content-Type": "application/json",
