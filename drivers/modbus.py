@@ -19,6 +19,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -412,9 +413,12 @@ class ModbusDriver:
         if not due:
             return
         done = [key for key in due if await self._write_coil(*_unit_coil(key), on=False)]
-        for key in done:
+        # A siren request that came in while the coil was being switched off has moved
+        # its deadline on (and its coil is set again after this): keep that deadline.
+        switched_off = [k for k in done if self._deadlines.get(k, now) <= now]
+        for key in switched_off:
             del self._deadlines[key]
-        if done:
+        if switched_off:
             _save_deadlines(self._deadlines_file, self._deadlines)
 
 
@@ -464,7 +468,17 @@ def _load_deadlines(path: Path) -> dict[str, float] | None:
 
 
 def _save_deadlines(path: Path, deadlines: dict[str, float]) -> None:
+    """Write ``deadlines`` so that a power cut leaves the old file or the new one, whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(deadlines))
+    with tmp.open("w", encoding="utf-8") as out:
+        out.write(json.dumps(deadlines))
+        out.flush()
+        os.fsync(out.fileno())
     tmp.replace(path)
+    # The rename itself must reach the disk before a coil is set.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

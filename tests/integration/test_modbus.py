@@ -302,3 +302,39 @@ def test_siren_switch_off_waits_for_a_module_that_is_down_without_spinning(tmp_p
             await io.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_siren_request_during_the_switch_off_keeps_its_own_deadline(tmp_path):
+    """A second siren request that lands while the first one's coils are being switched off sets them again and is switched off at its own deadline (the coil is never left on)."""
+
+    async def scenario() -> None:
+        tcp = f"127.0.0.1:{free_port()}"
+        io = ModbusIO([1, 2], tcp=tcp)
+        await io.start()
+        changes: list[tuple[int, int, bool]] = []
+        watcher = asyncio.create_task(io.watch_coils(lambda *c: changes.append(c)), name="watch")
+        cfg = config({"host": tcp})
+        # Polled once at start, then not for a minute: the switch-off is the only request.
+        slow = [m.model_copy(update={"poll_interval_s": 60}) for m in cfg.modules]
+        driver = driver_for(cfg.model_copy(update={"modules": slow}), tmp_path)
+        try:
+            async with driving(driver, Collected()):
+                await wait_until(lambda: driver.polls >= 2, 10, "first polls")
+                await driver.sound_siren("S00011", 0.3)
+                await wait_until(lambda: len(changes) == 2, 10, "coils on")
+                # Hold the bus so that the due switch-off queues behind it, then ask again.
+                async with driver._lock:
+                    await wait_until(lambda: driver._lock._waiters, 10, "switch-off queued")
+                    again = asyncio.create_task(driver.sound_siren("S00011", 1.0), name="again")
+                    await wait_until(
+                        lambda: len(driver._lock._waiters or ()) >= 2, 10, "request queued"
+                    )
+                await again
+                await wait_until(lambda: io.coils[1][:2] == [True, True], 10, "coils on again")
+                await wait_until(lambda: io.coils[1][:2] == [False, False], 10, "coils off again")
+                assert json.loads((tmp_path / "sirens-io-bus.json").read_text()) == {}
+        finally:
+            watcher.cancel()
+            await io.stop()
+
+    asyncio.run(scenario())
