@@ -43,6 +43,7 @@ KIND = "modbus"
 MAX_CONNECT_BACKOFF_S = 5.0
 # Exception codes by which a unit shows it is there but lacks what was asked.
 PRESENT_CODES = frozenset({1, 2, 3})
+DEVICE_FAULT = EventKind.DEVICE_FAULT.value
 
 ModbusClient = AsyncModbusSerialClient | AsyncModbusTcpClient
 
@@ -220,6 +221,9 @@ class ModbusDriver:
         # Unreadable: switching every coil of this bus off once beats leaving one on.
         self._deadlines = loaded if loaded is not None else dict.fromkeys(self._coils(), 0.0)
         self.supervision = Supervision(config.name, context, [(m, None) for m in config.modules])
+        for module in self._modules:
+            # Faulted before a restart: its first answer is the restore the police wait for.
+            module.faulted = self.supervision.fault_of(module.config) == DEVICE_FAULT
 
     def _coils(self, shop_id: str | None = None) -> list[str]:
         """``unit/coil`` of every siren and strobe (of ``shop_id``'s modules, if given)."""
@@ -360,7 +364,7 @@ class ModbusDriver:
             module.failures += 1
             if module.failures >= self.config.failed_polls and not module.faulted:
                 module.faulted = True
-                self.supervision.set_fault(binding, "device_fault")
+                self.supervision.set_fault(binding, DEVICE_FAULT)
                 await emit(
                     self._event(
                         binding, EventKind.DEVICE_FAULT, attrs={"failed_polls": module.failures}
@@ -372,7 +376,7 @@ class ModbusDriver:
         if module.faulted:
             module.faulted = False
             self.supervision.set_fault(binding, None)
-            await emit(self._event(binding, EventKind.RESTORE, attrs={"of": "device_fault"}))
+            await emit(self._event(binding, EventKind.RESTORE, attrs={"of": DEVICE_FAULT}))
         now = time.monotonic()
         for contact, bit in bits.items():
             kind = _debounced(contact, now, is_open=contact.config.is_open(bit))

@@ -40,10 +40,19 @@ class Supervision:
         self._driver = driver
         self._context = context
         now = time.monotonic()
-        # A device never heard since start is given one whole interval.
+        # A device never heard since start is given one whole interval. One already
+        # lost before a restart stays lost: its trouble is not raised twice, and its
+        # next frame is its restore.
         self._watched = {
-            (b.shop_id, b.device_id): _Watched(b, s, now) for b, s in intervals if s is not None
+            (b.shop_id, b.device_id): _Watched(b, s, now, lost=self.fault_of(b) == SUPERVISION_LOST)
+            for b, s in intervals
+            if s is not None
         }
+
+    def fault_of(self, binding: DeviceBinding) -> str | None:
+        """The fault recorded for ``binding``, also before a restart (None without a record)."""
+        states = self._context.device_states
+        return None if states is None else states.fault_of(binding.shop_id, binding.device_id)
 
     def heard(self, binding: DeviceBinding, *, battery_v: float | None = None) -> bool:
         """Record a frame from ``binding``; True if it was lost and is back (emit ``restore``)."""

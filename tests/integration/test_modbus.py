@@ -15,10 +15,12 @@ from firmware_stubs.modbus_io import ModbusIO
 from gateway.app import Gateway
 from gateway.broker import free_port
 from gateway.config import GatewayConfig
+from gateway.device_state import DeviceStates
 from gateway.events import Event
+from gateway.journal import connect
 from gateway.mqtt import BrokerConfig
 from tests.clients import wait_until
-from tests.field import stub
+from tests.field import flush_device_states, stub
 
 PERIOD = 0.2
 
@@ -336,5 +338,38 @@ def test_a_siren_request_during_the_switch_off_keeps_its_own_deadline(tmp_path):
         finally:
             watcher.cancel()
             await io.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_module_faulted_before_a_restart_is_restored_after_it(tmp_path):
+    """A device_fault recorded before a gateway restart is closed by a restore at the module's first answer after it; a healthy module makes no event."""
+
+    async def scenario() -> None:
+        path = tmp_path / "journal.db"
+        connect(path).close()
+        before = DeviceStates(path)
+        before.fault("S00011", "io-1", driver="io-bus", fault="device_fault")
+        await asyncio.wait_for(flush_device_states(before), 10)
+
+        tcp = f"127.0.0.1:{free_port()}"
+        io = ModbusIO([1, 2], tcp=tcp)
+        await io.start()
+        states = DeviceStates(path)
+        context = DriverContext(
+            gateway_id="GW-001",
+            block_broker=BrokerConfig(url="mqtt://127.0.0.1:1"),
+            state_dir=tmp_path,
+            device_states=states,
+        )
+        driver = ModbusDriver(config({"host": tcp}), context=context)
+        events = Collected()
+        try:
+            async with driving(driver, events):
+                await wait_until(lambda: driver.polls >= 6, 10, "three polls of each module")
+        finally:
+            await io.stop()
+        assert events.kinds() == [("S00011", "restore")]
+        assert states.fault_of("S00011", "io-1") is None
 
     asyncio.run(scenario())
