@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+
 import pytest
 import yaml
 
@@ -77,3 +79,18 @@ def test_no_rf433_driver_is_named(tmp_path):
     config = load_config(path)
     with pytest.raises(ConfigError, match="no rf433 driver configured"):
         learn_driver(config, None, file=str(path))
+
+
+def test_a_private_config_stays_private(tmp_path):
+    """A mode-600 config (it may hold secrets) is still 600 after learn, and so is its backup."""
+    path = tmp_path / "lianfang.yaml"
+    path.write_text(CONFIG)
+    path.chmod(0o600)
+    config = load_config(path)
+    bind_code(
+        path, config, learn_driver(config, None, file=str(path)), shop="S1", device="rb-1",
+        code="A1B2C3",
+    )  # fmt: skip
+    assert "A1B2C3" in path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "lianfang.yaml.bak").stat().st_mode) == 0o600
