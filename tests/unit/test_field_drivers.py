@@ -173,3 +173,14 @@ def test_bus_supervision_interval_applies_to_devices_without_their_own():
     )
     watched = {key[1]: w.interval_s for key, w in driver.supervision._watched.items()}
     assert watched == {"pb-1": 10, "pb-2": 60}
+
+
+def test_a_stream_of_strangers_codes_does_not_grow_the_burst_memory():
+    """Every code heard once (neighbours' remotes, rolling-code keys) is forgotten once its burst is over."""
+    reader = CodeReader(r"RX:(?P<code>[0-9A-F]{6})", burst_s=1.0)
+    for n in range(5000):
+        assert reader.feed(f"RX:{n:06X}\r\n".encode(), now=n * 0.1) == [f"{n:06X}"]
+    assert len(reader._last) <= 2 * 64
+    # a burst in progress is still one press
+    assert reader.feed(b"RX:000001\r\nRX:000001\r\n", now=1000.0) == ["000001"]
+    assert reader.feed(b"RX:000001\r\n", now=1000.5) == []
