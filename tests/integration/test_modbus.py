@@ -84,6 +84,21 @@ async def driving(driver: ModbusDriver, events: Collected) -> AsyncIterator[None
         await asyncio.gather(task, return_exceptions=True)
 
 
+@asynccontextmanager
+async def stub_with_coils() -> AsyncIterator[tuple[str, ModbusIO, list[tuple[int, int, bool]]]]:
+    """A TCP stub with units 1 and 2, and the list its coil changes are added to."""
+    tcp = f"127.0.0.1:{free_port()}"
+    io = ModbusIO([1, 2], tcp=tcp)
+    await io.start()
+    changes: list[tuple[int, int, bool]] = []
+    watcher = asyncio.create_task(io.watch_coils(lambda *c: changes.append(c)), name="watch")
+    try:
+        yield tcp, io, changes
+    finally:
+        watcher.cancel()
+        await io.stop()
+
+
 def test_door_edges_faults_and_restore_over_tcp(tmp_path):
     """Door open/close become events within two polls of the module; a stopped stub is a device_fault per module; restarted, a restore."""
 
@@ -136,12 +151,7 @@ def test_siren_is_switched_off_also_after_a_restart_in_between(tmp_path):
     """The siren and strobe coils go on, then off at the deadline; a driver stopped in between leaves the deadline on disk and the next one switches them off."""
 
     async def scenario() -> None:
-        tcp = f"127.0.0.1:{free_port()}"
-        io = ModbusIO([1, 2], tcp=tcp)
-        await io.start()
-        changes: list[tuple[int, int, bool]] = []
-        watcher = asyncio.create_task(io.watch_coils(lambda *c: changes.append(c)), name="watch")
-        try:
+        async with stub_with_coils() as (tcp, io, changes):
             first = driver_for(config({"host": tcp}), tmp_path)
             assert first.siren_shops() == {"S00011"}
             async with driving(first, Collected()):
@@ -162,9 +172,6 @@ def test_siren_is_switched_off_also_after_a_restart_in_between(tmp_path):
                 await wait_until(lambda: len(changes) == 8, 10, "coils off after the restart")
                 assert io.coils[1][:2] == [False, False]
                 assert json.loads((tmp_path / "sirens-io-bus.json").read_text()) == {}
-        finally:
-            watcher.cancel()
-            await io.stop()
 
     asyncio.run(scenario())
 
@@ -272,13 +279,8 @@ def test_siren_switch_off_waits_for_a_module_that_is_down_without_spinning(tmp_p
     """A siren whose module goes down before its deadline is switched off once the module is back; meanwhile the bus is not hammered; a garbled deadlines file switches every coil off."""
 
     async def scenario() -> None:
-        tcp = f"127.0.0.1:{free_port()}"
-        io = ModbusIO([1, 2], tcp=tcp)
-        await io.start()
-        changes: list[tuple[int, int, bool]] = []
-        watcher = asyncio.create_task(io.watch_coils(lambda *c: changes.append(c)), name="watch")
-        driver = driver_for(config({"host": tcp}), tmp_path)
-        try:
+        async with stub_with_coils() as (tcp, io, changes):
+            driver = driver_for(config({"host": tcp}), tmp_path)
             async with driving(driver, Collected()):
                 await wait_until(lambda: driver.polls >= 2, 10, "first polls")
                 await driver.sound_siren("S00011", 0.3)
@@ -299,9 +301,6 @@ def test_siren_switch_off_waits_for_a_module_that_is_down_without_spinning(tmp_p
             async with driving(second, Collected()):
                 await wait_until(lambda: len(changes) == 8, 10, "every coil off")
                 assert io.coils[1][:2] == [False, False]
-        finally:
-            watcher.cancel()
-            await io.stop()
 
     asyncio.run(scenario())
 
@@ -310,16 +309,11 @@ def test_a_siren_request_during_the_switch_off_keeps_its_own_deadline(tmp_path):
     """A second siren request that lands while the first one's coils are being switched off sets them again and is switched off at its own deadline (the coil is never left on)."""
 
     async def scenario() -> None:
-        tcp = f"127.0.0.1:{free_port()}"
-        io = ModbusIO([1, 2], tcp=tcp)
-        await io.start()
-        changes: list[tuple[int, int, bool]] = []
-        watcher = asyncio.create_task(io.watch_coils(lambda *c: changes.append(c)), name="watch")
-        cfg = config({"host": tcp})
-        # Polled once at start, then not for a minute: the switch-off is the only request.
-        slow = [m.model_copy(update={"poll_interval_s": 60}) for m in cfg.modules]
-        driver = driver_for(cfg.model_copy(update={"modules": slow}), tmp_path)
-        try:
+        async with stub_with_coils() as (tcp, io, changes):
+            cfg = config({"host": tcp})
+            # Polled once at start, then not for a minute: the switch-off is the only request.
+            slow = [m.model_copy(update={"poll_interval_s": 60}) for m in cfg.modules]
+            driver = driver_for(cfg.model_copy(update={"modules": slow}), tmp_path)
             async with driving(driver, Collected()):
                 await wait_until(lambda: driver.polls >= 2, 10, "first polls")
                 await driver.sound_siren("S00011", 0.3)
@@ -335,9 +329,6 @@ def test_a_siren_request_during_the_switch_off_keeps_its_own_deadline(tmp_path):
                 await wait_until(lambda: io.coils[1][:2] == [True, True], 10, "coils on again")
                 await wait_until(lambda: io.coils[1][:2] == [False, False], 10, "coils off again")
                 assert json.loads((tmp_path / "sirens-io-bus.json").read_text()) == {}
-        finally:
-            watcher.cancel()
-            await io.stop()
 
     asyncio.run(scenario())
 
