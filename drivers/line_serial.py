@@ -181,19 +181,26 @@ class LineSerialDriver:
         self._acks.put_nowait((frame, writer))
 
     async def _transmit(self) -> None:
-        """Write queued ACKs, each once no device is talking (or after ``MAX_ACK_WAIT_S``)."""
+        """Write queued ACKs once no device is talking (or after ``MAX_ACK_WAIT_S``).
+
+        Every ACK queued by then goes out in that one quiet gap, so a busy bus
+        cannot make them pile up.
+        """
         while True:
-            frame, writer = await self._acks.get()
+            pending = [await self._acks.get()]
             latest = time.monotonic() + MAX_ACK_WAIT_S
             while True:  # each byte heard meanwhile moves the quiet time on
                 wait = min(self._heard_at + self._quiet_s, latest) - time.monotonic()
                 if wait <= 0:
                     break
                 await asyncio.sleep(wait)
-            # After a reconnect, an ACK for a frame read on the old port is dropped:
-            # the device sends the frame again and the repeat is acknowledged.
-            if writer is not None and writer is self._writer and not writer.is_closing():
-                writer.write(frame.encode())
+            while not self._acks.empty():
+                pending.append(self._acks.get_nowait())
+            for frame, writer in pending:
+                # After a reconnect, an ACK for a frame read on the old port is dropped:
+                # the device sends the frame again and the repeat is acknowledged.
+                if writer is not None and writer is self._writer and not writer.is_closing():
+                    writer.write(frame.encode())
 
     async def _handle(self, frame: LineFrame, emit: Emit) -> None:
         device = self._devices.get(frame.addr)
