@@ -208,6 +208,8 @@ class ModbusDriver:
         self._context = context
         self.link_up = asyncio.Event()
         self.polls = 0
+        self.requests = 0
+        """Requests sent on the bus (polls, coil writes), answered or not."""
         self._log = RateLimitedLog(logger)
         self._modules = [_Module(m, [_Contact(i) for i in m.inputs]) for m in config.modules]
         self._lock = asyncio.Lock()
@@ -220,6 +222,14 @@ class ModbusDriver:
         loaded = _load_deadlines(self._deadlines_file)
         # Unreadable: switching every coil of this bus off once beats leaving one on.
         self._deadlines = loaded if loaded is not None else dict.fromkeys(self._coils(), 0.0)
+        units = {m.unit for m in config.modules}
+        gone = [key for key in self._deadlines if _unit_coil(key)[0] not in units]
+        if gone:  # its module was taken out of the config: nobody polls it any more
+            logger.warning(
+                "%s: siren deadlines of units not configured dropped: %s", config.name, gone
+            )
+            for key in gone:
+                del self._deadlines[key]
         self.supervision = Supervision(config.name, context, [(m, None) for m in config.modules])
         for module in self._modules:
             # Faulted before a restart: its first answer is the restore the police wait for.
@@ -270,7 +280,9 @@ class ModbusDriver:
         self.link_up.set()
         try:
             while True:
-                await self._switch_off_due()
+                # A faulted module's overdue switch-off waits for its own (slow) poll:
+                # retried before every poll, its timeouts would stall the whole bus.
+                await self._switch_off_due({m.config.unit for m in self._modules if not m.faulted})
                 module = min(self._modules, key=lambda m: m.due)
                 wait = module.due - time.monotonic()
                 # Overdue switch-offs that failed are retried with every poll, not in a spin.
@@ -283,6 +295,8 @@ class ModbusDriver:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), wait)
                     continue
+                if module.faulted:
+                    await self._switch_off_due({module.config.unit})
                 await self._poll(module, emit)
                 now = time.monotonic()
                 # A faulted module is polled less often, so its timeouts do not slow the bus.
@@ -307,6 +321,7 @@ class ModbusDriver:
             try:
                 if not client.connected and not await self._connect(client):
                     return None
+                self.requests += 1
                 return await call(client)
             except (ModbusException, OSError, TimeoutError) as exc:
                 self._log.warning("request", "%s: %s", self.config.where, exc)
@@ -411,9 +426,14 @@ class ModbusDriver:
         reply = await self._request(lambda c: c.write_coil(coil, on, device_id=unit))
         return reply is not None and not reply.isError()
 
-    async def _switch_off_due(self) -> None:
+    async def _switch_off_due(self, units: set[int]) -> None:
+        """Switch off the coils of ``units`` whose deadline has passed."""
         now = time.time()
-        due = [key for key, deadline in self._deadlines.items() if deadline <= now]
+        due = [
+            key
+            for key, deadline in self._deadlines.items()
+            if deadline <= now and _unit_coil(key)[0] in units
+        ]
         if not due:
             return
         done = [key for key in due if await self._write_coil(*_unit_coil(key), on=False)]

@@ -364,3 +364,27 @@ def test_a_module_faulted_before_a_restart_is_restored_after_it(tmp_path):
         assert states.fault_of("S00011", "io-1") is None
 
     asyncio.run(scenario())
+
+
+def test_an_overdue_siren_on_a_dead_module_does_not_stall_the_bus(tmp_path):
+    """A switch-off owed to a module that does not answer is retried at that module's own (slow) polls, not before every poll of the others; it stays owed."""
+
+    async def scenario() -> None:
+        dead = {"unit": 3, "shop_id": "S00013", "device_id": "io-1", "siren_coil": 0}
+        (tmp_path / "sirens-io-bus.json").write_text(json.dumps({"3/0": 0}))
+        async with stub_with_coils() as (tcp, _io, _changes):
+            cfg = config({"host": tcp}).model_dump()
+            cfg["modules"].append(dead)
+            driver = driver_for(ModbusConfig.model_validate(cfg), tmp_path)
+            events = Collected()
+            async with driving(driver, events):
+                await wait_until(
+                    lambda: ("S00013", "device_fault") in events.kinds(), 15, "unit 3 faulted"
+                )
+                polls, requests = driver.polls, driver.requests
+                await wait_until(lambda: driver.polls >= polls + 30, 20, "30 more polls")
+                # One request a poll, and a switch-off attempt at unit 3's rare polls only.
+                assert driver.requests - requests < 1.3 * (driver.polls - polls)
+        assert json.loads((tmp_path / "sirens-io-bus.json").read_text()) == {"3/0": 0}
+
+    asyncio.run(scenario())
