@@ -148,6 +148,15 @@ class LineSerialDriver:
             context,
             [(d, d.supervision_s or config.supervision_s) for d in config.devices],
         )
+        for device in config.devices:
+            # Low before a restart: low_battery is not raised again, and a new battery restores.
+            last = self.supervision.last(device)
+            if (
+                last is not None
+                and last.battery_v is not None
+                and last.battery_v < config.low_battery_v
+            ):
+                self._low_battery.add(device.address)
 
     async def run(self, emit: Emit) -> None:
         """Read the bus until cancelled; raise ``DriverUnavailable`` when the port fails."""

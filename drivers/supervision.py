@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from drivers.base import DeviceBinding, DriverContext, Emit
+from gateway.device_state import DeviceState
 from gateway.events import EventKind
 
 SUPERVISION_LOST = EventKind.SUPERVISION_LOST.value
@@ -49,10 +50,15 @@ class Supervision:
             if s is not None
         }
 
+    def last(self, binding: DeviceBinding) -> DeviceState | None:
+        """What was recorded of ``binding``, also before a restart (None without a record)."""
+        states = self._context.device_states
+        return None if states is None else states.last(binding.shop_id, binding.device_id)
+
     def fault_of(self, binding: DeviceBinding) -> str | None:
         """The fault recorded for ``binding``, also before a restart (None without a record)."""
-        states = self._context.device_states
-        return None if states is None else states.fault_of(binding.shop_id, binding.device_id)
+        last = self.last(binding)
+        return None if last is None else last.fault
 
     def heard(self, binding: DeviceBinding, *, battery_v: float | None = None) -> bool:
         """Record a frame from ``binding``; True if it was lost and is back (emit ``restore``)."""

@@ -71,10 +71,9 @@ class DeviceStates:
             state = DeviceState(*row)
             self._states[(state.shop_id, state.device_id)] = state
 
-    def fault_of(self, shop_id: str, device_id: str) -> str | None:
-        """The device's fault as last recorded (also before a restart), or None."""
-        state = self._states.get((shop_id, device_id))
-        return None if state is None else state.fault
+    def last(self, shop_id: str, device_id: str) -> DeviceState | None:
+        """The device's state as last recorded (also before a restart), or None."""
+        return self._states.get((shop_id, device_id))
 
     def _state(self, shop_id: str, device_id: str, driver: str) -> DeviceState:
         key = (shop_id, device_id)

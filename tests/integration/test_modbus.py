@@ -361,7 +361,7 @@ def test_a_module_faulted_before_a_restart_is_restored_after_it(tmp_path):
         finally:
             await io.stop()
         assert events.kinds() == [("S00011", "restore")]
-        assert states.fault_of("S00011", "io-1") is None
+        assert states.last("S00011", "io-1").fault is None
 
     asyncio.run(scenario())
 

@@ -6,9 +6,10 @@ import asyncio
 from pathlib import Path
 
 from drivers.base import DeviceBinding, DriverContext
+from drivers.line_serial import LineSerialConfig, LineSerialDriver
 from drivers.supervision import Supervision
 from gateway.device_state import DeviceStates
-from gateway.events import Event
+from gateway.events import Event, EventKind
 from gateway.journal import connect
 from gateway.mqtt import BrokerConfig
 from tests.field import flush_device_states
@@ -51,4 +52,28 @@ def test_a_device_lost_before_a_restart_is_restored_once_after_it(tmp_path: Path
     assert emitted == []
     assert supervision.heard(BUTTON) is True  # the driver emits its restore
     assert supervision.heard(BUTTON) is False
-    assert after.fault_of("S1", "pb-1") is None
+    assert after.last("S1", "pb-1").fault is None
+
+
+def test_a_battery_low_before_a_restart_is_not_raised_again_after_it(tmp_path: Path) -> None:
+    """A heartbeat still low after a restart makes no second low_battery; a fresh battery restores."""
+    path = tmp_path / "journal.db"
+    connect(path).close()
+    before = DeviceStates(path)
+    before.seen("S1", "pb-1", driver="bus-1", battery_v=2.4)
+    asyncio.run(flush_device_states(before))
+    bus = LineSerialConfig.model_validate(
+        {
+            "kind": "line_serial",
+            "name": "bus-1",
+            "port": "/dev/ttyUSB0",
+            "devices": [
+                {"address": 3, "shop_id": "S1", "device_id": "pb-1"},
+                {"address": 4, "shop_id": "S1", "device_id": "pb-2"},
+            ],
+        }
+    )
+    driver = LineSerialDriver(bus, context=_context(DeviceStates(path)))
+    assert driver._battery(3, 2.4) is None
+    assert driver._battery(3, 3.0) == EventKind.RESTORE
+    assert driver._battery(4, 2.4) == EventKind.LOW_BATTERY  # never recorded low: raised
