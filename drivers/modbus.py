@@ -262,10 +262,10 @@ class ModbusDriver:
             self._deadlines[key] = max(deadline, self._deadlines.get(key, 0))
         _save_deadlines(self._deadlines_file, self._deadlines)  # before any coil is set
         self._wake.set()
-        for key in coils:
-            unit, coil = _unit_coil(key)
-            if not await self._write_coil(unit, coil, on=True):
-                raise DriverUnavailable(f"{self.config.where}: unit {unit} did not set coil {coil}")
+        # Every coil is tried: a strobe that did not answer must not keep the siren silent.
+        failed = [key for key in coils if not await self._write_coil(*_unit_coil(key), on=True)]
+        if failed:
+            raise DriverUnavailable(f"{self.config.where}: coils {', '.join(failed)} not set")
 
     # --- polling ---------------------------------------------------------------------
 

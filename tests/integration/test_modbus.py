@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
 from drivers.base import DriverContext
 from drivers.modbus import ModbusConfig, ModbusDriver, modbus_client, scan_units
 from firmware_stubs.modbus_io import ModbusIO
@@ -16,6 +18,7 @@ from gateway.app import Gateway
 from gateway.broker import free_port
 from gateway.config import GatewayConfig
 from gateway.device_state import DeviceStates
+from gateway.errors import DriverUnavailable
 from gateway.events import Event
 from gateway.journal import connect
 from gateway.mqtt import BrokerConfig
@@ -386,5 +389,24 @@ def test_an_overdue_siren_on_a_dead_module_does_not_stall_the_bus(tmp_path):
                 # One request a poll, and a switch-off attempt at unit 3's rare polls only.
                 assert driver.requests - requests < 1.3 * (driver.polls - polls)
         assert json.loads((tmp_path / "sirens-io-bus.json").read_text()) == {"3/0": 0}
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_coil_does_not_keep_the_shops_other_siren_silent(tmp_path):
+    """A shop's coil that the module refuses makes sound_siren fail, but only after the shop's other siren and strobe are on."""
+
+    async def scenario() -> None:
+        async with stub_with_coils() as (tcp, io, _changes):
+            cfg = config({"host": tcp}).model_dump()
+            # unit 2 as a second module of the same shop, its siren on a coil it does not have
+            refusing = cfg["modules"].pop(1) | {"shop_id": "S00011", "siren_coil": 100}
+            cfg["modules"].insert(0, refusing)
+            driver = driver_for(ModbusConfig.model_validate(cfg), tmp_path)
+            async with driving(driver, Collected()):
+                await wait_until(lambda: driver.polls >= 2, 10, "first polls")
+                with pytest.raises(DriverUnavailable, match="2/100"):
+                    await driver.sound_siren("S00011", 30)
+                await wait_until(lambda: io.coils[1][:2] == [True, True], 10, "unit 1 sounding")
 
     asyncio.run(scenario())
