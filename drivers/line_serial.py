@@ -247,7 +247,14 @@ class LineSerialDriver:
         event = self._context.event(
             self.config.name, device, kind, ref=self._ref(frame), zone=zone, attrs=attrs
         )
-        await emit(event, on_durable=acknowledge)
+        try:
+            await emit(event, on_durable=acknowledge)
+        except BaseException:
+            # Not taken (cancelled while the journal was backed up): the device's next
+            # copy must be a new frame, not a repeat of one that is never acknowledged.
+            if self._last.get(frame.addr) is record:
+                del self._last[frame.addr]
+            raise
 
     def _ref(self, frame: LineFrame) -> str:
         return f"{self.config.port}#{frame.addr}/{frame.seq}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import typing
 
 import pytest
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from drivers import DRIVERS, DriverConfigUnion
 from drivers.base import DriverContext
+from drivers.line_frames import LineFrame
 from drivers.line_serial import LineSerialConfig, LineSerialDriver
 from drivers.modbus import ModbusInputConfig, _Contact, _debounced, parse_units
 from drivers.rf433 import CodeReader, Rf433Config
@@ -184,3 +186,28 @@ def test_a_stream_of_strangers_codes_does_not_grow_the_burst_memory():
     # a burst in progress is still one press
     assert reader.feed(b"RX:000001\r\nRX:000001\r\n", now=1000.0) == ["000001"]
     assert reader.feed(b"RX:000001\r\n", now=1000.5) == []
+
+
+def test_a_frame_whose_emit_was_cancelled_is_taken_when_the_device_repeats_it():
+    """Cancelled while the journal was backed up, a panic is not mistaken for a repeat when the device sends it again."""
+    config = LineSerialConfig.model_validate(line("pb-1"))
+    driver = LineSerialDriver(
+        config, context=DriverContext("GW-001", BrokerConfig(url="mqtt://127.0.0.1:1"))
+    )
+    panic = LineFrame(3, 17, "PANIC", "1")
+    taken: list[str] = []
+
+    async def backed_up(event, **_: object) -> None:
+        raise asyncio.CancelledError
+
+    async def journal(event, **_: object) -> None:
+        taken.append(event.kind.value)
+
+    async def scenario() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await driver._handle(panic, backed_up)
+        await driver._handle(panic, journal)
+        await driver._handle(panic, journal)  # a real repeat of a frame taken: dropped
+
+    asyncio.run(scenario())
+    assert taken == ["panic"]
