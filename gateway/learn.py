@@ -148,7 +148,12 @@ def bind_code(
     text = io.StringIO()
     yaml.dump(data, text)
     _replace_checked(path, text.getvalue())
-    return f"learned code {code} as {shop}/{device}{added}; old file kept as {path.name}.bak"
+    # The gateway reads its config at start only: said, so that a test press right
+    # after pairing is not taken for a lost alarm (it is listed as an unknown code).
+    return (
+        f"learned code {code} as {shop}/{device}{added}; old file kept as {path.name}.bak; "
+        "a running gateway serves the button once it is restarted"
+    )
 
 
 def _replace_checked(path: Path, text: str) -> None:
