@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import typing
 
 import pytest
@@ -16,7 +17,9 @@ from drivers.line_frames import LineFrame
 from drivers.line_serial import LineSerialConfig, LineSerialDriver
 from drivers.modbus import ModbusInputConfig, _Contact, _debounced, parse_units
 from drivers.rf433 import CodeReader, Rf433Config
+from drivers.serial_port import open_serial
 from gateway.config import GatewayConfig
+from gateway.errors import DriverUnavailable
 from gateway.mqtt import BrokerConfig
 
 BASE = {
@@ -211,3 +214,22 @@ def test_a_frame_whose_emit_was_cancelled_is_taken_when_the_device_repeats_it():
 
     asyncio.run(scenario())
     assert taken == ["panic"]
+
+
+def test_a_serial_port_in_use_is_refused_to_a_second_reader():
+    """Two readers of one tty split its bytes; the second opener (learn beside a hung gateway) is refused, the first keeps every byte."""
+
+    async def scenario() -> None:
+        device, tty = os.openpty()
+        try:
+            reader, writer = await open_serial(os.ttyname(tty), 9600)
+            with pytest.raises(DriverUnavailable, match="exclusively lock"):
+                await open_serial(os.ttyname(tty), 9600)
+            os.write(device, b"RX:A1B2C3\r\n")
+            assert await asyncio.wait_for(reader.readline(), 10) == b"RX:A1B2C3\r\n"
+            writer.close()
+        finally:
+            os.close(device)
+            os.close(tty)
+
+    asyncio.run(scenario())
