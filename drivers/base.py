@@ -15,6 +15,11 @@ from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.journal import OnDurable
 from gateway.mqtt import BrokerConfig
 
+RETRY_MAX_S = 5.0
+"""Longest wait between attempts to reopen a driver's link. A USB serial adapter
+plugged back in is open again within seconds, not after a minute of backoff, while
+its devices keep repeating their unacknowledged alarms."""
+
 
 class Emit(Protocol):
     """Hand an event to the gateway.

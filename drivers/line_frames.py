@@ -14,6 +14,7 @@ from dataclasses import dataclass
 MAX_LINE = 80
 """A frame is at most this many bytes, line end included."""
 
+_CRC = re.compile(rb"[0-9A-F]{4}")
 _BODY = re.compile(rb"LF,(\d{1,3}),(\d{1,3}),([A-Z]{1,8})(?:,([\x21-\x29\x2b-\x7e]{0,40}))?")
 
 
@@ -99,12 +100,11 @@ class LineReader:
             self.rejected["malformed"] += 1
             return None
         body, crc = text[1:star], text[star + 1 :]
-        try:
-            claimed = int(crc, 16)
-        except ValueError:
+        # Exactly four upper-case hex digits: int() alone would also take "+0AB" or "0_AB".
+        if _CRC.fullmatch(crc) is None:
             self.rejected["malformed"] += 1
             return None
-        if crc != crc.upper() or claimed != crc16_modbus(body):
+        if int(crc, 16) != crc16_modbus(body):
             self.rejected["bad_crc"] += 1
             return None
         match = _BODY.fullmatch(body)

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 KIND = "line_serial"
 MAX_KEYS = 16
+# RS-485 is half duplex: an ACK waits until the bus has been quiet for 3.5
+# character times (as Modbus RTU does), but no longer than this behind a chatty bus.
+MAX_ACK_WAIT_S = 0.5
 
 # Frame types that are one event each, and its kind.
 FRAME_KINDS = {"PANIC": EventKind.PANIC, "TAMPER": EventKind.TAMPER, "RESTORE": EventKind.RESTORE}
@@ -137,11 +140,23 @@ class LineSerialDriver:
         # Longest first: with '9#' and '1239#' configured, typing 1239# is the latter.
         self._sequences = sorted(config.key_sequences, key=len, reverse=True)
         self._writer: asyncio.StreamWriter | None = None
+        self._acks: asyncio.Queue[tuple[LineFrame, asyncio.StreamWriter | None]] = asyncio.Queue()
+        self._heard_at = 0.0
+        self._quiet_s = max(0.002, 3.5 * 11 / config.baudrate)
         self.supervision = Supervision(
             config.name,
             context,
             [(d, d.supervision_s or config.supervision_s) for d in config.devices],
         )
+        for device in config.devices:
+            # Low before a restart: low_battery is not raised again, and a new battery restores.
+            last = self.supervision.last(device)
+            if (
+                last is not None
+                and last.battery_v is not None
+                and last.battery_v < config.low_battery_v
+            ):
+                self._low_battery.add(device.address)
 
     async def run(self, emit: Emit) -> None:
         """Read the bus until cancelled; raise ``DriverUnavailable`` when the port fails."""
@@ -152,8 +167,10 @@ class LineSerialDriver:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.supervision.watch(emit), name=f"{self.config.name}.supervise")
+                tg.create_task(self._transmit(), name=f"{self.config.name}.acks")
                 while True:
                     data = await read_some(reader, self.config.port)
+                    self._heard_at = time.monotonic()
                     for frame in frames.feed(data):
                         await self._handle(frame, emit)
                     self._count(frames)
@@ -170,10 +187,29 @@ class LineSerialDriver:
         frames.rejected.clear()
 
     def _send(self, frame: LineFrame, writer: asyncio.StreamWriter | None) -> None:
-        # After a reconnect, an ACK for a frame read on the old port is dropped:
-        # the device sends the frame again and the repeat is acknowledged.
-        if writer is not None and writer is self._writer and not writer.is_closing():
-            writer.write(frame.encode())
+        self._acks.put_nowait((frame, writer))
+
+    async def _transmit(self) -> None:
+        """Write queued ACKs once no device is talking (or after ``MAX_ACK_WAIT_S``).
+
+        Every ACK queued by then goes out in that one quiet gap, so a busy bus
+        cannot make them pile up.
+        """
+        while True:
+            pending = [await self._acks.get()]
+            latest = time.monotonic() + MAX_ACK_WAIT_S
+            while True:  # each byte heard meanwhile moves the quiet time on
+                wait = min(self._heard_at + self._quiet_s, latest) - time.monotonic()
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            while not self._acks.empty():
+                pending.append(self._acks.get_nowait())
+            for frame, writer in pending:
+                # After a reconnect, an ACK for a frame read on the old port is dropped:
+                # the device sends the frame again and the repeat is acknowledged.
+                if writer is not None and writer is self._writer and not writer.is_closing():
+                    writer.write(frame.encode())
 
     async def _handle(self, frame: LineFrame, emit: Emit) -> None:
         device = self._devices.get(frame.addr)
@@ -183,6 +219,9 @@ class LineSerialDriver:
                 "unknown", "%s: frame from unknown address %d", self.config.name, frame.addr
             )
             return
+        battery = _volts(frame.data) if frame.type == "HB" else None
+        if self.supervision.heard(device, battery_v=battery):
+            await self.supervision.restored(emit, device, self._ref(frame))
         now = time.monotonic()
         last = self._last.get(frame.addr)
         window = self.config.repeat_window_s
@@ -195,9 +234,6 @@ class LineSerialDriver:
             return
         record = _LastFrame(frame, now, durable=False)
         self._last[frame.addr] = record
-        battery = _volts(frame.data) if frame.type == "HB" else None
-        if self.supervision.heard(device, battery_v=battery):
-            await self.supervision.restored(emit, device, self._ref(frame))
         kind, zone, attrs = self._meaning(frame, device, battery, now)
         writer = self._writer
 
@@ -211,7 +247,14 @@ class LineSerialDriver:
         event = self._context.event(
             self.config.name, device, kind, ref=self._ref(frame), zone=zone, attrs=attrs
         )
-        await emit(event, on_durable=acknowledge)
+        try:
+            await emit(event, on_durable=acknowledge)
+        except BaseException:
+            # Not taken (cancelled while the journal was backed up): the device's next
+            # copy must be a new frame, not a repeat of one that is never acknowledged.
+            if self._last.get(frame.addr) is record:
+                del self._last[frame.addr]
+            raise
 
     def _ref(self, frame: LineFrame) -> str:
         return f"{self.config.port}#{frame.addr}/{frame.seq}"

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -42,6 +43,7 @@ KIND = "modbus"
 MAX_CONNECT_BACKOFF_S = 5.0
 # Exception codes by which a unit shows it is there but lacks what was asked.
 PRESENT_CODES = frozenset({1, 2, 3})
+DEVICE_FAULT = EventKind.DEVICE_FAULT.value
 
 ModbusClient = AsyncModbusSerialClient | AsyncModbusTcpClient
 
@@ -206,6 +208,8 @@ class ModbusDriver:
         self._context = context
         self.link_up = asyncio.Event()
         self.polls = 0
+        self.requests = 0
+        """Requests sent on the bus (polls, coil writes), answered or not."""
         self._log = RateLimitedLog(logger)
         self._modules = [_Module(m, [_Contact(i) for i in m.inputs]) for m in config.modules]
         self._lock = asyncio.Lock()
@@ -218,7 +222,18 @@ class ModbusDriver:
         loaded = _load_deadlines(self._deadlines_file)
         # Unreadable: switching every coil of this bus off once beats leaving one on.
         self._deadlines = loaded if loaded is not None else dict.fromkeys(self._coils(), 0.0)
+        units = {m.unit for m in config.modules}
+        gone = [key for key in self._deadlines if _unit_coil(key)[0] not in units]
+        if gone:  # its module was taken out of the config: nobody polls it any more
+            logger.warning(
+                "%s: siren deadlines of units not configured dropped: %s", config.name, gone
+            )
+            for key in gone:
+                del self._deadlines[key]
         self.supervision = Supervision(config.name, context, [(m, None) for m in config.modules])
+        for module in self._modules:
+            # Faulted before a restart: its first answer is the restore the police wait for.
+            module.faulted = self.supervision.fault_of(module.config) == DEVICE_FAULT
 
     def _coils(self, shop_id: str | None = None) -> list[str]:
         """``unit/coil`` of every siren and strobe (of ``shop_id``'s modules, if given)."""
@@ -247,10 +262,10 @@ class ModbusDriver:
             self._deadlines[key] = max(deadline, self._deadlines.get(key, 0))
         _save_deadlines(self._deadlines_file, self._deadlines)  # before any coil is set
         self._wake.set()
-        for key in coils:
-            unit, coil = _unit_coil(key)
-            if not await self._write_coil(unit, coil, on=True):
-                raise DriverUnavailable(f"{self.config.where}: unit {unit} did not set coil {coil}")
+        # Every coil is tried: a strobe that did not answer must not keep the siren silent.
+        failed = [key for key in coils if not await self._write_coil(*_unit_coil(key), on=True)]
+        if failed:
+            raise DriverUnavailable(f"{self.config.where}: coils {', '.join(failed)} not set")
 
     # --- polling ---------------------------------------------------------------------
 
@@ -265,7 +280,9 @@ class ModbusDriver:
         self.link_up.set()
         try:
             while True:
-                await self._switch_off_due()
+                # A faulted module's overdue switch-off waits for its own (slow) poll:
+                # retried before every poll, its timeouts would stall the whole bus.
+                await self._switch_off_due({m.config.unit for m in self._modules if not m.faulted})
                 module = min(self._modules, key=lambda m: m.due)
                 wait = module.due - time.monotonic()
                 # Overdue switch-offs that failed are retried with every poll, not in a spin.
@@ -278,6 +295,8 @@ class ModbusDriver:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), wait)
                     continue
+                if module.faulted:
+                    await self._switch_off_due({module.config.unit})
                 await self._poll(module, emit)
                 now = time.monotonic()
                 # A faulted module is polled less often, so its timeouts do not slow the bus.
@@ -302,6 +321,7 @@ class ModbusDriver:
             try:
                 if not client.connected and not await self._connect(client):
                     return None
+                self.requests += 1
                 return await call(client)
             except (ModbusException, OSError, TimeoutError) as exc:
                 self._log.warning("request", "%s: %s", self.config.where, exc)
@@ -359,7 +379,7 @@ class ModbusDriver:
             module.failures += 1
             if module.failures >= self.config.failed_polls and not module.faulted:
                 module.faulted = True
-                self.supervision.set_fault(binding, "device_fault")
+                self.supervision.set_fault(binding, DEVICE_FAULT)
                 await emit(
                     self._event(
                         binding, EventKind.DEVICE_FAULT, attrs={"failed_polls": module.failures}
@@ -371,7 +391,7 @@ class ModbusDriver:
         if module.faulted:
             module.faulted = False
             self.supervision.set_fault(binding, None)
-            await emit(self._event(binding, EventKind.RESTORE, attrs={"of": "device_fault"}))
+            await emit(self._event(binding, EventKind.RESTORE, attrs={"of": DEVICE_FAULT}))
         now = time.monotonic()
         for contact, bit in bits.items():
             kind = _debounced(contact, now, is_open=contact.config.is_open(bit))
@@ -406,15 +426,23 @@ class ModbusDriver:
         reply = await self._request(lambda c: c.write_coil(coil, on, device_id=unit))
         return reply is not None and not reply.isError()
 
-    async def _switch_off_due(self) -> None:
+    async def _switch_off_due(self, units: set[int]) -> None:
+        """Switch off the coils of ``units`` whose deadline has passed."""
         now = time.time()
-        due = [key for key, deadline in self._deadlines.items() if deadline <= now]
+        due = [
+            key
+            for key, deadline in self._deadlines.items()
+            if deadline <= now and _unit_coil(key)[0] in units
+        ]
         if not due:
             return
         done = [key for key in due if await self._write_coil(*_unit_coil(key), on=False)]
-        for key in done:
+        # A siren request that came in while the coil was being switched off has moved
+        # its deadline on (and its coil is set again after this): keep that deadline.
+        switched_off = [k for k in done if self._deadlines.get(k, now) <= now]
+        for key in switched_off:
             del self._deadlines[key]
-        if done:
+        if switched_off:
             _save_deadlines(self._deadlines_file, self._deadlines)
 
 
@@ -464,7 +492,17 @@ def _load_deadlines(path: Path) -> dict[str, float] | None:
 
 
 def _save_deadlines(path: Path, deadlines: dict[str, float]) -> None:
+    """Write ``deadlines`` so that a power cut leaves the old file or the new one, whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(deadlines))
+    with tmp.open("w", encoding="utf-8") as out:
+        out.write(json.dumps(deadlines))
+        out.flush()
+        os.fsync(out.fileno())
     tmp.replace(path)
+    # The rename itself must reach the disk before a coil is set.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

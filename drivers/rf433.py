@@ -109,11 +109,20 @@ class CodeReader:
                 self.noise += raw.strip() != b""
                 continue
             code = match["code"].upper()
+            self._forget_before(now - self._burst_s)
             last = self._last.get(code)
             self._last[code] = now  # a long burst stays one press
             if last is None or now - last >= self._burst_s:
                 pressed.append(code)
         return pressed
+
+    def _forget_before(self, since: float) -> None:
+        """Drop codes last heard before ``since``: they can no longer be part of a burst.
+
+        A receiver hears many strangers' codes (neighbours' remotes, rolling-code car keys).
+        """
+        if len(self._last) > MAX_UNKNOWN:
+            self._last = {code: at for code, at in self._last.items() if at >= since}
 
 
 class Rf433Driver:

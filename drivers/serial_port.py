@@ -13,9 +13,16 @@ READ_SIZE = 512
 
 
 async def open_serial(url: str, baudrate: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open ``url`` (a device path or pyserial URL); raise ``DriverUnavailable`` if it cannot."""
+    """Open ``url`` (a device path or pyserial URL); raise ``DriverUnavailable`` if it cannot.
+
+    A local port is locked for this process alone: two readers of one tty split its
+    bytes between them, so ``lianfang learn`` beside a hung gateway would take half of
+    a panic button's frames. The second opener is refused instead.
+    """
     try:
-        return await serial_asyncio_fast.open_serial_connection(url=url, baudrate=baudrate)
+        return await serial_asyncio_fast.open_serial_connection(
+            url=url, baudrate=baudrate, exclusive=True
+        )
     except (serial.SerialException, OSError, ValueError) as exc:
         raise DriverUnavailable(f"serial port {url}: {exc}") from None
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from drivers.base import DeviceBinding, DriverContext, Emit
+from gateway.device_state import DeviceState
 from gateway.events import EventKind
 
 SUPERVISION_LOST = EventKind.SUPERVISION_LOST.value
@@ -40,10 +41,24 @@ class Supervision:
         self._driver = driver
         self._context = context
         now = time.monotonic()
-        # A device never heard since start is given one whole interval.
+        # A device never heard since start is given one whole interval. One already
+        # lost before a restart stays lost: its trouble is not raised twice, and its
+        # next frame is its restore.
         self._watched = {
-            (b.shop_id, b.device_id): _Watched(b, s, now) for b, s in intervals if s is not None
+            (b.shop_id, b.device_id): _Watched(b, s, now, lost=self.fault_of(b) == SUPERVISION_LOST)
+            for b, s in intervals
+            if s is not None
         }
+
+    def last(self, binding: DeviceBinding) -> DeviceState | None:
+        """What was recorded of ``binding``, also before a restart (None without a record)."""
+        states = self._context.device_states
+        return None if states is None else states.last(binding.shop_id, binding.device_id)
+
+    def fault_of(self, binding: DeviceBinding) -> str | None:
+        """The fault recorded for ``binding``, also before a restart (None without a record)."""
+        last = self.last(binding)
+        return None if last is None else last.fault
 
     def heard(self, binding: DeviceBinding, *, battery_v: float | None = None) -> bool:
         """Record a frame from ``binding``; True if it was lost and is back (emit ``restore``)."""

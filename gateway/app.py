@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers import DRIVERS
-from drivers.base import Driver, DriverContext, SirenDriver
+from drivers.base import RETRY_MAX_S, Driver, DriverContext, SirenDriver
 from gateway import __version__
 from gateway.actions import RuleActions
 from gateway.config import GatewayConfig
@@ -227,6 +227,7 @@ class Gateway:
                         functools.partial(driver.run, self.intake),
                         link=driver,
                         on_change=self._link_changed,
+                        max_delay=RETRY_MAX_S,
                     ),
                     name=f"driver[{name}]",
                 )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, DriverUnavailable
 from gateway.rules_cli import rules_app
 
 if TYPE_CHECKING:
@@ -368,6 +368,9 @@ def learn(
             code = asyncio.run(next_code(cfg, rf, timeout, listening=listening))
         except TimeoutError:
             typer.echo(f"no code heard in {timeout:g} s; nothing changed", err=True)
+            raise typer.Exit(1) from None
+        except DriverUnavailable as exc:  # such as the port held by a gateway not writing status
+            typer.echo(f"{exc}; nothing changed", err=True)
             raise typer.Exit(1) from None
         typer.echo(f"Heard code {code}")
         typer.echo(bind_code(path, cfg, rf, shop=shop, device=device, code=code))

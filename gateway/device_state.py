@@ -15,6 +15,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.journal import connect
 from gateway.ratelimit import RateLimitedLog
@@ -42,11 +43,37 @@ class DeviceStates:
     """Every field device's state, in memory and in the ``device_state`` table."""
 
     def __init__(self, path: Path) -> None:
-        """Keep the states in the journal database at ``path``."""
+        """Keep the states in the journal database at ``path``, starting from what it holds.
+
+        A fault raised before a restart stays known, so that the device's
+        recovery is reported (and its trouble not raised a second time).
+        """
         self._path = path
         self._states: dict[tuple[str, str], DeviceState] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._log = RateLimitedLog(logger, interval_s=300)
+        self._load()
+
+    def _load(self) -> None:
+        if not self._path.exists():
+            return
+        conn = connect(self._path)
+        try:
+            rows = conn.execute(
+                "SELECT shop_id, device_id, driver, last_seen, battery_v, fault FROM device_state"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            self._log.warning("load", "cannot read device state from %s: %s", self._path, exc)
+            rows = []
+        finally:
+            conn.close()
+        for row in rows:
+            state = DeviceState(*row)
+            self._states[(state.shop_id, state.device_id)] = state
+
+    def last(self, shop_id: str, device_id: str) -> DeviceState | None:
+        """The device's state as last recorded (also before a restart), or None."""
+        return self._states.get((shop_id, device_id))
 
     def _state(self, shop_id: str, device_id: str, driver: str) -> DeviceState:
         key = (shop_id, device_id)
@@ -79,16 +106,22 @@ class DeviceStates:
         try:
             while True:
                 await asyncio.sleep(FLUSH_S)
-                await asyncio.to_thread(self._flush, conn)
+                # Taken on the loop: drivers change the states there while the thread writes.
+                rows = self._changed()
+                if rows:
+                    await asyncio.to_thread(self._write, conn, rows)
         finally:
-            self._flush(conn)
+            rows = self._changed()
+            if rows:
+                self._write(conn, rows)
             conn.close()
 
-    def _flush(self, conn: sqlite3.Connection) -> None:
-        if not self._dirty:
-            return
+    def _changed(self) -> list[dict[str, Any]]:
         rows = [asdict(self._states[k]) for k in self._dirty]
         self._dirty.clear()
+        return rows
+
+    def _write(self, conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 import yaml
 
 from firmware_stubs.process import StubProcess
+from gateway.device_state import DeviceStates
 
 
 def bind_field_devices(
@@ -47,3 +49,11 @@ def cli_json(command: str, config: Path) -> Any:
         text=True,
     )
     return json.loads(done.stdout)
+
+
+async def flush_device_states(states: DeviceStates) -> None:
+    """Write ``states`` to its database, as the gateway does on its way out."""
+    task = asyncio.create_task(states.run(), name="device-states")
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

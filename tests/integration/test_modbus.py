@@ -9,16 +9,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
 from drivers.base import DriverContext
 from drivers.modbus import ModbusConfig, ModbusDriver, modbus_client, scan_units
 from firmware_stubs.modbus_io import ModbusIO
 from gateway.app import Gateway
 from gateway.broker import free_port
 from gateway.config import GatewayConfig
+from gateway.device_state import DeviceStates
+from gateway.errors import DriverUnavailable
 from gateway.events import Event
+from gateway.journal import connect
 from gateway.mqtt import BrokerConfig
 from tests.clients import wait_until
-from tests.field import stub
+from tests.field import flush_device_states, stub
 
 PERIOD = 0.2
 
@@ -82,6 +87,21 @@ async def driving(driver: ModbusDriver, events: Collected) -> AsyncIterator[None
         await asyncio.gather(task, return_exceptions=True)
 
 
+@asynccontextmanager
+async def stub_with_coils() -> AsyncIterator[tuple[str, ModbusIO, list[tuple[int, int, bool]]]]:
+    """A TCP stub with units 1 and 2, and the list its coil changes are added to."""
+    tcp = f"127.0.0.1:{free_port()}"
+    io = ModbusIO([1, 2], tcp=tcp)
+    await io.start()
+    changes: list[tuple[int, int, bool]] = []
+    watcher = asyncio.create_task(io.watch_coils(lambda *c: changes.append(c)), name="watch")
+    try:
+        yield tcp, io, changes
+    finally:
+        watcher.cancel()
+        await io.stop()
+
+
 def test_door_edges_faults_and_restore_over_tcp(tmp_path):
     """Door open/close become events within two polls of the module; a stopped stub is a device_fault per module; restarted, a restore."""
 
@@ -134,12 +154,7 @@ def test_siren_is_switched_off_also_after_a_restart_in_between(tmp_path):
     """The siren and strobe coils go on, then off at the deadline; a driver stopped in between leaves the deadline on disk and the next one switches them off."""
 
     async def scenario() -> None:
-        tcp = f"127.0.0.1:{free_port()}"
-        io = ModbusIO([1, 2], tcp=tcp)
-        await io.start()
-        changes: list[tuple[int, int, bool]] = []
-        watcher = asyncio.create_task(io.watch_coils(lambda *c: changes.append(c)), name="watch")
-        try:
+        async with stub_with_coils() as (tcp, io, changes):
             first = driver_for(config({"host": tcp}), tmp_path)
             assert first.siren_shops() == {"S00011"}
             async with driving(first, Collected()):
@@ -160,9 +175,6 @@ def test_siren_is_switched_off_also_after_a_restart_in_between(tmp_path):
                 await wait_until(lambda: len(changes) == 8, 10, "coils off after the restart")
                 assert io.coils[1][:2] == [False, False]
                 assert json.loads((tmp_path / "sirens-io-bus.json").read_text()) == {}
-        finally:
-            watcher.cancel()
-            await io.stop()
 
     asyncio.run(scenario())
 
@@ -270,13 +282,8 @@ def test_siren_switch_off_waits_for_a_module_that_is_down_without_spinning(tmp_p
     """A siren whose module goes down before its deadline is switched off once the module is back; meanwhile the bus is not hammered; a garbled deadlines file switches every coil off."""
 
     async def scenario() -> None:
-        tcp = f"127.0.0.1:{free_port()}"
-        io = ModbusIO([1, 2], tcp=tcp)
-        await io.start()
-        changes: list[tuple[int, int, bool]] = []
-        watcher = asyncio.create_task(io.watch_coils(lambda *c: changes.append(c)), name="watch")
-        driver = driver_for(config({"host": tcp}), tmp_path)
-        try:
+        async with stub_with_coils() as (tcp, io, changes):
+            driver = driver_for(config({"host": tcp}), tmp_path)
             async with driving(driver, Collected()):
                 await wait_until(lambda: driver.polls >= 2, 10, "first polls")
                 await driver.sound_siren("S00011", 0.3)
@@ -297,8 +304,109 @@ def test_siren_switch_off_waits_for_a_module_that_is_down_without_spinning(tmp_p
             async with driving(second, Collected()):
                 await wait_until(lambda: len(changes) == 8, 10, "every coil off")
                 assert io.coils[1][:2] == [False, False]
+
+    asyncio.run(scenario())
+
+
+def test_a_siren_request_during_the_switch_off_keeps_its_own_deadline(tmp_path):
+    """A second siren request that lands while the first one's coils are being switched off sets them again and is switched off at its own deadline (the coil is never left on)."""
+
+    async def scenario() -> None:
+        async with stub_with_coils() as (tcp, io, changes):
+            cfg = config({"host": tcp})
+            # Polled once at start, then not for a minute: the switch-off is the only request.
+            slow = [m.model_copy(update={"poll_interval_s": 60}) for m in cfg.modules]
+            driver = driver_for(cfg.model_copy(update={"modules": slow}), tmp_path)
+            async with driving(driver, Collected()):
+                await wait_until(lambda: driver.polls >= 2, 10, "first polls")
+                await driver.sound_siren("S00011", 0.3)
+                await wait_until(lambda: len(changes) == 2, 10, "coils on")
+                # Hold the bus so that the due switch-off queues behind it, then ask again.
+                async with driver._lock:
+                    await wait_until(lambda: driver._lock._waiters, 10, "switch-off queued")
+                    again = asyncio.create_task(driver.sound_siren("S00011", 1.0), name="again")
+                    await wait_until(
+                        lambda: len(driver._lock._waiters or ()) >= 2, 10, "request queued"
+                    )
+                await again
+                await wait_until(lambda: io.coils[1][:2] == [True, True], 10, "coils on again")
+                await wait_until(lambda: io.coils[1][:2] == [False, False], 10, "coils off again")
+                assert json.loads((tmp_path / "sirens-io-bus.json").read_text()) == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_module_faulted_before_a_restart_is_restored_after_it(tmp_path):
+    """A device_fault recorded before a gateway restart is closed by a restore at the module's first answer after it; a healthy module makes no event."""
+
+    async def scenario() -> None:
+        path = tmp_path / "journal.db"
+        connect(path).close()
+        before = DeviceStates(path)
+        before.fault("S00011", "io-1", driver="io-bus", fault="device_fault")
+        await asyncio.wait_for(flush_device_states(before), 10)
+
+        tcp = f"127.0.0.1:{free_port()}"
+        io = ModbusIO([1, 2], tcp=tcp)
+        await io.start()
+        states = DeviceStates(path)
+        context = DriverContext(
+            gateway_id="GW-001",
+            block_broker=BrokerConfig(url="mqtt://127.0.0.1:1"),
+            state_dir=tmp_path,
+            device_states=states,
+        )
+        driver = ModbusDriver(config({"host": tcp}), context=context)
+        events = Collected()
+        try:
+            async with driving(driver, events):
+                await wait_until(lambda: driver.polls >= 6, 10, "three polls of each module")
         finally:
-            watcher.cancel()
             await io.stop()
+        assert events.kinds() == [("S00011", "restore")]
+        assert states.last("S00011", "io-1").fault is None
+
+    asyncio.run(scenario())
+
+
+def test_an_overdue_siren_on_a_dead_module_does_not_stall_the_bus(tmp_path):
+    """A switch-off owed to a module that does not answer is retried at that module's own (slow) polls, not before every poll of the others; it stays owed."""
+
+    async def scenario() -> None:
+        dead = {"unit": 3, "shop_id": "S00013", "device_id": "io-1", "siren_coil": 0}
+        (tmp_path / "sirens-io-bus.json").write_text(json.dumps({"3/0": 0}))
+        async with stub_with_coils() as (tcp, _io, _changes):
+            cfg = config({"host": tcp}).model_dump()
+            cfg["modules"].append(dead)
+            driver = driver_for(ModbusConfig.model_validate(cfg), tmp_path)
+            events = Collected()
+            async with driving(driver, events):
+                await wait_until(
+                    lambda: ("S00013", "device_fault") in events.kinds(), 15, "unit 3 faulted"
+                )
+                polls, requests = driver.polls, driver.requests
+                await wait_until(lambda: driver.polls >= polls + 30, 20, "30 more polls")
+                # One request a poll, and a switch-off attempt at unit 3's rare polls only.
+                assert driver.requests - requests < 1.3 * (driver.polls - polls)
+        assert json.loads((tmp_path / "sirens-io-bus.json").read_text()) == {"3/0": 0}
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_coil_does_not_keep_the_shops_other_siren_silent(tmp_path):
+    """A shop's coil that the module refuses makes sound_siren fail, but only after the shop's other siren and strobe are on."""
+
+    async def scenario() -> None:
+        async with stub_with_coils() as (tcp, io, _changes):
+            cfg = config({"host": tcp}).model_dump()
+            # unit 2 as a second module of the same shop, its siren on a coil it does not have
+            refusing = cfg["modules"].pop(1) | {"shop_id": "S00011", "siren_coil": 100}
+            cfg["modules"].insert(0, refusing)
+            driver = driver_for(ModbusConfig.model_validate(cfg), tmp_path)
+            async with driving(driver, Collected()):
+                await wait_until(lambda: driver.polls >= 2, 10, "first polls")
+                with pytest.raises(DriverUnavailable, match="2/100"):
+                    await driver.sound_siren("S00011", 30)
+                await wait_until(lambda: io.coils[1][:2] == [True, True], 10, "unit 1 sounding")
 
     asyncio.run(scenario())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import typing
 
 import pytest
@@ -11,10 +13,13 @@ from pydantic import ValidationError
 
 from drivers import DRIVERS, DriverConfigUnion
 from drivers.base import DriverContext
+from drivers.line_frames import LineFrame
 from drivers.line_serial import LineSerialConfig, LineSerialDriver
 from drivers.modbus import ModbusInputConfig, _Contact, _debounced, parse_units
 from drivers.rf433 import CodeReader, Rf433Config
+from drivers.serial_port import open_serial
 from gateway.config import GatewayConfig
+from gateway.errors import DriverUnavailable
 from gateway.mqtt import BrokerConfig
 
 BASE = {
@@ -173,3 +178,58 @@ def test_bus_supervision_interval_applies_to_devices_without_their_own():
     )
     watched = {key[1]: w.interval_s for key, w in driver.supervision._watched.items()}
     assert watched == {"pb-1": 10, "pb-2": 60}
+
+
+def test_a_stream_of_strangers_codes_does_not_grow_the_burst_memory():
+    """Every code heard once (neighbours' remotes, rolling-code keys) is forgotten once its burst is over."""
+    reader = CodeReader(r"RX:(?P<code>[0-9A-F]{6})", burst_s=1.0)
+    for n in range(5000):
+        assert reader.feed(f"RX:{n:06X}\r\n".encode(), now=n * 0.1) == [f"{n:06X}"]
+    assert len(reader._last) <= 2 * 64
+    # a burst in progress is still one press
+    assert reader.feed(b"RX:000001\r\nRX:000001\r\n", now=1000.0) == ["000001"]
+    assert reader.feed(b"RX:000001\r\n", now=1000.5) == []
+
+
+def test_a_frame_whose_emit_was_cancelled_is_taken_when_the_device_repeats_it():
+    """Cancelled while the journal was backed up, a panic is not mistaken for a repeat when the device sends it again."""
+    config = LineSerialConfig.model_validate(line("pb-1"))
+    driver = LineSerialDriver(
+        config, context=DriverContext("GW-001", BrokerConfig(url="mqtt://127.0.0.1:1"))
+    )
+    panic = LineFrame(3, 17, "PANIC", "1")
+    taken: list[str] = []
+
+    async def backed_up(event, **_: object) -> None:
+        raise asyncio.CancelledError
+
+    async def journal(event, **_: object) -> None:
+        taken.append(event.kind.value)
+
+    async def scenario() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await driver._handle(panic, backed_up)
+        await driver._handle(panic, journal)
+        await driver._handle(panic, journal)  # a real repeat of a frame taken: dropped
+
+    asyncio.run(scenario())
+    assert taken == ["panic"]
+
+
+def test_a_serial_port_in_use_is_refused_to_a_second_reader():
+    """Two readers of one tty split its bytes; the second opener (learn beside a hung gateway) is refused, the first keeps every byte."""
+
+    async def scenario() -> None:
+        device, tty = os.openpty()
+        try:
+            reader, writer = await open_serial(os.ttyname(tty), 9600)
+            with pytest.raises(DriverUnavailable, match="exclusively lock"):
+                await open_serial(os.ttyname(tty), 9600)
+            os.write(device, b"RX:A1B2C3\r\n")
+            assert await asyncio.wait_for(reader.readline(), 10) == b"RX:A1B2C3\r\n"
+            writer.close()
+        finally:
+            os.close(device)
+            os.close(tty)
+
+    asyncio.run(scenario())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+
 import pytest
 import yaml
 
@@ -37,6 +39,7 @@ def test_learned_code_keeps_comments_and_the_implicit_panel(tmp_path):
         code="A1B2C3",
     )  # fmt: skip
     assert "learned code A1B2C3 as S1/rb-1" in said
+    assert "once it is restarted" in said
     text = path.read_text()
     for line in CONFIG.splitlines():
         if "#" in line or '"' in line:
@@ -77,3 +80,18 @@ def test_no_rf433_driver_is_named(tmp_path):
     config = load_config(path)
     with pytest.raises(ConfigError, match="no rf433 driver configured"):
         learn_driver(config, None, file=str(path))
+
+
+def test_a_private_config_stays_private(tmp_path):
+    """A mode-600 config (it may hold secrets) is still 600 after learn, and so is its backup."""
+    path = tmp_path / "lianfang.yaml"
+    path.write_text(CONFIG)
+    path.chmod(0o600)
+    config = load_config(path)
+    bind_code(
+        path, config, learn_driver(config, None, file=str(path)), shop="S1", device="rb-1",
+        code="A1B2C3",
+    )  # fmt: skip
+    assert "A1B2C3" in path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "lianfang.yaml.bak").stat().st_mode) == 0o600

@@ -46,7 +46,7 @@ def test_each_kind_of_bad_input_is_counted_by_reason():
     good = WORKED[0][1]
     data = (
         b"$LF,3,17,PANIC,1*B4D8\r\n"  # bad CRC
-        b"$LF,3,17,PANIC,1*b4d9\r\n"  # CRC must be upper-case
+        b"$LF,3,17,PANIC,1*b4d9\r\n"  # CRC must be upper-case: malformed
         b"$LF,3,17,PAN"  # cut short by the next frame
         + good
         + b"$"
@@ -57,7 +57,13 @@ def test_each_kind_of_bad_input_is_counted_by_reason():
         + good
     )
     assert reader.feed(data) == [WORKED[0][0]] * 2
-    assert reader.rejected == {"bad_crc": 3, "truncated": 1, "overlong": 1, "noise": 1}
+    assert reader.rejected == {
+        "bad_crc": 2,
+        "malformed": 1,
+        "truncated": 1,
+        "overlong": 1,
+        "noise": 1,
+    }
 
 
 def test_address_out_of_range_with_a_valid_crc_is_malformed():
@@ -105,3 +111,19 @@ def test_random_bytes_never_make_a_frame_unless_one_is_really_there(noise):
         assert 0 <= frame.seq <= 255
         assert frame.encode() in noise
         assert len(frame.encode()) <= MAX_LINE
+
+
+def test_a_crc_that_is_not_four_upper_case_hex_digits_is_refused():
+    """'+0AB' or ' 0AB' would pass int(..., 16) with the right value; the wire format is four hex digits."""
+    body = next(
+        b for n in range(10_000) if crc16_modbus(b := f"LF,3,{n % 256},HB,{n}".encode()) < 0x1000
+    )
+    digits = f"{crc16_modbus(body):03X}"
+    for crc in (f"+{digits}", f" {digits}"):
+        reader = LineReader()
+        assert reader.feed(b"$" + body + b"*" + crc.encode() + b"\r\n") == []
+        assert reader.rejected["malformed"] == 1
+    reader = LineReader()
+    assert (
+        len(reader.feed(b"$" + body + b"*" + f"{crc16_modbus(body):04X}".encode() + b"\r\n")) == 1
+    )
