@@ -25,17 +25,20 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException
 
 from drivers.base import DeviceBinding, DriverConfig, DriverContext, Emit
 from drivers.supervision import Supervision
 from gateway.errors import DriverUnavailable
 from gateway.events import Event, EventKind
 from gateway.ratelimit import RateLimitedLog
+
+if TYPE_CHECKING:
+    from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+
+    ModbusClient = AsyncModbusSerialClient | AsyncModbusTcpClient
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +47,6 @@ MAX_CONNECT_BACKOFF_S = 5.0
 # Exception codes by which a unit shows it is there but lacks what was asked.
 PRESENT_CODES = frozenset({1, 2, 3})
 DEVICE_FAULT = EventKind.DEVICE_FAULT.value
-
-ModbusClient = AsyncModbusSerialClient | AsyncModbusTcpClient
 
 
 class ModbusInputConfig(BaseModel):
@@ -142,6 +143,9 @@ def modbus_client(
     *, port: str | None, host: str | None, baudrate: int, timeout_s: float
 ) -> ModbusClient:
     """A pymodbus client for an RTU port or a TCP ``HOST:PORT``, retrying nothing by itself."""
+    # Imported here: pymodbus costs ~2 MB, paid only by gateways with Modbus modules.
+    from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient  # noqa: PLC0415
+
     if host is not None:
         name, _, number = host.rpartition(":")
         return AsyncModbusTcpClient(
@@ -159,6 +163,8 @@ async def scan_units(client: ModbusClient, units: Iterable[int]) -> list[int]:
     An exception reply counts when it says the unit lacks that input: only a unit
     that is there answers so.
     """
+    from pymodbus.exceptions import ModbusException  # noqa: PLC0415 - loaded with the client
+
     found = []
     for unit in units:
         try:
@@ -310,6 +316,8 @@ class ModbusDriver:
 
     async def _request(self, call: Callable[[ModbusClient], Awaitable[Any]]) -> Any:  # noqa: ANN401 - pymodbus replies
         """One request on the bus, never overlapping another; None if it failed."""
+        from pymodbus.exceptions import ModbusException  # noqa: PLC0415 - loaded with the client
+
         async with self._lock:
             client = self._client
             if client is None:
