@@ -13,13 +13,14 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from gateway.events import Event, EventKind, Source, new_event_id, utc_now
+from gateway.events import Event, EventKind
 from gateway.forwarders import FORWARDERS, ForwarderConfigUnion
 from gateway.forwarders.base import ForwarderContext, ShopCard
 from gateway.journal import Journal, JournalReader
 from gateway.outbox import OutboxCursor
 from gateway.receiver import AlarmStore, Dc09Centre, Listener, listen
 from gateway.supervise import supervise
+from tests.events import make_event
 
 SHOPS = {
     "S00011": ShopCard("S00011", "Tea house", 40.0, 116.0, "L1", "M1", "s1"),
@@ -30,19 +31,7 @@ SHOPS = {
 def event(
     kind: EventKind, shop: str | None = "S00011", zone: str | None = None, **attrs: Any
 ) -> Event:
-    now = utc_now()
-    return Event(
-        id=new_event_id(),
-        gateway_id="GW-T",
-        shop_id=shop,
-        device_id="panel-1",
-        zone=zone,
-        kind=kind,
-        occurred_at=now,
-        received_at=now,
-        source=Source(driver="test", ref="t"),
-        attrs=attrs,
-    )
+    return make_event(kind, shop=shop, zone=zone, **attrs)
 
 
 @dataclass

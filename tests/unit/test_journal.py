@@ -6,24 +6,14 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from gateway.events import Event, EventKind, Source, new_event_id, utc_now
+from gateway.events import Event, EventKind
 from gateway.journal import Journal, JournalReader
 from gateway.outbox import OutboxCursor
+from tests.events import make_event
 
 
 def event(kind: EventKind = EventKind.PANIC, shop: str = "S00001") -> Event:
-    now = utc_now()
-    return Event(
-        id=new_event_id(),
-        gateway_id="GW-T",
-        shop_id=shop,
-        device_id="panel-1",
-        kind=kind,
-        occurred_at=now,
-        received_at=now,
-        source=Source(driver="test", ref="t"),
-        attrs={"pad": "x" * 400},
-    )
+    return make_event(kind, shop=shop, pad="x" * 400)
 
 
 def open_journal(path: Path, **kw: object) -> Journal:

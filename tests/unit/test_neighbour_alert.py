@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import json
 
-from gateway.events import Event, EventKind, Source, new_event_id, utc_now
+from gateway.events import Event, EventKind
 from rules.geo import Neighbour
 from rules.neighbour_alert import NeighbourAlerts
+from tests.events import make_event
 
 
 def event(kind: EventKind, shop: str = "A") -> Event:
-    now = utc_now()
-    return Event(
-        id=new_event_id(),
-        gateway_id="GW",
-        shop_id=shop,
-        device_id="panel-1",
-        kind=kind,
-        occurred_at=now,
-        received_at=now,
-        source=Source(driver="t", ref="t"),
-    )
+    return make_event(kind, shop=shop)
 
 
 class Clock:

@@ -15,12 +15,13 @@ from hypothesis import strategies as st
 
 from gateway.config_file import load_config
 from gateway.errors import ConfigError
-from gateway.events import Event, EventKind, Source
+from gateway.events import Event, EventKind
 from rules.area import AreaWatch
 from rules.build import rule_engine
 from rules.expr import Condition, ExpressionError
 from rules.models import Level
 from tests.clients import expected_nearest, wait_until
+from tests.events import make_event
 from tests.harness import init_config
 
 ZONE = ZoneInfo("Asia/Shanghai")
@@ -42,18 +43,7 @@ def load(folder: Path, rules: object = None):
 
 
 def event(kind: str, shop: str | None = "S00011", at: datetime | None = None, **attrs) -> Event:
-    at = at or datetime.now(UTC)
-    return Event(
-        id="E1",
-        gateway_id="GW-001",
-        shop_id=shop,
-        device_id="panel-1",
-        kind=EventKind(kind),
-        occurred_at=at,
-        received_at=at,
-        source=Source(driver="t", ref="t"),
-        attrs=attrs,
-    )
+    return make_event(kind, shop=shop, at=at, event_id="E1", gateway_id="GW-001", **attrs)
 
 
 def local(hour: int, minute: int = 0, days: int = 0) -> datetime:
