@@ -11,6 +11,14 @@ three things it cannot give.
   Maximum for a resumed session once acks flow, so without this a backlog pours
   into memory; with it TCP keeps the backlog in the broker.
 - Manual acknowledgements (``ack``) once an event is durable.
+- Every limit the broker announces in its CONNACK is honoured on the live
+  connection (``BrokerLimits``): its Receive Maximum caps our publishes in
+  flight (a stock Mosquitto says 20, HiveMQ 10, EMQX 32), a publish over its
+  Maximum Packet Size fails with ``PacketTooLarge`` instead of getting us
+  disconnected, no retained message or will is sent to a broker without
+  retain, and a broker that allows only QoS 0 or speaks only MQTT 3.1.1 is
+  refused with one sentence (``BrokerUnsuitable``): an alarm needs a PUBACK
+  that can say no.
 
 Use it as ``async with link:`` (connect, and subscribe if asked) and run
 ``link.watch()`` beside the work in the same TaskGroup; ``watch`` raises
@@ -25,6 +33,8 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -41,8 +51,88 @@ MISC_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
 
 
+# MQTT 5 reason codes we act on (spec 2.4).
+RC_UNSUPPORTED_PROTOCOL = 0x84
+RC_RETAIN_NOT_SUPPORTED = 0x9A
+RC_QOS_NOT_SUPPORTED = 0x9B
+RC_PACKET_TOO_LARGE = 0x95
+# Receive Maximum when the CONNACK does not say (spec 3.2.2.3.3).
+UNLIMITED_RECEIVE_MAXIMUM = 65_535
+
+
 class LinkDown(ConnectionError):  # noqa: N818 - states the condition, as DriverUnavailable
     """The broker link failed or refused us; the caller backs off and retries."""
+
+
+class BrokerUnsuitable(LinkDown):
+    """The broker answered, but cannot carry alarms as configured; ``advice`` says what to change.
+
+    Retrying does not help until the broker's configuration changes, but the
+    caller still retries (with backoff): the installer may fix it while we run.
+    """
+
+    def __init__(self, message: str, advice: str) -> None:
+        """Keep what to change apart from what is wrong."""
+        super().__init__(f"{message}; {advice}")
+        self.advice = advice
+
+
+class PacketTooLarge(PlatformNak):
+    """A message is bigger than the broker's Maximum Packet Size: it can never be sent there."""
+
+
+@dataclass(frozen=True)
+class BrokerLimits:
+    """What a broker announced in its CONNACK (MQTT 5, spec 3.2.2.3), for us to honour."""
+
+    receive_maximum: int = UNLIMITED_RECEIVE_MAXIMUM
+    maximum_packet_size: int | None = None
+    topic_alias_maximum: int = 0
+    server_keep_alive: int | None = None
+    retain_available: bool = True
+    maximum_qos: int = 2
+    assigned_client_id: str | None = None
+    session_present: bool = False
+
+    @classmethod
+    def from_connack(cls, props: object, *, session_present: bool) -> BrokerLimits:
+        """Read the CONNACK properties paho decoded; absent ones take the spec's defaults."""
+
+        def read(name: str) -> Any:  # noqa: ANN401 - paho's properties are untyped
+            return getattr(props, name, None)
+
+        return cls(
+            receive_maximum=read("ReceiveMaximum") or UNLIMITED_RECEIVE_MAXIMUM,
+            maximum_packet_size=read("MaximumPacketSize"),
+            topic_alias_maximum=read("TopicAliasMaximum") or 0,
+            server_keep_alive=read("ServerKeepAlive"),
+            retain_available=read("RetainAvailable") != 0,
+            maximum_qos=2 if read("MaximumQoS") is None else read("MaximumQoS"),
+            assigned_client_id=read("AssignedClientIdentifier"),
+            session_present=session_present,
+        )
+
+    def describe(self) -> str:
+        """One line for ``lianfang check --online`` and the logs."""
+        size = f"{self.maximum_packet_size} B" if self.maximum_packet_size else "unlimited"
+        keep = f"{self.server_keep_alive} s" if self.server_keep_alive is not None else "as asked"
+        return (
+            f"receive maximum {self.receive_maximum}, maximum packet size {size}, "
+            f"maximum QoS {self.maximum_qos}, retain {'yes' if self.retain_available else 'no'}, "
+            f"topic aliases {self.topic_alias_maximum}, keep-alive {keep}"
+        )
+
+
+def publish_packet_size(topic: str, payload: bytes) -> int:
+    """Bytes of a QoS 1 PUBLISH without properties, as the broker counts them (spec 3.3)."""
+    remaining = 2 + len(topic.encode()) + 2 + 1 + len(payload)
+    header = 1
+    length = remaining
+    while True:
+        header += 1
+        length //= 128
+        if length == 0:
+            return header + remaining
 
 
 class MqttLink:
@@ -60,7 +150,11 @@ class MqttLink:
         will: tuple[str, bytes] | None = None,
         session_expiry_s: int = 7 * 24 * 3600,
     ) -> None:
-        """A link to ``broker`` as ``client_id``; ``will`` is a retained (topic, payload)."""
+        """A link to ``broker`` as ``client_id``; ``will`` is a retained (topic, payload).
+
+        At most ``max_inflight`` publishes (fewer if the broker's Receive Maximum
+        says so) await their PUBACK at once; later ones wait their turn here.
+        """
         self._broker = broker
         self._subscribe = subscribe
         self._max_unacked = max_unacked
@@ -81,15 +175,24 @@ class MqttLink:
             reconnect_on_failure=False,
         )
         self._max_inflight = max_inflight
-        self._client.max_inflight_messages_set(max_inflight)
+        # paho sends every publish at once; the window is ours (``_send_waiting``),
+        # because paho cannot change its own on a live connection.
+        self._client.max_inflight_messages_set(0)
         self._client.max_queued_messages_set(0)
         if broker.username:
             password = broker.password.get_secret_value() if broker.password else None
             self._client.username_pw_set(broker.username, password)
         if broker.tls is not None:
             self._client.tls_set_context(broker.tls.context())
+        self._will = will
+        self._will_retained = True
         if will is not None:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
+        self.limits = BrokerLimits()
+        self._window = max_inflight
+        self._in_flight = 0
+        self._waiting: deque[tuple[str, bytes, bool, asyncio.Future[None]]] = deque()
+        self._retain_warned = False
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
@@ -114,12 +217,29 @@ class MqttLink:
 
     async def __aenter__(self) -> Self:
         """Connect (and subscribe); raise ``LinkDown`` if that fails."""
+        try:
+            return await self._open()
+        except BrokerUnsuitable as exc:
+            if exc.advice != _RETAIN_ADVICE or self._will is None or not self._will_retained:
+                raise
+        # A broker without retain refuses a retained will: keep the will, unretained.
+        logger.warning(
+            "broker %s does not support retained messages: gateway status is published "
+            "without retain, so a client that connects later sees it only at the next refresh",
+            self._broker.url,
+        )
+        self._will_retained = False
+        self._client.will_set(self._will[0], self._will[1], qos=1, retain=False)
+        return await self._open()
+
+    async def _open(self) -> Self:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._generation += 1
         self.unacked = 0
         self.paused = False
+        self._in_flight = 0
         self._connected = loop.create_future()
         self._subscribed = loop.create_future()
         self._lost = loop.create_future()
@@ -165,7 +285,8 @@ class MqttLink:
         """Keep the connection alive until it is lost; then raise ``LinkDown``."""
         assert self._lost is not None
         while not self._lost.done():
-            if self.paused and time.monotonic() - self._last_read > self._broker.keepalive_s / 2:
+            keepalive = self.limits.server_keep_alive or self._broker.keepalive_s
+            if self.paused and time.monotonic() - self._last_read > keepalive / 2:
                 # Paused reading must still see PINGRESPs: read one packet.
                 self._read_once()
             if self._client.loop_misc() != paho.MQTT_ERR_SUCCESS:
@@ -230,18 +351,57 @@ class MqttLink:
         if self._lost is None or self._lost.done():
             future.set_exception(LinkDown("not connected"))
             return future
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            future.set_exception(LinkDown(f"publish failed: {paho.error_string(info.rc)}"))
-        else:
-            self._publishes[info.mid] = future
+        limit = self.limits.maximum_packet_size
+        if limit is not None and (size := publish_packet_size(topic, payload)) > limit:
+            future.set_exception(
+                PacketTooLarge(
+                    f"a {size}-byte message to {topic} exceeds the broker's maximum "
+                    f"packet size of {limit} bytes",
+                    code=RC_PACKET_TOO_LARGE,
+                )
+            )
+            return future
+        if retain and not self.limits.retain_available:
+            retain = False
+            if not self._retain_warned:
+                self._retain_warned = True
+                logger.warning(
+                    "broker %s has no retained messages: status on %s is published unretained",
+                    self._broker.url,
+                    topic,
+                )
+        # Behind any that wait, so the broker gets them in call order.
+        self._waiting.append((topic, payload, retain, future))
+        self._send_waiting()
         return future
+
+    def _send_waiting(self) -> None:
+        """Send waiting publishes while the window allows."""
+        while self._waiting and self._in_flight < self._window:
+            topic, payload, retain, future = self._waiting.popleft()
+            if future.done():  # its owner gave up on it (cancelled)
+                continue
+            info = self._client.publish(topic, payload, qos=1, retain=retain)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                future.set_exception(LinkDown(f"publish failed: {paho.error_string(info.rc)}"))
+                continue
+            self._in_flight += 1
+            self._publishes[info.mid] = future
+
+    @property
+    def waiting(self) -> int:
+        """Publishes held back by the broker's Receive Maximum."""
+        return len(self._waiting)
 
     def _on_publish(
         self, _c: paho.Client, _u: object, mid: int, reason: ReasonCode, _p: object
     ) -> None:
         future = self._publishes.pop(mid, None)
-        if future is None or future.done():
+        if future is None:
+            return
+        self._in_flight -= 1
+        self._send_waiting()
+        if future.done():
             return
         if reason.is_failure:
             future.set_exception(
@@ -305,14 +465,22 @@ class MqttLink:
         if self._connected is None or self._connected.done():
             return
         if reason.is_failure:
-            self._fail(f"broker refused the connection: {reason}")
-        else:
-            logger.debug("connected, session present: %s", flags.session_present)
-            # Never more in flight than the broker said it can take.
-            receive_maximum = getattr(props, "ReceiveMaximum", None)
-            if isinstance(receive_maximum, int) and receive_maximum < self._max_inflight:
-                self._client.max_inflight_messages_set(receive_maximum)
-            self._connected.set_result(None)
+            self._fail_with(_refusal(self._broker.url, reason))
+            return
+        self.limits = BrokerLimits.from_connack(props, session_present=flags.session_present)
+        logger.debug("connected to %s: %s", self._broker.url, self.limits.describe())
+        if self.limits.maximum_qos < 1:
+            self._fail_with(
+                BrokerUnsuitable(
+                    f"broker {self._broker.url} allows only QoS 0 (Maximum QoS 0 in its CONNACK), "
+                    "so it could lose an alarm without telling anyone",
+                    "allow QoS 1 on it (Mosquitto: remove 'max_qos 0' from its configuration)",
+                )
+            )
+            return
+        # Never more in flight than the broker said it can take (spec 4.9).
+        self._window = min(self._max_inflight, self.limits.receive_maximum)
+        self._connected.set_result(None)
 
     def _on_subscribe(
         self, _c: paho.Client, _u: object, _mid: int, reasons: list[ReasonCode], _p: object
@@ -321,6 +489,14 @@ class MqttLink:
             return
         if any(r.is_failure for r in reasons):
             self._fail(f"broker refused the subscription to {self._subscribe}: {reasons[0]}")
+        elif any(r.value < 1 for r in reasons):
+            self._fail_with(
+                BrokerUnsuitable(
+                    f"broker {self._broker.url} granted only QoS 0 on {self._subscribe}, "
+                    "so a message could be lost unacknowledged",
+                    "allow QoS 1 on it (Mosquitto: remove 'max_qos 0' from its configuration)",
+                )
+            )
         else:
             self._subscribed.set_result(None)
 
@@ -394,14 +570,40 @@ class MqttLink:
         self._sock = None
 
     def _fail(self, why: str) -> None:
+        self._fail_with(LinkDown(why))
+
+    def _fail_with(self, error: LinkDown) -> None:
         self._drop_socket()
         if self._lost is not None and not self._lost.done():
-            self._lost.set_exception(LinkDown(why))
+            self._lost.set_exception(error)
         publishes, self._publishes = self._publishes, {}
-        for future in publishes.values():
+        waiting, self._waiting = [f for *_, f in self._waiting], deque()
+        for future in [*publishes.values(), *waiting]:
             if not future.done():
-                future.set_exception(LinkDown(why))
+                future.set_exception(LinkDown(str(error)))
                 future.add_done_callback(_retrieve)
+
+
+_RETAIN_ADVICE = "connect without a retained will"
+
+
+def _refusal(url: str, reason: ReasonCode) -> LinkDown:
+    """Why a broker refused our CONNECT, saying what to change where we can tell."""
+    if reason.value == RC_UNSUPPORTED_PROTOCOL:
+        return BrokerUnsuitable(
+            f"broker {url} speaks only MQTT 3.1.1 or older, and Lianfang needs MQTT 5: "
+            "a 3.1.1 PUBACK cannot say that an alarm was refused",
+            "enable MQTT 5 on that broker or use one that has it "
+            "(Mosquitto 1.6 or later, EMQX, HiveMQ, VerneMQ)",
+        )
+    if reason.value == RC_RETAIN_NOT_SUPPORTED:
+        return BrokerUnsuitable(f"broker {url} does not support retained messages", _RETAIN_ADVICE)
+    if reason.value == RC_QOS_NOT_SUPPORTED:
+        return BrokerUnsuitable(
+            f"broker {url} refused our will's QoS 1",
+            "allow QoS 1 on it (Mosquitto: remove 'max_qos 0' from its configuration)",
+        )
+    return LinkDown(f"broker refused the connection: {reason}")
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

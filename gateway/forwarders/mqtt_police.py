@@ -14,7 +14,7 @@ from gateway.errors import PlatformNak, PlatformUnreachable
 from gateway.forwarders.base import ForwarderConfig, ForwarderContext, upstream_payload
 from gateway.journal import OutboxRow
 from gateway.mqtt import BrokerConfig, first_leaf
-from gateway.mqtt_link import LinkDown, MqttLink
+from gateway.mqtt_link import LinkDown, MqttLink, PacketTooLarge
 from gateway.outbox import OutboxCursor
 from gateway.status import keep_status, offline_will
 
@@ -101,6 +101,11 @@ class PoliceMqttForwarder:
             if error is None:
                 del in_flight[row.seq]
                 self._cursor.ack(row)
+            elif isinstance(error, PacketTooLarge):
+                # No retry can ever carry it there: give it up, visibly, and go on.
+                del in_flight[row.seq]
+                logger.error("%s: event %s given up: %s", self.config.name, row.event.id, error)
+                self._cursor.give_up(row, str(error))
             elif isinstance(error, PlatformNak):
                 # Never mark a refused alarm delivered: drop the link, retry later.
                 link.fail(f"refused event {row.seq}: {error}")
