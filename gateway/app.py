@@ -16,6 +16,7 @@ from typing import Any
 
 from drivers import DRIVERS
 from drivers.base import RETRY_MAX_S, Driver, DriverContext, SirenDriver
+from drivers.mqtt_ingest import MqttIngestDriver
 from gateway import __version__
 from gateway.actions import RuleActions
 from gateway.config import GatewayConfig
@@ -37,6 +38,8 @@ from rules.build import rule_engine
 logger = logging.getLogger(__name__)
 
 READY_WAIT_S = 10.0
+"""How long READY waits for field links (a serial adapter may be plugged in later)."""
+READY_STATUS_EVERY_S = 2.0
 
 
 class Gateway:
@@ -101,6 +104,8 @@ class Gateway:
             for f in config.forwarders
         }
         self.links: dict[str, bool] = {}
+        self.link_errors: dict[str, str] = {}
+        self._status_changed = asyncio.Event()
 
     async def sound_siren(self, shop_id: str, seconds: float) -> bool:
         """Sound ``shop_id``'s siren through the driver that drives it; False if none does."""
@@ -157,6 +162,7 @@ class Gateway:
             "journal_mb": round(js.size_bytes / 1e6, 2),
             "evicted": js.evicted,
             "links": dict(self.links),
+            "link_errors": dict(self.link_errors),
             "device_faults": {
                 f"{d.shop_id}/{d.device_id}": d.fault for d in self.device_states.all() if d.fault
             },
@@ -170,7 +176,7 @@ class Gateway:
 
     async def _link_changed(self, name: str, *, up: bool, detail: str) -> None:
         """Journal (and so forward) a trouble event about one of the gateway's own links."""
-        self.links[name] = up
+        self._note_link(name, up=up, detail=detail)
         now = utc_now()
         await self.intake(
             Event(
@@ -186,9 +192,18 @@ class Gateway:
             )
         )
 
-    async def _inbox_link_changed(self, name: str, *, up: bool, detail: str) -> None:  # noqa: ARG002
+    async def _inbox_link_changed(self, name: str, *, up: bool, detail: str) -> None:
         """Shown in the status only: the forwarder and publisher on the same brokers journal it."""
+        self._note_link(name, up=up, detail=detail)
+
+    def _note_link(self, name: str, *, up: bool, detail: str) -> None:
+        """Record a link's state and why it is down, and refresh ``status.json`` now."""
         self.links[name] = up
+        if up:
+            self.link_errors.pop(name, None)
+        else:
+            self.link_errors[name] = detail[:256]
+        self._status_changed.set()
 
     async def run(self, notifier: SystemdNotifier) -> None:
         """Run every component until cancelled."""
@@ -236,10 +251,36 @@ class Gateway:
             tg.create_task(self._write_status(), name="status-file")
 
     async def _announce_ready(self, notifier: SystemdNotifier) -> None:
-        links: list[Driver | BlockPublisher] = [*self.drivers.values(), self.publisher]
+        """READY=1 once the block broker's links have come up, never before.
+
+        Until then no panic is received or reaches a neighbour, so systemd shows
+        ``activating`` with STATUS= naming the link and why. Field links (a USB
+        adapter plugged in later) are waited for ``READY_WAIT_S`` at most.
+        """
+        block: dict[str, Driver | BlockPublisher] = {
+            "block-publisher": self.publisher,
+            **{
+                f"driver[{n}]": d
+                for n, d in self.drivers.items()
+                if isinstance(d, MqttIngestDriver)
+            },
+        }
+        started = time.monotonic()
+        while waiting := [n for n, link in block.items() if not link.link_up.is_set()]:
+            why = "; ".join(f"{n}: {self.link_errors.get(n, 'connecting')}" for n in waiting)
+            notifier.notify(f"STATUS=waiting for the block broker ({why})")
+            if time.monotonic() - started > READY_WAIT_S:
+                logger.warning("not ready: waiting for the block broker (%s)", why)
+                started = time.monotonic()
+            waits = [asyncio.create_task(block[n].link_up.wait(), name=n) for n in waiting]
+            try:
+                await asyncio.wait(waits, timeout=READY_STATUS_EVERY_S)
+            finally:
+                for wait in waits:
+                    wait.cancel()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(READY_WAIT_S):
-                for link in links:
+                for link in self.drivers.values():
                     await link.link_up.wait()
         down = [n for n, d in self.drivers.items() if not d.link_up.is_set()]
         state = f"waiting for {', '.join(down)}" if down else "serving"
@@ -269,7 +310,10 @@ class Gateway:
                 _write_atomically(status_file, json.dumps(self.snapshot(), indent=2))
             except OSError as exc:  # a full or read-only disk must not stop the alarms
                 limited.warning("status-file", "cannot write %s: %s", status_file, exc)
-            await asyncio.sleep(self.config.status_interval_s)
+            self._status_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.status_interval_s):
+                    await self._status_changed.wait()
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -2,6 +2,12 @@
 
 The broker listens on loopback only, on a free port, and is stopped by the PID
 we started; nothing else on the machine is touched.
+
+By default it runs in Mosquitto's stock configuration — a listener and nothing
+else, as ``apt-get install mosquitto`` leaves it (Receive Maximum 20, 1,000
+queued messages per client) — because that is the broker installers have.
+``tuned=True`` adds the settings an installer may choose for speed and depth
+(``TUNED_SETTINGS``); ``settings`` adds any other lines (``max_inflight_messages 1``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,15 @@ def terminate(process: subprocess.Popen[bytes], *, timeout_s: float) -> int | No
         process.kill()
         process.wait()
         return None
+
+
+TUNED_SETTINGS = (
+    "max_queued_messages 1000000",
+    "max_queued_bytes 0",
+    "max_inflight_messages 0",
+    "set_tcp_nodelay true",
+)
+"""Deep queues, no inflight cap, no Nagle: what the benchmarks' "tuned" broker adds."""
 
 
 class MosquittoMissing(RuntimeError):  # noqa: N818 - names the condition for the installer
@@ -76,15 +91,16 @@ class Mosquitto:
         port: int | None = None,
         tls: BrokerTls | None = None,
         workdir: Path | None = None,
-        max_queued_messages: int = 1_000_000,
         persistent: bool = False,
         acl: str | None = None,
+        tuned: bool = False,
+        settings: tuple[str, ...] = (),
     ) -> None:
-        """Prepare a broker; ``start()`` runs it.
+        """Prepare a broker in its stock configuration; ``start()`` runs it.
 
-        Queues are deep so that the broker holds alarms while a client is away;
         ``persistent`` keeps sessions and queued messages across a restart;
-        ``acl`` is the text of a Mosquitto ACL file.
+        ``acl`` is the text of a Mosquitto ACL file; ``tuned`` adds
+        ``TUNED_SETTINGS``; ``settings`` are further configuration lines.
         """
         self.host = "127.0.0.1"
         self.port = port or free_port()
@@ -92,7 +108,8 @@ class Mosquitto:
         self._owns_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="lianfang-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.max_queued_messages = max_queued_messages
+        self.tuned = tuned
+        self.settings = settings
         self.persistent = persistent
         self.acl = acl
         self.process: subprocess.Popen[bytes] | None = None
@@ -115,10 +132,8 @@ class Mosquitto:
                 if self.persistent
                 else ["persistence false"]
             ),
-            f"max_queued_messages {self.max_queued_messages}",
-            "max_queued_bytes 0",
-            "max_inflight_messages 0",
-            "set_tcp_nodelay true",
+            *(TUNED_SETTINGS if self.tuned else ()),
+            *self.settings,
             "log_dest stderr",
             "log_type error",
             "log_type warning",

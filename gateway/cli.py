@@ -148,14 +148,16 @@ def check(
     ] = False,
 ) -> None:
     """Validate the config (like nginx -t); exit 0 only when it is valid (and, online, reached)."""
-    from gateway.config_file import check_online  # noqa: PLC0415 - keep `lianfang --help` fast
+    from gateway.online_check import reach_brokers  # noqa: PLC0415 - keep `lianfang --help` fast
 
     path = config_path(config)
     cfg = _load(path)
     reached = ""
     if online:
-        problems = check_online(cfg, file=str(path))
-        if problems:
+        reports = reach_brokers(cfg, file=str(path))
+        for report in reports:
+            typer.echo(report.describe())
+        if problems := [p for r in reports for p in r.problems]:
             _fail(ConfigError(problems))
         reached = "; every broker reached"
     if (warning := _zone_warning(cfg)) is not None:

@@ -2,8 +2,7 @@
 
 ``load_config`` returns a ready ``GatewayConfig`` or raises ``ConfigError`` with
 every problem found, each located by file, key path (``shops[3].lat``) and line,
-and worded for an installer. ``check_online`` then tries each broker the config
-names, as ``lianfang check --online`` does.
+and worded for an installer (``gateway.online_check`` then tries the brokers).
 
 The YAML is read as YAML 1.1 (PyYAML's safe loader) with one change: base-60
 numbers are not numbers, so ``closes: 23:30`` stays the text ``"23:30"`` instead
@@ -12,9 +11,7 @@ of becoming 1410 and, silently, 00:23:30.
 
 from __future__ import annotations
 
-import asyncio
 import difflib
-import os
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +23,6 @@ from yaml.constructor import SafeConstructor
 
 from gateway.config import GatewayConfig, Loc
 from gateway.errors import ConfigError, ConfigProblem
-from gateway.mqtt import BrokerConfig
-from gateway.mqtt_link import LinkDown, MqttLink
 
 try:
     from yaml import CSafeLoader as _SafeLoader  # libyaml parses about six times faster
@@ -40,7 +35,6 @@ if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
     from pydantic_core import ErrorDetails
 
-ONLINE_TIMEOUT_S = 3.0
 RULES_FILE = "rules.yaml"
 MAX_SHOWN_VALUE = 60
 
@@ -565,62 +559,3 @@ def _shown(error: ErrorDetails, where: _Where) -> str | None:
         return "true" if value else "false"
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= MAX_SHOWN_VALUE else text[: MAX_SHOWN_VALUE - 3] + "..."
-
-
-def check_online(
-    config: GatewayConfig, *, file: str = "", timeout_s: float = ONLINE_TIMEOUT_S
-) -> list[ConfigProblem]:
-    """Try a real MQTT CONNECT to the block broker and to every forwarder's broker.
-
-    Returns one problem for each broker that cannot be reached, refuses us, or
-    fails TLS; its path names the setting to fix (``forwarders[0].broker.url``,
-    or ``...broker.tls`` when the certificate files cannot be loaded). Brokers
-    are tried at once, each for ``timeout_s``; a host that drops packets may
-    take paho's own 5 s connect timeout. The connection uses a client id of
-    its own and a clean session, so a running gateway is not disturbed. Runs
-    its own event loop: call it from synchronous code.
-    """
-    targets = [("broker", config.broker)] + [
-        (f"forwarders[{i}].broker", broker)
-        for i, forwarder in enumerate(config.forwarders)
-        if isinstance(broker := getattr(forwarder, "broker", None), BrokerConfig)
-    ]
-    client_id = f"lianfang-{config.gateway.id}-check-{os.getpid()}"
-
-    async def try_all() -> list[ConfigProblem | None]:
-        return await asyncio.gather(
-            *(
-                _try_connect(broker, f"{client_id}-{i}", timeout_s, file=file, path=path)
-                for i, (path, broker) in enumerate(targets)
-            )
-        )
-
-    return [problem for problem in asyncio.run(try_all()) if problem is not None]
-
-
-async def _try_connect(
-    broker: BrokerConfig, client_id: str, timeout_s: float, *, file: str, path: str
-) -> ConfigProblem | None:
-    """None when the broker accepts a CONNECT; else what is wrong, at the setting to fix."""
-    try:
-        link = MqttLink(broker, client_id=client_id, persistent=False)
-    except OSError as exc:
-        return _tls_problem(broker, exc, file=file, path=f"{path}.tls")
-    try:
-        async with asyncio.timeout(timeout_s), link:
-            return None
-    except TimeoutError:
-        message = f"no answer from {broker.url} within {timeout_s:g} s"
-    except LinkDown as exc:
-        message = f"cannot connect to {broker.url}: {exc}"
-    return ConfigProblem(file, f"{path}.url", message)
-
-
-def _tls_problem(broker: BrokerConfig, exc: OSError, *, file: str, path: str) -> ConfigProblem:
-    """Name the certificate file that is missing, or say why the files could not be used."""
-    tls = broker.tls
-    for setting in ("ca_file", "cert_file", "key_file"):
-        named = getattr(tls, setting, None)
-        if named is not None and not named.is_file():
-            return ConfigProblem(file, f"{path}.{setting}", f"no such file: {named}")
-    return ConfigProblem(file, path, f"cannot load the TLS files: {exc}")

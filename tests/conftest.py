@@ -1,4 +1,10 @@
-"""Shared fixtures: real Mosquitto brokers on free loopback ports, stopped by PID."""
+"""Shared fixtures: real Mosquitto brokers on free loopback ports, stopped by PID.
+
+The brokers run in Mosquitto's stock configuration (a listener only), as an
+installer's broker does; a test that needs the tuned broker (deep queues for a
+backlog bigger than the stock 1,000 messages) says so with
+``@pytest.mark.tuned_broker`` and a reason.
+"""
 
 from __future__ import annotations
 
@@ -18,17 +24,23 @@ def _mosquitto_installed() -> None:
     mosquitto_binary()
 
 
+def _tuned(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("tuned_broker") is not None
+
+
 @pytest.fixture
-def block_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+def block_broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mosquitto]:
     """The block's broker, fresh for each test so persistent sessions never leak between tests."""
-    with Mosquitto(workdir=tmp_path / "block-broker-dir") as broker:
+    with Mosquitto(workdir=tmp_path / "block-broker-dir", tuned=_tuned(request)) as broker:
         yield broker
 
 
 @pytest.fixture
-def police_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+def police_broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mosquitto]:
     """The police platform's broker; persistent so that its sessions survive a restart."""
-    with Mosquitto(workdir=tmp_path / "police-broker-dir", persistent=True) as broker:
+    with Mosquitto(
+        workdir=tmp_path / "police-broker-dir", persistent=True, tuned=_tuned(request)
+    ) as broker:
         yield broker
 
 

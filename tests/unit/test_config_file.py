@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from gateway.broker import Mosquitto, free_port
 from gateway.cli import app
-from gateway.config_file import check_online, load_config
+from gateway.config_file import load_config
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.online_check import check_online
 
 # A valid config; the table below breaks one thing at a time. Line numbers matter.
 BASE = """\
