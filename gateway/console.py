@@ -64,8 +64,10 @@ def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> in
         table.add_row(f"rejected {reason}", str(n))
     for code, heard in sorted(status.get("unknown_codes", {}).items()):
         table.add_row(f"unknown 433 MHz code {code}", f"heard {time.time() - heard:.0f} s ago")
+    errors = status.get("link_errors", {})
     for name, up in sorted(status["links"].items()):
-        table.add_row(f"link {name}", "[green]up[/]" if up else "[red]down[/]")
+        why = f": {errors[name]}" if not up and name in errors else ""
+        table.add_row(f"link {name}", "[green]up[/]" if up else f"[red]down[/]{why}")
     for name in (f.name for f in config.forwarders):
         table.add_row(f"waiting for {name}", str(view["pending"].get(name, 0)))
         if view["refused"].get(name):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -323,3 +324,13 @@ def test_not_ready_while_the_block_broker_never_came_up(tmp_path, gateway_proces
     status = json.loads((config.parent / state / "status.json").read_text())
     assert status["links"]["block-publisher"] is False
     assert "127.0.0.1" in status["link_errors"]["block-publisher"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "gateway", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    ).stdout
+    assert "link block-publisher" in shown
+    assert "down: block broker mqtt://127.0.0.1" in shown
