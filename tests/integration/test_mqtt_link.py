@@ -14,6 +14,7 @@ from gateway.mqtt import BrokerConfig
 from gateway.mqtt_link import LinkDown, MqttLink
 
 
+@pytest.mark.tuned_broker("3,000 queued messages: stock Mosquitto keeps 1,000 per client")
 def test_a_backlog_arrives_complete_without_more_than_max_unacked_outstanding(block_broker):
     """3,000 queued messages reach a slow consumer in full while at most ~50 are ever unacknowledged."""
     broker = BrokerConfig(url=block_broker.url)
