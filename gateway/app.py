@@ -31,6 +31,7 @@ from gateway.journal import Journal
 from gateway.notify import BlockPublisher
 from gateway.outbox import OutboxCursor
 from gateway.ratelimit import RateLimitedLog
+from gateway.state_lock import StateDirError, lock_state_dir
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier, process_age_s
 from rules.build import rule_engine
@@ -361,4 +362,12 @@ def run_from_file(path: Path) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)  # noqa: T201 - the installer reads this
         return 2
-    return asyncio.run(_serve(config))
+    try:
+        lock = lock_state_dir(config.state_dir)
+    except StateDirError as exc:
+        print(exc, file=sys.stderr)  # noqa: T201 - one line for the installer, before any link
+        return 1
+    try:
+        return asyncio.run(_serve(config))
+    finally:
+        os.close(lock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -11,10 +12,12 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from gateway.errors import ConfigError, DriverUnavailable
+from gateway.errors import ConfigError, DriverUnavailable, JournalError
 from gateway.rules_cli import rules_app
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from gateway.config import GatewayConfig
 
 app = typer.Typer(
@@ -80,9 +83,29 @@ def init(
         str | None,
         typer.Option(help="The police platform's MQTT broker, if any.", show_default=False),
     ] = None,
+    police_ca: Annotated[
+        Path | None,
+        typer.Option(help="CA certificate of the mqtts:// police broker.", show_default=False),
+    ] = None,
+    police_cert: Annotated[
+        Path | None,
+        typer.Option(help="This gateway's client certificate for it.", show_default=False),
+    ] = None,
+    police_key: Annotated[
+        Path | None,
+        typer.Option(help="Its private key (copied with mode 600).", show_default=False),
+    ] = None,
     directory: Annotated[
         Path, typer.Option("--dir", help="Folder to write lianfang.yaml in.")
     ] = Path(),
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="The gateway's state (journal); default /var/lib/lianfang when --dir is"
+            " under /etc (the systemd unit's StateDirectory), else 'state' beside the file.",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     dc09: Annotated[
         str | None,
@@ -110,13 +133,15 @@ def init(
     ] = None,
 ) -> None:
     """Write lianfang.yaml from an installer's survey sheet (CSV)."""
-    from gateway.survey import NEARBY_M, init_config  # noqa: PLC0415 - keep `lianfang --help` fast
+    from gateway.preflight import file_locator, tls_findings  # noqa: PLC0415 - fast --help
+    from gateway.survey import NEARBY_M, init_config  # noqa: PLC0415
 
     out = directory / "lianfang.yaml"
     centre = None
     if dc09 is not None:
         given = {"url": dc09, "backup_url": dc09_backup, "account": dc09_account, "key": dc09_key}
         centre = {k: v for k, v in given.items() if v is not None} | {"key_format": dc09_key_format}
+    certs = {"ca_file": police_ca, "cert_file": police_cert, "key_file": police_key}
     try:
         config = init_config(
             survey,
@@ -124,9 +149,12 @@ def init(
             out=out,
             broker_url=broker,
             police_url=police,
+            police_tls={name: path for name, path in certs.items() if path is not None},
             dc09=centre,
             timezone=timezone,
+            state_dir=state_dir,
             force=force,
+            warn=lambda finding: typer.echo(str(finding), err=True),
         )
     except ConfigError as exc:
         _fail(exc)
@@ -137,6 +165,11 @@ def init(
         f" {len(config.shops)} shops, and {len(config.other_shops)} shops of other gateways"
         f" within {NEARBY_M:g} m."
     )
+    missing = tls_findings(config.resolved(out.parent), file_locator(out))
+    if missing:
+        typer.echo("Put these files in place; `lianfang check` fails until they are:", err=True)
+        for finding in missing:
+            typer.echo(str(finding), err=True)
     typer.echo(f"Next: lianfang check --config {out} --online")
 
 
@@ -149,9 +182,17 @@ def check(
 ) -> None:
     """Validate the config (like nginx -t); exit 0 only when it is valid (and, online, reached)."""
     from gateway.online_check import reach_brokers  # noqa: PLC0415 - keep `lianfang --help` fast
+    from gateway.preflight import file_locator, preflight  # noqa: PLC0415
 
     path = config_path(config)
     cfg = _load(path)
+    findings = preflight(cfg, file_locator(path))
+    for finding in findings:
+        if finding.warning:
+            typer.echo(str(finding), err=True)
+    errors = [f.problem for f in findings if not f.warning]
+    if errors:
+        _fail(ConfigError(errors))
     reached = ""
     if online:
         reports = reach_brokers(cfg, file=str(path))
@@ -277,7 +318,10 @@ def status(
 
     from gateway.console import show_status  # noqa: PLC0415
 
-    raise typer.Exit(show_status(_load(config_path(config)), Console(), as_json=as_json))
+    cfg = _load(config_path(config))
+    with _reading_state(cfg):
+        code = show_status(cfg, Console(), as_json=as_json)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -292,7 +336,28 @@ def events(
     from gateway.console import show_events  # noqa: PLC0415
 
     cfg = _load(config_path(config))
-    raise typer.Exit(show_events(cfg, Console(), limit=limit, as_json=as_json))
+    with _reading_state(cfg):
+        code = show_events(cfg, Console(), limit=limit, as_json=as_json)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _reading_state(config: GatewayConfig) -> Iterator[None]:
+    """Exit 1 with one line, not a traceback, when this user cannot read the gateway's state."""
+    import sqlite3  # noqa: PLC0415 - keep `lianfang --help` fast
+
+    from gateway.preflight import user_name  # noqa: PLC0415
+
+    try:
+        yield
+    except (PermissionError, sqlite3.OperationalError, JournalError) as exc:
+        detail = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else exc
+        typer.echo(
+            f"{user_name()} cannot read the gateway's state in {config.state_dir} ({detail});"
+            " run this as the gateway's user or with sudo",
+            err=True,
+        )
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -160,6 +160,12 @@ class GatewayConfig(Strict):
     forwarders: list[ForwarderConfigUnion] = Field(
         default_factory=list, description="Upstream receivers, each with its own outbox cursor."
     )
+    no_forwarders_ok: bool = Field(
+        default=False,
+        description="true says on purpose that this gateway forwards to no receiver (a bench, "
+        "or a block that alerts neighbours only); otherwise `lianfang check` refuses a config "
+        "with no forwarder, whose alarms would never reach the police.",
+    )
     neighbour_alert: NeighbourAlertConfig = Field(
         default_factory=NeighbourAlertConfig, description="Nearest-shop alerts."
     )

@@ -15,8 +15,10 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -26,10 +28,11 @@ from pydantic import ValidationError
 from gateway.config import GatewayConfig, Loc, NeighbourAlertConfig
 from gateway.config_file import Locate, Spot, explain_errors, path_text
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.preflight import Finding, map_findings
 from rules.geo import EARTH_RADIUS_M, distance_m
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Callable
 
 COLUMNS = (
     "shop_id",
@@ -53,6 +56,14 @@ TLS_PLACEHOLDERS = {
     "ca_file": "certs/ca.pem",
     "cert_file": "certs/gateway.pem",
     "key_file": "certs/gateway.key",
+}
+# The systemd unit's StateDirectory=lianfang.
+SYSTEM_STATE_DIR = Path("/var/lib/lianfang")
+# Where `init --police-ca/--police-cert/--police-key` copy their files, beside the config.
+POLICE_CERTS = {
+    "ca_file": Path("certs/police-ca.pem"),
+    "cert_file": Path("certs/police-gateway.pem"),
+    "key_file": Path("certs/police-gateway.key"),
 }
 # Shop settings whose survey column has another name; the rest share their names.
 _COLUMN_OF = {"id": "shop_id", "opens": "open", "closes": "close"}
@@ -177,6 +188,17 @@ def nearby(own: list[SurveyRow], others: list[SurveyRow], radius_m: float) -> li
     ]
 
 
+def default_state_dir(config_dir: Path) -> Path:
+    """Where init puts the state of a config written in ``config_dir``.
+
+    ``/var/lib/lianfang`` for a config under ``/etc`` (a system install, whose
+    systemd unit makes that directory); else ``state`` beside the config.
+    """
+    if config_dir.resolve().is_relative_to("/etc"):
+        return SYSTEM_STATE_DIR
+    return Path(GatewayConfig.model_fields["state_dir"].default)
+
+
 def init_config(
     survey: Path,
     gateway_id: str,
@@ -184,20 +206,28 @@ def init_config(
     out: Path,
     broker_url: str,
     police_url: str | None = None,
+    police_tls: dict[str, Path] | None = None,
     dc09: dict[str, Any] | None = None,
     timezone: str | None = None,
+    state_dir: Path | None = None,
     force: bool = False,
     nearby_m: float = NEARBY_M,
+    warn: Callable[[Finding], None] | None = None,
 ) -> GatewayConfig:
     """Write ``out`` for ``gateway_id`` from the sheet at ``survey``; return what it holds.
 
     Raises:
-        ConfigError: for a bad sheet, an unknown gateway, a bad broker URL, or
-            an ``out`` that exists (unless ``force``).
+        ConfigError: for a bad sheet, an unknown gateway, a bad broker URL, an
+            unreadable certificate, or an ``out`` that exists (unless ``force``).
 
+    ``police_tls`` maps ``ca_file``/``cert_file``/``key_file`` to files that are
+    copied beside ``out`` (``certs/police-*``; the key readable by its owner only)
+    and named in the police broker's ``tls``; the others stay placeholders.
     ``dc09`` adds a DC-09 forwarder named ``centre`` with these settings; a file
     that then holds its key is written readable by its owner only. ``timezone``
     (IANA name) is the zone the shops' opening hours are read in (``rules.timezone``).
+    With neither police nor DC-09, ``no_forwarders_ok: true`` is written and said.
+    ``warn`` hears of shops that look misplaced on the map, located in the sheet.
     """
     rows = read_survey(survey)
     own = [r for r in rows if r.gateway_id == gateway_id]
@@ -206,46 +236,112 @@ def init_config(
         message = f"no shops of gateway {gateway_id!r}; the sheet has {named}"
         raise ConfigError([ConfigProblem(str(survey), "gateway_id", message)])
     others = nearby(own, [r for r in rows if r.gateway_id != gateway_id], nearby_m)
-    data = _config_data(own, others, broker_url=broker_url, police_url=police_url)
-    if dc09 is not None:
-        data.setdefault("forwarders", []).append({"kind": "dc09", "name": "centre", **dc09})
-        data["shops"] = data.pop("shops")  # keep shops after the forwarders in the file
-        data["other_shops"] = data.pop("other_shops")
-    if timezone is not None:
-        data["rules"] = {"timezone": timezone}
-        data["shops"] = data.pop("shops")
-        data["other_shops"] = data.pop("other_shops")
+    certs = _read_certs(police_tls or {}, police_url)
+    forwarders = _forwarders(police_url, {n: dest for n, (dest, _) in certs.items()}, dc09)
+    data = _config_data(
+        own,
+        others,
+        broker_url=broker_url,
+        forwarders=forwarders,
+        state_dir=state_dir or default_state_dir(out.parent),
+        timezone=timezone,
+    )
+    locate = _survey_locator(str(survey), own, others, [_option(f) for f in forwarders])
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        options = [
-            f"--{f['kind'].replace('police_mqtt', 'police')}" for f in data.get("forwarders", [])
-        ]
-        problems = explain_errors(exc, _survey_locator(str(survey), own, others, options))
-        raise ConfigError(problems) from None
+        raise ConfigError(explain_errors(exc, locate)) from None
     _write(out, _render(data, survey=survey, nearby_m=nearby_m), force=force)
     if dc09 and dc09.get("key"):
         out.chmod(0o600)
+    for dest, content in certs.values():
+        _write_cert(out.parent / dest, content)
+    if warn is not None:
+        if not forwarders:
+            message = "none given: no_forwarders_ok: true is written; alarms reach no police"
+            warn(Finding(ConfigProblem("lianfang init", "--police", message), warning=True))
+        for finding in map_findings(config, locate):
+            warn(finding)
     return config
 
 
+def _forwarders(
+    police_url: str | None, certs: dict[str, Path], dc09: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The forwarders init writes: the police broker (its tls naming ``certs``), DC-09."""
+    forwarders = []
+    if police_url is not None:
+        broker = _broker(police_url)
+        if "tls" in broker:
+            broker["tls"] |= {name: str(dest) for name, dest in certs.items()}
+        forwarders.append({"kind": "police_mqtt", "name": "police", "broker": broker})
+    if dc09 is not None:
+        forwarders.append({"kind": "dc09", "name": "centre", **dc09})
+    return forwarders
+
+
+def _option(forwarder: dict[str, Any]) -> str:
+    """The init option a forwarder came from."""
+    return f"--{forwarder['kind'].replace('police_mqtt', 'police')}"
+
+
+def _read_certs(given: dict[str, Path], police_url: str | None) -> dict[str, tuple[Path, bytes]]:
+    """Each given certificate or key: where it goes beside the config, and its bytes."""
+    problems = []
+    found = {}
+    for name, source in given.items():
+        option = f"--police-{name.removesuffix('_file')}"
+        if police_url is None or urlsplit(police_url).scheme != "mqtts":
+            problems.append(ConfigProblem("lianfang init", option, "needs --police mqtts://..."))
+            continue
+        try:
+            found[name] = (POLICE_CERTS[name], source.read_bytes())
+        except OSError as exc:
+            message = f"cannot read {source}: {exc.strerror or exc}"
+            problems.append(ConfigProblem("lianfang init", option, message))
+    if problems:
+        raise ConfigError(problems)
+    return found
+
+
+def _write_cert(path: Path, content: bytes) -> None:
+    """Write a certificate, or a key (``.key``) that only its owner may read."""
+    mode = 0o600 if path.suffix == ".key" else 0o644
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # an existing file keeps its mode through O_CREAT
+            f.write(content)
+    except OSError as exc:
+        message = f"cannot write the file: {exc.strerror or exc}"
+        raise ConfigError([ConfigProblem(str(path), "", message)]) from None
+
+
 def _config_data(
-    own: list[SurveyRow], others: list[SurveyRow], *, broker_url: str, police_url: str | None
+    own: list[SurveyRow],
+    others: list[SurveyRow],
+    *,
+    broker_url: str,
+    forwarders: list[dict[str, Any]],
+    state_dir: Path,
+    timezone: str | None,
 ) -> dict[str, Any]:
     grids = Counter(r.cells["large_grid"] for r in own)
     large_grid = min(grids, key=lambda g: (-grids[g], g))
     data: dict[str, Any] = {
         "schema_version": 1,
         "gateway": {"id": own[0].gateway_id, "large_grid": large_grid},
-        "state_dir": str(GatewayConfig.model_fields["state_dir"].default),
+        "state_dir": str(state_dir),
         "broker": _broker(broker_url),
         "drivers": [{"kind": "mqtt_ingest", "name": "shops"}],
+        "forwarders": forwarders,
     }
-    if police_url is not None:
-        data["forwarders"] = [
-            {"kind": "police_mqtt", "name": "police", "broker": _broker(police_url)}
-        ]
+    if not forwarders:
+        data["no_forwarders_ok"] = True
     data["neighbour_alert"] = NeighbourAlertConfig().model_dump()
+    if timezone is not None:
+        data["rules"] = {"timezone": timezone}
     data["shops"] = [_shop(r) for r in own]
     data["other_shops"] = [{**_place(r), "gateway_id": r.gateway_id} for r in others]
     return data
@@ -320,14 +416,25 @@ def _render(data: dict[str, Any], *, survey: Path, nearby_m: float) -> str:
         "# mqtts:// needs the broker's CA certificate and this gateway's client certificate\n"
         "# and key: put them at the paths below (relative to this file) before going online.\n"
     )
-    with_tls = {"broker"} if "tls" in data["broker"] else set()
-    if any("tls" in f.get("broker", {}) for f in data.get("forwarders", [])):
-        with_tls.add("forwarders")
+    no_forwarder_note = (
+        "# No police or DC-09 receiver was given: alarms reach the neighbours only, and\n"
+        "# no_forwarders_ok says that is meant. Add a forwarder and delete that line.\n"
+    )
+    notes = {"broker": tls_note} if _placeholders(data["broker"]) else {}
+    if any(_placeholders(f.get("broker", {})) for f in data["forwarders"]):
+        notes["forwarders"] = tls_note
+    if not data["forwarders"]:
+        notes["forwarders"] = no_forwarder_note
     parts = [header]
     for key, value in data.items():
-        parts.append("\n" + (tls_note if key in with_tls else ""))
+        parts.append("\n" + notes.get(key, ""))
         parts.append(yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True))
     return "".join(parts)
+
+
+def _placeholders(broker: dict[str, Any]) -> bool:
+    """Whether a broker's tls still names a placeholder for the installer to fill."""
+    return any(v in TLS_PLACEHOLDERS.values() for v in broker.get("tls", {}).values())
 
 
 def _write(out: Path, text: str, *, force: bool) -> None:
