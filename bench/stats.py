@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,8 @@ def _num(value: float | None, unit: str) -> str:
 
 def print_table(rows: list[Row], title: str, console: Console | None = None) -> None:
     """Every figure, its broker, the floor's on the same broker, the ratio, PASS/MISS."""
-    console = console or Console()
+    # 120 columns when piped to a file: the default 80 wraps every label.
+    console = console or Console(width=None if sys.stdout.isatty() else 120)
     table = Table(title=title, title_justify="left")
     table.add_column("figure")
     labelled = any(row.broker for row in rows)
