@@ -1,7 +1,7 @@
 """Field devices: wired panic latency, Modbus door latency and polling CPU, against floors.
 
     python -m bench.field                   # about 5 minutes on 2 cores, stock and tuned
-    python -m bench.field --quick           # about 2 minutes
+    python -m bench.field --quick           # about 3 minutes
     python -m bench.field --broker stock    # one broker only (stock or tuned)
 
 1. **Wired panic → neighbours.** The bench is the wired bus: it holds the
