@@ -1,7 +1,8 @@
 """Field devices: wired panic latency, Modbus door latency and polling CPU, against floors.
 
-    python -m bench.field            # about 2-3 minutes on 2 cores
-    python -m bench.field --quick    # about a minute
+    python -m bench.field                   # about 5 minutes on 2 cores, stock and tuned
+    python -m bench.field --quick           # about 3 minutes
+    python -m bench.field --broker stock    # one broker only (stock or tuned)
 
 1. **Wired panic → neighbours.** The bench is the wired bus: it holds the
    device end of a pty pair and writes a ``PANIC`` frame for one of 8 probe
@@ -20,6 +21,8 @@
    over an idle window, as % of one core (target < 5 %). Floor: the bare
    poller's CPU over the same window.
 
+Each phase runs on Mosquitto's stock configuration and on the tuned one
+(``bench.brokers``), each gateway figure against the floor on the same broker.
 Results: ``bench/results/field-<UTC>.json`` and ``bench/results/field-latest.json``.
 Every process is started and stopped by its PID.
 """
@@ -43,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from bench.brokers import add_broker_option, broker_pair, chosen
 from bench.latency import Place, write_config
 from bench.procs import cpu_seconds, machine_info
 from bench.stats import RESULTS, Row, finite, print_table, summary_ms
@@ -50,7 +54,7 @@ from drivers.line_frames import LineFrame, LineReader
 from firmware_stubs.mqtt_panel import ReceivedNotice, ShopPanel
 from firmware_stubs.police_platform import Delivery, PolicePlatform
 from firmware_stubs.process import StubProcess
-from gateway.broker import Mosquitto, free_port
+from gateway.broker import free_port
 from gateway.mqtt import BrokerConfig
 from gateway.process import GatewayProcess
 from rules.geo import neighbour_table
@@ -394,18 +398,20 @@ async def modbus_phase(
     return out
 
 
-async def run(settings: Settings, keep: bool) -> dict[str, Any]:
-    """One whole run; the results."""
+async def run_on(broker: str, settings: Settings, workdir: Path) -> dict[str, Any]:
+    """Both phases on a pair of ``broker`` Mosquittos; the results."""
+    with broker_pair(broker, workdir) as (block, police):
+        base, source = write_config(workdir / "base", block.url, police.url)
+        wired = await wired_phase(base, workdir, block.url, settings)
+        modbus = await modbus_phase(base, workdir, police.url, settings)
+    return {"config": source, "wired": wired, "modbus": modbus}
+
+
+async def run(settings: Settings, keep: bool, brokers: tuple[str, ...]) -> dict[str, Any]:
+    """One whole run on each of ``brokers``; the results by broker."""
     workdir = Path(tempfile.mkdtemp(prefix="lianfang-bench-field-"))
     try:
-        with (
-            Mosquitto(workdir=workdir / "block") as block,
-            Mosquitto(workdir=workdir / "police") as police,
-        ):
-            base, source = write_config(workdir / "base", block.url, police.url)
-            wired = await wired_phase(base, workdir, block.url, settings)
-            modbus = await modbus_phase(base, workdir, police.url, settings)
-        return {"config": source, "wired": wired, "modbus": modbus}
+        return {b: await run_on(b, settings, workdir / b) for b in brokers}
     finally:
         if keep:
             print(f"work folder kept: {workdir}")
@@ -421,8 +427,8 @@ LATENCIES = (
 )
 
 
-def figures(result: dict[str, Any]) -> list[Row]:
-    """The comparison rows of one run."""
+def figures(result: dict[str, Any], broker: str) -> list[Row]:
+    """The comparison rows of one broker's run."""
     rows = [
         Row(
             f"{key}_{q}_ms",
@@ -430,6 +436,7 @@ def figures(result: dict[str, Any]) -> list[Row]:
             "ms",
             summary_ms(result[phase][ours])[q] if result[phase][ours] else None,
             summary_ms(result[phase][floor])[q] if result[phase][floor] else None,
+            broker,
         )
         for key, label, phase, ours, floor in LATENCIES
         for q in ("p50", "p99")
@@ -437,22 +444,17 @@ def figures(result: dict[str, Any]) -> list[Row]:
     modbus = result["modbus"]
     cpu = "CPU while polling 16 modules at 200 ms"
     rows.append(
-        Row("modbus_cpu_pct", cpu, "% core", modbus["gateway_cpu_pct"], modbus["floor_cpu_pct"])
-    )
+        Row(
+            "modbus_cpu_pct", cpu, "% core", modbus["gateway_cpu_pct"], modbus["floor_cpu_pct"],
+            broker,
+        )
+    )  # fmt: skip
     return rows
 
 
-def main() -> None:
-    """Command line: ``python -m bench.field [--quick] [--keep]``."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="short run (about a minute)")
-    ap.add_argument("--keep", action="store_true", help="keep the work folder")
-    args = ap.parse_args()
-    settings = QUICK if args.quick else Settings()
-    result = asyncio.run(run(settings, args.keep))
-    rows = figures(result)
-    print_table(rows, "Field devices: gateway against floor")
-    counts = {
+def counts(result: dict[str, Any], settings: Settings) -> dict[str, int]:
+    """How many presses and door moves were made, and how many arrived, for one broker."""
+    return {
         "wired_presses": settings.presses,
         "wired_notified": len(result["wired"]["gateway_notify"]),
         "wired_notified_floor": len(result["wired"]["floor_notify"]),
@@ -460,16 +462,38 @@ def main() -> None:
         "modbus_edges_seen": len(result["modbus"]["gateway_edges"]),
         "modbus_edges_seen_floor": len(result["modbus"]["floor_edges"]),
     }
-    print(json.dumps(counts))
+
+
+def main() -> None:
+    """Command line: ``python -m bench.field [--quick] [--keep] [--broker ...]``."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short run (about a minute a broker)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    add_broker_option(ap)
+    args = ap.parse_args()
+    settings = QUICK if args.quick else Settings()
+    brokers = chosen(args.broker)
+    by_broker = asyncio.run(run(settings, args.keep, brokers))
+    # Figure by figure, stock above tuned.
+    per_broker = [figures(by_broker[b], b) for b in brokers]
+    rows = [row for same_figure in zip(*per_broker, strict=True) for row in same_figure]
+    print_table(rows, f"Field devices: gateway against floor, on {' and '.join(brokers)} Mosquitto")
+    tally = {b: counts(result, settings) for b, result in by_broker.items()}
+    print(json.dumps(tally))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = finite({
-        "when": stamp, "machine": machine_info(), "settings": asdict(settings), "counts": counts,
-        "config": result["config"], "figures": [r.as_dict() for r in rows],
+        "when": stamp, "machine": machine_info(), "settings": asdict(settings),
+        "brokers_measured": list(brokers), "counts": tally,
+        "config": {b: result["config"] for b, result in by_broker.items()},
+        "figures": [r.as_dict() for r in rows],
         "distributions_ms": {
-            f"{phase}.{key}": summary_ms(values)
-            for phase in ("wired", "modbus")
-            for key, values in result[phase].items()
-            if isinstance(values, list)
+            b: {
+                f"{phase}.{key}": summary_ms(values)
+                for phase in ("wired", "modbus")
+                for key, values in result[phase].items()
+                if isinstance(values, list)
+            }
+            for b, result in by_broker.items()
         },
     })  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ receive maximum 1000, as the gateway's ingest does), republishes each panic or
 duress message verbatim (QoS 1) to the ``notify`` topics of the origin shop's
 neighbours on the block broker, and each message (with an ``id`` and
 ``shop_id`` added, so that a receiver can deduplicate) to the police broker
-(QoS 1, 256 in flight, as the gateway's forwarder); it acknowledges a message
+(QoS 1, 256 in flight, as the gateway's forwarder; never more than a broker's
+Receive Maximum, which a stock Mosquitto sets at 20); it acknowledges a message
 to the block broker only on the police broker's PUBACK (at-least-once with
 backpressure, as the gateway acknowledges only what it has journalled). No
 journal, no validation, no rules. One thread drives both connections with a
@@ -34,6 +35,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -68,12 +70,66 @@ def connect_properties(*, session_expiry_s: int, receive_maximum: int) -> Proper
     return props
 
 
-def new_client(client_id: str, inflight: int) -> mqtt.Client:
-    """A paho 2 client (callback API v2, MQTT v5)."""
+def new_client(client_id: str) -> mqtt.Client:
+    """A paho 2 client (callback API v2, MQTT v5) that sends every publish at once.
+
+    paho cannot change its in-flight window on a live connection, and the
+    broker tells its Receive Maximum only in the CONNACK; so paho's window is
+    off (set before connect, as paho requires) and ``Window`` keeps ours.
+    """
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.max_inflight_messages_set(inflight)
+    client.max_inflight_messages_set(0)
     client.max_queued_messages_set(0)
     return client
+
+
+Upstream = tuple[int, int]
+"""The block broker's (mid, qos) of a message still to acknowledge there."""
+
+
+class Window:
+    """One client's QoS 1 publishes: at most ``size`` await their PUBACK, the rest wait in order.
+
+    ``size`` is 0 until the CONNACK, then the smaller of what we want and the
+    broker's Receive Maximum: a client past it breaks the protocol (MQTT 5,
+    4.9), and Mosquitto answers the excess with "quota exceeded" instead of
+    taking it.
+    """
+
+    def __init__(self, client: mqtt.Client, wanted: int) -> None:
+        """A window of at most ``wanted`` publishes for ``client``."""
+        self.client = client
+        self.wanted = wanted
+        self.size = 0
+        self.in_flight = 0
+        self.waiting: deque[tuple[str, bytes, Upstream | None]] = deque()
+        self.upstream: dict[int, Upstream] = {}
+
+    def open(self, props: Properties | None) -> None:
+        """The broker's CONNACK came: size the window by its Receive Maximum and send."""
+        # Absent from the CONNACK means 65,535 (MQTT 5, 3.2.2.3.3).
+        said = getattr(props, "ReceiveMaximum", 65_535)
+        self.size = min(self.wanted, said)
+        self._send()
+
+    def publish(self, topic: str, payload: bytes, upstream: Upstream | None = None) -> None:
+        """Send now if the window has room, else after the PUBACKs before it."""
+        self.waiting.append((topic, payload, upstream))
+        self._send()
+
+    def acked(self, mid: int) -> Upstream | None:
+        """A PUBACK came for ``mid``; the upstream message it settles, if any."""
+        self.in_flight -= 1
+        self._send()
+        return self.upstream.pop(mid, None)
+
+    def _send(self) -> None:
+        while self.waiting and self.in_flight < self.size:
+            topic, payload, upstream = self.waiting.popleft()
+            info = self.client.publish(topic, payload, qos=1)
+            self.in_flight += 1
+            if upstream is not None:
+                self.upstream[info.mid] = upstream
 
 
 def notify_ready() -> None:
@@ -110,20 +166,23 @@ class Relay:
         self.police_url = police_url
         self.neighbours = neighbours
         self.police_topic = police_topic
-        self.block = new_client(client_id, BLOCK_INFLIGHT)
-        self.police = new_client(f"{client_id}-police", POLICE_INFLIGHT)
+        self.block = new_client(client_id)
+        self.police = new_client(f"{client_id}-police")
+        self.notify_window = Window(self.block, BLOCK_INFLIGHT)
+        self.police_window = Window(self.police, POLICE_INFLIGHT)
         self.block.on_connect = self._block_connected
         self.block.on_subscribe = self._subscribed
         self.block.on_message = self._message
+        self.block.on_publish = self._notice_acked
         self.police.on_connect = self._police_connected
         self.police.on_publish = self._police_acked
         # As the gateway does: a message is acknowledged upstream only once the
         # police broker has it, so the block broker holds the rest (backpressure).
         self.block.manual_ack_set(on=True)
-        self._unacked: dict[int, tuple[int, int]] = {}
         self.subscribed = False
         self.police_up = False
         self.relayed = 0
+        self.refused = 0
         self.stopping = False
 
     def _block_connected(
@@ -132,10 +191,11 @@ class Relay:
         _userdata: object,
         _flags: mqtt.ConnectFlags,
         reason: ReasonCode,
-        _props: Properties | None,
+        props: Properties | None,
     ) -> None:
         if reason.is_failure:
             raise SystemExit(f"relay: block broker refused: {reason}")
+        self.notify_window.open(props)
         client.subscribe(EVENT_TOPIC, qos=1)
 
     def _police_connected(
@@ -144,10 +204,11 @@ class Relay:
         _userdata: object,
         _flags: mqtt.ConnectFlags,
         reason: ReasonCode,
-        _props: Properties | None,
+        props: Properties | None,
     ) -> None:
         if reason.is_failure:
             raise SystemExit(f"relay: police broker refused: {reason}")
+        self.police_window.open(props)
         self.police_up = True
 
     def _subscribed(
@@ -166,26 +227,41 @@ class Relay:
         body: dict[str, Any] = json.loads(payload)
         if body.get("kind") in ALERT_KINDS:
             for other in self.neighbours.get(shop, ()):
-                self.block.publish(f"lianfang/v1/shop/{other}/notify", payload, qos=1)
+                self.notify_window.publish(f"lianfang/v1/shop/{other}/notify", payload)
         body["id"] = f"{shop}/{body.get('device_id')}/{body.get('seq')}"
         body["shop_id"] = shop
-        info = self.police.publish(
-            self.police_topic, json.dumps(body, separators=(",", ":")), qos=1
+        self.police_window.publish(
+            self.police_topic,
+            json.dumps(body, separators=(",", ":")).encode(),
+            upstream=(msg.mid, msg.qos),
         )
-        self._unacked[info.mid] = (msg.mid, msg.qos)
         self.relayed += 1
+
+    def _notice_acked(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        self.refused += reason.is_failure
+        self.notify_window.acked(mid)
 
     def _police_acked(
         self,
         _client: mqtt.Client,
         _userdata: object,
         mid: int,
-        _reason: ReasonCode,
+        reason: ReasonCode,
         _props: Properties | None,
     ) -> None:
         """The police broker has the message: now acknowledge it to the block broker."""
-        incoming = self._unacked.pop(mid, None)
-        if incoming is not None:
+        incoming = self.police_window.acked(mid)
+        if reason.is_failure:
+            # Not acknowledged upstream: the block broker keeps it for the next session.
+            self.refused += 1
+        elif incoming is not None:
             self.block.ack(*incoming)
 
     def _connect(self) -> None:
@@ -245,6 +321,8 @@ class Relay:
             client.disconnect()  # clean DISCONNECT: the session stays (expiry set at CONNECT)
             client.loop_write()
         print(f"relay: relayed {self.relayed} messages", file=sys.stderr)
+        if self.refused:
+            print(f"relay: WARNING: brokers refused {self.refused} publishes", file=sys.stderr)
         return 0
 
 

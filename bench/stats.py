@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,8 @@ class Row:
     unit: str
     gateway: float | None
     floor: float | None
+    broker: str = ""
+    """``stock`` or ``tuned``: the Mosquitto both figures were measured on."""
 
     @property
     def ratio(self) -> float | None:
@@ -94,6 +97,7 @@ class Row:
         target = TARGETS.get(self.key)
         out: dict[str, Any] = {
             "key": self.key,
+            **({"broker": self.broker} if self.broker else {}),
             "label": self.label,
             "unit": self.unit,
             "gateway": self.gateway,
@@ -117,10 +121,14 @@ def _num(value: float | None, unit: str) -> str:
 
 
 def print_table(rows: list[Row], title: str, console: Console | None = None) -> None:
-    """Every figure, the floor's, the ratio, and PASS/MISS against the target."""
-    console = console or Console()
+    """Every figure, its broker, the floor's on the same broker, the ratio, PASS/MISS."""
+    # 120 columns when piped to a file: the default 80 wraps every label.
+    console = console or Console(width=None if sys.stdout.isatty() else 120)
     table = Table(title=title, title_justify="left")
     table.add_column("figure")
+    labelled = any(row.broker for row in rows)
+    if labelled:
+        table.add_column("broker")
     table.add_column("gateway", justify="right")
     table.add_column("floor (relay)", justify="right")
     table.add_column("gw/floor", justify="right")
@@ -132,6 +140,7 @@ def print_table(rows: list[Row], title: str, console: Console | None = None) -> 
         style = {"PASS": "green", "MISS": "bold red"}.get(verdict, "")
         table.add_row(
             f"{row.label} ({row.unit})",
+            *([row.broker] if labelled else []),
             _num(row.gateway, row.unit),
             _num(row.floor, row.unit),
             "—" if row.ratio is None else f"{row.ratio:.2f}x",
