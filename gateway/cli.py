@@ -497,6 +497,23 @@ def install_service(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def backup(
+    dest: Annotated[Path, typer.Argument(help="The backup file to write.", show_default=False)],
+    config: ConfigOption = None,
+) -> None:
+    """Copy the journal to DEST with SQLite's online backup; safe while the gateway runs."""
+    from gateway.backup import BackupError, backup_journal  # noqa: PLC0415
+
+    cfg = _load(config_path(config))
+    try:
+        events = backup_journal(cfg.journal_path, dest)
+    except BackupError as exc:
+        typer.echo(f"backup: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Backed up {cfg.journal_path} to {dest}: {events} events")
+
+
 def main() -> None:
     """Entry point of the ``lianfang`` console script."""
     app()
