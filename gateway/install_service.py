@@ -180,6 +180,13 @@ def _must_repoint(config: Path, state_dir: Path) -> bool:
             f"{config}: state_dir is {written}, but the service can write only {state_dir} "
             f"(its StateDirectory); set state_dir: {state_dir}"
         )
+    # A journal left by a run before the service may hold alarms not yet delivered.
+    old = config.parent / str(written or "state")
+    if (old / "journal.sqlite3").exists():
+        raise InstallError(
+            f"{old} holds the journal of an earlier run; stop that gateway and move the "
+            f"folder's files to {state_dir}, or they are left behind"
+        )
     return True
 
 

@@ -137,7 +137,7 @@ def test_dry_run_changes_nothing_and_lists_every_step(service_venv, root_dir):
 
 
 def test_refusals_are_one_line(service_venv, root_dir):
-    """A config outside a folder of its own, or a state_dir the unit cannot write, is refused in one line."""
+    """A config outside a folder of its own, a journal left behind, or a state_dir the unit cannot write: one line."""
     config = init(service_venv, root_dir, "mqtt://127.0.0.1:1883", "mqtt://127.0.0.1:1884")
     loose = root_dir / "etc" / "lianfang.yaml"
     shutil.copy(config, loose)
@@ -145,6 +145,15 @@ def test_refusals_are_one_line(service_venv, root_dir):
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1
     assert "must be in a folder of its own" in done.stderr
+    left = config.parent / "state"
+    left.mkdir()
+    (left / "journal.sqlite3").touch()
+    done = lianfang(service_venv, "install-service", "--root", root_dir, "--dry-run")
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"install-service: {left} holds the journal of an earlier run; stop that gateway and"
+        f" move the folder's files to {root_dir}/var/lib/lianfang, or they are left behind\n"
+    )
     data = yaml.safe_load(config.read_text())
     config.write_text(yaml.safe_dump({**data, "state_dir": "/srv/journal"}, sort_keys=False))
     done = lianfang(service_venv, "install-service", "--root", root_dir, "--dry-run")
