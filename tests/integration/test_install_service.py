@@ -50,13 +50,26 @@ def service_venv() -> Iterator[Path]:
         text=True,
         check=True,
     ).stdout.strip()
-    assert version == str(sys.version_info[:2]), f"{SYSTEM_PYTHON} is {version}, tests run 3.11"
+    assert version == str(sys.version_info[:2]), (
+        f"{SYSTEM_PYTHON} is {version}, the tests {sys.version_info[:2]}"
+    )
     folder = Path(tempfile.mkdtemp(prefix="lianfang-venv-"))
     try:
         folder.chmod(0o755)
         venv = folder / "lianfang"
         subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--without-pip", venv], check=True)
-        site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+        site = Path(
+            subprocess.run(
+                [
+                    venv / "bin" / "python",
+                    "-c",
+                    "import sysconfig; print(sysconfig.get_path('purelib'))",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
         ours = sysconfig.get_path("purelib")
         # addsitedir, not a bare path: the checkout's editable install is itself a .pth.
         (site / "lianfang-tests.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
