@@ -18,8 +18,8 @@ from gateway.forwarders import FORWARDERS, ForwarderConfigUnion
 from gateway.forwarders.base import ForwarderContext, ShopCard
 from gateway.journal import Journal, JournalReader
 from gateway.outbox import OutboxCursor
-from gateway.receiver import AlarmStore, Dc09Centre, Listener, listen
 from gateway.supervise import supervise
+from receiver.centre import AlarmStore, Dc09Centre, Listener, listen
 from tests.events import make_event
 
 SHOPS = {

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.events import EventKind
 from gateway.journal import OutboxRow
-from gateway.status import StatusSnapshot
+from gateway.mqtt.status import StatusSnapshot
 
 
 class ForwarderConfig(BaseModel):

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from gateway.broker import Mosquitto, free_port
-from gateway.cli import app
-from gateway.config_file import check_online, load_config
+from gateway.cli.main import app
+from gateway.config.file import check_online, load_config
 from gateway.errors import ConfigError, ConfigProblem
+from lab.broker import Mosquitto, free_port
 
 # A valid config; the table below breaks one thing at a time. Line numbers matter.
 BASE = """\

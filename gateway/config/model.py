@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from drivers import DriverConfigUnion
 from gateway.forwarders import ForwarderConfigUnion
-from gateway.mqtt import BrokerConfig
+from gateway.mqtt.client import BrokerConfig
 from rules.models import CommandsConfig, RulesConfig
 
 # Ids travel in MQTT topics: no '/', '+', '#' or spaces.
@@ -209,7 +209,7 @@ class GatewayConfig(Strict):
 
     @model_validator(mode="after")
     def _rules_name_what_exists(self) -> GatewayConfig:
-        from rules.checks import unknown_names  # noqa: PLC0415 - rules import this module
+        from gateway.config.rule_checks import unknown_names  # noqa: PLC0415 - rules import this module
 
         problems = unknown_names(self)
         if problems:

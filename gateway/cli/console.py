@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gateway.config import GatewayConfig
+from gateway.config.model import GatewayConfig
 from gateway.journal import JournalReader
 
 

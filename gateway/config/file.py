@@ -24,10 +24,10 @@ import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 from yaml.constructor import SafeConstructor
 
-from gateway.config import GatewayConfig, Loc
+from gateway.config.model import GatewayConfig, Loc
 from gateway.errors import ConfigError, ConfigProblem
-from gateway.mqtt import BrokerConfig
-from gateway.mqtt_link import LinkDown, MqttLink
+from gateway.mqtt.client import BrokerConfig
+from gateway.mqtt.link import LinkDown, MqttLink
 
 try:
     from yaml import CSafeLoader as _SafeLoader  # libyaml parses about six times faster

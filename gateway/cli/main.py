@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from gateway.cli.rules import rules_app
 from gateway.errors import ConfigError, DriverUnavailable
-from gateway.rules_cli import rules_app
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+    from gateway.config.model import GatewayConfig
 
 app = typer.Typer(
     name="lianfang",
@@ -58,7 +58,7 @@ def _fail(error: ConfigError, code: int = 1) -> NoReturn:
 
 def _load(path: Path) -> GatewayConfig:
     """The config at ``path``, or exit: 2 when there is no such file, 1 when it is wrong."""
-    from gateway.config_file import load_config  # noqa: PLC0415 - keep `lianfang --help` fast
+    from gateway.config.file import load_config  # noqa: PLC0415 - keep `lianfang --help` fast
 
     try:
         return load_config(path)
@@ -110,7 +110,7 @@ def init(
     ] = None,
 ) -> None:
     """Write lianfang.yaml from an installer's survey sheet (CSV)."""
-    from gateway.survey import NEARBY_M, init_config  # noqa: PLC0415 - keep `lianfang --help` fast
+    from gateway.config.survey import NEARBY_M, init_config  # noqa: PLC0415 - keep `lianfang --help` fast
 
     out = directory / "lianfang.yaml"
     centre = None
@@ -148,7 +148,7 @@ def check(
     ] = False,
 ) -> None:
     """Validate the config (like nginx -t); exit 0 only when it is valid (and, online, reached)."""
-    from gateway.config_file import check_online  # noqa: PLC0415 - keep `lianfang --help` fast
+    from gateway.config.file import check_online  # noqa: PLC0415 - keep `lianfang --help` fast
 
     path = config_path(config)
     cfg = _load(path)
@@ -273,7 +273,7 @@ def status(
     """Show the gateway's counters, links and what each receiver still waits for."""
     from rich.console import Console  # noqa: PLC0415
 
-    from gateway.console import show_status  # noqa: PLC0415
+    from gateway.cli.console import show_status  # noqa: PLC0415
 
     raise typer.Exit(show_status(_load(config_path(config)), Console(), as_json=as_json))
 
@@ -287,7 +287,7 @@ def events(
     """Show the newest events in the journal."""
     from rich.console import Console  # noqa: PLC0415
 
-    from gateway.console import show_events  # noqa: PLC0415
+    from gateway.cli.console import show_events  # noqa: PLC0415
 
     cfg = _load(config_path(config))
     raise typer.Exit(show_events(cfg, Console(), limit=limit, as_json=as_json))
@@ -298,7 +298,7 @@ def demo(
     shop: Annotated[str, typer.Option(help="Shop whose panic button is pressed.")] = "S00011",
 ) -> None:
     """Start brokers, a simulated block, the gateway and a police receiver; press a panic."""
-    from gateway.demo import run_demo  # noqa: PLC0415 - keep `lianfang --help` fast
+    from gateway.cli.demo import run_demo  # noqa: PLC0415 - keep `lianfang --help` fast
 
     raise typer.Exit(run_demo(shop))
 
@@ -327,8 +327,8 @@ def receiver(
     import asyncio  # noqa: PLC0415 - keep `lianfang --help` fast
     import contextlib  # noqa: PLC0415
 
-    from gateway.dc09 import key_bytes  # noqa: PLC0415
-    from gateway.receiver import run_receiver  # noqa: PLC0415
+    from protocols.dc09 import key_bytes  # noqa: PLC0415
+    from receiver.centre import run_receiver  # noqa: PLC0415
 
     try:
         aes = key_bytes(key, key_format) if key else None
@@ -354,7 +354,7 @@ def learn(
     """Pair a 433 MHz button: press it now; its code is written into the config."""
     import asyncio  # noqa: PLC0415 - keep `lianfang --help` fast
 
-    from gateway.learn import bind_code, learn_driver, next_code  # noqa: PLC0415
+    from gateway.cli.learn import bind_code, learn_driver, next_code  # noqa: PLC0415
 
     path = config_path(config)
     cfg = _load(path)
@@ -435,7 +435,7 @@ def config_schema() -> None:
     """Print the JSON schema of lianfang.yaml."""
     import json  # noqa: PLC0415
 
-    from gateway.config import GatewayConfig  # noqa: PLC0415
+    from gateway.config.model import GatewayConfig  # noqa: PLC0415
 
     typer.echo(json.dumps(GatewayConfig.model_json_schema(), indent=2))
 

@@ -28,7 +28,7 @@ def list_rules(
     from rich.console import Console  # noqa: PLC0415 - keep `lianfang --help` fast
     from rich.table import Table  # noqa: PLC0415
 
-    from gateway.cli import _load, config_path  # noqa: PLC0415
+    from gateway.cli.main import _load, config_path  # noqa: PLC0415
     from rules.engine import effective_rules  # noqa: PLC0415
 
     cfg = _load(config_path(config))
@@ -78,9 +78,9 @@ def dry_run_command(
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    from gateway.cli import _load, config_path  # noqa: PLC0415
-    from rules.build import local_zone, rule_engine  # noqa: PLC0415
-    from rules.explain import dry_run, event_from_json  # noqa: PLC0415
+    from gateway.cli.dry_run import dry_run, event_from_json  # noqa: PLC0415
+    from gateway.cli.main import _load, config_path  # noqa: PLC0415
+    from gateway.rule_engine import local_zone, rule_engine  # noqa: PLC0415
     from rules.models import Level  # noqa: PLC0415
 
     cfg = _load(config_path(config))

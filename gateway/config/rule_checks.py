@@ -8,7 +8,7 @@ from rules.defaults import DEFAULT_RULES
 from rules.models import Escalate, Forward, Siren
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig, Loc
+    from gateway.config.model import GatewayConfig, Loc
 
 
 def unknown_names(config: GatewayConfig) -> list[tuple[Loc, str]]:
