@@ -16,7 +16,8 @@ from pydantic import TypeAdapter
 from gateway.events import Event, EventKind
 from gateway.forwarders import FORWARDERS, ForwarderConfigUnion
 from gateway.forwarders.base import ForwarderContext, ShopCard
-from gateway.journal import Journal, JournalReader
+from gateway.journal import Journal
+from gateway.journal_reader import JournalReader
 from gateway.outbox import OutboxCursor
 from gateway.supervise import supervise
 from receiver.centre import AlarmStore, Dc09Centre, Listener, listen

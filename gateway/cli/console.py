@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.config.model import GatewayConfig
-from gateway.journal import JournalReader
+from gateway.journal_reader import JournalReader
 
 
 def read_status(config: GatewayConfig) -> dict[str, Any] | None:

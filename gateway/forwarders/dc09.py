@@ -25,7 +25,7 @@ from gateway.errors import PlatformUnreachable
 from gateway.events import EventKind, utc_now
 from gateway.forwarders.base import ForwarderConfig, ForwarderContext
 from gateway.forwarders.dc09_codes import CodeEntry, CodeTable, shop_account
-from gateway.journal import OutboxRow
+from gateway.journal_reader import OutboxRow
 from gateway.outbox import OutboxCursor
 from protocols.dc09 import (
     FrameError,

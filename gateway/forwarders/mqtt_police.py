@@ -12,7 +12,7 @@ from pydantic import Field
 
 from gateway.errors import PlatformNak, PlatformUnreachable
 from gateway.forwarders.base import ForwarderConfig, ForwarderContext, upstream_payload
-from gateway.journal import OutboxRow
+from gateway.journal_reader import OutboxRow
 from gateway.mqtt.client import BrokerConfig, first_leaf
 from gateway.mqtt.link import LinkDown, MqttLink
 from gateway.mqtt.status import keep_status, offline_will

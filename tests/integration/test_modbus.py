@@ -19,7 +19,7 @@ from gateway.config.model import GatewayConfig
 from gateway.device_state import DeviceStates
 from gateway.errors import DriverUnavailable
 from gateway.events import Event
-from gateway.journal import connect
+from gateway.journal_schema import connect
 from gateway.mqtt.client import BrokerConfig
 from lab.broker import free_port
 from tests.clients import wait_until

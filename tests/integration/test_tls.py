@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from firmware_stubs.police_platform import PolicePlatform
-from gateway.journal import JournalReader
+from gateway.journal_reader import JournalReader
 from gateway.mqtt.client import BrokerConfig, TlsConfig
 from lab.broker import BrokerTls, Mosquitto
 from tests.certs import Pki, make_pki

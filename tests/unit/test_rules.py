@@ -428,7 +428,8 @@ def test_rules_cli_lists_the_rules_and_dry_runs_an_event(config_dir):
 def test_a_panic_is_journalled_and_routed_even_when_its_rules_raise(config_dir, tmp_path):
     """A fault in an action (here: no forwarder route for the kind) loses nothing: journalled as is."""
     from gateway.intake import Intake  # noqa: PLC0415
-    from gateway.journal import Journal, JournalReader  # noqa: PLC0415
+    from gateway.journal import Journal  # noqa: PLC0415
+    from gateway.journal_reader import JournalReader  # noqa: PLC0415
 
     cfg = load(config_dir)
     engine = rule_engine(cfg)
@@ -476,7 +477,8 @@ def test_a_flood_of_junk_commands_is_counted_but_only_a_burst_is_journalled(conf
     """Refusals are journalled up to a burst; the rest are acknowledged and counted, not queued."""
     from gateway.commands import REFUSAL_BURST, PoliceCommands  # noqa: PLC0415
     from gateway.intake import Intake  # noqa: PLC0415
-    from gateway.journal import Journal, JournalReader  # noqa: PLC0415
+    from gateway.journal import Journal  # noqa: PLC0415
+    from gateway.journal_reader import JournalReader  # noqa: PLC0415
     from rules.commands import CommandVerifier  # noqa: PLC0415
 
     cfg = load(config_dir)
