@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import ValidationError
 
-from gateway.config.file import Locate, Spot, explain_errors, path_text
 from gateway.config.model import GatewayConfig, Loc, NeighbourAlertConfig
+from gateway.config.problems import Locate, Spot, explain_errors, path_text
 from gateway.errors import ConfigError, ConfigProblem
 from rules.geo import EARTH_RADIUS_M, distance_m
 
