@@ -2,7 +2,7 @@
 
 **stock** is Mosquitto as ``apt-get install mosquitto`` leaves it (a listener
 only: Receive Maximum 20, at most 1,000 queued messages per offline client),
-the broker installers have. **tuned** adds ``gateway.broker.TUNED_SETTINGS``
+the broker installers have. **tuned** adds ``lab.broker.TUNED_SETTINGS``
 (deep queues, no in-flight cap, TCP_NODELAY), what the project's benches used
 to run on alone. Every figure is labelled with its broker and compared only
 with a floor measured on the same broker.
@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.broker import TUNED_SETTINGS, Mosquitto
+from lab.broker import TUNED_SETTINGS, Mosquitto
 
 BROKERS = ("stock", "tuned")
 

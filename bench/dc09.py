@@ -31,14 +31,14 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from bench.stats import RESULTS, summary_ms
-from gateway.dc09 import EventData, Message, Token, contact_id, encode, split_frame
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.forwarders import ForwarderConfigUnion
 from gateway.forwarders.base import ForwarderContext, ShopCard
 from gateway.forwarders.dc09 import Dc09Forwarder
 from gateway.journal import Journal
 from gateway.outbox import OutboxCursor
-from gateway.process import ReceiverProcess
+from lab.process import ReceiverProcess
+from protocols.dc09 import EventData, Message, Token, contact_id, encode, split_frame
 
 KEY_HEX = "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F"
 RATE = 50.0

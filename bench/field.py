@@ -50,13 +50,13 @@ from bench.brokers import add_broker_option, broker_pair, chosen
 from bench.latency import Place, write_config
 from bench.procs import cpu_seconds, machine_info
 from bench.stats import RESULTS, Row, finite, print_table, summary_ms
-from drivers.line_frames import LineFrame, LineReader
 from firmware_stubs.mqtt_panel import ReceivedNotice, ShopPanel
 from firmware_stubs.police_platform import Delivery, PolicePlatform
 from firmware_stubs.process import StubProcess
-from gateway.broker import free_port
-from gateway.mqtt import BrokerConfig
-from gateway.process import GatewayProcess
+from gateway.mqtt.client import BrokerConfig
+from lab.broker import free_port
+from lab.process import GatewayProcess
+from protocols.line_frames import LineFrame, LineReader
 from rules.geo import neighbour_table
 
 PROBES = 8

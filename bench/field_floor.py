@@ -26,8 +26,8 @@ import serial
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.relay import host_port
-from drivers.line_frames import LineReader
 from drivers.modbus import modbus_client, parse_units
+from protocols.line_frames import LineReader
 
 
 def line_floor(port: str, block: str, table: dict[str, Any]) -> None:

@@ -75,9 +75,9 @@ from bench.stats import Row, finite, print_table, summary_ms, write_results
 from firmware_stubs.mqtt_client import client_for
 from firmware_stubs.mqtt_panel import ReceivedNotice, ShopPanel
 from firmware_stubs.police_platform import Delivery, PolicePlatform
-from gateway.broker import terminate
-from gateway.mqtt import BrokerConfig
-from gateway.process import GatewayProcess
+from gateway.mqtt.client import BrokerConfig
+from lab.broker import terminate
+from lab.process import GatewayProcess
 from rules.geo import neighbour_table
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from gateway.broker import mosquitto_binary
-from gateway.process import NotifyingProcess
+from lab.broker import mosquitto_binary
+from lab.process import NotifyingProcess
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -57,7 +57,7 @@ from bench.latency import (
 )
 from bench.procs import RelayProcess, machine_info
 from bench.stats import RESULTS, finite
-from gateway.process import NotifyingProcess
+from lab.process import NotifyingProcess
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("panic", "door_open", "door_close", "test", "low_battery", "tamper", "heartbeat")
@@ -108,10 +108,10 @@ def with_rules(config: Path, *, extra: bool = True) -> None:
 def evaluation_cost(config: Path, events: int) -> dict[str, Any]:
     """Nanoseconds per event: parse (floor), evaluate, evaluate + apply."""
     from gateway.actions import RuleActions  # noqa: PLC0415 - after the config exists
-    from gateway.config_file import load_config  # noqa: PLC0415
+    from gateway.config.file import load_config  # noqa: PLC0415
     from gateway.events import Event, EventKind, Source  # noqa: PLC0415
-    from gateway.notify import BlockPublisher  # noqa: PLC0415
-    from rules.build import rule_engine  # noqa: PLC0415
+    from gateway.mqtt.notify import BlockPublisher  # noqa: PLC0415
+    from gateway.rule_engine import rule_engine  # noqa: PLC0415
     from rules.engine import effective_rules  # noqa: PLC0415
 
     logging.disable(logging.WARNING)  # notices capped, sirens not running: expected here
@@ -194,8 +194,10 @@ class TreeGateway(NotifyingProcess):
 
     def __init__(self, tree: Path, config: Path, *, log: Path) -> None:
         """Run the gateway of ``tree`` on ``config``."""
+        # ``python -m gateway`` of that tree: its command line module may have another name.
         boot = (
-            f"import sys; sys.path.insert(0, {str(tree)!r}); from gateway.cli import main; main()"
+            f"import runpy, sys; sys.path.insert(0, {str(tree)!r}); "
+            "runpy.run_module('gateway', run_name='__main__', alter_sys=True)"
         )
         super().__init__([sys.executable, "-c", boot, "run", "--config", str(config)], log=log)
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.device_state import DeviceStates
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.journal import OnDurable
-from gateway.mqtt import BrokerConfig
+from gateway.mqtt.client import BrokerConfig
 
 RETRY_MAX_S = 5.0
 """Longest wait between attempts to reopen a driver's link. A USB serial adapter

@@ -24,11 +24,11 @@ from typing import ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from drivers.base import DeviceBinding, DriverConfig, DriverContext, Emit
-from drivers.line_frames import LineFrame, LineReader
 from drivers.serial_port import open_serial, read_some
 from drivers.supervision import Supervision
 from gateway.events import EventKind
 from gateway.ratelimit import RateLimitedLog
+from protocols.line_frames import LineFrame, LineReader
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from drivers.base import DriverConfig, DriverContext, Emit
 from gateway.errors import DriverUnavailable
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
-from gateway.mqtt import first_leaf
-from gateway.mqtt_link import LinkDown, MqttLink
+from gateway.mqtt.client import first_leaf
+from gateway.mqtt.link import LinkDown, MqttLink
 from gateway.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)

@@ -29,8 +29,8 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from drivers.line_frames import LineFrame, LineReader
 from firmware_stubs.wire import Wire, add_wire_arguments, commands
+from protocols.line_frames import LineFrame, LineReader
 
 KEY_GAP_S = 0.15
 FIRST_RETRY_S = 0.3

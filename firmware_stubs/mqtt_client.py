@@ -7,7 +7,7 @@ from typing import Any
 
 import aiomqtt
 
-from gateway.mqtt import BrokerConfig, connect_properties
+from gateway.mqtt.client import BrokerConfig, connect_properties
 
 
 def client_for(

@@ -24,7 +24,7 @@ from typing import Any
 import aiomqtt
 
 from firmware_stubs.mqtt_client import client_for
-from gateway.mqtt import BrokerConfig
+from gateway.mqtt.client import BrokerConfig
 
 
 @dataclass(frozen=True)

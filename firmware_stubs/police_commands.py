@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_stubs.mqtt_client import client_for
-from gateway.mqtt import BrokerConfig
+from gateway.mqtt.client import BrokerConfig
 
 
 def new_key() -> tuple[Ed25519PrivateKey, str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firmware_stubs.mqtt_client import client_for
-from gateway.mqtt import BrokerConfig
+from gateway.mqtt.client import BrokerConfig
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.broker import terminate
+from lab.broker import terminate
 
 
 class StubProcess:

@@ -32,11 +32,11 @@ from rich.table import Table
 from firmware_stubs.mqtt_client import client_for
 from firmware_stubs.police_platform import Delivery, PolicePlatform
 from firmware_stubs.process import StubProcess
-from gateway.broker import Mosquitto, free_port
-from gateway.config import GatewayConfig
-from gateway.config_file import load_config
-from gateway.mqtt import BrokerConfig
-from gateway.process import GatewayProcess
+from gateway.config.file import load_config
+from gateway.config.model import GatewayConfig
+from gateway.mqtt.client import BrokerConfig
+from lab.broker import Mosquitto, free_port
+from lab.process import GatewayProcess
 
 FIELD_KINDS = ("line_serial", "rf433", "modbus")
 NOTIFY = "lianfang/v1/shop/+/notify"

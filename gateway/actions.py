@@ -21,14 +21,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.config import GatewayConfig
+from gateway.config.model import GatewayConfig
 from gateway.events import EVENT_CLASS, Event, EventClass, EventKind, Source, new_event_id, utc_now
-from gateway.mesh_message import MeshMessage
-from gateway.notify import BlockPublisher
+from gateway.mqtt.notify import BlockPublisher
 from gateway.ratelimit import RateLimitedLog
+from gateway.rule_engine import notice_places
+from protocols.mesh_message import MeshMessage
 from rules.area import AreaWatch
 from rules.arming import ArmSchedule
-from rules.build import notice_places
 from rules.engine import Firing
 from rules.geo import Neighbour, nearest_shops
 from rules.models import AreaAlert, Escalate, Forward, NotifyNearest, Raise, Rule, Siren

@@ -19,7 +19,7 @@ from drivers.base import RETRY_MAX_S, Driver, DriverContext, SirenDriver
 from drivers.mqtt_ingest import MqttIngestDriver
 from gateway import __version__
 from gateway.actions import RuleActions
-from gateway.config import GatewayConfig
+from gateway.config.model import GatewayConfig
 from gateway.device_state import DeviceStates
 from gateway.errors import ConfigError, JournalError
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
@@ -28,13 +28,13 @@ from gateway.forwarders.base import Forwarder, ForwarderContext, ShopCard
 from gateway.inboxes import inboxes
 from gateway.intake import Intake
 from gateway.journal import Journal
-from gateway.notify import BlockPublisher
+from gateway.mqtt.notify import BlockPublisher
 from gateway.outbox import OutboxCursor
 from gateway.ratelimit import RateLimitedLog
+from gateway.rule_engine import rule_engine
 from gateway.state_lock import StateDirError, lock_state_dir
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier, process_age_s
-from rules.build import rule_engine
 
 logger = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ async def _serve(config: GatewayConfig) -> int:
 
 def run_from_file(path: Path) -> int:
     """Load ``path`` and run the gateway until SIGTERM; the process exit code."""
-    from gateway.config_file import load_config  # noqa: PLC0415 - not needed by tests of Gateway
+    from gateway.config.file import load_config  # noqa: PLC0415 - not needed by tests of Gateway
 
     logging.basicConfig(
         level=os.environ.get("LIANFANG_LOG_LEVEL", "INFO"),

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.journal import connect
+from gateway.journal_schema import connect
 from gateway.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)

@@ -18,12 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.actions import RuleActions
 from gateway.commands import PoliceCommands
-from gateway.config import GatewayConfig
+from gateway.config.model import GatewayConfig
 from gateway.forwarders.mqtt_police import PoliceMqttConfig
-from gateway.inbox import Inbox, Rejected
 from gateway.intake import Intake
-from gateway.mesh_message import MeshMessage
-from gateway.notify import TOPIC_ROOT
+from gateway.mqtt.inbox import Inbox, Rejected
+from gateway.mqtt.notify import TOPIC_ROOT
+from protocols.mesh_message import MeshMessage
 from rules.commands import CommandVerifier
 
 RESPONSE_TOPIC = f"{TOPIC_ROOT}/shop/+/response"

@@ -6,10 +6,8 @@ only writing connection; events and forwarder acknowledgements that arrive
 together share one transaction (group commit), so durability does not cap
 throughput.
 
-Tables: ``events`` (one row per event, ``seq`` is journal order) and
-``deliveries`` (one row per event and forwarder; ``acked_at`` is set one row at
-a time when that receiver acknowledges that event, never by range; ``priority``
-is the rank the outbox drains it by, alarms first).
+The tables, the connection settings and the drain ranks are in
+``gateway/journal_schema.py``; reading is ``gateway/journal_reader.py``.
 """
 
 from __future__ import annotations
@@ -20,57 +18,18 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gateway.errors import JournalError
-from gateway.events import EVENT_CLASS, Event, EventClass, EventKind, utc_now
+from gateway.events import EVENT_CLASS, Event, EventClass, utc_now
+from gateway.journal_reader import OutboxRow
+from gateway.journal_schema import connect, delivery_priority
 from gateway.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    shop_id TEXT,
-    device_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    class TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    origin_key TEXT,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_class ON events(class, seq);
-CREATE TABLE IF NOT EXISTS deliveries (
-    forwarder TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    acked_at TEXT,
-    last_error TEXT,
-    priority INTEGER NOT NULL DEFAULT 2,
-    PRIMARY KEY (seq, forwarder)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS device_state (
-    shop_id TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    driver TEXT NOT NULL,
-    last_seen REAL,
-    battery_v REAL,
-    fault TEXT,
-    PRIMARY KEY (shop_id, device_id)
-) WITHOUT ROWID;
-"""
-
-# The pending-row index, made by _migrate_priority (older journals lack the column).
-PENDING_INDEX = (
-    "CREATE INDEX IF NOT EXISTS deliveries_pending_priority ON deliveries(forwarder, priority, seq)"
-    " WHERE acked_at IS NULL"
-)
 
 MAX_BATCH = 2000
 RECENT_ORIGIN_KEYS = 20_000  # far more than a broker may redeliver after a crash
@@ -84,39 +43,8 @@ EVICTION_TIERS: tuple[tuple[EventClass, bool], ...] = (
     (EventClass.TROUBLE, True),  # troubles already delivered
 )
 
-# Outbox drain order: a lower rank drains first (decision 42).
-PRIORITY_RANK: dict[EventClass, int] = {
-    EventClass.ALARM: 0,
-    EventClass.TROUBLE: 1,
-    EventClass.STATUS: 2,
-    EventClass.ROUTINE: 3,
-}
-RANKS = tuple(sorted(PRIORITY_RANK.values()))
-# Kinds that close an earlier event (an alarm's cancel, a fault's restore, a
-# shop's answer): never ranked above status, so they never overtake what they close.
-FOLLOWER_KINDS = frozenset({EventKind.RESTORE, EventKind.CANCEL, EventKind.RESPONSE})
-_FOLLOWER_RANK = PRIORITY_RANK[EventClass.STATUS]
-PRIORITIES = frozenset(c.value for c in EventClass)
-
 OnDurable = Callable[[], None]
 Route = Callable[[Event], Iterable[str]]
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """One event waiting for one forwarder, as the journal holds it."""
-
-    seq: int
-    shop_id: str | None
-    body: str
-    """The event's JSON, exactly as journalled."""
-    priority: int
-    """Drain rank (``PRIORITY_RANK``): lower drains first."""
-
-    @property
-    def event(self) -> Event:
-        """The event itself (parsed on demand; forwarders that relay JSON skip this)."""
-        return Event.model_validate_json(self.body)
 
 
 @dataclass
@@ -165,90 +93,6 @@ class JournalStats:
     size_bytes: int = 0
     over_cap: bool = False
 
-
-def delivery_priority(event: Event) -> int:
-    """The drain rank of ``event``: the rules' forward priority (``attrs.priority``) or its class.
-
-    An alarm or trouble is never ranked below its class, and a follower kind
-    (restore, cancel, response) never above status, so whatever the rules say a
-    follower cannot overtake the alarm or trouble it closes (decision 42).
-    """
-    return _rank(event.kind, event.attrs.get("priority"))
-
-
-def _rank(kind: EventKind, priority: object) -> int:
-    klass = EVENT_CLASS[kind]
-    wanted = priority if isinstance(priority, str) and priority in PRIORITIES else klass
-    rank = PRIORITY_RANK[EventClass(wanted)]
-    if kind in FOLLOWER_KINDS:
-        return max(rank, _FOLLOWER_RANK)
-    if klass in (EventClass.ALARM, EventClass.TROUBLE):
-        return min(rank, PRIORITY_RANK[klass])
-    return rank
-
-
-def _migrate_priority(conn: sqlite3.Connection) -> None:
-    """Give a journal made before priorities its ``priority`` column and index, once.
-
-    Pending rows get their event's rank; acknowledged rows keep the default,
-    which nothing reads. The old (forwarder, seq) index goes: the new one serves
-    every query it served. A journal that an older gateway opened again (the
-    old index is back, its rows ranked by default) is ranked again.
-    """
-    if not _before_priorities(conn):
-        conn.executescript(PENDING_INDEX)
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if _before_priorities(conn):  # another connection may have just migrated it
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
-            if "priority" not in columns:
-                conn.execute(
-                    "ALTER TABLE deliveries ADD COLUMN priority INTEGER NOT NULL DEFAULT 2"
-                )
-            # One statement, row by row inside SQLite: flat memory for a million rows.
-            conn.create_function(
-                "lianfang_rank", 2, lambda k, p: _rank(EventKind(k), p), deterministic=True
-            )
-            conn.execute(
-                "UPDATE deliveries SET priority = lianfang_rank(e.kind,"
-                " json_extract(e.body, '$.attrs.priority')) FROM events e"
-                " WHERE e.seq = deliveries.seq AND deliveries.acked_at IS NULL"
-            )
-            conn.execute("DROP INDEX IF EXISTS deliveries_pending")
-        conn.execute(PENDING_INDEX)
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _before_priorities(conn: sqlite3.Connection) -> bool:
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
-    old_index = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type='index' AND name='deliveries_pending'"
-    ).fetchone()
-    return "priority" not in columns or old_index is not None
-
-
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open the journal database with the durability settings the gateway relies on."""
-    try:
-        if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout=5000")
-        if not readonly:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(SCHEMA)
-            _migrate_priority(conn)
-    except (sqlite3.Error, OSError) as exc:
-        raise JournalError(f"cannot open journal {path}: {exc}") from exc
-    return conn
 
 
 class Journal:
@@ -550,76 +394,3 @@ class Journal:
         ).fetchall()
         for (key,) in reversed(rows):
             self._origins[key] = None
-
-
-class JournalReader:
-    """Reads the journal for forwarders and the CLI, on its own connection; never writes."""
-
-    def __init__(self, path: Path) -> None:
-        """Open a reading connection; WAL lets it read while the writer commits."""
-        self._conn = connect(path)
-
-    def pending(
-        self, forwarder: str, *, after: int | Mapping[int, int], limit: int
-    ) -> list[OutboxRow]:
-        """Unacknowledged events for ``forwarder``, highest priority first, then in journal order.
-
-        ``after`` is the last ``seq`` already handed out, per priority rank (a
-        rank it does not name starts at 0) or one number for every rank.
-        """
-        rows: list[OutboxRow] = []
-        for rank in RANKS:
-            if len(rows) >= limit:
-                break
-            since = after if isinstance(after, int) else after.get(rank, 0)
-            # One index range per rank: (forwarder, priority, seq) over pending rows.
-            rows.extend(
-                OutboxRow(seq, shop_id, body, rank)
-                for seq, shop_id, body in self._conn.execute(
-                    "SELECT d.seq, e.shop_id, e.body FROM deliveries d JOIN events e"
-                    " ON e.seq = d.seq WHERE d.forwarder=? AND d.priority=?"
-                    " AND d.acked_at IS NULL AND d.seq>? ORDER BY d.seq LIMIT ?",
-                    (forwarder, rank, since, limit - len(rows)),
-                )
-            )
-        return rows
-
-    def pending_counts(self) -> dict[str, int]:
-        """Unacknowledged events per forwarder."""
-        return dict(
-            self._conn.execute(
-                "SELECT forwarder, COUNT(*) FROM deliveries WHERE acked_at IS NULL"
-                " GROUP BY forwarder"
-            ).fetchall()
-        )
-
-    def given_up_counts(self) -> dict[str, int]:
-        """Deliveries each forwarder's receiver refused for good (see ``Journal.give_up``)."""
-        return dict(
-            self._conn.execute(
-                "SELECT forwarder, COUNT(*) FROM deliveries WHERE last_error LIKE 'given up:%'"
-                " GROUP BY forwarder"
-            ).fetchall()
-        )
-
-    def recent(self, limit: int) -> list[tuple[int, Event]]:
-        """The newest ``limit`` events, newest first."""
-        return [
-            (seq, Event.model_validate_json(body))
-            for seq, body in self._conn.execute(
-                "SELECT seq, body FROM events ORDER BY seq DESC LIMIT ?", (limit,)
-            )
-        ]
-
-    def device_states(self) -> list[dict[str, Any]]:
-        """Each field device's last known state (``device_state`` table), by shop and device."""
-        cursor = self._conn.execute(
-            "SELECT shop_id, device_id, driver, last_seen, battery_v, fault FROM device_state"
-            " ORDER BY shop_id, device_id"
-        )
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor]
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._conn.close()

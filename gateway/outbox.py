@@ -13,7 +13,9 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from gateway.journal import RANKS, Journal, JournalReader, OutboxRow
+from gateway.journal import Journal
+from gateway.journal_reader import JournalReader, OutboxRow
+from gateway.journal_schema import RANKS
 
 LIVE_BUFFER = 2000
 

@@ -1,1 +1,1 @@
-"""Local rules: nearest shops, neighbour alerts and (later) the rule engine."""
+"""The rules: pure decisions on events (models, engine, defaults, arming, geo, alerts); no I/O."""

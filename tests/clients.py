@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from firmware_stubs.mqtt_panel import ShopPanel
 from firmware_stubs.police_platform import PolicePlatform
-from gateway.mqtt import BrokerConfig
+from gateway.mqtt.client import BrokerConfig
 from tests.harness import SURVEY
 
 ZONE = ZoneInfo("Asia/Shanghai")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker import Mosquitto, mosquitto_binary
+from lab.broker import Mosquitto, mosquitto_binary
 from tests.field import bind_field_devices
 from tests.harness import TestGateway, init_config
 

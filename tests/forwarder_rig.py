@@ -16,10 +16,11 @@ from pydantic import TypeAdapter
 from gateway.events import Event, EventKind
 from gateway.forwarders import FORWARDERS, ForwarderConfigUnion
 from gateway.forwarders.base import ForwarderContext, ShopCard
-from gateway.journal import Journal, JournalReader
+from gateway.journal import Journal
+from gateway.journal_reader import JournalReader
 from gateway.outbox import OutboxCursor
-from gateway.receiver import AlarmStore, Dc09Centre, Listener, listen
 from gateway.supervise import supervise
+from receiver.centre import AlarmStore, Dc09Centre, Listener, listen
 from tests.events import make_event
 
 SHOPS = {

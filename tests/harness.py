@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from gateway.process import GatewayProcess
+from lab.process import GatewayProcess
 
 REPO = Path(__file__).resolve().parent.parent
 SURVEY = REPO / "gateway" / "data" / "changping-road.csv"

@@ -12,8 +12,8 @@ from typing import Any, ClassVar, Protocol, Self
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.events import EventKind
-from gateway.journal import OutboxRow
-from gateway.status import StatusSnapshot
+from gateway.journal_reader import OutboxRow
+from gateway.mqtt.status import StatusSnapshot
 
 
 class ForwarderConfig(BaseModel):

@@ -21,7 +21,13 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, ValidationInfo, field_validator
 
-from gateway.dc09 import (
+from gateway.errors import PlatformUnreachable
+from gateway.events import EventKind, utc_now
+from gateway.forwarders.base import ForwarderConfig, ForwarderContext
+from gateway.forwarders.dc09_codes import CodeEntry, CodeTable, shop_account
+from gateway.journal_reader import OutboxRow
+from gateway.outbox import OutboxCursor
+from protocols.dc09 import (
     FrameError,
     Message,
     Token,
@@ -32,12 +38,6 @@ from gateway.dc09 import (
     sia_dcs,
     split_frame,
 )
-from gateway.errors import PlatformUnreachable
-from gateway.events import EventKind, utc_now
-from gateway.forwarders.base import ForwarderConfig, ForwarderContext
-from gateway.forwarders.dc09_codes import CodeEntry, CodeTable, shop_account
-from gateway.journal import OutboxRow
-from gateway.outbox import OutboxCursor
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.dc09 import EventData
 from gateway.events import Event, EventKind
+from protocols.dc09 import EventData
 
 
 class CodeEntry(BaseModel):

@@ -12,11 +12,11 @@ from pydantic import Field
 
 from gateway.errors import PlatformNak, PlatformUnreachable
 from gateway.forwarders.base import ForwarderConfig, ForwarderContext, upstream_payload
-from gateway.journal import OutboxRow
-from gateway.mqtt import BrokerConfig, first_leaf
-from gateway.mqtt_link import LinkDown, MqttLink, PacketTooLarge
+from gateway.journal_reader import OutboxRow
+from gateway.mqtt.client import BrokerConfig, first_leaf
+from gateway.mqtt.link import LinkDown, MqttLink, PacketTooLarge
+from gateway.mqtt.status import keep_status, offline_will
 from gateway.outbox import OutboxCursor
-from gateway.status import keep_status, offline_will
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pydantic import AfterValidator, Field, SecretStr
 
 from gateway.errors import PlatformUnreachable
 from gateway.forwarders.base import ForwarderConfig, ForwarderContext, upstream_payload
-from gateway.journal import OutboxRow
+from gateway.journal_reader import OutboxRow
 from gateway.outbox import OutboxCursor
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import asyncio
 from collections import defaultdict
 from pathlib import Path
 
-from gateway.journal import JournalReader
+from gateway.journal_reader import JournalReader
 from tests.clients import open_police_session, running, wait_until
 
 SHOPS = [f"S{n:05d}" for n in range(1, 21)]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.dc09 import Token, decode, encode
 from gateway.events import EventKind, utc_now
-from gateway.receiver import AlarmStore, Dc09Centre, listen
+from protocols.dc09 import Token, decode, encode
+from receiver.centre import AlarmStore, Dc09Centre, listen
 from tests.clients import wait_until
 from tests.forwarder_rig import Proxy, aio, centre, event, forwarding, stored
 

@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 from datetime import time
 
-from gateway.process import ReceiverProcess
+from lab.process import ReceiverProcess
 from tests.clients import local_yesterday, running, wait_until
 
 

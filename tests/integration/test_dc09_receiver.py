@@ -7,9 +7,9 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
-from gateway.dc09 import Message, Token, crc16, decode, encode
 from gateway.events import utc_now
-from gateway.receiver import DEDUP_WINDOW
+from protocols.dc09 import Message, Token, crc16, decode, encode
+from receiver.centre import DEDUP_WINDOW
 from tests.clients import wait_until
 from tests.forwarder_rig import aio, centre, stored
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.broker import Mosquitto, free_port, terminate
+from lab.broker import Mosquitto, free_port, terminate
 from tests.clients import running, wait_until
 from tests.harness import SURVEY
 
@@ -75,7 +75,7 @@ def service_venv() -> Iterator[Path]:
         (site / "lianfang-tests.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
         script = venv / "bin" / "lianfang"
         script.write_text(
-            f"#!{venv}/bin/python\nimport sys\nfrom gateway.cli import main\nsys.exit(main())\n"
+            f"#!{venv}/bin/python\nimport sys\nfrom gateway.cli.main import main\nsys.exit(main())\n"
         )
         script.chmod(0o755)
         yield venv

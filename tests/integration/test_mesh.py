@@ -7,8 +7,8 @@ import csv
 from pathlib import Path
 
 from firmware_stubs.mqtt_panel import ShopPanel
-from gateway.broker import Mosquitto
-from gateway.mqtt import BrokerConfig
+from gateway.mqtt.client import BrokerConfig
+from lab.broker import Mosquitto
 from tests.clients import expected_nearest, running, survey_rows, wait_until
 from tests.harness import SURVEY, TestGateway, init_config
 
@@ -86,7 +86,7 @@ def test_without_a_police_broker_the_nearest_are_this_gateways_own_shops(tmp_pat
 
     from typer.testing import CliRunner  # noqa: PLC0415
 
-    from gateway.cli import app  # noqa: PLC0415
+    from gateway.cli.main import app  # noqa: PLC0415
 
     survey, gateway_of = split_survey(tmp_path)
     event = '{"shop_id":"S00011","kind":"panic"}'

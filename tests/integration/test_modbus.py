@@ -15,13 +15,13 @@ from drivers.base import DriverContext
 from drivers.modbus import ModbusConfig, ModbusDriver, modbus_client, scan_units
 from firmware_stubs.modbus_io import ModbusIO
 from gateway.app import Gateway
-from gateway.broker import free_port
-from gateway.config import GatewayConfig
+from gateway.config.model import GatewayConfig
 from gateway.device_state import DeviceStates
 from gateway.errors import DriverUnavailable
 from gateway.events import Event
-from gateway.journal import connect
-from gateway.mqtt import BrokerConfig
+from gateway.journal_schema import connect
+from gateway.mqtt.client import BrokerConfig
+from lab.broker import free_port
 from tests.clients import wait_until
 from tests.field import flush_device_states, stub
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gateway.broker import Mosquitto
 from gateway.errors import PlatformNak
-from gateway.mqtt import BrokerConfig
-from gateway.mqtt_link import LinkDown, MqttLink
+from gateway.mqtt.client import BrokerConfig
+from gateway.mqtt.link import LinkDown, MqttLink
+from lab.broker import Mosquitto
 
 
 @pytest.mark.tuned_broker("3,000 queued messages: stock Mosquitto keeps 1,000 per client")

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from gateway.broker import Mosquitto
+from lab.broker import Mosquitto
 from tests.clients import running, wait_until
 from tests.harness import TestGateway
 

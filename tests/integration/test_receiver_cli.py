@@ -14,9 +14,9 @@ from pathlib import Path
 
 import aiomqtt
 
-from gateway.dc09 import Message, Token, decode, encode
 from gateway.events import utc_now
-from gateway.process import ReceiverProcess
+from lab.process import ReceiverProcess
+from protocols.dc09 import Message, Token, decode, encode
 from tests.clients import wait_until
 
 

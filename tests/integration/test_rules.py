@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime, time, timedelta
 
 from firmware_stubs.police_commands import command_body, new_key, send, sign
-from gateway.mqtt import BrokerConfig
+from gateway.mqtt.client import BrokerConfig
 from tests.clients import expected_nearest, local_yesterday, running, survey_rows, wait_until
 
 CMD_TOPIC = "police/v1/L1/GW-001/cmd"

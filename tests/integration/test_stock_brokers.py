@@ -28,9 +28,9 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from gateway.broker import Mosquitto, free_port, terminate
-from gateway.mqtt import BrokerConfig
-from gateway.mqtt_link import BrokerUnsuitable, MqttLink, PacketTooLarge, publish_packet_size
+from gateway.mqtt.client import BrokerConfig
+from gateway.mqtt.link import BrokerUnsuitable, MqttLink, PacketTooLarge, publish_packet_size
+from lab.broker import Mosquitto, free_port, terminate
 from tests.clients import expected_nearest, running, wait_until
 from tests.harness import TestGateway, init_config
 

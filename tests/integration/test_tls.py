@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from firmware_stubs.police_platform import PolicePlatform
-from gateway.broker import BrokerTls, Mosquitto
-from gateway.journal import JournalReader
-from gateway.mqtt import BrokerConfig, TlsConfig
+from gateway.journal_reader import JournalReader
+from gateway.mqtt.client import BrokerConfig, TlsConfig
+from lab.broker import BrokerTls, Mosquitto
 from tests.certs import Pki, make_pki
 from tests.clients import running, wait_until
 from tests.harness import TestGateway, init_config

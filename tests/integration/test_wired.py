@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from drivers.line_frames import LineFrame, LineReader
+from protocols.line_frames import LineFrame, LineReader
 from tests.clients import expected_nearest, running, wait_until
 from tests.field import cli_json, stub
 

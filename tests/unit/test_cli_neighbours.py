@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from gateway.cli import app
+from gateway.cli.main import app
 from rules.geo import distance_m
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from gateway.broker import Mosquitto, free_port
-from gateway.cli import app
-from gateway.config_file import load_config
+from gateway.cli.main import app
+from gateway.cli.online_check import check_online
+from gateway.config.file import load_config
 from gateway.errors import ConfigError, ConfigProblem
-from gateway.online_check import check_online
+from lab.broker import Mosquitto, free_port
 
 # A valid config; the table below breaks one thing at a time. Line numbers matter.
 BASE = """\

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from gateway.cli import app
-from gateway.config_file import load_config
+from gateway.cli.main import app
+from gateway.config.file import load_config
 from gateway.errors import ConfigError
 from gateway.events import EventKind
 from gateway.forwarders.dc09 import Dc09Config

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from gateway.dc09 import (
+from protocols.dc09 import (
     FrameError,
     Message,
     Token,

@@ -10,8 +10,8 @@ from drivers.line_serial import LineSerialConfig, LineSerialDriver
 from drivers.supervision import Supervision
 from gateway.device_state import DeviceStates
 from gateway.events import Event, EventKind
-from gateway.journal import connect
-from gateway.mqtt import BrokerConfig
+from gateway.journal_schema import connect
+from gateway.mqtt.client import BrokerConfig
 from tests.field import flush_device_states
 
 BUTTON = DeviceBinding(shop_id="S1", device_id="pb-1")

@@ -13,14 +13,14 @@ from pydantic import ValidationError
 
 from drivers import DRIVERS, DriverConfigUnion
 from drivers.base import DriverContext
-from drivers.line_frames import LineFrame
 from drivers.line_serial import LineSerialConfig, LineSerialDriver
 from drivers.modbus import ModbusInputConfig, _Contact, _debounced, parse_units
 from drivers.rf433 import CodeReader, Rf433Config
 from drivers.serial_port import open_serial
-from gateway.config import GatewayConfig
+from gateway.config.model import GatewayConfig
 from gateway.errors import DriverUnavailable
-from gateway.mqtt import BrokerConfig
+from gateway.mqtt.client import BrokerConfig
+from protocols.line_frames import LineFrame
 
 BASE = {
     "gateway": {"id": "GW-001", "large_grid": "L1"},

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner, Result
 
-from gateway.cli import app
-from gateway.config_file import load_config
-from gateway.survey import SYSTEM_STATE_DIR, default_state_dir
+from gateway.cli.main import app
+from gateway.config.file import load_config
+from gateway.config.survey import SYSTEM_STATE_DIR, default_state_dir
 
 SURVEY = Path(__file__).resolve().parents[2] / "gateway" / "data" / "changping-road.csv"
 POLICE = "mqtts://police.example:8883"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import gateway
-from gateway.install_service import InstallError, render_unit
+from gateway.cli.install_service import InstallError, render_unit
 
 REPO = Path(__file__).resolve().parents[2]
 OPT = render_unit(bin_dir=Path("/opt/lianfang/bin"), config=Path("/etc/lianfang/lianfang.yaml"))

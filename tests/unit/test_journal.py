@@ -7,7 +7,8 @@ import sqlite3
 from pathlib import Path
 
 from gateway.events import Event, EventKind
-from gateway.journal import Journal, JournalReader
+from gateway.journal import Journal
+from gateway.journal_reader import JournalReader
 from gateway.outbox import OutboxCursor
 from tests.events import make_event
 

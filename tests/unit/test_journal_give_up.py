@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from gateway.journal import JournalReader
+from gateway.journal_reader import JournalReader
 from tests.clients import wait_until
 from tests.unit.test_journal import event, open_journal, run_journal
 

@@ -7,9 +7,9 @@ import stat
 import pytest
 import yaml
 
-from gateway.config_file import load_config
+from gateway.cli.learn import bind_code, learn_driver
+from gateway.config.file import load_config
 from gateway.errors import ConfigError
-from gateway.learn import bind_code, learn_driver
 
 CONFIG = """\
 # Block 7, written by hand.

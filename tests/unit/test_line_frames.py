@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.line_frames import MAX_LINE, LineFrame, LineReader, crc16_modbus
+from protocols.line_frames import MAX_LINE, LineFrame, LineReader, crc16_modbus
 
 WORKED = [
     (LineFrame(3, 17, "PANIC", "1"), b"$LF,3,17,PANIC,1*B4D9\r\n"),

@@ -9,7 +9,7 @@ import pytest
 from drivers.base import DriverContext
 from drivers.mqtt_ingest import MqttIngestConfig, MqttIngestDriver, Rejected
 from gateway.events import EventKind
-from gateway.mqtt import BrokerConfig
+from gateway.mqtt.client import BrokerConfig
 
 TOPIC = "lianfang/v1/shop/S00001/event"
 

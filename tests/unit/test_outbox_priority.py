@@ -9,14 +9,9 @@ from pathlib import Path
 import pytest
 
 from gateway.events import EVENT_CLASS, EventClass, EventKind
-from gateway.journal import (
-    FOLLOWER_KINDS,
-    PRIORITY_RANK,
-    Journal,
-    JournalReader,
-    OutboxRow,
-    delivery_priority,
-)
+from gateway.journal import Journal
+from gateway.journal_reader import JournalReader, OutboxRow
+from gateway.journal_schema import FOLLOWER_KINDS, PRIORITY_RANK, delivery_priority
 from gateway.outbox import OutboxCursor
 from tests.clients import wait_until
 from tests.unit.test_journal import event, open_journal, run_journal

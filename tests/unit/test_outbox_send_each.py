@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.journal import OutboxRow
+from gateway.journal_reader import OutboxRow
 from gateway.outbox import OutboxCursor
 from tests.clients import wait_until
 from tests.unit.test_journal import event, open_journal, run_journal

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner, Result
 
-from gateway.cli import app
-from gateway.journal import connect
+from gateway.cli.main import app
+from gateway.journal_schema import connect
 from rules.geo import distance_m
 
 # Two shops 8 m apart and a police broker over TLS; tests add what they break.

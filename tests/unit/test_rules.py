@@ -13,11 +13,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config_file import load_config
+from gateway.config.file import load_config
 from gateway.errors import ConfigError
 from gateway.events import Event, EventKind
+from gateway.rule_engine import rule_engine
 from rules.area import AreaWatch
-from rules.build import rule_engine
 from rules.expr import Condition, ExpressionError
 from rules.models import Level
 from tests.clients import expected_nearest, wait_until
@@ -73,7 +73,7 @@ def test_defaults_at_each_level(config_dir):
 
 
 def test_dry_run_names_the_exact_neighbours_at_both_levels(config_dir):
-    from rules.explain import dry_run  # noqa: PLC0415
+    from gateway.cli.dry_run import dry_run  # noqa: PLC0415
 
     cfg = load(config_dir)
     for level, count in ((Level.EVERYDAY, 10), (Level.EXTRAORDINARY, 20)):
@@ -264,7 +264,7 @@ def test_any_rules_document_is_accepted_or_refused_with_a_message(config_dir, do
 def acting(cfg, engine, clock=None):
     """Real RuleActions over a BlockPublisher that is not running: its queue shows what went out."""
     from gateway.actions import RuleActions  # noqa: PLC0415
-    from gateway.notify import BlockPublisher  # noqa: PLC0415
+    from gateway.mqtt.notify import BlockPublisher  # noqa: PLC0415
     from rules.engine import effective_rules  # noqa: PLC0415
 
     publisher = BlockPublisher(cfg.broker, gateway_id="GW-001", status=dict, status_interval_s=1)
@@ -397,7 +397,7 @@ def test_rules_cli_lists_the_rules_and_dry_runs_an_event(config_dir):
 
     from typer.testing import CliRunner  # noqa: PLC0415
 
-    from gateway.cli import app  # noqa: PLC0415
+    from gateway.cli.main import app  # noqa: PLC0415
 
     load(config_dir)  # test.yaml: the shops' hours in Asia/Shanghai
     config = str(config_dir / "test.yaml")
@@ -428,7 +428,8 @@ def test_rules_cli_lists_the_rules_and_dry_runs_an_event(config_dir):
 def test_a_panic_is_journalled_and_routed_even_when_its_rules_raise(config_dir, tmp_path):
     """A fault in an action (here: no forwarder route for the kind) loses nothing: journalled as is."""
     from gateway.intake import Intake  # noqa: PLC0415
-    from gateway.journal import Journal, JournalReader  # noqa: PLC0415
+    from gateway.journal import Journal  # noqa: PLC0415
+    from gateway.journal_reader import JournalReader  # noqa: PLC0415
 
     cfg = load(config_dir)
     engine = rule_engine(cfg)
@@ -476,7 +477,8 @@ def test_a_flood_of_junk_commands_is_counted_but_only_a_burst_is_journalled(conf
     """Refusals are journalled up to a burst; the rest are acknowledged and counted, not queued."""
     from gateway.commands import REFUSAL_BURST, PoliceCommands  # noqa: PLC0415
     from gateway.intake import Intake  # noqa: PLC0415
-    from gateway.journal import Journal, JournalReader  # noqa: PLC0415
+    from gateway.journal import Journal  # noqa: PLC0415
+    from gateway.journal_reader import JournalReader  # noqa: PLC0415
     from rules.commands import CommandVerifier  # noqa: PLC0415
 
     cfg = load(config_dir)

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 from drivers.mqtt_ingest import MqttIngestConfig
-from gateway.cli import app
-from gateway.config import DeviceConfig, GatewayIdentity
-from gateway.config_file import load_config
-from gateway.survey import init_config
+from gateway.cli.main import app
+from gateway.config.file import load_config
+from gateway.config.model import DeviceConfig, GatewayIdentity
+from gateway.config.survey import init_config
 from rules.geo import distance_m
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"

@@ -6,13 +6,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.events import EVENT_CLASS, Event, EventKind, Source
-from rules.build import notice_places
+from gateway.rule_engine import notice_places
 from rules.engine import RuleEngine
 from rules.geo import nearest_shops
 from rules.models import AreaAlert, Escalate, Forward, NotifyNearest, Raise, Siren
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+    from gateway.config.model import GatewayConfig
 
 
 def dry_run(

@@ -11,10 +11,10 @@ import asyncio
 import os
 from dataclasses import dataclass
 
-from gateway.config import GatewayConfig
+from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigProblem
-from gateway.mqtt import BrokerConfig
-from gateway.mqtt_link import BrokerLimits, BrokerUnsuitable, LinkDown, MqttLink
+from gateway.mqtt.client import BrokerConfig
+from gateway.mqtt.link import BrokerLimits, BrokerUnsuitable, LinkDown, MqttLink
 
 ONLINE_TIMEOUT_S = 3.0
 BIG_EVENT_BYTES = 16_384

@@ -26,11 +26,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from gateway.dc09 import FrameError, Message, Token, decode, encode, parse_data, split_frame
 from gateway.errors import PlatformUnreachable
 from gateway.events import utc_now
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier
+from protocols.dc09 import FrameError, Message, Token, decode, encode, parse_data, split_frame
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ async def follow_mqtt(store: AlarmStore, url: str, topic: str = "police/v1/+/+/e
     """Store every event of the police MQTT feed at ``url`` until cancelled."""
     import aiomqtt  # noqa: PLC0415 - only the MQTT feed needs it
 
-    from gateway.mqtt import BrokerConfig  # noqa: PLC0415
+    from gateway.mqtt.client import BrokerConfig  # noqa: PLC0415
 
     broker = BrokerConfig(url=url)
     try:

@@ -14,8 +14,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from gateway.errors import DriverUnavailable, PlatformNak
-from gateway.mqtt import BrokerConfig, first_leaf
-from gateway.mqtt_link import LinkDown, MqttLink
+from gateway.mqtt.client import BrokerConfig, first_leaf
+from gateway.mqtt.link import LinkDown, MqttLink
 from gateway.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)

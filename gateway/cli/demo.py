@@ -27,9 +27,9 @@ from rich.table import Table
 
 from firmware_stubs.mqtt_panel import ShopPanel
 from firmware_stubs.police_platform import PolicePlatform
-from gateway.broker import Mosquitto, MosquittoMissing
-from gateway.mqtt import BrokerConfig
-from gateway.process import GatewayProcess, ReceiverProcess
+from gateway.mqtt.client import BrokerConfig
+from lab.broker import Mosquitto, MosquittoMissing
+from lab.process import GatewayProcess, ReceiverProcess
 
 WAIT_S = 10.0
 
@@ -110,7 +110,7 @@ async def _press_panic(
     *,
     centre: ReceiverProcess,
 ) -> int:
-    from gateway.config_file import load_config  # noqa: PLC0415 - after the gateway is up
+    from gateway.config.file import load_config  # noqa: PLC0415 - after the gateway is up
 
     cfg = load_config(config)
     names = {s.id: s.name for s in cfg.shops}

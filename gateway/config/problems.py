@@ -1,13 +1,9 @@
-"""Read ``lianfang.yaml``: parse it keeping line numbers, validate it, explain every problem.
+"""Validation errors worded for an installer: where (file, key path, line) and what is wrong.
 
-``load_config`` returns a ready ``GatewayConfig`` or raises ``ConfigError`` with
-every problem found, each located by file, key path (``shops[3].lat``) and line,
-and worded for an installer (``gateway.online_check`` then tries the brokers).
-
-The YAML is read as YAML 1.1 (PyYAML's safe loader) with one change: base-60
-numbers are not numbers, so ``closes: 23:30`` stays the text ``"23:30"`` instead
-of becoming 1410 and, silently, 00:23:30.
+``explain_errors`` turns each pydantic error into a ``ConfigProblem`` located by
+a ``Locate`` (the YAML file's lines, or a survey sheet's rows and columns).
 """
+
 
 from __future__ import annotations
 
@@ -17,25 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
-from yaml.constructor import SafeConstructor
 
-from gateway.config import GatewayConfig, Loc
-from gateway.errors import ConfigError, ConfigProblem
-
-try:
-    from yaml import CSafeLoader as _SafeLoader  # libyaml parses about six times faster
-except ImportError:  # PyYAML built without libyaml
-    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+from gateway.config.model import GatewayConfig, Loc
+from gateway.errors import ConfigProblem
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from pydantic.fields import FieldInfo
     from pydantic_core import ErrorDetails
 
-RULES_FILE = "rules.yaml"
 MAX_SHOWN_VALUE = 60
 
 
@@ -85,250 +71,6 @@ _KIND_WORDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
     (list, "a list"),
 )
 
-
-class _Loader(_SafeLoader):
-    """The safe loader, reading base-60 numbers (``23:30``) as text."""
-
-
-def _base60_as_text(
-    construct: Callable[[_Loader, yaml.ScalarNode], object],
-) -> Callable[[_Loader, yaml.Node], object]:
-    def construct_number(loader: _Loader, node: yaml.Node) -> object:
-        assert isinstance(node, yaml.ScalarNode)
-        text = loader.construct_scalar(node)
-        return text if ":" in text else construct(loader, node)
-
-    return construct_number
-
-
-_Loader.add_constructor(
-    "tag:yaml.org,2002:int", _base60_as_text(SafeConstructor.construct_yaml_int)
-)
-_Loader.add_constructor(
-    "tag:yaml.org,2002:float", _base60_as_text(SafeConstructor.construct_yaml_float)
-)
-
-
-def load_config(path: Path) -> GatewayConfig:
-    """Read, parse and validate the config at ``path``; relative paths are taken from its folder.
-
-    Raises:
-        ConfigError: with every problem found, each with its file, key path and line.
-    """
-    file = str(path)
-    data, lines, problems = _parse(_read_text(path), file)
-    locate = _yaml_locator(file, lines)
-    rules_file = path.parent / RULES_FILE
-    if rules_file.is_file():
-        locate = _with_rules_file(
-            data, rules_file, locate, problems=problems, file=file, lines=lines
-        )
-    locate = _naming_rules(locate, data)
-    try:
-        config = GatewayConfig.model_validate(data)
-    except ValidationError as exc:
-        problems += explain_errors(exc, locate)
-    else:
-        problems += _readable_secrets(path, config, locate)
-    if problems:
-        raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
-    return config.resolved(path.parent)
-
-
-def _readable_secrets(path: Path, config: GatewayConfig, locate: Locate) -> list[ConfigProblem]:
-    """A forwarder's key or shared secret in a file that every user may read is refused."""
-    if not path.stat().st_mode & 0o004:
-        return []
-    found = []
-    for i, forwarder in enumerate(config.forwarders):
-        for name in ("key", "secret"):
-            if getattr(forwarder, name, None) is not None:
-                spot = locate(("forwarders", i, name))
-                message = "is a secret in a file every user may read; run chmod o-r on the file"
-                found.append(ConfigProblem(spot.file, spot.path, message, spot.line))
-    return found
-
-
-def _with_rules_file(
-    data: dict[Any, Any],
-    rules_file: Path,
-    locate: Locate,
-    *,
-    problems: list[ConfigProblem],
-    file: str,
-    lines: dict[Loc, int],
-) -> Locate:
-    """Take the ``rules`` section from ``rules.yaml``; problems in it point into that file."""
-    rfile = str(rules_file)
-    if "rules" in data:
-        message = f"rules are given here and in {rfile}; keep them in one place"
-        problems.append(ConfigProblem(file, "rules", message, lines.get(("rules",))))
-        return locate
-    try:
-        doc = _compose(_read_text(rules_file), rfile)
-    except yaml.MarkedYAMLError as exc:
-        problems.append(_syntax_problem(exc, rfile))
-        return locate
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        problems.append(ConfigProblem(rfile, "", f"not valid YAML: {exc}"))
-        return locate
-    problems.extend(doc.repeated_keys)
-    data["rules"] = {} if doc.data is None else doc.data
-    in_rules = _yaml_locator(rfile, doc.lines)
-
-    def locate_both(loc: Loc) -> Spot:
-        if loc[:1] != ("rules",):
-            return locate(loc)
-        spot = in_rules(loc[1:])
-        return Spot(rfile, path_text(loc), spot.line)
-
-    return locate_both
-
-
-def _naming_rules(locate: Locate, data: dict[Any, Any]) -> Locate:
-    """Name a rule by its name in problem paths: ``rules.rules[night-doors].do[0].seconds``."""
-    section = data.get("rules")
-    rules = section.get("rules") if isinstance(section, dict) else None
-    if not isinstance(rules, list):
-        return locate
-    names = [r.get("name") if isinstance(r, dict) else None for r in rules]
-
-    def locate_named(loc: Loc) -> Spot:
-        spot = locate(loc)
-        if len(loc) < 3 or loc[:2] != ("rules", "rules") or not isinstance(loc[2], int):
-            return spot
-        index = loc[2]
-        name = names[index] if 0 <= index < len(names) else None
-        if not isinstance(name, str) or not name or len(name) > 60:
-            return spot
-        prefix = f"rules.rules[{index}]"
-        return spot._replace(path=spot.path.replace(prefix, f"rules.rules[{name}]", 1))
-
-    return locate_named
-
-
-def _read_text(path: Path) -> str:
-    file = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        message = "no such file; write one with 'lianfang init' or name it with --config"
-        raise ConfigError([ConfigProblem(file, "", message)]) from None
-    except IsADirectoryError:
-        raise ConfigError([ConfigProblem(file, "", "is a folder, not a config file")]) from None
-    except OSError as exc:
-        message = f"cannot read the file: {exc.strerror or exc}"
-        raise ConfigError([ConfigProblem(file, "", message)]) from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        message = f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
-        raise ConfigError([ConfigProblem(file, "", message, line)]) from None
-
-
-@dataclass(frozen=True)
-class _Document:
-    root: yaml.Node | None
-    data: object
-    lines: dict[Loc, int]  # the line of every key path: a key's own line, an item's first
-    repeated_keys: list[ConfigProblem]
-
-
-def _parse(text: str, file: str) -> tuple[dict[Any, Any], dict[Loc, int], list[ConfigProblem]]:
-    """The top-level mapping, the line of every key path, and the repeated keys."""
-    try:
-        doc = _compose(text, file)
-    except yaml.MarkedYAMLError as exc:
-        raise ConfigError([_syntax_problem(exc, file)]) from None
-    except yaml.reader.ReaderError as exc:
-        line = text[: exc.position].count("\n") + 1
-        message = f"not valid YAML: character {chr(exc.character)!r} is not allowed"
-        raise ConfigError([ConfigProblem(file, "", message, line)]) from None
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        message = f"not valid YAML: {str(exc) or type(exc).__name__}"
-        raise ConfigError([ConfigProblem(file, "", message)]) from None
-    expected = ", ".join(_required_keys())
-    if doc.root is None:
-        message = f"the file is empty; expected a mapping with at least {expected}"
-        raise ConfigError([ConfigProblem(file, "", message, 1)])
-    if not isinstance(doc.data, dict):
-        message = f"the top level must be a mapping with keys such as {expected}, not " + _kind(
-            doc.data
-        )
-        raise ConfigError([ConfigProblem(file, "", message, doc.root.start_mark.line + 1)])
-    return doc.data, doc.lines, doc.repeated_keys
-
-
-def _compose(text: str, file: str) -> _Document:
-    loader = _Loader(text)
-    try:
-        root = loader.get_single_node()
-        if root is None:
-            return _Document(None, None, {}, [])
-        lines, repeated = _index(root, file)
-        return _Document(root, loader.construct_document(root), lines, repeated)
-    finally:
-        loader.dispose()
-
-
-def _syntax_problem(exc: yaml.MarkedYAMLError, file: str) -> ConfigProblem:
-    mark = exc.problem_mark or exc.context_mark
-    constructing = isinstance(exc, yaml.constructor.ConstructorError)
-    kind = "unsupported YAML" if constructing else "YAML syntax error"
-    context = exc.context
-    if (
-        context
-        and exc.context_mark is not None
-        and (mark is None or exc.context_mark.line != mark.line)
-    ):
-        context += f" (from line {exc.context_mark.line + 1})"
-    what = "; ".join(str(part) for part in (context, exc.problem) if part)
-    return ConfigProblem(file, "", f"{kind}: {what}", mark.line + 1 if mark is not None else None)
-
-
-def _required_keys() -> list[str]:
-    return [name for name, field in GatewayConfig.model_fields.items() if field.is_required()]
-
-
-def _index(root: yaml.Node, file: str) -> tuple[dict[Loc, int], list[ConfigProblem]]:
-    """Line of each key path (a key's own line, an item's first line) and repeated keys."""
-    lines: dict[Loc, int] = {(): root.start_mark.line + 1}
-    problems: list[ConfigProblem] = []
-    visited: set[int] = set()
-    pending: list[tuple[yaml.Node, Loc]] = [(root, ())]
-    while pending:
-        node, path = pending.pop()
-        if id(node) in visited:  # an alias: its lines are those of its anchor
-            continue
-        visited.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[str, int] = {}
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                    continue
-                key, line = key_node.value, key_node.start_mark.line + 1
-                if key in seen:
-                    message = f"duplicate key {key!r} (also at line {seen[key]})"
-                    problems.append(ConfigProblem(file, path_text((*path, key)), message, line))
-                seen[key] = line
-                lines[(*path, key)] = line
-                pending.append((value_node, (*path, key)))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                lines[(*path, i)] = item.start_mark.line + 1
-                pending.append((item, (*path, i)))
-    return lines, problems
-
-
-def _yaml_locator(file: str, lines: dict[Loc, int]) -> Locate:
-    def locate(loc: Loc) -> Spot:
-        line = next(
-            (lines[loc[:end]] for end in range(len(loc), -1, -1) if loc[:end] in lines), None
-        )
-        return Spot(file, path_text(loc), line)
-
-    return locate
 
 
 def path_text(loc: Loc) -> str:
@@ -475,7 +217,7 @@ def _message(error: ErrorDetails, where: _Where, loc: Loc) -> str:
 
 def _shape(error: ErrorDetails, where: _Where) -> str | None:
     """What a mapping, list or key should have been, when it was something else."""
-    kind, got = error["type"], _kind(error["input"])
+    kind, got = error["type"], value_kind(error["input"])
     if kind == "invalid_key":
         return f"keys must be text, not {got}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
@@ -538,7 +280,7 @@ def _number(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _kind(value: object) -> str:
+def value_kind(value: object) -> str:
     """What a YAML value is, in an installer's words."""
     if value is None:
         return "empty"

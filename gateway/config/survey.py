@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import ValidationError
 
-from gateway.config import GatewayConfig, Loc, NeighbourAlertConfig
-from gateway.config_file import Locate, Spot, explain_errors, path_text
+from gateway.config.model import GatewayConfig, Loc, NeighbourAlertConfig
+from gateway.config.preflight import Finding, map_findings
+from gateway.config.problems import Locate, Spot, explain_errors, path_text
 from gateway.errors import ConfigError, ConfigProblem
-from gateway.preflight import Finding, map_findings
 from rules.geo import EARTH_RADIUS_M, distance_m
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.errors import PlatformNak
-from gateway.mqtt_link import MqttLink
+from gateway.mqtt.link import MqttLink
 
 logger = logging.getLogger(__name__)
 

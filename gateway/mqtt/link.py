@@ -43,7 +43,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import PlatformNak
-from gateway.mqtt import BrokerConfig, connect_properties
+from gateway.mqtt.client import BrokerConfig, connect_properties
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ from pydantic_core import PydanticCustomError
 
 from drivers import DriverConfigUnion
 from gateway.forwarders import ForwarderConfigUnion
-from gateway.mqtt import BrokerConfig
-from rules.models import CommandsConfig, RulesConfig
+from gateway.mqtt.client import BrokerConfig
+from rules.defaults import DEFAULT_RULES
+from rules.models import CommandsConfig, Escalate, Forward, RulesConfig, Siren
 
 # Ids travel in MQTT topics: no '/', '+', '#' or spaces.
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")]
@@ -215,9 +216,7 @@ class GatewayConfig(Strict):
 
     @model_validator(mode="after")
     def _rules_name_what_exists(self) -> GatewayConfig:
-        from rules.checks import unknown_names  # noqa: PLC0415 - rules import this module
-
-        problems = unknown_names(self)
+        problems = _unknown_names(self)
         if problems:
             at, message = problems[0]
             raise PydanticCustomError("unknown_name", "{message}", {"message": message, "at": at})
@@ -237,6 +236,33 @@ class GatewayConfig(Strict):
     def journal_path(self) -> Path:
         """Path of the journal database."""
         return self.state_dir / "journal.sqlite3"
+
+
+def _unknown_names(config: GatewayConfig) -> list[tuple[Loc, str]]:
+    """Each forwarder, shop or default rule a rule names that the config lacks, with where."""
+    forwarders = {f.name for f in config.forwarders}
+    shops = {s.id for s in config.shops}
+    defaults = {r.name for r in DEFAULT_RULES}
+    found: list[tuple[Loc, str]] = [
+        (
+            ("rules", "disable", i),
+            f"no default rule {name!r} (defaults: {', '.join(sorted(defaults))})",
+        )
+        for i, name in enumerate(config.rules.disable)
+        if name not in defaults
+    ]
+    for i, rule in enumerate(config.rules.rules):
+        for j, action in enumerate(rule.do):
+            at: Loc = ("rules", "rules", i, "do", j)
+            if isinstance(action, Forward | Escalate):
+                found += [
+                    ((*at, "to"), f"rule {rule.name!r}: no forwarder named {name!r}")
+                    for name in action.to or ()
+                    if name not in forwarders
+                ]
+            if isinstance(action, Siren) and action.shop != "origin" and action.shop not in shops:
+                found.append(((*at, "shop"), f"rule {rule.name!r}: no shop {action.shop!r} here"))
+    return found
 
 
 def _check_bound_devices(config: GatewayConfig) -> None:

@@ -11,7 +11,7 @@ from rules.engine import RuleEngine, ShopFacts, effective_rules
 from rules.models import Level
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig, ShopPlace
+    from gateway.config.model import GatewayConfig, ShopPlace
 
 
 def local_zone(config: GatewayConfig) -> tzinfo:

@@ -9,7 +9,11 @@ from typing import Annotated
 
 import typer
 
-rules_app = typer.Typer(help="Show the rules in force; dry-run an event.", no_args_is_help=True)
+from gateway.cli.options import config_path, load_or_exit
+
+app = typer.Typer(
+    name="rules", help="Show the rules in force; dry-run an event.", no_args_is_help=True
+)
 
 ConfigOption = Annotated[
     Path | None,
@@ -19,7 +23,7 @@ ConfigOption = Annotated[
 ]
 
 
-@rules_app.command("list")
+@app.command("list")
 def list_rules(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
@@ -28,10 +32,9 @@ def list_rules(
     from rich.console import Console  # noqa: PLC0415 - keep `lianfang --help` fast
     from rich.table import Table  # noqa: PLC0415
 
-    from gateway.cli import _load, config_path  # noqa: PLC0415
     from rules.engine import effective_rules  # noqa: PLC0415
 
-    cfg = _load(config_path(config))
+    cfg = load_or_exit(config_path(config))
     found = effective_rules(cfg.rules)
     if as_json:
         rows = [
@@ -50,7 +53,7 @@ def list_rules(
     Console().print(table)
 
 
-@rules_app.command("test")
+@app.command("test")
 def dry_run_command(
     event: Annotated[
         str,
@@ -78,12 +81,11 @@ def dry_run_command(
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    from gateway.cli import _load, config_path  # noqa: PLC0415
-    from rules.build import local_zone, rule_engine  # noqa: PLC0415
-    from rules.explain import dry_run, event_from_json  # noqa: PLC0415
+    from gateway.cli.dry_run import dry_run, event_from_json  # noqa: PLC0415
+    from gateway.rule_engine import local_zone, rule_engine  # noqa: PLC0415
     from rules.models import Level  # noqa: PLC0415
 
-    cfg = _load(config_path(config))
+    cfg = load_or_exit(config_path(config))
     zone = local_zone(cfg)
     try:
         chosen = Level(level) if level else None

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.broker import terminate
+from lab.broker import terminate
 
 
 class NotifyingProcess:

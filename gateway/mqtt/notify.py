@@ -8,9 +8,9 @@ import time
 from collections import deque
 
 from gateway.errors import DriverUnavailable, PlatformNak
-from gateway.mqtt import BrokerConfig, first_leaf
-from gateway.mqtt_link import LinkDown, MqttLink
-from gateway.status import StatusSnapshot, keep_status, offline_will
+from gateway.mqtt.client import BrokerConfig, first_leaf
+from gateway.mqtt.link import LinkDown, MqttLink
+from gateway.mqtt.status import StatusSnapshot, keep_status, offline_will
 from rules.neighbour_alert import NeighbourAlert
 
 logger = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from string import Template
 
 from ruamel.yaml import YAML
 
-from gateway.config_file import load_config
+from gateway.config.file import load_config
 
 DEFAULT_CONFIG = Path("/etc/lianfang/lianfang.yaml")
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")

@@ -9,8 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gateway.config import GatewayConfig
-from gateway.journal import JournalReader
+from gateway.config.model import GatewayConfig
+from gateway.journal_reader import JournalReader
 
 
 def read_status(config: GatewayConfig) -> dict[str, Any] | None:

@@ -25,10 +25,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import GatewayConfig, Loc
-from gateway.config_file import Locate, _parse, _read_text, _yaml_locator
+from gateway.config.model import GatewayConfig, Loc
+from gateway.config.problems import Locate
 from gateway.errors import ConfigProblem
-from gateway.mqtt import BrokerConfig
+from gateway.mqtt.client import BrokerConfig
 from rules.geo import EARTH_RADIUS_M, distance_m
 
 FAR_FROM_BLOCK_M = 2000.0
@@ -59,14 +59,6 @@ def preflight(config: GatewayConfig, locate: Locate) -> list[Finding]:
         *map_findings(config, locate),
     ]
     return sorted(findings, key=lambda f: (f.problem.line or 0, f.problem.path))
-
-
-def file_locator(path: Path) -> Locate:
-    """Where each key path of the config file at ``path`` is (file and line)."""
-    # load_config keeps its line index to itself; the file was just read and validated,
-    # so reading it again here cannot fail in a new way.
-    _, lines, _ = _parse(_read_text(path), str(path))
-    return _yaml_locator(str(path), lines)
 
 
 def user_name() -> str:

@@ -27,8 +27,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from drivers.rf433 import CodeReader, Rf433Config
 from drivers.serial_port import open_serial, read_some
-from gateway.config import GatewayConfig
-from gateway.config_file import load_config
+from gateway.config.file import load_config
+from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError, ConfigProblem
 
 POLL_S = 0.2

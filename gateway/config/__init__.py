@@ -1,0 +1,1 @@
+"""The gateway's configuration: the model, the file with line numbers, survey."""

@@ -1,0 +1,102 @@
+"""Reading the journal: the rows a forwarder still owes, counts and recent events; never writes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.events import Event
+from gateway.journal_schema import RANKS, connect
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One event waiting for one forwarder, as the journal holds it."""
+
+    seq: int
+    shop_id: str | None
+    body: str
+    """The event's JSON, exactly as journalled."""
+    priority: int
+    """Drain rank (``PRIORITY_RANK``): lower drains first."""
+
+    @property
+    def event(self) -> Event:
+        """The event itself (parsed on demand; forwarders that relay JSON skip this)."""
+        return Event.model_validate_json(self.body)
+
+
+
+class JournalReader:
+    """Reads the journal for forwarders and the CLI, on its own connection; never writes."""
+
+    def __init__(self, path: Path) -> None:
+        """Open a reading connection; WAL lets it read while the writer commits."""
+        self._conn = connect(path)
+
+    def pending(
+        self, forwarder: str, *, after: int | Mapping[int, int], limit: int
+    ) -> list[OutboxRow]:
+        """Unacknowledged events for ``forwarder``, highest priority first, then in journal order.
+
+        ``after`` is the last ``seq`` already handed out, per priority rank (a
+        rank it does not name starts at 0) or one number for every rank.
+        """
+        rows: list[OutboxRow] = []
+        for rank in RANKS:
+            if len(rows) >= limit:
+                break
+            since = after if isinstance(after, int) else after.get(rank, 0)
+            # One index range per rank: (forwarder, priority, seq) over pending rows.
+            rows.extend(
+                OutboxRow(seq, shop_id, body, rank)
+                for seq, shop_id, body in self._conn.execute(
+                    "SELECT d.seq, e.shop_id, e.body FROM deliveries d JOIN events e"
+                    " ON e.seq = d.seq WHERE d.forwarder=? AND d.priority=?"
+                    " AND d.acked_at IS NULL AND d.seq>? ORDER BY d.seq LIMIT ?",
+                    (forwarder, rank, since, limit - len(rows)),
+                )
+            )
+        return rows
+
+    def pending_counts(self) -> dict[str, int]:
+        """Unacknowledged events per forwarder."""
+        return dict(
+            self._conn.execute(
+                "SELECT forwarder, COUNT(*) FROM deliveries WHERE acked_at IS NULL"
+                " GROUP BY forwarder"
+            ).fetchall()
+        )
+
+    def given_up_counts(self) -> dict[str, int]:
+        """Deliveries each forwarder's receiver refused for good (see ``Journal.give_up``)."""
+        return dict(
+            self._conn.execute(
+                "SELECT forwarder, COUNT(*) FROM deliveries WHERE last_error LIKE 'given up:%'"
+                " GROUP BY forwarder"
+            ).fetchall()
+        )
+
+    def recent(self, limit: int) -> list[tuple[int, Event]]:
+        """The newest ``limit`` events, newest first."""
+        return [
+            (seq, Event.model_validate_json(body))
+            for seq, body in self._conn.execute(
+                "SELECT seq, body FROM events ORDER BY seq DESC LIMIT ?", (limit,)
+            )
+        ]
+
+    def device_states(self) -> list[dict[str, Any]]:
+        """Each field device's last known state (``device_state`` table), by shop and device."""
+        cursor = self._conn.execute(
+            "SELECT shop_id, device_id, driver, last_seen, battery_v, fault FROM device_state"
+            " ORDER BY shop_id, device_id"
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()

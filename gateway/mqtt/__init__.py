@@ -1,0 +1,1 @@
+"""MQTT plumbing: broker settings, the link, publishers and subscriptions."""

@@ -1,0 +1,1 @@
+"""Lab tooling shared by the demo, the tests and the benches: brokers, processes."""

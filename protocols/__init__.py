@@ -1,0 +1,1 @@
+"""Wire formats the gateway and its peers both speak: DC-09, line frames, mesh."""

@@ -1,0 +1,1 @@
+"""The alarm receiving centre: a second application beside the gateway."""
