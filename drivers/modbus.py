@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -47,6 +47,8 @@ MAX_CONNECT_BACKOFF_S = 5.0
 # Exception codes by which a unit shows it is there but lacks what was asked.
 PRESENT_CODES = frozenset({1, 2, 3})
 DEVICE_FAULT = EventKind.DEVICE_FAULT.value
+
+T = TypeVar("T")
 
 
 class ModbusInputConfig(BaseModel):
@@ -168,7 +170,7 @@ async def scan_units(client: ModbusClient, units: Iterable[int]) -> list[int]:
     found = []
     for unit in units:
         try:
-            reply = await client.read_discrete_inputs(0, count=1, device_id=unit)
+            reply = await _honouring_cancel(client.read_discrete_inputs(0, count=1, device_id=unit))
         except (ModbusException, OSError, TimeoutError):
             continue
         if not reply.isError() or getattr(reply, "exception_code", None) in PRESENT_CODES:
@@ -298,8 +300,11 @@ class ModbusDriver:
                     wait = min(wait, next_off - now_wall)
                 if wait > 0:
                     self._wake.clear()
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation
+                    # that lands in the loop turn that wakes it (see _honouring_cancel).
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), wait)
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
                     continue
                 if module.faulted:
                     await self._switch_off_due({module.config.unit})
@@ -330,7 +335,7 @@ class ModbusDriver:
                 if not client.connected and not await self._connect(client):
                     return None
                 self.requests += 1
-                return await call(client)
+                return await _honouring_cancel(call(client))
             except (ModbusException, OSError, TimeoutError) as exc:
                 self._log.warning("request", "%s: %s", self.config.where, exc)
                 return None
@@ -342,7 +347,7 @@ class ModbusDriver:
         now = time.monotonic()
         if now < self._connect_at:
             return False
-        if await client.connect():
+        if await _honouring_cancel(client.connect()):
             self._connect_backoff = 0.0
             return True
         # Without this, 16 modules at 200 ms would try to reconnect 80 times a second.
@@ -452,6 +457,23 @@ class ModbusDriver:
             del self._deadlines[key]
         if switched_off:
             _save_deadlines(self._deadlines_file, self._deadlines)
+
+
+async def _honouring_cancel(awaitable: Awaitable[T]) -> T:
+    """Await a pymodbus call; raise CancelledError if this task was cancelled meanwhile.
+
+    pymodbus awaits every reply (and a connect) with ``asyncio.wait_for``, which on
+    Python 3.11 returns the result and drops the cancellation when the reply arrives
+    in the same loop turn as the cancel (CPython gh-86296, fixed in 3.12). The
+    driver then polled on for ever and the gateway's shutdown, which cancels it,
+    never finished.
+    """
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
+    result = await awaitable
+    if task is not None and task.cancelling() > cancels:
+        raise asyncio.CancelledError
+    return result
 
 
 def _debounced(contact: _Contact, now: float, *, is_open: bool) -> EventKind | None:

@@ -45,20 +45,26 @@ class JournalReader:
         rank it does not name starts at 0) or one number for every rank.
         """
         rows: list[OutboxRow] = []
-        for rank in RANKS:
-            if len(rows) >= limit:
-                break
-            since = after if isinstance(after, int) else after.get(rank, 0)
-            # One index range per rank: (forwarder, priority, seq) over pending rows.
-            rows.extend(
-                OutboxRow(seq, shop_id, body, rank)
-                for seq, shop_id, body in self._conn.execute(
-                    "SELECT d.seq, e.shop_id, e.body FROM deliveries d JOIN events e"
-                    " ON e.seq = d.seq WHERE d.forwarder=? AND d.priority=?"
-                    " AND d.acked_at IS NULL AND d.seq>? ORDER BY d.seq LIMIT ?",
-                    (forwarder, rank, since, limit - len(rows)),
+        # One snapshot for every rank: a commit landing between two rank queries
+        # would hand out a restore (status rank) without the alarm committed before it.
+        self._conn.execute("BEGIN")
+        try:
+            for rank in RANKS:
+                if len(rows) >= limit:
+                    break
+                since = after if isinstance(after, int) else after.get(rank, 0)
+                # One index range per rank: (forwarder, priority, seq) over pending rows.
+                rows.extend(
+                    OutboxRow(seq, shop_id, body, rank)
+                    for seq, shop_id, body in self._conn.execute(
+                        "SELECT d.seq, e.shop_id, e.body FROM deliveries d JOIN events e"
+                        " ON e.seq = d.seq WHERE d.forwarder=? AND d.priority=?"
+                        " AND d.acked_at IS NULL AND d.seq>? ORDER BY d.seq LIMIT ?",
+                        (forwarder, rank, since, limit - len(rows)),
+                    )
                 )
-            )
+        finally:
+            self._conn.execute("COMMIT")
         return rows
 
     def pending_counts(self) -> dict[str, int]:

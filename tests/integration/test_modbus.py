@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -100,6 +100,34 @@ async def stub_with_coils() -> AsyncIterator[tuple[str, ModbusIO, list[tuple[int
     finally:
         watcher.cancel()
         await io.stop()
+
+
+@asynccontextmanager
+async def relay(target: str, after_reply: Callable[[], None]) -> AsyncIterator[str]:
+    """A loopback TCP hop to ``target`` (HOST:PORT) that calls ``after_reply()`` after passing on each reply."""
+    host, _, port = target.rpartition(":")
+
+    async def pipe(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, after: Callable[[], None]
+    ) -> None:
+        while data := await reader.read(4096):
+            writer.write(data)  # sent at once on loopback: readable by the other end now
+            after()
+        writer.close()
+
+    async def hop(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(
+            pipe(client_reader, server_writer, lambda: None),
+            pipe(server_reader, client_writer, after_reply),
+            return_exceptions=True,
+        )
+
+    server = await asyncio.start_server(hop, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
 
 
 def test_door_edges_faults_and_restore_over_tcp(tmp_path):
@@ -198,6 +226,36 @@ def test_rtu_over_a_pty_and_scan(tmp_path):
                 assert (events[0].kind, events[0].zone) == ("door_open", "1")
 
         asyncio.run(scenario())
+
+
+def test_a_driver_cancelled_as_a_reply_arrives_stops(tmp_path):
+    """Cancelled in the very loop turn that brings a module's reply, the driver stops: a gateway shutdown does not hang (Python 3.11's wait_for, which pymodbus uses, drops such a cancel)."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        armed = False
+        driver_task: asyncio.Task[None] | None = None
+
+        def after_reply() -> None:
+            # Scheduled now, the cancel runs just before the driver reads the reply, in
+            # the same loop turn: the order in which the race was lost 1 run in 4.
+            if armed and driver_task is not None:
+                loop.call_soon(driver_task.cancel)
+
+        async with stub_with_coils() as (tcp, _io, _changes), relay(tcp, after_reply) as hop:
+            driver = driver_for(config({"host": hop}), tmp_path)
+            driver_task = asyncio.create_task(driver.run(Collected()), name="driver")
+            try:
+                await wait_until(lambda: driver.polls >= 2, 10, "first polls")
+                armed = True
+                done, _ = await asyncio.wait({driver_task}, timeout=5)
+                assert driver_task in done, "the cancelled driver is still polling"
+                assert driver_task.cancelled()
+            finally:
+                driver_task.cancel()
+                await asyncio.gather(driver_task, return_exceptions=True)
+
+    asyncio.run(scenario())
 
 
 def test_scan_command_lists_responding_units(tmp_path):

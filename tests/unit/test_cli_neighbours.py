@@ -13,13 +13,17 @@ from typer.testing import CliRunner, Result
 from gateway.cli.main import app
 from rules.geo import distance_m
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+# Only files inside the repository: a fresh clone must pass. Changping is the package's own
+# demo survey; the 60-block city is a test fixture.
+REPO = Path(__file__).resolve().parents[2]
+CHANGPING = REPO / "gateway" / "data" / "changping-road.csv"
+CITY = REPO / "tests" / "fixtures" / "city-60-blocks.csv"
 
 
-def written_config(directory: Path, survey: str, gateway: str) -> Path:
+def written_config(directory: Path, survey: Path, gateway: str) -> Path:
     result = CliRunner().invoke(
         app,
-        ["init", "--survey", str(FIXTURES / survey), "--gateway", gateway, "--dir", str(directory)],
+        ["init", "--survey", str(survey), "--gateway", gateway, "--dir", str(directory)],
     )
     assert result.exit_code == 0, result.output
     return directory / "lianfang.yaml"
@@ -27,12 +31,12 @@ def written_config(directory: Path, survey: str, gateway: str) -> Path:
 
 @pytest.fixture(scope="module")
 def changping(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return written_config(tmp_path_factory.mktemp("changping"), "changping-road.csv", "GW-001")
+    return written_config(tmp_path_factory.mktemp("changping"), CHANGPING, "GW-001")
 
 
 @pytest.fixture(scope="module")
 def city_gw002(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return written_config(tmp_path_factory.mktemp("city"), "city-60-blocks.csv", "GW-002")
+    return written_config(tmp_path_factory.mktemp("city"), CITY, "GW-002")
 
 
 def neighbours(config: Path, *args: str) -> Result:
@@ -79,7 +83,7 @@ def test_count_and_radius_options(changping: Path) -> None:
 
 def test_count_defaults_to_the_config(tmp_path: Path) -> None:
     """Without --count, neighbour_alert.count of the config decides how many."""
-    config = written_config(tmp_path, "changping-road.csv", "GW-001")
+    config = written_config(tmp_path, CHANGPING, "GW-001")
     text = config.read_text()
     assert "  count: 10\n" in text
     config.write_text(text.replace("  count: 10\n", "  count: 4\n"))
@@ -88,7 +92,7 @@ def test_count_defaults_to_the_config(tmp_path: Path) -> None:
 
 def test_neighbours_across_the_block_edge(city_gw002: Path) -> None:
     """Past the block's edge, neighbours served by other gateways are named with their gateway."""
-    with (FIXTURES / "city-60-blocks.csv").open(newline="", encoding="utf-8") as f:
+    with CITY.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     gateway_of = {r["shop_id"]: r["gateway_id"] for r in rows}
     own = [r for r in rows if r["gateway_id"] == "GW-002"]

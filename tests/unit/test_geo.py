@@ -18,7 +18,8 @@ from rules.geo import (
     nearest_shops,
 )
 
-CHANGPING = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "changping-road.csv"
+# The package's own demo survey, so a fresh clone has it.
+CHANGPING = Path(__file__).resolve().parents[2] / "gateway" / "data" / "changping-road.csv"
 
 
 @dataclass(frozen=True)

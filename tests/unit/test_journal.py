@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 from gateway.events import Event, EventKind
@@ -185,3 +186,42 @@ def test_appends_wait_when_the_writer_is_backed_up_but_acks_never_do(tmp_path):
     asyncio.run(scenario())
     count = sqlite3.connect(tmp_path / "j.db").execute("SELECT COUNT(*) FROM events").fetchone()
     assert count == (11,)
+
+
+def test_a_pending_read_never_sees_a_restore_without_the_alarm_committed_before_it(tmp_path):
+    """A commit that lands between the rank queries of one read is seen whole or not at all.
+
+    Otherwise the read hands out a restore (status rank) and not the panic (alarm
+    rank) committed before it, and the DC-09 centre gets the restore first: the
+    flake of test_dc09_pysiaalarm (the restore sent before the panic).
+    """
+    journal = open_journal(tmp_path / "j.db")
+    reader = JournalReader(journal.path)
+    alarms_read = threading.Event()
+    committed = threading.Event()
+    statements = 0
+
+    def between_ranks(_sql: str) -> None:
+        nonlocal statements
+        statements += 1
+        if statements == 2:  # the alarm rank is read; the next ranks are not yet
+            alarms_read.set()
+            committed.wait(10)
+
+    reader._conn.set_trace_callback(between_ranks)
+
+    async def body() -> None:
+        read = asyncio.create_task(asyncio.to_thread(reader.pending, "police", after=0, limit=10))
+        await asyncio.to_thread(alarms_read.wait, 10)
+        durable = asyncio.Event()
+        await journal.append(event(EventKind.PANIC))
+        await journal.append(event(EventKind.RESTORE), on_durable=durable.set)
+        await durable.wait()
+        committed.set()
+        rows = await read
+        assert [r.seq for r in rows] in ([], [1, 2])
+
+    try:
+        asyncio.run(run_journal(journal, body))
+    finally:
+        reader.close()

@@ -19,9 +19,11 @@ from gateway.config.model import DeviceConfig, GatewayIdentity
 from gateway.config.survey import init_config
 from rules.geo import distance_m
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
-CHANGPING = FIXTURES / "changping-road.csv"
-CITY = FIXTURES / "city-60-blocks.csv"
+# Only files inside the repository: a fresh clone must pass. Changping is the package's own
+# demo survey; the 60-block city is a test fixture.
+REPO = Path(__file__).resolve().parents[2]
+CHANGPING = REPO / "gateway" / "data" / "changping-road.csv"
+CITY = REPO / "tests" / "fixtures" / "city-60-blocks.csv"
 
 
 def init(*args: str) -> Result:
