@@ -23,7 +23,8 @@ from drivers.base import DriverConfig, DriverContext, Emit
 from gateway.errors import DriverUnavailable
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.mqtt.client import first_leaf
-from gateway.mqtt.link import LinkDown, MqttLink
+from gateway.mqtt.limits import LinkDown
+from gateway.mqtt.link import MqttLink
 from gateway.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)

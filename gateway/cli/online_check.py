@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigProblem
 from gateway.mqtt.client import BrokerConfig
-from gateway.mqtt.link import BrokerLimits, BrokerUnsuitable, LinkDown, MqttLink
+from gateway.mqtt.limits import BrokerLimits, BrokerUnsuitable, LinkDown
+from gateway.mqtt.link import MqttLink
 
 ONLINE_TIMEOUT_S = 3.0
 BIG_EVENT_BYTES = 16_384

@@ -14,7 +14,8 @@ from gateway.errors import PlatformNak, PlatformUnreachable
 from gateway.forwarders.base import ForwarderConfig, ForwarderContext, upstream_payload
 from gateway.journal_reader import OutboxRow
 from gateway.mqtt.client import BrokerConfig, first_leaf
-from gateway.mqtt.link import LinkDown, MqttLink, PacketTooLarge
+from gateway.mqtt.limits import LinkDown, PacketTooLarge
+from gateway.mqtt.link import MqttLink
 from gateway.mqtt.status import keep_status, offline_will
 from gateway.outbox import OutboxCursor
 

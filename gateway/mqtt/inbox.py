@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 
 from gateway.errors import DriverUnavailable, PlatformNak
 from gateway.mqtt.client import BrokerConfig, first_leaf
-from gateway.mqtt.link import LinkDown, MqttLink
+from gateway.mqtt.limits import LinkDown
+from gateway.mqtt.link import MqttLink
 from gateway.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ from collections import deque
 
 from gateway.errors import DriverUnavailable, PlatformNak
 from gateway.mqtt.client import BrokerConfig, first_leaf
-from gateway.mqtt.link import LinkDown, MqttLink
+from gateway.mqtt.limits import LinkDown
+from gateway.mqtt.link import MqttLink
 from gateway.mqtt.status import StatusSnapshot, keep_status, offline_will
 from rules.neighbour_alert import NeighbourAlert
 

@@ -10,7 +10,8 @@ import pytest
 
 from gateway.errors import PlatformNak
 from gateway.mqtt.client import BrokerConfig
-from gateway.mqtt.link import LinkDown, MqttLink
+from gateway.mqtt.limits import LinkDown
+from gateway.mqtt.link import MqttLink
 from lab.broker import Mosquitto
 
 

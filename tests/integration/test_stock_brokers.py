@@ -29,7 +29,8 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.mqtt.client import BrokerConfig
-from gateway.mqtt.link import BrokerUnsuitable, MqttLink, PacketTooLarge, publish_packet_size
+from gateway.mqtt.limits import BrokerUnsuitable, PacketTooLarge, publish_packet_size
+from gateway.mqtt.link import MqttLink
 from lab.broker import Mosquitto, free_port, terminate
 from tests.clients import expected_nearest, running, wait_until
 from tests.harness import TestGateway, init_config
