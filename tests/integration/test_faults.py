@@ -96,6 +96,7 @@ def test_kill_9_midway_loses_nothing_and_duplicates_keep_their_id(
     asyncio.run(scenario())
 
 
+@pytest.mark.tuned_broker("the platform is away for all 1,500 events: stock Mosquitto queues 1,000")
 def test_police_outage_under_load_loses_nothing_and_keeps_order_per_shop(
     block_broker, police_broker, start_gateway
 ):
