@@ -20,9 +20,10 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiomqtt
 import paho.mqtt.client as paho
 import pytest
 import yaml
@@ -192,30 +193,45 @@ def test_oversize_event_is_given_up_not_retried_forever(tmp_path, gateway_proces
         assert " down: " not in log
 
 
-def test_link_honours_receive_maximum_one(tmp_path):
-    """With Receive Maximum 1, 50 publishes at once all get their PUBACK, in order, on one connection."""
+@contextlib.asynccontextmanager
+async def connected_link(url: str, client_id: str) -> AsyncIterator[MqttLink]:
+    """A clean-session link to ``url``, kept alive by its ``watch`` while the block runs."""
+    link = MqttLink(BrokerConfig(url=url), client_id=client_id, persistent=False)
+    async with link, asyncio.TaskGroup() as tg:
+        watch = tg.create_task(link.watch())
+        yield link
+        watch.cancel()
 
-    async def scenario(url: str) -> None:
-        link = MqttLink(BrokerConfig(url=url), client_id="rm1", persistent=False)
-        async with link, asyncio.TaskGroup() as tg:
-            watch = tg.create_task(link.watch())
-            assert link.limits.receive_maximum == 1
-            outcomes = [link.publish(f"t/{i}", b"x") for i in range(50)]
-            assert link.waiting == 49
-            await asyncio.wait_for(asyncio.gather(*outcomes), 10)
-            watch.cancel()
+
+def test_link_honours_receive_maximum_one(tmp_path):
+    """With Receive Maximum 1, 50 publishes at once all get their PUBACK and arrive in call order."""
+
+    async def scenario(url: str) -> list[int]:
+        port = int(url.rsplit(":", 1)[1])
+        async with aiomqtt.Client("127.0.0.1", port, identifier="rm1-sub") as sub:
+            await sub.subscribe("t/#", qos=1)
+            async with connected_link(url, "rm1") as link:
+                assert link.limits.receive_maximum == 1
+                outcomes = [link.publish(f"t/{i}", b"x") for i in range(50)]
+                assert link.waiting == 49
+                await asyncio.wait_for(asyncio.gather(*outcomes), 10)
+            got: list[int] = []
+            async with asyncio.timeout(10):
+                async for message in sub.messages:
+                    got.append(int(message.topic.value.split("/")[1]))
+                    if len(got) == 50:
+                        return got
+        return got
 
     with Mosquitto(workdir=tmp_path / "b", settings=("max_inflight_messages 1",)) as broker:
-        asyncio.run(scenario(broker.url))
+        assert asyncio.run(scenario(broker.url)) == list(range(50))
 
 
 def test_link_refuses_a_publish_over_the_maximum_packet_size(tmp_path):
     """A publish over the broker's Maximum Packet Size fails alone; the link stays up for the next."""
 
     async def scenario(url: str) -> None:
-        link = MqttLink(BrokerConfig(url=url), client_id="mps", persistent=False)
-        async with link, asyncio.TaskGroup() as tg:
-            watch = tg.create_task(link.watch())
+        async with connected_link(url, "mps") as link:
             assert link.limits.maximum_packet_size == 500
             # A message our count lets through at the very limit is one the broker takes.
             fits = b"x" * max(n for n in range(500) if publish_packet_size("t/edge", b"x" * n) <= 500)
@@ -224,7 +240,6 @@ def test_link_refuses_a_publish_over_the_maximum_packet_size(tmp_path):
                 await link.publish("t/edge", fits + b"x")
             await asyncio.wait_for(link.publish("t/edge", fits), 5)
             await asyncio.wait_for(link.publish("t/small", b"x" * 100), 5)
-            watch.cancel()
 
     with Mosquitto(workdir=tmp_path / "b", settings=("max_packet_size 500",)) as broker:
         asyncio.run(scenario(broker.url))
