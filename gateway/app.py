@@ -197,6 +197,10 @@ class Gateway:
         """Shown in the status only: the forwarder and publisher on the same brokers journal it."""
         self._note_link(name, up=up, detail=detail)
 
+    def _note_retry(self, name: str, error: str) -> None:
+        """A link's latest failure while it stays down: the reason shown stays current."""
+        self._note_link(name, up=False, detail=error)
+
     def _note_link(self, name: str, *, up: bool, detail: str) -> None:
         """Record a link's state and why it is down, and refresh ``status.json`` now."""
         self.links[name] = up
@@ -218,6 +222,7 @@ class Gateway:
                     self.publisher.run,
                     link=self.publisher,
                     on_change=self._link_changed,
+                        on_retry=self._note_retry,
                 ),
                 name="block-publisher",
             )
@@ -228,12 +233,19 @@ class Gateway:
                         forwarder.run,
                         link=forwarder,
                         on_change=self._link_changed,
+                        on_retry=self._note_retry,
                     ),
                     name=f"forwarder[{name}]",
                 )
             for name, inbox in self.inboxes.items():
                 tg.create_task(
-                    supervise(name, inbox.run, link=inbox, on_change=self._inbox_link_changed),
+                    supervise(
+                        name,
+                        inbox.run,
+                        link=inbox,
+                        on_change=self._inbox_link_changed,
+                        on_retry=self._note_retry,
+                    ),
                     name=name,
                 )
             for name, driver in self.drivers.items():
@@ -243,6 +255,7 @@ class Gateway:
                         functools.partial(driver.run, self.intake),
                         link=driver,
                         on_change=self._link_changed,
+                        on_retry=self._note_retry,
                         max_delay=RETRY_MAX_S,
                     ),
                     name=f"driver[{name}]",

@@ -36,6 +36,7 @@ async def supervise(
     *,
     link: Linked | None = None,
     on_change: OnChange | None = None,
+    on_retry: Callable[[str, str], None] = lambda _name, _error: None,
     base_delay: float = 0.5,
     max_delay: float = 60.0,
 ) -> None:
@@ -43,7 +44,9 @@ async def supervise(
 
     Logs a WARNING once when the component goes down and an INFO once when it
     recovers (its ``link.link_up`` is set), and tells ``on_change(name, up, detail)``
-    so the gateway can raise a trouble event about its own link.
+    so the gateway can raise a trouble event about its own link. ``on_retry(name,
+    error)`` hears every failure, so what is shown as the reason stays current
+    while the component stays down.
     """
     attempt = 0
     down = False
@@ -70,6 +73,7 @@ async def supervise(
         # kicked right after connecting must not hammer the broker.
         if up_since is not None and time.monotonic() - up_since >= STABLE_S:
             attempt = 0
+        on_retry(name, error)
         if not down:
             down = True
             logger.warning("%s down: %s; retrying with backoff", name, error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -86,6 +87,17 @@ def upstream_payload(row: OutboxRow, shops: dict[str, ShopCard]) -> bytes:
     if card is None:
         return row.body.encode()
     return f'{row.body[:-1]},"shop":{card.json}}}'.encode()
+
+
+def trimmed_payload(row: OutboxRow, shops: dict[str, ShopCard]) -> bytes:
+    """``upstream_payload`` without the event's free-form ``attrs``; ``attrs.trimmed`` says so.
+
+    For a receiver whose size limit the whole event exceeds.
+    """
+    event = json.loads(row.body)
+    event["attrs"] = {"trimmed": f"{len(row.body)}-byte event over the receiver's size limit"}
+    body = json.dumps(event, separators=(",", ":"))
+    return upstream_payload(dataclasses.replace(row, body=body), shops)
 
 
 class Forwarder(Protocol):

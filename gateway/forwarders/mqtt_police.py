@@ -11,7 +11,12 @@ from typing import ClassVar, Literal, Self
 from pydantic import Field
 
 from gateway.errors import PlatformNak, PlatformUnreachable
-from gateway.forwarders.base import ForwarderConfig, ForwarderContext, upstream_payload
+from gateway.forwarders.base import (
+    ForwarderConfig,
+    ForwarderContext,
+    trimmed_payload,
+    upstream_payload,
+)
 from gateway.journal_reader import OutboxRow
 from gateway.mqtt.client import BrokerConfig, first_leaf
 from gateway.mqtt.limits import LinkDown, PacketTooLarge
@@ -103,7 +108,7 @@ class PoliceMqttForwarder:
                 del in_flight[row.seq]
                 self._cursor.ack(row)
             elif isinstance(error, PacketTooLarge):
-                # No retry can ever carry it there: give it up, visibly, and go on.
+                # Even trimmed it cannot go there, now or later: give it up, visibly.
                 del in_flight[row.seq]
                 logger.error("%s: event %s given up: %s", self.config.name, row.event.id, error)
                 self._cursor.give_up(row, str(error))
@@ -116,10 +121,20 @@ class PoliceMqttForwarder:
                 for row in await self._cursor.next_batch():
                     await window.acquire()
                     in_flight[row.seq] = row
-                    # paho sends in call order: rows go on the wire in the cursor's order.
-                    outcome = link.publish(
-                        self.events_topic, upstream_payload(row, self._context.shops)
-                    )
+                    payload = upstream_payload(row, self._context.shops)
+                    if not link.fits(self.events_topic, payload):
+                        # Over the broker's size limit: the event without its free-form
+                        # attrs rather than no event (in its place, so order holds).
+                        payload = trimmed_payload(row, self._context.shops)
+                        logger.warning(
+                            "%s: event %s sent without its attrs: %d bytes is over the "
+                            "broker's maximum packet size",
+                            self.config.name,
+                            row.event.id,
+                            len(row.body),
+                        )
+                    # The link sends in call order: rows go on the wire in the cursor's order.
+                    outcome = link.publish(self.events_topic, payload)
                     outcome.add_done_callback(functools.partial(settled, row))
         except BaseException as exc:
             self._cursor.rewind(sorted(in_flight.values(), key=lambda r: r.seq), repr(exc))

@@ -276,12 +276,12 @@ class MqttLink:
         if self._lost is None or self._lost.done():
             future.set_exception(LinkDown("not connected"))
             return future
-        limit = self.limits.maximum_packet_size
-        if limit is not None and (size := publish_packet_size(topic, payload)) > limit:
+        if not self.fits(topic, payload):
+            size = publish_packet_size(topic, payload)
             future.set_exception(
                 PacketTooLarge(
                     f"a {size}-byte message to {topic} exceeds the broker's maximum "
-                    f"packet size of {limit} bytes",
+                    f"packet size of {self.limits.maximum_packet_size} bytes",
                     code=RC_PACKET_TOO_LARGE,
                 )
             )
@@ -300,6 +300,11 @@ class MqttLink:
         self._send_waiting()
         return future
 
+    def fits(self, topic: str, payload: bytes) -> bool:
+        """Whether the broker's Maximum Packet Size lets this message through."""
+        limit = self.limits.maximum_packet_size
+        return limit is None or publish_packet_size(topic, payload) <= limit
+
     def _send_waiting(self) -> None:
         """Send waiting publishes while the window allows."""
         while self._waiting and self._in_flight < self._window:
@@ -308,8 +313,11 @@ class MqttLink:
                 continue
             info = self._client.publish(topic, payload, qos=1, retain=retain)
             if info.rc != paho.MQTT_ERR_SUCCESS:
-                future.set_exception(LinkDown(f"publish failed: {paho.error_string(info.rc)}"))
-                continue
+                # The connection cannot carry it: fail it with every other, not alone
+                # (an owner waiting on the link would never learn of this one).
+                self._waiting.appendleft((topic, payload, retain, future))
+                self._fail(f"publish failed: {paho.error_string(info.rc)}")
+                return
             self._in_flight += 1
             self._publishes[info.mid] = future
 
@@ -318,6 +326,11 @@ class MqttLink:
         """Publishes held back by the broker's Receive Maximum."""
         return len(self._waiting)
 
+    @property
+    def in_flight(self) -> int:
+        """Publishes sent and awaiting their PUBACK."""
+        return self._in_flight
+
     def _on_publish(
         self, _c: paho.Client, _u: object, mid: int, reason: ReasonCode, _p: object
     ) -> None:
@@ -325,7 +338,10 @@ class MqttLink:
         if future is None:
             return
         self._in_flight -= 1
+        self._settle(future, mid, reason)
         self._send_waiting()
+
+    def _settle(self, future: asyncio.Future[None], mid: int, reason: ReasonCode) -> None:
         if future.done():
             return
         if reason.is_failure:
