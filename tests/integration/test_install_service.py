@@ -17,23 +17,52 @@ import socket
 import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from lab.broker import Mosquitto, free_port, terminate
 from tests.clients import running, wait_until
-from tests.harness import SURVEY
+from tests.harness import REPO, SURVEY
 
 USER = "lianfang"
 KEY = "000102030405060708090a0b0c0d0e0f"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 IS_ROOT = os.geteuid() == 0
+
+
+def _runtime_distributions() -> list[metadata.Distribution]:
+    """The installed distributions `lianfang` needs at run time (its requirements' closure)."""
+    found: dict[str, metadata.Distribution] = {}
+    todo = list(metadata.requires("lianfang") or [])
+    while todo:
+        req = Requirement(todo.pop())
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        name = canonicalize_name(req.name)
+        if name not in found:
+            found[name] = metadata.distribution(name)
+            todo += found[name].requires or []
+    return list(found.values())
+
+
+def _copy_runtime(site: Path) -> None:
+    """Copy this checkout's packages and their runtime dependencies into ``site``."""
+    for dist in _runtime_distributions():
+        for file in dist.files or []:
+            source = Path(str(dist.locate_file(file)))
+            if source.is_file() and ".." not in file.parts:
+                (site / file).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, site / file)
+    for package in ("gateway", "drivers", "rules", "protocols", "receiver", "lab", "firmware_stubs"):
+        shutil.copytree(REPO / package, site / package, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +99,9 @@ def service_venv() -> Iterator[Path]:
                 check=True,
             ).stdout.strip()
         )
-        ours = sysconfig.get_path("purelib")
-        # addsitedir, not a bare path: the checkout's editable install is itself a .pth.
-        (site / "lianfang-tests.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+        # Copies, not a path to this checkout: the checkout may sit where the service
+        # user cannot go (a clone in a mode-700 folder), as /opt/lianfang never does.
+        _copy_runtime(site)
         script = venv / "bin" / "lianfang"
         script.write_text(
             f"#!{venv}/bin/python\nimport sys\nfrom gateway.cli.main import main\nsys.exit(main())\n"
