@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,9 @@ class JournalReader:
     def __init__(self, path: Path) -> None:
         """Open a reading connection; WAL lets it read while the writer commits."""
         self._conn = connect(path)
+        # A forwarder reads in a worker thread that outlives a cancelled await:
+        # closing the connection under a running statement crashes SQLite.
+        self._lock = threading.Lock()
 
     def pending(
         self, forwarder: str, *, after: int | Mapping[int, int], limit: int
@@ -44,6 +48,12 @@ class JournalReader:
         ``after`` is the last ``seq`` already handed out, per priority rank (a
         rank it does not name starts at 0) or one number for every rank.
         """
+        with self._lock:
+            return self._pending(forwarder, after=after, limit=limit)
+
+    def _pending(
+        self, forwarder: str, *, after: int | Mapping[int, int], limit: int
+    ) -> list[OutboxRow]:
         rows: list[OutboxRow] = []
         # One snapshot for every rank: a commit landing between two rank queries
         # would hand out a restore (status rank) without the alarm committed before it.
@@ -104,5 +114,6 @@ class JournalReader:
         return [dict(zip(names, row, strict=True)) for row in cursor]
 
     def close(self) -> None:
-        """Close the connection."""
-        self._conn.close()
+        """Close the connection, once any read under way has finished."""
+        with self._lock:
+            self._conn.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -225,3 +227,48 @@ def test_a_pending_read_never_sees_a_restore_without_the_alarm_committed_before_
         asyncio.run(run_journal(journal, body))
     finally:
         reader.close()
+
+
+RACE_CLOSE = """
+import sqlite3, sys, threading
+from pathlib import Path
+from gateway.journal_reader import JournalReader
+
+for _ in range(200):
+    reader = JournalReader(Path(sys.argv[1]))
+    started = threading.Event()
+
+    def read() -> None:
+        started.set()
+        try:
+            while True:
+                reader.pending("police", after=0, limit=3000)
+        except sqlite3.ProgrammingError:
+            pass  # closed between two reads: what a closed reader should say
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    started.wait()
+    reader.close()
+    thread.join()
+"""
+
+
+def test_closing_a_reader_while_a_worker_thread_reads_is_safe(tmp_path):
+    """A cursor closed at shutdown while its read still runs in a worker thread waits for it (was a segfault)."""
+    journal = open_journal(tmp_path / "j.db")
+
+    async def fill() -> None:
+        await asyncio.gather(*(journal.append(event()) for _ in range(3000)))
+
+    asyncio.run(run_journal(journal, fill))
+    journal.close()
+    # In a child process: without the lock SQLite crashes the whole interpreter.
+    done = subprocess.run(
+        [sys.executable, "-c", RACE_CLOSE, str(tmp_path / "j.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
