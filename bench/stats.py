@@ -60,11 +60,12 @@ class Target:
         return f"{'≤' if self.at_most else '≥'} {self.limit:,g} {unit}"
 
 
+# DESIGN.md's targets (the 60 MB is its 500-shop figure; the bench runs the 87-shop block).
 TARGETS: dict[str, Target] = {
-    "notify_p99_ms": Target(5.0, at_most=True),
-    "police_p99_ms": Target(15.0, at_most=True),
+    "notify_p99_ms": Target(10.0, at_most=True),
+    "police_p99_ms": Target(50.0, at_most=True),
     "drain_events_per_s": Target(5000, at_most=False),
-    "rss_load_mb": Target(45, at_most=True),
+    "rss_load_mb": Target(60, at_most=True),
     "ready_median_s": Target(1.5, at_most=True),
     "wired_notify_p99_ms": Target(10.0, at_most=True),
     "modbus_cpu_pct": Target(5.0, at_most=True),
