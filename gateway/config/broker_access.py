@@ -12,11 +12,13 @@ has a user of its own.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import hashlib
 import io
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ CREDENTIAL_COLUMNS = ("shop_id", "device_id", "username", "password", "topics")
 # Mosquitto's PBKDF2-SHA512 scheme ("$7$"): what mosquitto_passwd 2.x writes by default.
 PBKDF2_ITERATIONS = 101
 SALT_BYTES = 12
+SECRET_MODE = 0o600
 PASSWORD_BYTES = 24  # 192 bits from `secrets`
 # Panels of other kinds (buttons, keypads, door contacts) reach the gateway
 # over serial, 433 MHz or Modbus, not the broker, and get no login.
@@ -230,23 +233,39 @@ def credentials_text(logins: list[Login]) -> str:
 
 
 def write_files(out: Path, config: GatewayConfig, logins: list[Login], listener: Listener) -> None:
-    """Write the five files into ``out``; secrets mode 600, each file replaced atomically."""
+    """Write the five files into ``out``; new secrets mode 600, each file replaced atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    _write(out / CREDENTIALS_FILE, credentials_text(logins), 0o600)
-    _write(out / GATEWAY_PASSWORD_FILE, logins[0].password + "\n", 0o600)
-    _write(out / PASSWD_FILE, passwd_text(logins), 0o600)
-    _write(out / ACL_FILE, acl_text(config, logins), 0o644)
-    _write(out / CONF_FILE, conf_text(out, listener), 0o644)
+    _write(out / CREDENTIALS_FILE, credentials_text(logins), secret=True)
+    _write(out / GATEWAY_PASSWORD_FILE, logins[0].password + "\n", secret=True)
+    _write(out / PASSWD_FILE, passwd_text(logins), secret=True)
+    _write(out / ACL_FILE, acl_text(config, logins), secret=False)
+    _write(out / CONF_FILE, conf_text(out, listener), secret=False)
 
 
-def _write(path: Path, text: str, mode: int) -> None:
+def _write(path: Path, text: str, *, secret: bool) -> None:
+    """Replace ``path`` atomically; a file already there keeps its owner, group and mode.
+
+    So a re-run leaves ``passwd`` readable by the ``mosquitto`` user and
+    ``gateway.password`` by the gateway's group, as the installer set them; a
+    secret never becomes readable by every user.
+    """
+    try:
+        old = path.stat()
+    except FileNotFoundError:
+        old = None
+    mode = SECRET_MODE if secret else 0o644
+    if old is not None:
+        mode = stat.S_IMODE(old.st_mode) & ~(0o007 if secret else 0)
     tmp = path.with_name(f".{path.name}.new")
-    # Created with its final mode, so a secret is never readable by others, even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # Created owner-only, so a secret is never readable by others, even briefly.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SECRET_MODE)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-            os.fchmod(f.fileno(), mode)  # the umask may have narrowed it
+            if old is not None:
+                with contextlib.suppress(PermissionError):  # only root may give a file away
+                    os.fchown(f.fileno(), old.st_uid, old.st_gid)
+            os.fchmod(f.fileno(), mode)
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)

@@ -121,3 +121,15 @@ def test_password_and_password_file_together_are_refused(tmp_path):
     path.write_text(CONFIG.replace('  password: "old"', '  password: "old"\n  password_file: x'))
     with pytest.raises(ConfigError, match="not both"):
         load_config(path)
+
+
+def test_rerun_keeps_owner_and_mode_but_never_world_readable(tmp_path):
+    """An installer's chmod of a secret survives a re-run; a world bit does not."""
+    assert run(tmp_path).exit_code == 0
+    passwd = tmp_path / "b" / "passwd"
+    passwd.chmod(0o640)
+    assert run(tmp_path).exit_code == 0
+    assert stat.S_IMODE(passwd.stat().st_mode) == 0o640
+    passwd.chmod(0o644)
+    assert run(tmp_path).exit_code == 0
+    assert stat.S_IMODE(passwd.stat().st_mode) == 0o640
