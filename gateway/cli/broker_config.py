@@ -71,7 +71,9 @@ def broker_config(
     path = config_path(config)
     cfg = load_or_exit(path)
     if (tls_cert is None) != (tls_key is None) or (tls_ca is not None and tls_cert is None):
-        typer.echo("broker-config: give --tls-cert and --tls-key together (--tls-ca with them)")
+        typer.echo(
+            "broker-config: give --tls-cert and --tls-key together (--tls-ca with them)", err=True
+        )
         raise typer.Exit(2)
     host, port = _listener_address(listen, cfg.broker.port)
     listener = ba.Listener(host, port, tls_ca, tls_cert, tls_key)

@@ -175,10 +175,10 @@ def conf_text(out: Path, listener: Listener) -> str:
         "# hundred MB at worst, and only while the gateway is away.",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
     ]
-    if listener.cert_file is not None:
+    if listener.cert_file is not None and listener.key_file is not None:
         lines += [
             f"certfile {listener.cert_file.resolve()}",
-            f"keyfile {listener.key_file.resolve() if listener.key_file else ''}",
+            f"keyfile {listener.key_file.resolve()}",
             *([f"cafile {listener.ca_file.resolve()}"] if listener.ca_file else []),
             "tls_version tlsv1.2",
         ]
