@@ -260,3 +260,27 @@ def test_rerun_keeps_passwords_adds_and_removes_shops_and_rotates(secured):
     assert (stale.code, fresh.code) == (NOT_AUTHORIZED, 0)
     stale.close()
     fresh.close()
+
+
+def check_online(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--online", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_check_online_warns_of_a_block_broker_open_to_anyone(tmp_path, block_broker, police_broker):
+    """A stock block broker is reached (exit 0) with one warning; the police broker is not the block's."""
+    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
+    checked = check_online(config)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count("accepts clients with no login") == 1
+    assert "lianfang broker-config" in checked.stdout
+
+
+def test_check_online_is_quiet_on_the_secured_broker(secured):
+    config, _, _ = secured
+    checked = check_online(config)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "no login" not in checked.stdout
+    assert "reached, MQTT 5.0" in checked.stdout
