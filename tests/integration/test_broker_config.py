@@ -14,6 +14,7 @@ import os
 import queue
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from lab.broker import free_port, mosquitto_binary, terminate
+from tests.certs import make_pki
 from tests.clients import expected_nearest, running, wait_until
 from tests.harness import TestGateway, init_config
 
@@ -34,7 +36,7 @@ NOT_AUTHORIZED = 0x87
 ACCEPTED = {0x00, 0x10}  # success, or "no matching subscribers" (also a success)
 
 
-def broker_config(config: Path, out: Path, port: int, *extra: str) -> str:
+def broker_config(config: Path, out: Path, port: int, *extra: str | Path) -> str:
     result = subprocess.run(
         [
             sys.executable,
@@ -100,7 +102,14 @@ class Broker:
 class Probe:
     """A bare MQTT 5 client that reports the broker's reason codes."""
 
-    def __init__(self, port: int, username: str | None, password: str | None) -> None:
+    def __init__(
+        self,
+        port: int,
+        username: str | None,
+        password: str | None,
+        tls: ssl.SSLContext | None = None,
+        wait_s: float = 5,
+    ) -> None:
         self.connack: queue.Queue[int] = queue.Queue()
         self.acks: dict[int, int] = {}
         self.granted: list[int] = []
@@ -118,9 +127,14 @@ class Probe:
             rc.value for rc in rcs
         )
         self.client.on_message = lambda _c, _u, msg: self.received.append(msg.topic)
+        if tls is not None:
+            self.client.tls_set_context(tls)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.code = self.connack.get(timeout=5)
+        try:
+            self.code: int | None = self.connack.get(timeout=wait_s)
+        except queue.Empty:
+            self.code = None  # no CONNACK at all
 
     def publish(self, topic: str, payload: bytes = b"{}") -> int:
         """Publish at QoS 1; the PUBACK's reason code."""
@@ -284,3 +298,26 @@ def test_check_online_is_quiet_on_the_secured_broker(secured):
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "no login" not in checked.stdout
     assert "reached, MQTT 5.0" in checked.stdout
+
+
+def test_tls_listener(tmp_path):
+    """--tls-cert/--tls-key make the listener TLS: a shop logs in over it; plain text is refused."""
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    config = init_config(tmp_path, block_url=f"mqtt://127.0.0.1:{port}", police_url=None)
+    out = tmp_path / "broker"
+    tls = ("--tls-cert", pki.server_cert, "--tls-key", pki.server_key)
+    broker_config(config, out, port, *tls, "--no-edit")
+    broker = Broker(out, port)
+    try:
+        shop = passwords(out)["S00001"]
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        probe = Probe(port, "S00001", shop, tls=context)
+        assert probe.code == 0
+        assert probe.publish("lianfang/v1/shop/S00001/event") in ACCEPTED
+        probe.close()
+        plain = Probe(port, "S00001", shop, wait_s=2)
+        plain.close()
+        assert plain.code is None  # the TLS listener never answers plain MQTT
+    finally:
+        broker.stop()
