@@ -88,7 +88,7 @@ def _readable_secrets(path: Path, config: GatewayConfig, locate: Locate) -> list
     """A secret that every user may read is refused.
 
     That is a forwarder's key or shared secret in a world-readable config file,
-    or a world-readable (or missing) broker password file.
+    or a world-readable broker password file.
     """
     found = _password_files(path.parent, config, locate)
     if not path.stat().st_mode & 0o004:
@@ -103,7 +103,11 @@ def _readable_secrets(path: Path, config: GatewayConfig, locate: Locate) -> list
 
 
 def _password_files(base: Path, config: GatewayConfig, locate: Locate) -> list[ConfigProblem]:
-    """Each broker password file that is missing, unreadable or readable by every user."""
+    """Each broker password file that every user may read.
+
+    One that is missing or unreadable is left to ``lianfang check``'s preflight,
+    which reads it as the user the gateway runs as.
+    """
     brokers = [(("broker",), config.broker)] + [
         (("forwarders", i, "broker"), broker)
         for i, forwarder in enumerate(config.forwarders)
@@ -115,13 +119,11 @@ def _password_files(base: Path, config: GatewayConfig, locate: Locate) -> list[C
             continue
         file = base / broker.password_file
         try:
-            mode = file.stat().st_mode
-        except OSError as exc:
-            message = f"cannot read {file}: {exc.strerror}"
-        else:
-            if not mode & 0o004:
+            if not file.stat().st_mode & 0o004:
                 continue
-            message = f"{file} is a secret every user may read; run chmod o-r on it"
+        except OSError:
+            continue
+        message = f"{file} is a secret every user may read; run chmod o-r on it"
         spot = locate((*loc, "password_file"))
         found.append(ConfigProblem(spot.file, spot.path, message, spot.line))
     return found
