@@ -29,7 +29,7 @@ def client_for(
         broker.port,
         identifier=client_id,
         username=broker.username,
-        password=broker.password.get_secret_value() if broker.password else None,
+        password=broker.secret(),
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=False if persistent else True,  # noqa: SIM211 - paho wants a bool or enum here
         properties=connect_properties(

@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 from datetime import time as clock_time
 from zoneinfo import ZoneInfo
 
+from pydantic import SecretStr
+
 from firmware_stubs.mqtt_panel import ShopPanel
 from firmware_stubs.police_platform import PolicePlatform
 from gateway.mqtt.client import BrokerConfig
@@ -70,11 +72,20 @@ async def running(
     police_url: str | None = None,
     shops: list[str] | None = None,
     platform_id: str = "police-platform",
+    passwords: dict[str, str] | None = None,
 ) -> AsyncIterator[tuple[dict[str, ShopPanel], PolicePlatform | None]]:
-    """Panels for ``shops`` on the block broker and a police platform, connected and listening."""
-    panels = (
-        {s: ShopPanel(BrokerConfig(url=block_url), s) for s in shops or []} if block_url else {}
-    )
+    """Panels for ``shops`` on the block broker and a police platform, connected and listening.
+
+    With ``passwords`` (shop id to password), each panel logs in as its shop, as
+    `lianfang broker-config` sets the block broker up.
+    """
+
+    def login(shop: str) -> BrokerConfig:
+        if passwords is None:
+            return BrokerConfig(url=block_url)
+        return BrokerConfig(url=block_url, username=shop, password=SecretStr(passwords[shop]))
+
+    panels = {s: ShopPanel(login(s), s) for s in shops or []} if block_url else {}
     platform = (
         PolicePlatform(BrokerConfig(url=police_url), client_id=platform_id) if police_url else None
     )

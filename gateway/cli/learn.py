@@ -11,13 +11,8 @@ never written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import io
 import json
-import os
-import shutil
-import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +22,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from drivers.rf433 import CodeReader, Rf433Config
 from drivers.serial_port import open_serial, read_some
-from gateway.config.file import load_config
+from gateway.cli.config_edit import replace_checked
 from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError, ConfigProblem
 
@@ -147,49 +142,10 @@ def bind_code(
     buttons.append(CommentedMap([("code", code), ("shop_id", shop), ("device_id", device)]))
     text = io.StringIO()
     yaml.dump(data, text)
-    _replace_checked(path, text.getvalue())
+    replace_checked(path, text.getvalue(), command="learn")
     # The gateway reads its config at start only: said, so that a test press right
     # after pairing is not taken for a lost alarm (it is listed as an unknown code).
     return (
         f"learned code {code} as {shop}/{device}{added}; old file kept as {path.name}.bak; "
         "a running gateway serves the button once it is restarted"
     )
-
-
-def _replace_checked(path: Path, text: str) -> None:
-    """Validate ``text`` as this config file, back the old one up, and swap atomically.
-
-    The new file keeps the old one's permissions (and owner, where allowed): the
-    config may hold secrets, and a mode-600 file must not come back world-readable.
-    """
-    path = path.resolve()  # a symlinked config is edited where it lives, the link kept
-    tmp = path.with_name(f".{path.name}.learn")
-    old = path.stat()
-    try:
-        # Created private, so the secrets are never readable by others, even briefly.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            with contextlib.suppress(PermissionError):  # only root may give a file away
-                os.fchown(out.fileno(), old.st_uid, old.st_gid)
-            os.fchmod(out.fileno(), stat.S_IMODE(old.st_mode))
-            os.fsync(out.fileno())
-        try:
-            load_config(tmp)  # the whole file must still load, relative paths and all
-        except ConfigError as exc:
-            raise ConfigError(
-                [
-                    dataclasses.replace(p, file=f"{path} (as learn would write it)")
-                    for p in exc.problems
-                ]
-            ) from None
-        shutil.copy2(path, path.with_name(f"{path.name}.bak"))
-        tmp.replace(path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename reaches the disk before learn says it is done
-        finally:
-            os.close(dir_fd)
-    finally:
-        tmp.unlink(missing_ok=True)

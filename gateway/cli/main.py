@@ -11,9 +11,19 @@ from typing import Annotated
 
 import typer
 
-from gateway.cli import deploy, field, inspection, rules, schema, services, setup, simulation
+from gateway.cli import (
+    broker_config,
+    deploy,
+    field,
+    inspection,
+    rules,
+    schema,
+    services,
+    setup,
+    simulation,
+)
 
-GROUPS = (setup, inspection, services, deploy, simulation, field, schema, rules)
+GROUPS = (setup, inspection, services, deploy, broker_config, simulation, field, schema, rules)
 """The command groups, in the order ``lianfang --help`` lists them."""
 
 app = typer.Typer(

@@ -2,7 +2,8 @@
 
 An installer learns here, before a panic is pressed, whether each broker is
 reachable, which protocol it speaks, the limits its CONNACK announced, and what
-to change where a broker cannot carry alarms (MQTT 3.1.1 only, QoS 0 only).
+to change where a broker cannot carry alarms (MQTT 3.1.1 only, QoS 0 only),
+and whether the block broker lets in clients with no login.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from gateway.mqtt.link import MqttLink
 ONLINE_TIMEOUT_S = 3.0
 BIG_EVENT_BYTES = 16_384
 """An event with every attribute filled can reach this size upstream."""
+ANONYMOUS_WARNING = (
+    "accepts clients with no login: anyone on the block's network can raise a panic for any "
+    "shop or send neighbour notices (run `lianfang broker-config`; README: Securing the block "
+    "broker)"
+)
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,6 @@ async def _try_connect(
     try:
         async with asyncio.timeout(timeout_s), link:
             limits = link.limits
-            return BrokerReport(path, broker.url, limits, warnings=_limit_warnings(limits))
     except TimeoutError:
         message = f"no answer from {broker.url} within {timeout_s:g} s"
     except BrokerUnsuitable as exc:
@@ -108,7 +113,28 @@ async def _try_connect(
         )
     except LinkDown as exc:
         message = f"cannot connect to {broker.url}: {exc}"
+    else:
+        warnings = _limit_warnings(limits)
+        # Only the block broker: its shops' topics are what a stranger would forge.
+        if path == "broker" and await _accepts_anonymous(broker, f"{client_id}-anon", timeout_s):
+            warnings += (ANONYMOUS_WARNING,)
+        return BrokerReport(path, broker.url, limits, warnings=warnings)
     return BrokerReport(path, broker.url, None, (ConfigProblem(file, f"{path}.url", message),))
+
+
+async def _accepts_anonymous(broker: BrokerConfig, client_id: str, timeout_s: float) -> bool:
+    """Whether ``broker`` lets a client in with no user name or password."""
+    anonymous = broker.model_copy(
+        update={"username": None, "password": None, "password_file": None}
+    )
+    try:
+        async with (
+            asyncio.timeout(timeout_s),
+            MqttLink(anonymous, client_id=client_id, persistent=False),
+        ):
+            return True
+    except (TimeoutError, LinkDown, BrokerUnsuitable):
+        return False
 
 
 def _limit_warnings(limits: BrokerLimits) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from yaml.constructor import SafeConstructor
 from gateway.config.model import GatewayConfig, Loc
 from gateway.config.problems import Locate, Spot, explain_errors, path_text, value_kind
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.mqtt.client import BrokerConfig
 
 try:
     from yaml import CSafeLoader as _SafeLoader  # libyaml parses about six times faster
@@ -84,16 +85,47 @@ def load_config(path: Path) -> GatewayConfig:
 
 
 def _readable_secrets(path: Path, config: GatewayConfig, locate: Locate) -> list[ConfigProblem]:
-    """A forwarder's key or shared secret in a file that every user may read is refused."""
+    """A secret that every user may read is refused.
+
+    That is a forwarder's key or shared secret in a world-readable config file,
+    or a world-readable broker password file.
+    """
+    found = _password_files(path.parent, config, locate)
     if not path.stat().st_mode & 0o004:
-        return []
-    found = []
+        return found
     for i, forwarder in enumerate(config.forwarders):
         for name in ("key", "secret"):
             if getattr(forwarder, name, None) is not None:
                 spot = locate(("forwarders", i, name))
                 message = "is a secret in a file every user may read; run chmod o-r on the file"
                 found.append(ConfigProblem(spot.file, spot.path, message, spot.line))
+    return found
+
+
+def _password_files(base: Path, config: GatewayConfig, locate: Locate) -> list[ConfigProblem]:
+    """Each broker password file that every user may read.
+
+    One that is missing or unreadable is left to ``lianfang check``'s preflight,
+    which reads it as the user the gateway runs as.
+    """
+    brokers = [(("broker",), config.broker)] + [
+        (("forwarders", i, "broker"), broker)
+        for i, forwarder in enumerate(config.forwarders)
+        if isinstance(broker := getattr(forwarder, "broker", None), BrokerConfig)
+    ]
+    found = []
+    for loc, broker in brokers:
+        if broker.password_file is None:
+            continue
+        file = base / broker.password_file
+        try:
+            if not file.stat().st_mode & 0o004:
+                continue
+        except OSError:
+            continue
+        message = f"{file} is a secret every user may read; run chmod o-r on it"
+        spot = locate((*loc, "password_file"))
+        found.append(ConfigProblem(spot.file, spot.path, message, spot.line))
     return found
 
 

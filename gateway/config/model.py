@@ -227,7 +227,7 @@ class GatewayConfig(Strict):
         return self.model_copy(
             update={
                 "state_dir": base / self.state_dir,
-                "broker": _resolve_broker(self.broker, base),
+                "broker": self.broker.resolved(base),
                 "forwarders": [f.resolved(base) for f in self.forwarders],
             }
         )
@@ -316,9 +316,3 @@ def _check_buses(config: GatewayConfig) -> None:
                 },
             )
         owner[port] = driver.name
-
-
-def _resolve_broker(broker: BrokerConfig, base: Path) -> BrokerConfig:
-    if broker.tls is None:
-        return broker
-    return broker.model_copy(update={"tls": broker.tls.resolved(base)})

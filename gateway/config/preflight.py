@@ -4,7 +4,8 @@
 config validates, as the user the gateway runs as. They read the filesystem and
 never touch the network (``--online`` does that):
 
-- every TLS file a link names exists and this user can read it (errors);
+- every TLS file and broker password file a link names exists and this user
+  can read it (errors);
 - the state directory is a writable folder, or can be created (error);
 - a serial port given as a device path exists (a warning: USB adapters are often
   plugged in later, and the driver keeps retrying) and this user may open it (error);
@@ -76,13 +77,15 @@ def _at(locate: Locate, loc: Loc, message: str, *, warning: bool = False) -> Fin
 
 
 def _tls_paths(config: GatewayConfig) -> Iterator[tuple[Loc, Path]]:
-    """Each TLS file the config names, with its key path: brokers' and forwarders' own."""
+    """Each TLS or password file the config names, with its key path: brokers' and forwarders'."""
 
     def of_broker(base: Loc, broker: BrokerConfig) -> Iterator[tuple[Loc, Path]]:
         if broker.tls is not None:
             for name in _TLS_FIELDS:
                 if (path := getattr(broker.tls, name)) is not None:
                     yield (*base, "tls", name), path
+        if broker.password_file is not None:
+            yield (*base, "password_file"), broker.password_file
 
     yield from of_broker(("broker",), config.broker)
     for i, forwarder in enumerate(config.forwarders):
@@ -96,7 +99,7 @@ def _tls_paths(config: GatewayConfig) -> Iterator[tuple[Loc, Path]]:
 
 
 def tls_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:
-    """A TLS file that is missing, not a file, or not readable by this user (errors)."""
+    """A TLS or password file that is missing, not a file, or not readable by this user (errors)."""
     found = []
     for loc, path in _tls_paths(config):
         try:

@@ -44,11 +44,8 @@ class PoliceMqttConfig(ForwarderConfig):
     )
 
     def resolved(self, base: Path) -> Self:
-        """Resolve the TLS file paths against ``base``."""
-        if self.broker.tls is None:
-            return self
-        broker = self.broker.model_copy(update={"tls": self.broker.tls.resolved(base)})
-        return self.model_copy(update={"broker": broker})
+        """Resolve the broker's file paths (TLS, password file) against ``base``."""
+        return self.model_copy(update={"broker": self.broker.resolved(base)})
 
 
 class PoliceMqttForwarder:

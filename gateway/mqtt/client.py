@@ -11,6 +11,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from gateway.errors import ConfigError, ConfigProblem
+
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
@@ -79,6 +81,11 @@ class BrokerConfig(BaseModel):
         default=None,
         description="Password. Prefer a systemd credential and leave this out of the file.",
     )
+    password_file: Path | None = Field(
+        default=None,
+        description="File holding the password (as `lianfang broker-config` writes it); read "
+        "when the link is made. Relative paths are taken from the config file.",
+    )
     tls: TlsConfig | None = Field(default=None, description="TLS settings; required by mqtts://.")
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive in seconds.")
 
@@ -90,6 +97,39 @@ class BrokerConfig(BaseModel):
         if scheme == "mqtt" and self.tls is not None:
             raise ValueError("'tls' is set but the URL is mqtt://; use mqtts:// so TLS is explicit")
         return self
+
+    @model_validator(mode="after")
+    def _one_password(self) -> BrokerConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give 'password' or 'password_file', not both")
+        return self
+
+    def resolved(self, base: Path) -> BrokerConfig:
+        """The same settings with relative file paths taken from ``base``."""
+        return self.model_copy(
+            update={
+                "tls": self.tls.resolved(base) if self.tls else None,
+                "password_file": base / self.password_file if self.password_file else None,
+            }
+        )
+
+    def secret(self) -> str | None:
+        """The password: given inline, or read now from ``password_file``.
+
+        Raises:
+            ConfigError: the password file cannot be read.
+        """
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is None:
+            return None
+        try:
+            # One line as written; an editor's trailing newline is not part of it.
+            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            problem = ConfigProblem(str(self.password_file), "password_file", why)
+            raise ConfigError([problem]) from None
 
     @property
     def host(self) -> str:

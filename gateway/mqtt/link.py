@@ -105,8 +105,7 @@ class MqttLink:
         self._client.max_inflight_messages_set(0)
         self._client.max_queued_messages_set(0)
         if broker.username:
-            password = broker.password.get_secret_value() if broker.password else None
-            self._client.username_pw_set(broker.username, password)
+            self._client.username_pw_set(broker.username, broker.secret())
         if broker.tls is not None:
             self._client.tls_set_context(broker.tls.context())
         self._will = will

@@ -1,0 +1,323 @@
+"""`lianfang broker-config` against a real Mosquitto that runs exactly the generated files.
+
+The broker's main config is what Debian's is in spirit: a few global lines and
+``include_dir`` of the generated folder, so ``lianfang.conf`` is read as an
+installer's ``/etc/mosquitto/conf.d/`` include would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import getpass
+import os
+import queue
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from lab.broker import free_port, mosquitto_binary, terminate
+from tests.certs import make_pki
+from tests.clients import expected_nearest, running, wait_until
+from tests.harness import TestGateway, init_config
+
+NOT_AUTHORIZED = 0x87
+ACCEPTED = {0x00, 0x10}  # success, or "no matching subscribers" (also a success)
+
+
+def broker_config(config: Path, out: Path, port: int, *extra: str | Path) -> str:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "broker-config",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--listen",
+            f"127.0.0.1:{port}",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def passwords(out: Path) -> dict[str, str]:
+    with (out / "credentials.csv").open(newline="") as f:
+        return {row["username"]: row["password"] for row in csv.DictReader(f)}
+
+
+class Broker:
+    """`mosquitto` with a main config that only includes the generated folder; stopped by PID."""
+
+    def __init__(self, out: Path, port: int) -> None:
+        main = out.parent / "mosquitto-main.conf"
+        # Run as whoever runs the tests (root would switch to 'mosquitto' and not read our folder).
+        main.write_text(
+            f"user {getpass.getuser()}\npersistence false\nlog_dest stderr\ninclude_dir {out}\n"
+        )
+        self.port = port
+        self.log = out.parent / "mosquitto.log"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(main)], stdout=subprocess.DEVNULL, stderr=log
+            )
+        deadline = time.monotonic() + 5
+        while True:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            except OSError:
+                assert time.monotonic() < deadline, "mosquitto did not listen"
+                time.sleep(0.05)
+            else:
+                return
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto rereads its password file and ACL."""
+        os.kill(self.process.pid, signal.SIGHUP)
+        time.sleep(0.5)  # the reload is asynchronous; nothing to wait on but time
+
+    def stop(self) -> None:
+        terminate(self.process, timeout_s=5)
+
+
+class Probe:
+    """A bare MQTT 5 client that reports the broker's reason codes."""
+
+    def __init__(
+        self,
+        port: int,
+        username: str | None,
+        password: str | None,
+        tls: ssl.SSLContext | None = None,
+        wait_s: float = 5,
+    ) -> None:
+        self.connack: queue.Queue[int] = queue.Queue()
+        self.acks: dict[int, int] = {}
+        self.granted: list[int] = []
+        self.received: list[str] = []
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"probe-{username}-{time.monotonic_ns()}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.connack.put(rc.value)
+        self.client.on_publish = lambda _c, _u, mid, rc, _p: self.acks.__setitem__(mid, rc.value)
+        self.client.on_subscribe = lambda _c, _u, _m, rcs, _p: self.granted.extend(
+            rc.value for rc in rcs
+        )
+        self.client.on_message = lambda _c, _u, msg: self.received.append(msg.topic)
+        if tls is not None:
+            self.client.tls_set_context(tls)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        try:
+            self.code: int | None = self.connack.get(timeout=wait_s)
+        except queue.Empty:
+            self.code = None  # no CONNACK at all
+
+    def publish(self, topic: str, payload: bytes = b"{}") -> int:
+        """Publish at QoS 1; the PUBACK's reason code."""
+        info = self.client.publish(topic, payload, qos=1)
+        deadline = time.monotonic() + 5
+        while info.mid not in self.acks:
+            assert time.monotonic() < deadline, f"no PUBACK for {topic}"
+            time.sleep(0.01)
+        return self.acks[info.mid]
+
+    def subscribe(self, topic: str) -> None:
+        self.client.subscribe(topic, qos=1)
+        deadline = time.monotonic() + 5
+        while not self.granted:
+            assert time.monotonic() < deadline, f"no SUBACK for {topic}"
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def secured(tmp_path: Path, police_broker) -> Iterator[tuple[Path, Path, Broker]]:
+    """Changping Road's config, broker-config run on it, and Mosquitto on exactly those files."""
+    port = free_port()
+    config = init_config(
+        tmp_path, block_url=f"mqtt://127.0.0.1:{port}", police_url=police_broker.url
+    )
+    out = tmp_path / "broker"
+    broker_config(config, out, port)
+    broker = Broker(out, port)
+    yield config, out, broker
+    broker.stop()
+
+
+def test_own_panic_reaches_neighbours_and_police_and_nothing_else_gets_through(
+    secured, police_broker, gateway_process
+):
+    """Shop A alarms its 10 nearest and the police; B's topics, notices and anonymous users are refused."""
+    config, out, broker = secured
+    gw = TestGateway(config)
+    gateway_process.append(gw)
+    gw.start()  # logs in with the password file broker-config set in lianfang.yaml
+    pw = passwords(out)
+    a, near = "S00011", expected_nearest("S00011")
+    b = near[0]
+
+    async def scenario() -> None:
+        async with running(
+            block_url=f"mqtt://127.0.0.1:{broker.port}",
+            police_url=police_broker.url,
+            shops=[a, *near],
+            passwords=pw,
+        ) as (panels, platform):
+            assert platform is not None
+            probe = Probe(broker.port, a, pw[a])  # shop A's own credentials, misused
+            try:
+                assert probe.code == 0
+                probe.subscribe(f"lianfang/v1/shop/{b}/notify")
+                forged = b'{"device_id": "panel-1", "kind": "panic", "seq": 1}'
+                assert probe.publish(f"lianfang/v1/shop/{b}/event", forged) == NOT_AUTHORIZED
+                assert probe.publish(f"lianfang/v1/shop/{b}/response", b"{}") == NOT_AUTHORIZED
+                assert probe.publish(f"lianfang/v1/shop/{b}/notify", b"{}") == NOT_AUTHORIZED
+                assert probe.publish("lianfang/v1/gateway/GW-001/status", b"x") == NOT_AUTHORIZED
+                await panels[a].send("panic", zone="1")
+                await wait_until(
+                    lambda: all(panels[s].notices for s in near) and bool(platform.by_id),
+                    10,
+                    "10 notices and the police event",
+                )
+                await asyncio.sleep(0.5)  # room for a forged event or stray notice to arrive
+                assert {s for s, p in panels.items() if p.notices} == set(near)
+                assert len(panels[b].notices) == 1  # the real one; the forged notify never came
+                assert [d.body["shop_id"] for d in platform.unique] == [a]
+                assert probe.received == []  # A never reads B's notices
+            finally:
+                probe.close()
+
+    asyncio.run(scenario())
+    anonymous = Probe(broker.port, None, None)
+    wrong = Probe(broker.port, a, "not-the-password")
+    assert anonymous.code == NOT_AUTHORIZED
+    assert wrong.code != 0
+    anonymous.close()
+    wrong.close()
+
+
+def _drop_shop(config: Path, shop: str) -> dict[str, Any]:
+    data = yaml.safe_load(config.read_text())
+    [entry] = [s for s in data["shops"] if s["id"] == shop]
+    data["shops"].remove(entry)
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    return entry
+
+
+def test_rerun_keeps_passwords_adds_and_removes_shops_and_rotates(secured):
+    """A new shop gets a login, a removed one loses it after SIGHUP, the rest keep theirs."""
+    config, out, broker = secured
+    before = passwords(out)
+    gateway_password = (out / "gateway.password").read_text()
+    removed = _drop_shop(config, "S00002")
+    data = yaml.safe_load(config.read_text())
+    data["shops"].append({**removed, "id": "S09999"})  # a new shop, at the removed one's place
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    assert "1 new" in broker_config(config, out, broker.port)
+    after = passwords(out)
+    assert set(after) == set(before) - {"S00002"} | {"S09999"}
+    assert all(after[s] == before[s] for s in after if s != "S09999")
+    assert (out / "gateway.password").read_text() == gateway_password
+    old = Probe(broker.port, "S00002", before["S00002"])
+    assert old.code == 0  # the broker has not reread its files yet
+    old.close()
+
+    broker.reload()
+    gone = Probe(broker.port, "S00002", before["S00002"])
+    new = Probe(broker.port, "S09999", after["S09999"])
+    kept = Probe(broker.port, "S00001", after["S00001"])
+    try:
+        assert gone.code == NOT_AUTHORIZED
+        assert new.code == 0
+        assert new.publish("lianfang/v1/shop/S09999/event") in ACCEPTED
+        assert new.publish("lianfang/v1/shop/S00001/event") == NOT_AUTHORIZED
+        assert kept.code == 0
+    finally:
+        for p in (gone, new, kept):
+            p.close()
+
+    broker_config(config, out, broker.port, "--rotate", "S00001")
+    rotated = passwords(out)
+    assert rotated["S00001"] != after["S00001"]
+    assert all(rotated[s] == after[s] for s in rotated if s != "S00001")
+    broker.reload()
+    stale = Probe(broker.port, "S00001", after["S00001"])
+    fresh = Probe(broker.port, "S00001", rotated["S00001"])
+    assert (stale.code, fresh.code) == (NOT_AUTHORIZED, 0)
+    stale.close()
+    fresh.close()
+
+
+def check_online(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--online", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_check_online_warns_of_a_block_broker_open_to_anyone(tmp_path, block_broker, police_broker):
+    """A stock block broker is reached (exit 0) with one warning; the police broker is not the block's."""
+    config = init_config(tmp_path, block_url=block_broker.url, police_url=police_broker.url)
+    checked = check_online(config)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count("accepts clients with no login") == 1
+    assert "lianfang broker-config" in checked.stdout
+
+
+def test_check_online_is_quiet_on_the_secured_broker(secured):
+    config, _, _ = secured
+    checked = check_online(config)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "no login" not in checked.stdout
+    assert "reached, MQTT 5.0" in checked.stdout
+
+
+def test_tls_listener(tmp_path):
+    """--tls-cert/--tls-key make the listener TLS: a shop logs in over it; plain text is refused."""
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    config = init_config(tmp_path, block_url=f"mqtt://127.0.0.1:{port}", police_url=None)
+    out = tmp_path / "broker"
+    tls = ("--tls-cert", pki.server_cert, "--tls-key", pki.server_key)
+    broker_config(config, out, port, *tls, "--no-edit")
+    broker = Broker(out, port)
+    try:
+        shop = passwords(out)["S00001"]
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        probe = Probe(port, "S00001", shop, tls=context)
+        assert probe.code == 0
+        assert probe.publish("lianfang/v1/shop/S00001/event") in ACCEPTED
+        probe.close()
+        plain = Probe(port, "S00001", shop, wait_s=2)
+        plain.close()
+        assert plain.code is None  # the TLS listener never answers plain MQTT
+    finally:
+        broker.stop()
