@@ -47,6 +47,18 @@ BROKER_CASES = {
 }
 
 
+def lianfang(*args: object) -> subprocess.CompletedProcess[str]:
+    """Run the installer's command line as a user would, output captured (wide, for tables)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
 def _machine_broker_up() -> bool:
     try:
         socket.create_connection(MACHINE_BROKER, timeout=0.5).close()
@@ -300,13 +312,7 @@ def nats_mqtt(tmp_path: Path) -> Iterator[str]:
 def test_mqtt311_only_broker_is_refused_at_check_and_at_start(tmp_path, nats_mqtt, gateway_process):
     """A 3.1.1-only broker (NATS): `check --online` and the running gateway say so in one sentence."""
     config = init_config(tmp_path / "gw", block_url=nats_mqtt, police_url=nats_mqtt)
-    checked = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "--online", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    checked = lianfang("check", "--online", "--config", config)
     assert checked.returncode != 0
     assert "speaks only MQTT 3.1.1" in checked.stdout + checked.stderr
     assert "Traceback" not in checked.stdout + checked.stderr
@@ -327,13 +333,7 @@ def test_check_online_reports_what_each_broker_announced(tmp_path):
         Mosquitto(workdir=tmp_path / "police", settings=("max_inflight_messages 7",)) as police,
     ):
         config = init_config(tmp_path / "gw", block_url=block.url, police_url=police.url)
-        checked = subprocess.run(
-            [sys.executable, "-m", "gateway", "check", "--online", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        checked = lianfang("check", "--online", "--config", config)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     out = checked.stdout
     assert f"broker ({block.url}): reached, MQTT 5.0" in out
@@ -355,13 +355,6 @@ def test_not_ready_while_the_block_broker_never_came_up(tmp_path, gateway_proces
     status = json.loads((config.parent / state / "status.json").read_text())
     assert status["links"]["block-publisher"] is False
     assert "127.0.0.1" in status["link_errors"]["block-publisher"]
-    shown = subprocess.run(
-        [sys.executable, "-m", "gateway", "status", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "COLUMNS": "200"},
-    ).stdout
+    shown = lianfang("status", "--config", config).stdout
     assert "link block-publisher" in shown
     assert "down: block broker mqtt://127.0.0.1" in shown
