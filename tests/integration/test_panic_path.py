@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sqlite3
 import subprocess
 import sys
+import time
 
 import aiomqtt
 import pytest
@@ -98,6 +100,50 @@ def test_panic_alerts_the_ten_nearest_shops_and_reaches_the_police(
                 assert notice.body["expires_at"] > body["received_at"]
 
     asyncio.run(scenario())
+
+
+def test_the_neighbour_alert_goes_out_while_the_journal_is_locked(
+    block_broker, police_broker, start_gateway
+):
+    """Another connection holds the journal's write lock: the notices still go out at once.
+
+    The panic's journal write waits for the lock (within SQLite's busy timeout);
+    once the lock is let go the panic is journalled and reaches the police.
+    """
+    gw = start_gateway()
+    journal = gw.config.parent / "state" / "journal.sqlite3"
+    near = expected_nearest("S00011")
+    took: list[float] = []
+
+    async def scenario() -> None:
+        async with running(
+            block_url=block_broker.url, police_url=police_broker.url, shops=["S00011", *near]
+        ) as (panels, platform):
+            assert platform is not None
+            lock = sqlite3.connect(journal, isolation_level=None, timeout=5)
+            lock.execute("BEGIN EXCLUSIVE")
+            try:
+                pressed = time.perf_counter()
+                await panels["S00011"].send("panic")
+                await wait_until(
+                    lambda: all(panels[s].notices for s in near), 5, "10 notices, journal locked"
+                )
+                took.append(max(panels[s].notices[0].at for s in near) - pressed)
+                [[panics]] = lock.execute("SELECT count(*) FROM events WHERE kind = 'panic'")
+                assert panics == 0  # the journal write is still waiting for the lock
+                assert platform.by_id == {}
+            finally:
+                lock.execute("ROLLBACK")
+                lock.close()
+            await wait_until(lambda: platform.by_id, 10, "the panic forwarded after the lock")
+            [police] = platform.unique
+            assert (police.body["shop_id"], police.body["kind"]) == ("S00011", "panic")
+
+    asyncio.run(scenario())
+    # The usual latency is milliseconds; a generous bound, far below the 5 s busy timeout.
+    assert took[0] < 1.0
+    [[panics]] = sqlite3.connect(journal).execute("SELECT count(*) FROM events WHERE kind='panic'")
+    assert panics == 1
 
 
 def test_repeated_presses_alert_once_but_all_reach_the_police(
