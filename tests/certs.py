@@ -1,4 +1,8 @@
-"""A throwaway PKI made in the test: a CA, a broker certificate and client certificates."""
+"""A throwaway PKI made in the test: a CA, a broker certificate and client certificates.
+
+``server_certificate`` issues further broker certificates from the same CA: for
+another host name, or already expired, to prove that TLS fails closed.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+SERVER_NAMES = ("localhost", "127.0.0.1")
+"""Where the test brokers listen: the names a good broker certificate is made out to."""
+
 
 @dataclass(frozen=True)
 class Pki:
     ca: Path
+    ca_key: Path
     server_cert: Path
     server_key: Path
     client_cert: Path
@@ -44,17 +52,21 @@ def _issue(
     issuer: str,
     *,
     ca: bool = False,
-    server: bool = False,
+    server_names: tuple[str, ...] = (),
+    expired: bool = False,
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
+    # An expired certificate ended a day ago; a valid one lasts the day of the test.
+    not_after = now - dt.timedelta(days=1) if expired else now + dt.timedelta(days=1)
+    server = bool(server_names)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
         .issuer_name(_name(issuer))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(not_after - dt.timedelta(days=2))
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if ca:
@@ -77,12 +89,16 @@ def _issue(
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     if server:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
+            x509.SubjectAlternativeName([_general_name(n) for n in server_names]), critical=False
         )
     return builder.sign(ca_key, hashes.SHA256())
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def make_pki(directory: Path, ca_name: str = "Test Police CA") -> Pki:
@@ -91,22 +107,37 @@ def make_pki(directory: Path, ca_name: str = "Test Police CA") -> Pki:
     pem = serialization.Encoding.PEM
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _issue(ca_name, ca_key, ca_key, ca_name, ca=True)
-    server_key, client_key = (
-        ec.generate_private_key(ec.SECP256R1()),
-        ec.generate_private_key(ec.SECP256R1()),
-    )
+    client_key = ec.generate_private_key(ec.SECP256R1())
     pki = Pki(
-        directory / "ca.pem",
-        directory / "server.pem",
-        directory / "server.key",
-        directory / "client.pem",
-        directory / "client.key",
+        ca=directory / "ca.pem",
+        ca_key=directory / "ca.key",
+        server_cert=directory / "server.pem",
+        server_key=directory / "server.key",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client.key",
     )
     pki.ca.write_bytes(ca_cert.public_bytes(pem))
-    pki.server_cert.write_bytes(
-        _issue("127.0.0.1", server_key, ca_key, ca_name, server=True).public_bytes(pem)
-    )
-    _write_key(server_key, pki.server_key)
+    _write_key(ca_key, pki.ca_key)
+    server_certificate(pki, pki.server_cert, pki.server_key)
     pki.client_cert.write_bytes(_issue("GW-001", client_key, ca_key, ca_name).public_bytes(pem))
     _write_key(client_key, pki.client_key)
     return pki
+
+
+def server_certificate(
+    pki: Pki,
+    cert: Path,
+    key: Path,
+    *,
+    names: tuple[str, ...] = SERVER_NAMES,
+    expired: bool = False,
+) -> None:
+    """Write a broker certificate for ``names`` signed by ``pki``'s CA (and its key)."""
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    issuer = ca_cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    issued = _issue(names[0], server_key, ca_key, str(issuer), server_names=names, expired=expired)
+    cert.write_bytes(issued.public_bytes(serialization.Encoding.PEM))
+    _write_key(server_key, key)

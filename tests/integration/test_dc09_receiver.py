@@ -46,6 +46,7 @@ async def test_malformed_frames_get_nak_or_duh(tmp_path: Path) -> None:
         wrong_length = bytearray(good(2))
         wrong_length[5:9] = b"0FFF"
         wrong_key = good(3, key=bytes(32))
+        before = utc_now()
         replies = await exchange(
             lis.port,
             bytes(bad_crc),
@@ -58,11 +59,15 @@ async def test_malformed_frames_get_nak_or_duh(tmp_path: Path) -> None:
             good(7, zone=9),
             good(8, zone=10, key=KEY),
         )
+        after = utc_now()
     tokens = [r.token for r in replies]
     assert tokens == [Token.NAK] * 5 + [Token.DUH] * 2 + [Token.ACK] * 2
     assert replies[5].sequence == 5
     assert replies[-1].encrypted
-    assert all(r.timestamp is not None for r in replies[:5])
+    # A NAK carries the centre's clock (to the second) so that the sender can correct its own.
+    second = timedelta(seconds=1)
+    stamps = [r.timestamp for r in replies[:5]]
+    assert all(t is not None and before - second <= t <= after + second for t in stamps), stamps
     assert [row[1:] for row in stored(cen.store)] == [(7, "1120", 9), (8, "1120", 10)]
     assert cen.rejected["crc"] == 1
     assert cen.rejected["length"] == 1

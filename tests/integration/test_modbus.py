@@ -164,7 +164,9 @@ def test_door_edges_faults_and_restore_over_tcp(tmp_path):
             ("S00011", "device_fault"),
             ("S00012", "device_fault"),
         ]
-        await asyncio.sleep(3 * PERIOD)
+        faulted = driver.polls
+        # Two modules on one bus: six bus polls are three more failed polls of each.
+        await wait_until(lambda: driver.polls >= faulted + 6, 10, "three more failed polls each")
         assert len(events) == 4  # one fault each, not one per failed poll
         await io.set_door(2, 0, is_open=True)  # opened while the module was unreachable
         await io.start()

@@ -79,9 +79,15 @@ def test_watch_raises_when_the_broker_goes_away(block_broker):
 
     async def scenario() -> None:
         link = MqttLink(BrokerConfig(url=block_broker.url), client_id="w", persistent=False)
+        watching = asyncio.Event()
+
+        async def watched() -> None:
+            watching.set()
+            await link.watch()
+
         async with link:
-            watch = asyncio.ensure_future(link.watch())
-            await asyncio.sleep(0.1)
+            watch = asyncio.create_task(watched(), name="watch")
+            await watching.wait()
             await asyncio.to_thread(block_broker.kill)
             with pytest.raises(LinkDown):
                 await asyncio.wait_for(watch, 5)

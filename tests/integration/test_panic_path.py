@@ -4,12 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import sqlite3
 import subprocess
 import sys
+import time
 
 import aiomqtt
+import pytest
 
-from tests.clients import expected_nearest, running, survey_rows, wait_until
+from tests.clients import expected_nearest, haversine_m, running, survey_rows, wait_until
+
+WAYS = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west")
+
+
+def way_to_go_deg(frm: dict[str, str], to: dict[str, str]) -> float:
+    """Initial bearing from shop ``frm`` to shop ``to``, degrees from north, by vectors.
+
+    Written apart from rules.geo (which uses the spherical trigonometry formula):
+    the direction to ``to`` projected on the plane tangent at ``frm``, read
+    against that plane's north and east.
+    """
+    lat1, lon1, lat2, lon2 = (math.radians(float(p[k])) for p in (frm, to) for k in ("lat", "lon"))
+
+    def unit(lat: float, lon: float) -> tuple[float, float, float]:
+        return (math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat))
+
+    a, b = unit(lat1, lon1), unit(lat2, lon2)
+    towards = [bi - ai for ai, bi in zip(a, b, strict=True)]
+    east = (-math.sin(lon1), math.cos(lon1), 0.0)
+    north = (-math.sin(lat1) * math.cos(lon1), -math.sin(lat1) * math.sin(lon1), math.cos(lat1))
+    along_east = sum(t * e for t, e in zip(towards, east, strict=True))
+    along_north = sum(t * n for t, n in zip(towards, north, strict=True))
+    return math.degrees(math.atan2(along_east, along_north)) % 360
+
+
+def way_in_words(deg: float) -> set[str]:
+    """The 8-point direction of ``deg``; both names within 0.2 degrees of a sector edge."""
+    return {WAYS[round(((deg + d) % 360) / 45) % 8] for d in (-0.2, 0.0, 0.2)}
 
 
 def test_panic_alerts_the_ten_nearest_shops_and_reaches_the_police(
@@ -55,11 +87,63 @@ def test_panic_alerts_the_ten_nearest_shops_and_reaches_the_police(
                 assert notice.body["from_shop_id"] == "S00011"
                 assert notice.body["from_shop_name"] == rows["S00011"]["name"]
                 assert notice.body["kind"] == "panic"
-                assert notice.body["distance_m"] > 0
-                assert notice.body["bearing"]
+                here, there = rows[shop], rows["S00011"]
+                metres = haversine_m(
+                    float(there["lat"]), float(there["lon"]), float(here["lat"]), float(here["lon"])
+                )
+                assert notice.body["distance_m"] == pytest.approx(metres, abs=0.06)
+                # The way from the alerted shop to the one in trouble (rounded to 0.1 degree).
+                way = way_to_go_deg(here, there)
+                turn = (notice.body["bearing_deg"] - way + 180) % 360 - 180
+                assert abs(turn) <= 0.06, (shop, notice.body["bearing_deg"], way)
+                assert notice.body["bearing"] in way_in_words(way)
                 assert notice.body["expires_at"] > body["received_at"]
 
     asyncio.run(scenario())
+
+
+def test_the_neighbour_alert_goes_out_while_the_journal_is_locked(
+    block_broker, police_broker, start_gateway
+):
+    """Another connection holds the journal's write lock: the notices still go out at once.
+
+    The panic's journal write waits for the lock (within SQLite's busy timeout);
+    once the lock is let go the panic is journalled and reaches the police.
+    """
+    gw = start_gateway()
+    journal = gw.config.parent / "state" / "journal.sqlite3"
+    near = expected_nearest("S00011")
+    took: list[float] = []
+
+    async def scenario() -> None:
+        async with running(
+            block_url=block_broker.url, police_url=police_broker.url, shops=["S00011", *near]
+        ) as (panels, platform):
+            assert platform is not None
+            lock = sqlite3.connect(journal, isolation_level=None, timeout=5)
+            lock.execute("BEGIN EXCLUSIVE")
+            try:
+                pressed = time.perf_counter()
+                await panels["S00011"].send("panic")
+                await wait_until(
+                    lambda: all(panels[s].notices for s in near), 5, "10 notices, journal locked"
+                )
+                took.append(max(panels[s].notices[0].at for s in near) - pressed)
+                [[panics]] = lock.execute("SELECT count(*) FROM events WHERE kind = 'panic'")
+                assert panics == 0  # the journal write is still waiting for the lock
+                assert platform.by_id == {}
+            finally:
+                lock.execute("ROLLBACK")
+                lock.close()
+            await wait_until(lambda: platform.by_id, 10, "the panic forwarded after the lock")
+            [police] = platform.unique
+            assert (police.body["shop_id"], police.body["kind"]) == ("S00011", "panic")
+
+    asyncio.run(scenario())
+    # The usual latency is milliseconds; a generous bound, far below the 5 s busy timeout.
+    assert took[0] < 1.0
+    [[panics]] = sqlite3.connect(journal).execute("SELECT count(*) FROM events WHERE kind='panic'")
+    assert panics == 1
 
 
 def test_repeated_presses_alert_once_but_all_reach_the_police(

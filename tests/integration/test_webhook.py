@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 from gateway.events import EventKind
 from tests.certs import make_pki
 from tests.clients import wait_until
@@ -30,6 +32,8 @@ class Platform:
     script: list[tuple[int, str] | float | str] = field(default_factory=list)
     """(status, body) answers; a float: that long silent first; "drip": a body byte every 0.3 s."""
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    answered: list[int] = field(default_factory=list)
+    """The status of each answer, in the order of ``received``."""
 
 
 @contextmanager
@@ -56,6 +60,7 @@ def https_platform(tmp_path: Path, platform: Platform) -> Iterator[tuple[int, Pa
                 step = (200, "{}")
             assert isinstance(step, tuple)
             status, text = step
+            platform.answered.append(status)
             with contextlib.suppress(OSError):  # the client may have given up waiting
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -111,10 +116,11 @@ async def test_signed_posts_acknowledged(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.parametrize("status", [400, 409, 413, 422])
 @aio
-async def test_4xx_is_given_up_with_the_body(tmp_path: Path) -> None:
-    """A 422 refuses that event for good (recorded with the platform's words); the next goes on."""
-    platform = Platform(script=[(422, '{"error": "unknown shop"}')])
+async def test_4xx_about_the_event_is_given_up_with_the_body(tmp_path: Path, status: int) -> None:
+    """A 400, 409, 413 or 422 refuses that event for good, with the platform's words; the next goes on."""
+    platform = Platform(script=[(status, '{"error": "unknown shop"}')])
     with https_platform(tmp_path, platform) as (port, ca):
         async with forwarding(tmp_path, **webhook(port, ca)) as rig:
             await rig.send(event(EventKind.PANIC), event(EventKind.FIRE))
@@ -123,7 +129,7 @@ async def test_4xx_is_given_up_with_the_body(tmp_path: Path) -> None:
     assert len(platform.received) == 2  # the refused one was not sent again
     (_, acked1, error1), (_, acked2, error2) = rows
     assert acked1 is not None
-    assert error1 == 'given up: HTTP 422: {"error": "unknown shop"}'
+    assert error1 == f'given up: HTTP {status}: {{"error": "unknown shop"}}'
     assert (acked2 is not None, error2) == (True, None)
     assert rig.forwarder.refused == 1
 
@@ -170,6 +176,44 @@ async def test_a_refused_secret_or_url_is_retried_not_given_up(tmp_path: Path) -
     assert rows[0][2] is None or not rows[0][2].startswith("given up")
     assert rig.forwarder.refused == 0
     assert rig.changes[0] == (False, f"https://127.0.0.1:{port}/alarms: HTTP 401 bad signature")
+
+
+@pytest.mark.parametrize("status", [403, 429])
+@aio
+async def test_a_forbidden_or_too_many_requests_is_retried(tmp_path: Path, status: int) -> None:
+    """403 and 429 speak of us, not of the event: it waits, reported as a link fault, then goes."""
+    platform = Platform(script=[(status, "not now")])
+    with https_platform(tmp_path, platform) as (port, ca):
+        async with forwarding(tmp_path, **webhook(port, ca)) as rig:
+            await rig.send(event(EventKind.PANIC))
+            await wait_until(lambda: rig.all_closed(1), 30, "delivered at last")
+            rows = rig.delivery_rows()
+    assert platform.answered == [status, 200]
+    assert rows[0][1] is not None
+    assert not (rows[0][2] or "").startswith("given up")
+    assert rig.forwarder.refused == 0
+    assert rig.changes[0] == (False, f"https://127.0.0.1:{port}/alarms: HTTP {status} not now")
+
+
+@aio
+async def test_after_a_429_each_alarm_is_delivered_once(tmp_path: Path) -> None:
+    """Three alarms meet a 429, then 200s: the platform accepts each exactly once."""
+    platform = Platform(script=[(429, "slow down")])
+    alarms = [event(EventKind.PANIC), event(EventKind.FIRE), event(EventKind.INTRUSION, zone="2")]
+    with https_platform(tmp_path, platform) as (port, ca):
+        async with forwarding(tmp_path, **webhook(port, ca)) as rig:
+            await rig.send(*alarms)
+            await wait_until(lambda: rig.all_closed(3), 30, "all three delivered")
+            rows = rig.delivery_rows()
+    accepted = [
+        headers["Idempotency-Key"]
+        for (headers, _), status in zip(platform.received, platform.answered, strict=True)
+        if status == 200
+    ]
+    assert sorted(accepted) == sorted(ev.id for ev in alarms)
+    assert platform.answered.count(429) == 1
+    assert [acked is not None for _, acked, _ in rows] == [True, True, True]
+    assert not [error for _, _, error in rows if (error or "").startswith("given up")]
 
 
 @aio

@@ -55,8 +55,16 @@ def test_registry_matches_config_union():
 
 
 def test_binding_to_a_listed_device_is_valid():
-    """A bus device bound to a device its shop lists is accepted."""
-    GatewayConfig.model_validate({**BASE, "drivers": [line("pb-1")]})
+    """A bus device bound to a device its shop lists is accepted, bound as given."""
+    config = GatewayConfig.model_validate({**BASE, "drivers": [line("pb-1")]})
+    [driver] = config.drivers
+    [device] = driver.devices
+    assert (driver.kind, device.address, device.shop_id, device.device_id) == (
+        "line_serial",
+        3,
+        "S1",
+        "pb-1",
+    )
 
 
 @pytest.mark.parametrize(

@@ -54,30 +54,56 @@ def test_a_device_clock_far_ahead_keeps_gateway_time(driver):
 
 
 @pytest.mark.parametrize(
-    ("topic", "payload", "reason"),
+    ("topic", "payload", "reason", "says"),
     [
-        (TOPIC, b"{nope", "malformed"),
-        (TOPIC, b"\xff\xfe", "malformed"),
-        (TOPIC, b"[]", "invalid"),
-        (TOPIC, b'{"device_id": 1, "kind": "panic"}', "invalid"),
-        (TOPIC, b'{"device_id": "panel-1", "kind": "boom"}', "invalid"),
-        (TOPIC, b'{"device_id": "panel-1", "kind": "panic", "seq": -1}', "invalid"),
-        (TOPIC, b'{"device_id": "panel-1", "kind": "supervision_lost"}', "invalid"),
-        (TOPIC, b'{"device_id": "panel-2", "kind": "panic"}', "unknown_device"),
+        (TOPIC, b"{nope", "malformed", "payload: Invalid JSON"),
+        (TOPIC, b"\xff\xfe", "malformed", "payload: Invalid JSON"),
+        (TOPIC, b"[]", "invalid", "payload: Input should be an object"),
+        (
+            TOPIC,
+            b'{"device_id": 1, "kind": "panic"}',
+            "invalid",
+            "device_id: Input should be a valid string",
+        ),
+        (
+            TOPIC,
+            b'{"device_id": "panel-1", "kind": "boom"}',
+            "invalid",
+            "kind: Input should be 'panic'",
+        ),
+        (
+            TOPIC,
+            b'{"device_id": "panel-1", "kind": "panic", "seq": -1}',
+            "invalid",
+            "seq: Input should be greater than or equal to 0",
+        ),
+        (
+            TOPIC,
+            b'{"device_id": "panel-1", "kind": "supervision_lost"}',
+            "invalid",
+            "kind supervision_lost is the gateway's own",
+        ),
+        (
+            TOPIC,
+            b'{"device_id": "panel-2", "kind": "panic"}',
+            "unknown_device",
+            "shop S00001 has no device 'panel-2'",
+        ),
         (
             "lianfang/v1/shop/S77777/event",
             b'{"device_id": "panel-1", "kind": "panic"}',
             "unknown_shop",
+            "shop 'S77777' is not served by this gateway",
         ),
-        (TOPIC, b"{" + b" " * 5000 + b"}", "oversize"),
+        (TOPIC, b"{" + b" " * 5000 + b"}", "oversize", "5002 bytes, limit 4096"),
     ],
 )
-def test_bad_messages_are_rejected_with_a_reason(driver, topic, payload, reason):
-    """Each bad message raises Rejected with the counter it belongs to."""
+def test_bad_messages_are_rejected_with_a_reason(driver, topic, payload, reason, says):
+    """Each bad message raises Rejected with its counter and words naming what and where."""
     with pytest.raises(Rejected) as caught:
         driver.parse(topic, payload)
     assert caught.value.reason == reason
-    assert str(caught.value)
+    assert str(caught.value).startswith(says), str(caught.value)
 
 
 def test_a_panel_that_restarts_its_seq_is_not_taken_for_a_repeat(driver):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.events import EVENT_CLASS, EventClass, EventKind
+from gateway.events import EventClass, EventKind
 from gateway.journal import Journal
 from gateway.journal_reader import JournalReader, OutboxRow
-from gateway.journal_schema import FOLLOWER_KINDS, PRIORITY_RANK, delivery_priority
+from gateway.journal_schema import delivery_priority
 from gateway.outbox import OutboxCursor
 from tests.clients import wait_until
 from tests.unit.test_journal import event, open_journal, run_journal
@@ -32,14 +32,57 @@ CREATE INDEX deliveries_pending ON deliveries(forwarder, seq) WHERE acked_at IS 
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-STATUS, ALARM = PRIORITY_RANK[EventClass.STATUS], PRIORITY_RANK[EventClass.ALARM]
+# The README's rule, written out by hand rather than read from the code: a
+# backlog drains alarms, then troubles, then status, then routine.
+ALARM, TROUBLE, STATUS, ROUTINE = "alarm", "trouble", "status", "routine"
+DRAIN_ORDER = (ALARM, TROUBLE, STATUS, ROUTINE)
+CLASS_OF_KIND = {
+    "panic": ALARM,
+    "duress": ALARM,
+    "silent_panic": ALARM,
+    "intrusion": ALARM,
+    "fire": ALARM,
+    "area_alert": ALARM,
+    "escalation": ALARM,
+    "tamper": TROUBLE,
+    "supervision_lost": TROUBLE,
+    "device_fault": TROUBLE,
+    "low_battery": TROUBLE,
+    "ac_loss": TROUBLE,
+    "action_failed": TROUBLE,
+    "command_refused": TROUBLE,
+    "door_open": STATUS,
+    "door_close": STATUS,
+    "arm": STATUS,
+    "disarm": STATUS,
+    "restore": STATUS,
+    "cancel": STATUS,
+    "response": STATUS,
+    "command_ack": STATUS,
+    "test": ROUTINE,
+    "heartbeat": ROUTINE,
+}
+# Kinds that close an earlier event: never above status, whatever a rule asks.
+FOLLOWERS = {"cancel", "restore", "response"}
+
+
+def hand_rank(kind: EventKind, priority: str | None = None) -> int:
+    """The drain position the README promises for ``kind`` forwarded at ``priority``."""
+    own = DRAIN_ORDER.index(CLASS_OF_KIND[kind.value])
+    wanted = own if priority is None else DRAIN_ORDER.index(priority)
+    if kind.value in FOLLOWERS:
+        return max(wanted, DRAIN_ORDER.index(STATUS))
+    if CLASS_OF_KIND[kind.value] in (ALARM, TROUBLE):
+        return min(wanted, own)  # an alarm never below alarm, a trouble never below trouble
+    return wanted
 
 
 def forwarded(kind: EventKind, priority: EventClass | None = None, shop: str = "S00001"):
-    """An event as the rules hand it to the journal: ``attrs.priority`` from ``forward``."""
+    """An event as the rules hand it to the journal, with ``attrs.priority`` if a rule set one."""
     ev = event(kind, shop)
-    wanted = priority or EVENT_CLASS[kind]
-    return ev.model_copy(update={"attrs": {**ev.attrs, "priority": wanted.value}})
+    if priority is None:
+        return ev
+    return ev.model_copy(update={"attrs": {**ev.attrs, "priority": priority.value}})
 
 
 def append_all(journal: Journal, events: list) -> None:
@@ -67,7 +110,7 @@ def mixed_backlog() -> list:
 
 def expected_order(evs: list) -> list[int]:
     """Seqs (1-based journal order) sorted by rank, then seq: what the cursor must hand out."""
-    ranked = [(delivery_priority(ev), seq) for seq, ev in enumerate(evs, start=1)]
+    ranked = [(hand_rank(ev.kind), seq) for seq, ev in enumerate(evs, start=1)]
     return [seq for _, seq in sorted(ranked)]
 
 
@@ -199,7 +242,7 @@ def test_a_journal_from_before_priorities_is_migrated_and_keeps_working(tmp_path
                 ev.shop_id,
                 ev.device_id,
                 ev.kind.value,
-                EVENT_CLASS[ev.kind].value,
+                CLASS_OF_KIND[ev.kind.value],
                 ev.received_at.isoformat(),
                 None,
                 ev.model_dump_json(),
@@ -256,18 +299,26 @@ def test_a_journal_from_before_priorities_is_migrated_and_keeps_working(tmp_path
     assert JournalReader(path).pending_counts() == {}
 
 
-@pytest.mark.parametrize("kind", list(EventKind))
-def test_no_rules_priority_lets_a_follower_overtake_an_alarm_or_trouble(kind: EventKind):
-    """Whatever priority a rule gives, cancel/restore/response rank below every alarm and trouble."""
-    ranks = {delivery_priority(forwarded(kind, p)) for p in EventClass}
-    if kind in FOLLOWER_KINDS:
-        assert min(ranks) >= STATUS
-    elif EVENT_CLASS[kind] is EventClass.ALARM:
-        assert ranks == {ALARM}
-    elif EVENT_CLASS[kind] is EventClass.TROUBLE:
-        assert max(ranks) == PRIORITY_RANK[EventClass.TROUBLE]
-    else:
-        assert ranks == set(PRIORITY_RANK.values())
+def test_every_event_kind_has_a_drain_rank_written_in_this_test():
+    """A kind added to the code must be given its place in the README's drain order here."""
+    assert set(CLASS_OF_KIND) == {kind.value for kind in EventKind}
+
+
+@pytest.mark.parametrize("priority", [None, *DRAIN_ORDER])
+def test_the_journal_ranks_every_kind_as_the_readme_orders_them(priority: str | None):
+    """For each forward priority, the journal's ranks sort every kind as the hand table does."""
+    kinds = list(EventKind)
+    wanted = None if priority is None else EventClass(priority)
+    code = {kind: delivery_priority(forwarded(kind, wanted)) for kind in kinds}
+    hand = {kind: hand_rank(kind, priority) for kind in kinds}
+    # The same order, not the same numbers: every pair leads, ties or trails as by hand.
+    wrong = [
+        (a.value, b.value)
+        for a in kinds
+        for b in kinds
+        if (code[a] < code[b]) != (hand[a] < hand[b])
+    ]
+    assert wrong == []
 
 
 def test_rows_an_older_gateway_wrote_after_the_migration_are_ranked_again(tmp_path):

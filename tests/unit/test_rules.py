@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -175,7 +176,9 @@ def test_area_alert_fires_once_per_cell_and_never_across_cells():
     assert trigger.alarms == (("e1", "A"), ("e4", "C"))
     assert count("M1", "e5", "D", 4) is None  # once per window
     assert count("M1", "e6", "E", 30) is None  # next day: only E within 24 h
-    assert count("M1", "e7", "F", 51) is not None  # window since firing over; E, F within 24 h
+    again = count("M1", "e7", "F", 51)  # the window since firing is over; E, F within 24 h
+    assert again is not None
+    assert again.alarms == (("e6", "E"), ("e7", "F"))
     assert count("M3", "e8", "G", 200) is None
     assert count("M3", "e9", "H", 100) is None  # delivered late: four days before G's
 
@@ -473,40 +476,86 @@ def test_no_rule_set_keeps_an_alarm_or_a_cancel_from_the_police(config_dir):
     assert actions.apply(answer, engine.evaluate(answer)).routes == ("police",)
 
 
-def test_a_flood_of_junk_commands_is_counted_but_only_a_burst_is_journalled(config_dir, tmp_path):
-    """Refusals are journalled up to a burst; the rest are acknowledged and counted, not queued."""
-    from gateway.commands import REFUSAL_BURST, PoliceCommands  # noqa: PLC0415
+def commands_on_a_journal(cfg, journal_path: Path, state_file: Path, keys: dict[str, str]):
+    """PoliceCommands over a real journal (not yet running) that routes everything to the police."""
+    from gateway.commands import PoliceCommands  # noqa: PLC0415
     from gateway.intake import Intake  # noqa: PLC0415
     from gateway.journal import Journal  # noqa: PLC0415
-    from gateway.journal_reader import JournalReader  # noqa: PLC0415
     from rules.commands import CommandVerifier  # noqa: PLC0415
 
-    cfg = load(config_dir)
     engine = rule_engine(cfg)
     actions, _ = acting(cfg, engine)
-    journal = Journal(tmp_path / "j.db", route=lambda _event: ["police"], max_size_bytes=10**9)
+    journal = Journal(journal_path, route=lambda _event: ["police"], max_size_bytes=10**9)
     intake = Intake(journal, engine, actions)
-    verifier = CommandVerifier("GW-001", {}, max_age_s=300)
-    commands = PoliceCommands(
-        "GW-001", verifier, intake, actions, state_file=tmp_path / "commands.json"
+    verifier = CommandVerifier("GW-001", keys, max_age_s=300)
+    commands = PoliceCommands("GW-001", verifier, intake, actions, state_file=state_file)
+    return commands, journal, intake
+
+
+def journalled_refusals(path: Path) -> list[dict[str, object]]:
+    from gateway.journal_reader import JournalReader  # noqa: PLC0415
+
+    reader = JournalReader(path)
+    rows = reader.pending("police", after=0, limit=1000)
+    reader.close()
+    return [dict(r.event.attrs) for r in rows if r.event.kind is EventKind.COMMAND_REFUSED]
+
+
+def test_a_command_for_another_gateway_is_refused_and_the_refusal_journalled(config_dir, tmp_path):
+    """A well-signed command addressed to GW-002 changes nothing here and is answered as refused."""
+    from firmware_stubs.police_commands import command_body, new_key, sign  # noqa: PLC0415
+
+    key, public = new_key()
+    commands, journal, intake = commands_on_a_journal(
+        load(config_dir), tmp_path / "j.db", tmp_path / "commands.json", {"platform-1": public}
     )
-    flood = REFUSAL_BURST + 30
-    answered: list[int] = []
+    payload = sign(key, "platform-1", command_body("GW-002", "set_level", level="extraordinary"))
+    answered: list[bool] = []
 
     async def scenario() -> None:
-        writer = asyncio.create_task(journal.run(), name="journal")
-        for i in range(flood):
-            await commands.handle("cmd", b"{junk", lambda i=i: answered.append(i))
-        await wait_until(lambda: len(answered) == flood, 30, "every junk command answered")
-        writer.cancel()
+        async with asyncio.TaskGroup() as tg:
+            writer = tg.create_task(journal.run(), name="journal")
+            await commands.handle("cmd", payload, lambda: answered.append(True))
+            await wait_until(lambda: answered == [True], 10, "the refusal journalled")
+            writer.cancel()
 
     asyncio.run(scenario())
     journal.close()
-    reader = JournalReader(tmp_path / "j.db")
-    rows = reader.pending("police", after=0, limit=1000)
-    reader.close()
-    assert REFUSAL_BURST <= len(rows) <= REFUSAL_BURST + 1  # one more per 10 s of a slow run
-    assert commands.refused == flood
+    assert intake.engine.level is Level.EVERYDAY
+    assert (commands.obeyed, commands.refused) == (0, 1)
+    [refusal] = journalled_refusals(tmp_path / "j.db")
+    assert refusal["reason"] == "wrong_gateway"
+    assert refusal["detail"] == "addressed to GW-002"
+
+
+def test_refusals_are_journalled_a_burst_of_20_then_one_per_10_s_with_a_count(config_dir, tmp_path):
+    """25 junk commands: 20 journalled. 10 s on, 3 more: one journalled, counting the 5 held back."""
+    commands, journal, _ = commands_on_a_journal(
+        load(config_dir), tmp_path / "j.db", tmp_path / "commands.json", {}
+    )
+    answered: list[int] = []
+
+    async def send(count: int) -> None:
+        for _ in range(count):
+            await commands.handle("cmd", b"{junk", lambda: answered.append(1))
+
+    async def scenario() -> None:
+        async with asyncio.TaskGroup() as tg:
+            writer = tg.create_task(journal.run(), name="journal")
+            started = time.monotonic()
+            await send(25)
+            # The rate itself is under test: real time must pass for the next token.
+            await wait_until(lambda: time.monotonic() - started >= 10.5, 12, "10 s after the burst")
+            await send(3)
+            await wait_until(lambda: len(answered) == 28, 10, "every junk command answered")
+            writer.cancel()
+
+    asyncio.run(scenario())
+    journal.close()
+    refusals = journalled_refusals(tmp_path / "j.db")
+    held_back = [r["refused_since_not_journalled"] for r in refusals]
+    assert held_back == [0] * 20 + [5]
+    assert commands.refused == 28
 
 
 def test_commands_within_clock_leeway_pass_and_a_nonce_is_refused_again_after_a_restart(
