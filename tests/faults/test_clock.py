@@ -1,0 +1,119 @@
+"""The real daemon with its clock 2 h behind (libfaketime), as a Pi without RTC or NTP runs.
+
+The police's signed command tells the gateway the time: the command is obeyed,
+``clock_suspect`` reaches the police, ``lianfang status`` shows it, and notices
+expire by the police's time instead of going out already expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from firmware_stubs.police_commands import command_body, new_key, send, sign
+from gateway.mqtt.client import BrokerConfig
+from tests.clients import expected_nearest, running, wait_until
+from tests.harness import TestGateway, init_config
+
+BEHIND = timedelta(hours=2)
+CMD_TOPIC = "police/v1/L1/GW-001/cmd"
+EXPIRES_S = 300
+LIBFAKETIME = next(
+    (
+        p
+        for pattern in (
+            "/usr/lib/*/faketime/libfaketimeMT.so.1",
+            "/usr/lib/faketime/libfaketimeMT.so.1",
+        )
+        for p in sorted(Path("/").glob(pattern.lstrip("/")))
+    ),
+    None,
+)
+
+
+def bodies(platform, kind: str) -> list[dict]:
+    return [d.body for d in platform.unique if d.body["kind"] == kind]
+
+
+def expires_in_s(notice_body: dict) -> float:
+    """Seconds from the real now to the notice's expiry, as a shop's device would judge it."""
+    return (datetime.fromisoformat(notice_body["expires_at"]) - datetime.now(UTC)).total_seconds()
+
+
+@pytest.mark.skipif(
+    LIBFAKETIME is None,
+    reason="libfaketime is not installed (.ci/run installs it: apt-get install faketime)",
+)
+def test_a_gateway_two_hours_behind_learns_the_polices_time_and_says_so(
+    tmp_path, block_broker, police_broker, gateway_process, monkeypatch
+):
+    """Command obeyed, clock_suspect at the police once, status shows it, notices valid."""
+    key, public = new_key()
+    config = init_config(
+        tmp_path,
+        block_url=block_broker.url,
+        police_url=police_broker.url,
+        status_interval_s=0.2,
+        commands={"keys": {"platform-1": public}},
+        neighbour_alert={"expires_s": EXPIRES_S},
+        rules={"disable": ["robbery-area-alert"]},
+    )
+    gw = TestGateway(config)
+    gateway_process.append(gw)
+    # Only the daemon runs 2 h behind: the brokers, shops and police keep the real time.
+    monkeypatch.setenv("LD_PRELOAD", str(LIBFAKETIME))
+    monkeypatch.setenv("FAKETIME", "-2h")
+    gw.start()
+    monkeypatch.delenv("LD_PRELOAD")
+    before, after = expected_nearest("S00011")[0], expected_nearest("S00040")[0]
+
+    async def scenario() -> None:
+        async with running(
+            block_url=block_broker.url,
+            police_url=police_broker.url,
+            shops=["S00011", "S00040", before, after],
+        ) as (panels, platform):
+            assert platform is not None
+            # Before the police speak, the gateway cannot know: its notice is already expired.
+            await panels["S00011"].send("panic")
+            await wait_until(lambda: panels[before].notices, 10, "the first notice")
+            assert expires_in_s(panels[before].notices[0].body) < 0
+            [panic] = bodies(platform, "panic")
+            stamped_behind = datetime.now(UTC) - datetime.fromisoformat(panic["received_at"])
+            assert stamped_behind > BEHIND - timedelta(minutes=5)  # libfaketime is in force
+
+            body = command_body("GW-001", "set_level", level="heightened")
+            await send(
+                BrokerConfig(url=police_broker.url), CMD_TOPIC, sign(key, "platform-1", body)
+            )
+            await wait_until(lambda: bodies(platform, "command_ack"), 10, "the command obeyed")
+            await wait_until(lambda: bodies(platform, "clock_suspect"), 10, "clock_suspect")
+            assert not bodies(platform, "command_refused")
+            [suspect] = bodies(platform, "clock_suspect")
+            assert suspect["attrs"]["told_by"] == "police"
+            assert abs(suspect["attrs"]["offset_s"] - BEHIND.total_seconds()) < 60
+            assert suspect["attrs"]["reasons"]
+
+            await panels["S00040"].send("panic")
+            await wait_until(lambda: panels[after].notices, 10, "a notice after the command")
+            assert abs(expires_in_s(panels[after].notices[0].body) - EXPIRES_S) < 60
+
+            await wait_until(lambda: gw.status()["clock"]["suspect"], 10, "the status file")
+            assert len(bodies(platform, "clock_suspect")) == 1
+
+    asyncio.run(scenario())
+    shown = subprocess.run(
+        [sys.executable, "-m", "gateway", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+    assert "clock suspect" in shown.stdout, shown.stdout + shown.stderr
