@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ import pytest
 
 from firmware_stubs.police_commands import command_body, new_key, send, sign
 from gateway.mqtt.client import BrokerConfig
+from lab.process import ReceiverProcess
 from tests.clients import expected_nearest, running, wait_until
 from tests.harness import TestGateway, init_config
 
@@ -37,6 +39,23 @@ LIBFAKETIME = next(
 )
 
 
+needs_libfaketime = pytest.mark.skipif(
+    LIBFAKETIME is None,
+    reason="libfaketime is not installed (.ci/run installs it: apt-get install faketime)",
+)
+
+
+def start_behind(gw: TestGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start the daemon alone 2 h behind: brokers, shops, police and centre keep the real time."""
+    monkeypatch.setenv("LD_PRELOAD", str(LIBFAKETIME))
+    monkeypatch.setenv("FAKETIME", "-2h")
+    try:
+        gw.start()
+    finally:
+        monkeypatch.delenv("LD_PRELOAD")
+        monkeypatch.delenv("FAKETIME")
+
+
 def bodies(platform, kind: str) -> list[dict]:
     return [d.body for d in platform.unique if d.body["kind"] == kind]
 
@@ -46,10 +65,7 @@ def expires_in_s(notice_body: dict) -> float:
     return (datetime.fromisoformat(notice_body["expires_at"]) - datetime.now(UTC)).total_seconds()
 
 
-@pytest.mark.skipif(
-    LIBFAKETIME is None,
-    reason="libfaketime is not installed (.ci/run installs it: apt-get install faketime)",
-)
+@needs_libfaketime
 def test_a_gateway_two_hours_behind_learns_the_polices_time_and_says_so(
     tmp_path, block_broker, police_broker, gateway_process, monkeypatch
 ):
@@ -66,11 +82,7 @@ def test_a_gateway_two_hours_behind_learns_the_polices_time_and_says_so(
     )
     gw = TestGateway(config)
     gateway_process.append(gw)
-    # Only the daemon runs 2 h behind: the brokers, shops and police keep the real time.
-    monkeypatch.setenv("LD_PRELOAD", str(LIBFAKETIME))
-    monkeypatch.setenv("FAKETIME", "-2h")
-    gw.start()
-    monkeypatch.delenv("LD_PRELOAD")
+    start_behind(gw, monkeypatch)
     before, after = expected_nearest("S00011")[0], expected_nearest("S00040")[0]
 
     async def scenario() -> None:
@@ -117,3 +129,48 @@ def test_a_gateway_two_hours_behind_learns_the_polices_time_and_says_so(
         check=False,
     )
     assert "clock suspect" in shown.stdout, shown.stdout + shown.stderr
+
+
+@needs_libfaketime
+def test_an_alarm_centres_nak_time_makes_the_clock_suspect_and_the_centre_is_told(
+    tmp_path, block_broker, gateway_process, monkeypatch
+):
+    """The centre NAKs the 2 h old timestamps with its own time: it gets 626 and the panic.
+
+    Contact ID 626 is 'time/date inaccurate'; the panic is stored all the same.
+    """
+    db = tmp_path / "centre.sqlite3"
+    receiver = ReceiverProcess(db)
+    receiver.start()
+    try:
+        config = init_config(
+            tmp_path,
+            block_url=block_broker.url,
+            police_url=None,
+            forwarders=[{"kind": "dc09", "name": "centre", "url": receiver.url, "account": "9999"}],
+        )
+        gw = TestGateway(config)
+        gateway_process.append(gw)
+        start_behind(gw, monkeypatch)
+
+        def stored() -> list[tuple[str, int, str]]:
+            with sqlite3.connect(db) as conn:
+                return conn.execute(
+                    "SELECT account, qualifier, code FROM alarms ORDER BY id"
+                ).fetchall()
+
+        async def scenario() -> None:
+            async with running(block_url=block_broker.url, shops=["S00011"]) as (panels, _):
+                await panels["S00011"].send("panic")
+                await wait_until(
+                    lambda: ("9999", 1, "626") in stored() and ("00011", 1, "120") in stored(),
+                    20,
+                    "the panic and the clock trouble at the centre",
+                )
+                await wait_until(lambda: gw.status()["clock"]["suspect"], 10, "the status")
+
+        asyncio.run(scenario())
+        assert gw.status()["clock"]["told_by"] == "alarm centre"
+        assert stored().count(("9999", 1, "626")) == 1
+    finally:
+        receiver.stop()
