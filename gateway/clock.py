@@ -222,7 +222,10 @@ def kernel_synchronised() -> bool | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None
-    adjtimex = getattr(ctypes.CDLL(name, use_errno=True), "adjtimex", None)
+    try:
+        adjtimex = getattr(ctypes.CDLL(name, use_errno=True), "adjtimex", None)
+    except OSError:
+        return None
     if adjtimex is None:
         return None
     state = adjtimex(ctypes.create_string_buffer(TIMEX_BUFFER))
