@@ -8,6 +8,7 @@ expire by the police's time instead of going out already expired.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from firmware_stubs.mqtt_client import client_for
 from firmware_stubs.police_commands import command_body, new_key, send, sign
 from gateway.mqtt.client import BrokerConfig
 from lab.process import ReceiverProcess
@@ -56,6 +58,19 @@ def start_behind(gw: TestGateway, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv("FAKETIME")
 
 
+async def retained_status(block_url: str) -> dict:
+    """The gateway's retained status on the block broker, once it shows the clock suspect."""
+    broker = BrokerConfig(url=block_url)
+    async with client_for(broker, client_id="status-reader", persistent=False) as client:
+        await client.subscribe("lianfang/v1/gateway/GW-001/status", qos=1)
+        async with asyncio.timeout(10):
+            async for message in client.messages:
+                status = json.loads(bytes(message.payload))
+                if status.get("clock", {}).get("suspect"):
+                    return status
+    raise AssertionError("the status stream ended")
+
+
 def bodies(platform, kind: str) -> list[dict]:
     return [d.body for d in platform.unique if d.body["kind"] == kind]
 
@@ -69,7 +84,7 @@ def expires_in_s(notice_body: dict) -> float:
 def test_a_gateway_two_hours_behind_learns_the_polices_time_and_says_so(
     tmp_path, block_broker, police_broker, gateway_process, monkeypatch
 ):
-    """Command obeyed, clock_suspect at the police once, status shows it, notices valid."""
+    """Command obeyed, clock_suspect at the police once, statuses show it, notices valid."""
     key, public = new_key()
     config = init_config(
         tmp_path,
@@ -117,6 +132,9 @@ def test_a_gateway_two_hours_behind_learns_the_polices_time_and_says_so(
             assert abs(expires_in_s(panels[after].notices[0].body) - EXPIRES_S) < 60
 
             await wait_until(lambda: gw.status()["clock"]["suspect"], 10, "the status file")
+            retained = await retained_status(block_broker.url)
+            assert retained["clock"]["suspect"] is True
+            assert retained["clock"]["told_by"] == "police"
             assert len(bodies(platform, "clock_suspect")) == 1
 
     asyncio.run(scenario())
