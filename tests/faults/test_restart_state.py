@@ -9,7 +9,12 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
+from firmware_stubs.mqtt_panel import ShopPanel
+from gateway.mqtt.client import BrokerConfig
+from lab.broker import Mosquitto
 from tests.clients import expected_nearest, running, wait_until
+from tests.harness import TestGateway, init_config
+from tests.integration.test_mesh import split_survey
 
 AFTER_S = 6.0
 DOWN_S = 2.0
@@ -133,3 +138,64 @@ def test_open_alerts_and_area_windows_survive_a_kill_9(block_broker, police_brok
             assert len(bodies(platform, "area_alert")) == 1
 
     asyncio.run(scenario())
+
+
+def test_notices_queued_for_another_gateway_survive_a_kill_9(
+    tmp_path, block_broker, police_broker, gateway_process
+):
+    """Police broker down: S00011's notices for GW-002's shops wait in GW-001's memory.
+
+    GW-001 is killed, the broker comes back, GW-001 restarts: GW-002's shops among
+    S00011's nearest each get the notice, once.
+    """
+    survey, gateway_of = split_survey(tmp_path)
+    south = [s for s in expected_nearest("S00011") if gateway_of[s] == "GW-002"]
+    assert south
+    with Mosquitto(workdir=tmp_path / "block2-dir") as block2:
+        gateways = {}
+        for gid, block in (("GW-002", block2), ("GW-001", block_broker)):
+            folder = tmp_path / gid
+            folder.mkdir()
+            config = init_config(
+                folder,
+                block_url=block.url,
+                police_url=police_broker.url,
+                survey=survey,
+                gateway=gid,
+            )
+            gateways[gid] = TestGateway(config)
+            gateway_process.append(gateways[gid])
+            if gid == "GW-002":
+                gateways[gid].start()  # its mesh session is made on the police broker
+                police_broker.stop()
+        gateways["GW-001"].start()
+
+        async def scenario() -> None:
+            far = {s: ShopPanel(BrokerConfig(url=block2.url), s) for s in south}
+            async with (
+                running(block_url=block_broker.url, shops=["S00011"]) as (panels, _),
+                asyncio.TaskGroup() as tg,
+            ):
+                tasks = [tg.create_task(p.run(), name=f"panel[{s}]") for s, p in far.items()]
+                for p in far.values():
+                    await asyncio.wait_for(p.ready.wait(), 10)
+                await panels["S00011"].send("panic")
+                await wait_until(
+                    lambda: gateways["GW-001"].status()["neighbour_notices"] > 0,
+                    10,
+                    "GW-001's own notices (the panic is journalled)",
+                )
+                await asyncio.to_thread(gateways["GW-001"].kill)
+                await asyncio.to_thread(police_broker.start)
+                await asyncio.to_thread(gateways["GW-001"].start)
+                await wait_until(
+                    lambda: all(far[s].notices for s in south),
+                    60,
+                    "GW-002's shops told through the police broker",
+                )
+                assert all(len(far[s].notices) == 1 for s in south)
+                assert {far[s].notices[0].body["from_shop_id"] for s in south} == {"S00011"}
+                for t in tasks:
+                    t.cancel()
+
+        asyncio.run(scenario())
