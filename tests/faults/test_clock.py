@@ -111,6 +111,7 @@ def test_a_gateway_two_hours_behind_learns_the_polices_time_and_says_so(
             await panels["S00011"].send("panic")
             await wait_until(lambda: panels[before].notices, 10, "the first notice")
             assert expires_in_s(panels[before].notices[0].body) < 0
+            await wait_until(lambda: bodies(platform, "panic"), 10, "the panic at the police")
             [panic] = bodies(platform, "panic")
             stamped_behind = datetime.now(UTC) - datetime.fromisoformat(panic["received_at"])
             assert stamped_behind > BEHIND - timedelta(minutes=5)  # libfaketime is in force
