@@ -13,8 +13,7 @@ from firmware_stubs.mqtt_panel import ShopPanel
 from gateway.mqtt.client import BrokerConfig
 from lab.broker import Mosquitto
 from tests.clients import expected_nearest, running, wait_until
-from tests.harness import TestGateway, init_config
-from tests.integration.test_mesh import split_survey
+from tests.integration.test_mesh import split_gateway, split_survey
 
 AFTER_S = 6.0
 DOWN_S = 2.0
@@ -152,22 +151,19 @@ def test_notices_queued_for_another_gateway_survive_a_kill_9(
     south = [s for s in expected_nearest("S00011") if gateway_of[s] == "GW-002"]
     assert south
     with Mosquitto(workdir=tmp_path / "block2-dir") as block2:
-        gateways = {}
-        for gid, block in (("GW-002", block2), ("GW-001", block_broker)):
-            folder = tmp_path / gid
-            folder.mkdir()
-            config = init_config(
-                folder,
+        gateways = {
+            gid: split_gateway(
+                tmp_path,
+                gid,
                 block_url=block.url,
                 police_url=police_broker.url,
                 survey=survey,
-                gateway=gid,
+                gateway_process=gateway_process,
             )
-            gateways[gid] = TestGateway(config)
-            gateway_process.append(gateways[gid])
-            if gid == "GW-002":
-                gateways[gid].start()  # its mesh session is made on the police broker
-                police_broker.stop()
+            for gid, block in (("GW-002", block2), ("GW-001", block_broker))
+        }
+        gateways["GW-002"].start()  # its mesh session is made on the police broker
+        police_broker.stop()
         gateways["GW-001"].start()
 
         async def scenario() -> None:
