@@ -32,8 +32,9 @@ logger = logging.getLogger(__name__)
 KIND = "mqtt_ingest"
 MAX_ATTRS = 16
 MAX_ATTR_TEXT = 256
-# A device clock this far ahead of ours is wrong; its events keep our time.
+# A device clock this far ahead of ours, or behind it, is wrong; its events keep our time.
 MAX_CLOCK_AHEAD = timedelta(minutes=5)
+MAX_CLOCK_BEHIND = timedelta(hours=24)
 # Kinds the gateway makes itself, never accepted from a device.
 GATEWAY_KINDS = frozenset({EventKind.SUPERVISION_LOST})
 
@@ -240,6 +241,6 @@ def _device_time(ts: str | float | None, now: datetime) -> datetime | None:
             when = datetime.fromtimestamp(ts, UTC)
     except (ValueError, OverflowError, OSError):
         return None
-    if when - now > MAX_CLOCK_AHEAD or when.year < 2000:
+    if when - now > MAX_CLOCK_AHEAD or now - when > MAX_CLOCK_BEHIND:
         return None
     return when.astimezone(UTC)

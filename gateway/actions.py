@@ -17,9 +17,9 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from gateway.config.model import GatewayConfig
 from gateway.events import EVENT_CLASS, Event, EventClass, EventKind, Source, new_event_id, utc_now
@@ -27,7 +27,7 @@ from gateway.mqtt.notify import BlockPublisher
 from gateway.ratelimit import RateLimitedLog
 from gateway.rule_engine import notice_places
 from protocols.mesh_message import MeshMessage
-from rules.area import AreaWatch
+from rules.area import AreaTrigger, AreaWatch
 from rules.arming import ArmSchedule
 from rules.engine import Firing
 from rules.geo import Neighbour, nearest_shops
@@ -47,6 +47,7 @@ ALWAYS_FORWARDED = frozenset(
 Emit = Callable[..., Awaitable[None]]
 """``emit(event, routes=...)``: hand a gateway-made event to the intake."""
 SoundSiren = Callable[[str, float], Awaitable[bool]]
+ActionT = TypeVar("ActionT")
 
 
 class MeshOut(Protocol):
@@ -144,10 +145,12 @@ class RuleActions:
         routes: dict[EventKind, tuple[str, ...]],
         arming_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = utc_now,
     ) -> None:
         """Act for ``config``'s gateway; ``routes`` are the forwarders that take each kind.
 
         Early arm/disarm overrides are kept in ``arming_file`` across restarts.
+        Notices expire by ``wall_clock`` (the police's time when the gateway's is off).
         """
         self._gid = config.gateway.id
         self._config = config
@@ -155,6 +158,7 @@ class RuleActions:
         self._publisher = publisher
         self._routes = routes
         self._clock = clock
+        self._wall_clock = wall_clock
         alert = config.neighbour_alert
         self._alert_config = alert
         self._cancel_window_s = config.rules.cancel_window_s
@@ -169,6 +173,7 @@ class RuleActions:
             cooldown_s=alert.cooldown_s,
             expires_s=alert.expires_s,
             clock=clock,
+            wall=wall_clock,
         )
         self._bucket = TokenBucket(config.rules.max_notices_per_s, clock)
         self._nearest: dict[tuple[int, float, bool], dict[str, list[Neighbour]]] = {}
@@ -176,11 +181,13 @@ class RuleActions:
             for action in rule.do:
                 if isinstance(action, NotifyNearest):
                     self._table(action)  # computed once at start, not on the first panic
+        self._rules = {rule.name: rule for rule in rules}
         self._area = AreaWatch()
         self._open: dict[str, _OpenAlert] = {}  # latest alert per origin shop
         self._by_alert: OrderedDict[str, _OpenAlert] = OrderedDict()
         self._relayed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._escalations: dict[str, asyncio.Task[None]] = {}
+        self._resumed: list[tuple[Event, Escalate, str, str | None, float]] = []
         self._tg: asyncio.TaskGroup | None = None
         self._arming_file = arming_file
         self._arming_changed = asyncio.Event()
@@ -194,6 +201,7 @@ class RuleActions:
         self.notices_cap_expired = 0
         self.area_alerts = 0
         self.relayed = 0
+        self.mesh_resent = 0
 
     # --- the hot path --------------------------------------------------------------
 
@@ -332,24 +340,28 @@ class RuleActions:
             attrs={"cause_event_id": cause.id, "rule": rule, **(attrs or {})},
         )
 
-    def _area_alert(self, event: Event, action: AreaAlert, rule: str) -> Event | None:
+    def _area_count(self, event: Event, action: AreaAlert) -> AreaTrigger | None:
+        """Count ``event`` in its shop's cell; the trigger if the cell now fires."""
         shop = self._own.get(event.shop_id or "")
         if shop is None:
             return None
-        cell = getattr(shop.grid, action.grid.value)
-        trigger = self._area.count(
-            cell,
+        return self._area.count(
+            getattr(shop.grid, action.grid.value),
             event.id,
             shop.id,
             event.occurred_at,
             alarms=action.alarms,
             window_s=action.window_s,
         )
+
+    def _area_alert(self, event: Event, action: AreaAlert, rule: str) -> Event | None:
+        trigger = self._area_count(event, action)
         if trigger is None:
             return None
+        cell = trigger.cell
         self.area_alerts += 1
         alert_id = new_event_id()
-        expires = (utc_now() + timedelta(seconds=self._alert_config.expires_s)).isoformat()
+        expires = (self._wall_clock() + timedelta(seconds=self._alert_config.expires_s)).isoformat()
         body = {
             "alert_id": alert_id,
             "kind": "area_alert",
@@ -468,12 +480,68 @@ class RuleActions:
             self.relayed += len(notices)
         return len(notices)
 
+    # --- soft state rebuilt after a restart (gateway/soft_state.py reads the journal) --------
+
+    def fired(self, event: Event, kind: type[ActionT]) -> list[tuple[str, ActionT]]:
+        """The ``kind`` actions of the rules a journalled ``event`` fired, with their rule."""
+        return [
+            (name, action)
+            for name in event.attrs.get("rules", ())
+            if (rule := self._rules.get(name)) is not None
+            for action in rule.do
+            if isinstance(action, kind)
+        ]
+
+    def reopen(self, event: Event, age_s: float) -> None:
+        """Reopen the alert ``event`` sent ``age_s`` ago: cancel window, cool-down, shops told.
+
+        Its notices to other gateways' shops go out again while it has not expired
+        (a mesh queue is memory only; the receiving gateway relays an alert once).
+        """
+        alert_id, shop = event.attrs.get("alert_id"), event.shop_id
+        notify = self.fired(event, NotifyNearest)
+        if not isinstance(alert_id, str) or shop is None or not notify:
+            return
+        neighbours = self._table(notify[0][1]).get(shop, [])
+        at = self._clock() - age_s
+        alerted = frozenset(n.shop_id for n in neighbours)
+        self._remember(_OpenAlert(alert_id, event.id, shop, at, alerted))
+        self.alerts.alerted_at(shop, at)
+        left_s = self._alert_config.expires_s - age_s
+        away = [n for n in neighbours if self._gateway_of[n.shop_id] != self._gid]
+        if left_s > 0 and away and self.mesh is not None:
+            expires = self._wall_clock() + timedelta(seconds=left_s)
+            notices = self.alerts.notices(event, away, alert_id, expires)
+            self._send(NeighbourAlert(alert_id, event.id, notices, self._clock() + left_s))
+            self.mesh_resent += len(notices)
+
+    def reanswer(self, response: Event) -> None:
+        """Count a journalled answer to a reopened alert again."""
+        alert = self._by_alert.get(str(response.attrs.get("alert_id")))
+        if alert is not None and response.shop_id and response.attrs.get("alerted") is True:
+            alert.responses[response.shop_id] = str(response.attrs.get("response"))
+
+    def resume_escalation(self, event: Event, rule: str, action: Escalate, left_s: float) -> None:
+        """Escalate ``event`` in ``left_s`` (at least at once) when the actions start."""
+        alert_id = event.attrs.get("alert_id")
+        self._resumed.append(
+            (event, action, rule, alert_id if isinstance(alert_id, str) else None, max(left_s, 0))
+        )
+
+    def recount_area(self, event: Event) -> None:
+        """Count a journalled alarm in its cell's window again; its area alert was sent then."""
+        for _, action in self.fired(event, AreaAlert):
+            self._area_count(event, action)
+
     # --- actions that take time -----------------------------------------------------------
 
     async def run(self) -> None:
         """Run sirens, escalation timers and the keeping of arm state until cancelled."""
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            for resumed in self._resumed:
+                self._start_escalation(*resumed)
+            self._resumed.clear()
             try:
                 await self._keep_arming()
             finally:
@@ -526,16 +594,24 @@ class RuleActions:
             await self.emit(failed)
 
     def _start_escalation(
-        self, event: Event, action: Escalate, rule: str, alert_id: str | None
+        self,
+        event: Event,
+        action: Escalate,
+        rule: str,
+        alert_id: str | None,
+        wait_s: float | None = None,
     ) -> None:
-        task = self._spawn(self._escalate(event, action, rule, alert_id), f"escalate[{event.id}]")
+        """Escalate ``event`` after ``action.after_s``, or ``wait_s`` (what a restart left)."""
+        wait_s = action.after_s if wait_s is None else wait_s
+        work = self._escalate(event, action, rule, alert_id, wait_s)
+        task = self._spawn(work, f"escalate[{event.id}]")
         if task is not None:
             self._escalations[event.id] = task
 
     async def _escalate(
-        self, event: Event, action: Escalate, rule: str, alert_id: str | None
+        self, event: Event, action: Escalate, rule: str, alert_id: str | None, wait_s: float
     ) -> None:
-        await asyncio.sleep(action.after_s)
+        await asyncio.sleep(wait_s)
         self._escalations.pop(event.id, None)
         if self.emit is not None:
             escalation = self._made(

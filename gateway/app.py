@@ -17,14 +17,17 @@ from typing import Any
 from drivers import DRIVERS
 from drivers.base import RETRY_MAX_S, Driver, DriverContext, SirenDriver
 from drivers.mqtt_ingest import MqttIngestDriver
-from gateway import __version__
+from gateway import __version__, soft_state
 from gateway.actions import RuleActions
+from gateway.clock import ClockJudgement, GatewayClock
 from gateway.config.model import GatewayConfig
 from gateway.device_state import DeviceStates
 from gateway.errors import ConfigError, JournalError
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.forwarders import FORWARDERS
 from gateway.forwarders.base import Forwarder, ForwarderContext, ShopCard
+from gateway.forwarders.dc09 import Dc09Forwarder
+from gateway.forwarders.dc09_codes import RESTORES_ATTR
 from gateway.inboxes import inboxes
 from gateway.intake import Intake
 from gateway.journal import Journal
@@ -67,6 +70,8 @@ class Gateway:
             status_interval_s=config.status_interval_s,
         )
         engine = rule_engine(config)
+        self.clock = GatewayClock()
+        self.clock.on_change = self._clock_changed
         self.actions = RuleActions(
             config,
             engine.rules,
@@ -74,11 +79,16 @@ class Gateway:
             publisher=self.publisher,
             routes=self._routes,
             arming_file=config.state_dir / "arming.json",
+            wall_clock=self.clock.now,
         )
         self.intake = Intake(self.journal, engine, self.actions)
         self.actions.emit = self.intake.gateway_event
         self.actions.siren = self.sound_siren
-        self.inboxes = {i.name: i for i in inboxes(config, self.intake, self.actions)}
+        self.inboxes = {i.name: i for i in inboxes(config, self.intake, self.actions, self.clock)}
+        # After the inboxes: the mesh must be there for the notices rebuilt alerts still owe.
+        rebuilt = soft_state.rebuild(self.actions, config, engine.rules)
+        if rebuilt:
+            logger.info("rebuilt from the journal: %s", rebuilt)
         self.device_states = DeviceStates(config.journal_path)
         context = DriverContext(
             gateway_id=gid,
@@ -104,6 +114,11 @@ class Gateway:
             f.name: FORWARDERS[f.kind](f, context=fcontext, cursor=self.cursors[f.name])
             for f in config.forwarders
         }
+        for forwarder in self.forwarders.values():
+            if isinstance(forwarder, Dc09Forwarder):
+                forwarder.on_centre_time = functools.partial(
+                    self.clock.told, by="alarm centre", exact=True
+                )
         self.links: dict[str, bool] = {}
         self.link_errors: dict[str, str] = {}
         self._status_changed = asyncio.Event()
@@ -134,6 +149,9 @@ class Gateway:
                 f"journal reached its {cap:g} MB cap: {js.evicted} low-value records evicted "
                 "since start, alarms kept"
             )
+        clock = self.clock.judgement
+        if clock.suspect:
+            warnings.append(f"clock suspect: {'; '.join(clock.reasons)}")
         rejected = {
             f"{name}.{reason}": n
             for name, driver in [*self.drivers.items(), *self.inboxes.items()]
@@ -172,6 +190,7 @@ class Gateway:
                 for name, driver in self.drivers.items()
                 for code, at in getattr(driver, "unknown_codes", {}).items()
             },
+            "clock": clock.attrs(),
             "warnings": warnings,
         }
 
@@ -190,6 +209,27 @@ class Gateway:
                 received_at=now,
                 source=Source(driver="gateway", ref=name),
                 attrs={"detail": detail[:256]},
+            )
+        )
+
+    async def _clock_changed(self, judgement: ClockJudgement) -> None:
+        """Forward ``clock_suspect`` when the clock turns suspect, its restore when it is good."""
+        now = utc_now()
+        attrs = judgement.attrs()
+        if not judgement.suspect:
+            attrs[RESTORES_ATTR] = EventKind.CLOCK_SUSPECT.value
+        self._status_changed.set()
+        await self.intake.gateway_event(
+            Event(
+                id=new_event_id(),
+                gateway_id=self.config.gateway.id,
+                shop_id=None,
+                device_id="clock",
+                kind=EventKind.CLOCK_SUSPECT if judgement.suspect else EventKind.RESTORE,
+                occurred_at=self.clock.now(),
+                received_at=now,
+                source=Source(driver="gateway", ref="clock"),
+                attrs=attrs,
             )
         )
 
@@ -216,13 +256,14 @@ class Gateway:
             tg.create_task(self.journal.run(), name="journal")
             tg.create_task(self.actions.run(), name="rule-actions")
             tg.create_task(self.device_states.run(), name="device-states")
+            tg.create_task(self.clock.run(), name="clock")
             tg.create_task(
                 supervise(
                     "block-publisher",
                     self.publisher.run,
                     link=self.publisher,
                     on_change=self._link_changed,
-                        on_retry=self._note_retry,
+                    on_retry=self._note_retry,
                 ),
                 name="block-publisher",
             )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.actions import RuleActions, TokenBucket, write_atomically
+from gateway.clock import GatewayClock
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.intake import Intake
 from rules.commands import Command, CommandVerifier, Refusal
@@ -38,8 +39,14 @@ class PoliceCommands:
         actions: RuleActions,
         *,
         state_file: Path,
+        clock: GatewayClock | None = None,
     ) -> None:
-        """Obey what ``verifier`` accepts; the level and used nonces persist in ``state_file``."""
+        """Obey what ``verifier`` accepts; the level and used nonces persist in ``state_file``.
+
+        Each authentic command's issue time tells ``clock`` the police's time,
+        and validity is judged by the clock's best time (the police's when ours is off).
+        """
+        self._clock = clock or GatewayClock()
         self._verifier = verifier
         self._intake = intake
         self._actions = actions
@@ -76,8 +83,12 @@ class PoliceCommands:
 
     async def handle(self, topic: str, payload: bytes, done: Callable[[], None]) -> None:
         """Verify, obey or refuse, and journal the answer; ``done`` once it is durable."""
-        now = utc_now()
-        verdict = self._verifier.verify(payload, now)
+        signed = self._verifier.authentic(payload)
+        if isinstance(signed, Refusal):
+            verdict: Command | Refusal = signed
+        else:
+            self._clock.told(signed.command.issued_at, by="police", exact=False)
+            verdict = self._verifier.timely(signed, self._clock.now())
         if isinstance(verdict, Refusal):
             self.refused += 1
             if not self._refusals.take(1):

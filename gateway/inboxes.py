@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.actions import RuleActions
+from gateway.clock import GatewayClock
 from gateway.commands import PoliceCommands
 from gateway.config.model import GatewayConfig
 from gateway.forwarders.mqtt_police import PoliceMqttConfig
@@ -99,8 +100,16 @@ def mesh_topic(root: str, large_grid: str, gateway_id: str) -> str:
     return f"{root}/{large_grid}/mesh/{gateway_id}/notify"
 
 
-def inboxes(config: GatewayConfig, intake: Intake, actions: RuleActions) -> list[Inbox]:
-    """The gateway's inboxes; the police ones only when a police MQTT forwarder is configured."""
+def inboxes(
+    config: GatewayConfig,
+    intake: Intake,
+    actions: RuleActions,
+    clock: GatewayClock | None = None,
+) -> list[Inbox]:
+    """The gateway's inboxes; the police ones only when a police MQTT forwarder is configured.
+
+    Signed commands tell ``clock`` the police's time.
+    """
     gid = config.gateway.id
     responses = ShopResponses({s.id for s in config.shops}, intake, actions)
     found = [
@@ -117,7 +126,7 @@ def inboxes(config: GatewayConfig, intake: Intake, actions: RuleActions) -> list
         return found
     verifier = CommandVerifier(gid, config.commands.keys, max_age_s=config.commands.max_age_s)
     commands = PoliceCommands(
-        gid, verifier, intake, actions, state_file=config.state_dir / "commands.json"
+        gid, verifier, intake, actions, state_file=config.state_dir / "commands.json", clock=clock
     )
     mesh = MeshRelay(police.topic_root, actions, {s.gateway_id for s in config.other_shops} - {gid})
     found.append(

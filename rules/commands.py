@@ -64,6 +64,14 @@ class Command(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class Authentic:
+    """A command the police signed for this gateway, not yet checked for time or replay."""
+
+    command: Command
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Refusal:
     """Why a command was refused, with whatever of it could be read."""
 
@@ -103,14 +111,30 @@ class CommandVerifier:
         return dict(self._nonces)
 
     def verify(self, payload: bytes, now: datetime) -> Command | Refusal:
-        """The command, if it is to be obeyed; else why not."""
+        """The command, if it is to be obeyed at ``now``; else why not."""
+        verdict = self.authentic(payload)
+        return verdict if isinstance(verdict, Refusal) else self.timely(verdict, now)
+
+    def authentic(self, payload: bytes) -> Authentic | Refusal:
+        """The command if the police signed it for this gateway, whatever its time; else why not.
+
+        Its ``issued_at`` can then be trusted as the police's word (a floor on the time).
+        """
         try:
             envelope = self._signed(payload)
-            command = self._valid(envelope, now)
+            command = self._for_us(envelope)
         except _Refused as refused:
             return refused.refusal
-        self.remember(command.nonce, command.issued_at)
-        return command
+        return Authentic(command, envelope.key_id)
+
+    def timely(self, signed: Authentic, now: datetime) -> Command | Refusal:
+        """The authentic command if it is valid at ``now`` and its nonce is new; else why not."""
+        try:
+            self._in_time(signed, now)
+        except _Refused as refused:
+            return refused.refusal
+        self.remember(signed.command.nonce, signed.command.issued_at)
+        return signed.command
 
     def _signed(self, payload: bytes) -> Envelope:
         if len(payload) > MAX_COMMAND_BYTES * 2:
@@ -138,30 +162,35 @@ class CommandVerifier:
             ) from None
         return envelope
 
-    def _valid(self, envelope: Envelope, now: datetime) -> Command:
+    def _for_us(self, envelope: Envelope) -> Command:
         try:
             command = Command.model_validate_json(envelope.body)
         except ValidationError as exc:
             raise _Refused("malformed", _first_error(exc), key_id=envelope.key_id) from None
-
-        def refuse(reason: str, detail: str) -> _Refused:
-            return _Refused(reason, detail, envelope.key_id, command.nonce, command.command)
-
         if command.gateway_id != self._gateway_id:
-            raise refuse("wrong_gateway", f"addressed to {command.gateway_id}")
+            raise _refusal(
+                Authentic(command, envelope.key_id),
+                "wrong_gateway",
+                f"addressed to {command.gateway_id}",
+            )
+        return command
+
+    def _in_time(self, signed: Authentic, now: datetime) -> None:
+        command = signed.command
         # The same leeway both ways: a gateway clock a minute fast must not refuse every command.
         if now > command.expires_at + CLOCK_SKEW:
-            raise refuse("expired", f"expired at {command.expires_at.isoformat()}")
+            raise _refusal(signed, "expired", f"expired at {command.expires_at.isoformat()}")
         if command.issued_at > now + CLOCK_SKEW:
-            raise refuse("not_yet_valid", f"issued in the future, {command.issued_at.isoformat()}")
+            raise _refusal(
+                signed, "not_yet_valid", f"issued in the future, {command.issued_at.isoformat()}"
+            )
         if now - command.issued_at > self._max_age:
-            raise refuse("expired", f"issued more than {self._max_age} ago")
+            raise _refusal(signed, "expired", f"issued more than {self._max_age} ago")
         # Older nonces need no memory: their commands are refused as expired anyway.
         while self._nonces and next(iter(self._nonces.values())) < now - self._max_age - CLOCK_SKEW:
             self._nonces.popitem(last=False)
         if command.nonce in self._nonces:
-            raise refuse("replayed", f"nonce {command.nonce} was used before")
-        return command
+            raise _refusal(signed, "replayed", f"nonce {command.nonce} was used before")
 
 
 class _Refused(Exception):  # noqa: N818 - carries a Refusal, is not an error of ours
@@ -175,6 +204,11 @@ class _Refused(Exception):  # noqa: N818 - carries a Refusal, is not an error of
     ) -> None:
         super().__init__(reason)
         self.refusal = Refusal(reason, detail, key_id, nonce, command)
+
+
+def _refusal(signed: Authentic, reason: str, detail: str) -> _Refused:
+    command = signed.command
+    return _Refused(reason, detail, signed.key_id, command.nonce, command.command)
 
 
 def _text(value: object) -> str | None:

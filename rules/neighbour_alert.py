@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from gateway.events import Event, new_event_id, utc_now
 from rules.geo import Neighbour
@@ -40,12 +40,17 @@ class NeighbourAlerts:
         cooldown_s: float,
         expires_s: float,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = utc_now,
     ) -> None:
-        """Alert with ``names`` (shop names by id) shown to neighbours."""
+        """Alert with ``names`` (shop names by id) shown to neighbours.
+
+        ``wall`` dates the notices' expiry: the police's time when the gateway's is off.
+        """
         self._names = names
         self._cooldown_s = cooldown_s
         self._expires_s = expires_s
         self._clock = clock
+        self._wall = wall
         self._last_alert: dict[str, float] = {}
         self.suppressed = 0
 
@@ -60,17 +65,24 @@ class NeighbourAlerts:
             return None
         self._last_alert[event.shop_id] = now
         alert_id = new_event_id()
-        expires_at = (utc_now() + timedelta(seconds=self._expires_s)).isoformat()
+        expires_at = self._wall() + timedelta(seconds=self._expires_s)
+        notices = self.notices(event, neighbours, alert_id, expires_at)
+        return NeighbourAlert(alert_id, event.id, notices, now + self._expires_s)
+
+    def notices(
+        self, event: Event, neighbours: list[Neighbour], alert_id: str, expires_at: datetime
+    ) -> tuple[Notice, ...]:
+        """``event``'s alert ``alert_id`` as each of ``neighbours`` is told it."""
         common = {
             "alert_id": alert_id,
             "event_id": event.id,
             "from_shop_id": event.shop_id,
-            "from_shop_name": self._names.get(event.shop_id, event.shop_id),
+            "from_shop_name": self._names.get(event.shop_id or "", event.shop_id),
             "kind": event.kind.value,
             "occurred_at": event.occurred_at.isoformat(),
-            "expires_at": expires_at,
+            "expires_at": expires_at.isoformat(),
         }
-        notices = tuple(
+        return tuple(
             Notice(
                 shop_id=n.shop_id,
                 payload=json.dumps(
@@ -86,7 +98,10 @@ class NeighbourAlerts:
             )
             for n in neighbours
         )
-        return NeighbourAlert(alert_id, event.id, notices, now + self._expires_s)
+
+    def alerted_at(self, shop_id: str, at: float) -> None:
+        """Count ``shop_id`` as alerted at ``at``: its cool-down runs from then (a restart)."""
+        self._last_alert[shop_id] = max(at, self._last_alert.get(shop_id, at))
 
 
 def _reverse_words(n: Neighbour) -> str:

@@ -14,8 +14,9 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -231,6 +232,8 @@ class Dc09Forwarder:
             key_bytes(config.key.get_secret_value(), config.key_format) if config.key else None
         )
         self._clock_offset = timedelta()
+        self.on_centre_time: Callable[[datetime], None] | None = None
+        """Told the centre's time from each NAK that carries one (the gateway judges its clock)."""
         self._last_sequence = 0
         self.link_up = asyncio.Event()
         self.naks = 0
@@ -356,6 +359,8 @@ class Dc09Forwarder:
                 self.naks += 1
                 if reply.timestamp is not None:
                     self._clock_offset = reply.timestamp - utc_now()
+                    if self.on_centre_time is not None:
+                        self.on_centre_time(reply.timestamp)
                     logger.warning(
                         "%s: NAK; centre clock is %+.0f s from ours, sending again",
                         self.config.name,

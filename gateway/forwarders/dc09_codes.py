@@ -55,6 +55,8 @@ DEFAULT_CODES: dict[str, CodeEntry] = {
     EventKind.CANCEL: _entry(406, "OC"),
     # The rules raise it when a siren could not be sounded: sounder/relay trouble.
     EventKind.ACTION_FAILED: _entry(320, "YA", "YH"),
+    # The gateway's clock is wrong (no RTC, NTP not synchronised): time/date inaccurate.
+    EventKind.CLOCK_SUSPECT: _entry(626, "JT"),
 }
 """Kinds and codes as DESIGN.md lists them. ``door_open``/``door_close`` are not
 alarms by themselves (the rules raise ``intrusion`` when armed) and heartbeats

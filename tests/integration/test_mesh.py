@@ -26,6 +26,26 @@ def split_survey(folder: Path) -> tuple[Path, dict[str, str]]:
     return out, gateway_of
 
 
+def split_gateway(
+    tmp_path: Path,
+    gid: str,
+    *,
+    block_url: str,
+    police_url: str,
+    survey: Path,
+    gateway_process: list[TestGateway],
+) -> TestGateway:
+    """Gateway ``gid`` of the split survey on its block broker (not started; killed at the end)."""
+    folder = tmp_path / gid
+    folder.mkdir()
+    config = init_config(
+        folder, block_url=block_url, police_url=police_url, survey=survey, gateway=gid
+    )
+    gw = TestGateway(config)
+    gateway_process.append(gw)
+    return gw
+
+
 def test_a_panic_at_the_edge_of_one_block_alerts_the_next_blocks_shops_exactly_once(
     tmp_path, block_broker, police_broker, gateway_process
 ):
@@ -38,18 +58,14 @@ def test_a_panic_at_the_edge_of_one_block_alerts_the_next_blocks_shops_exactly_o
     assert {gateway_of[s] for s in expected} == {"GW-001", "GW-002"}
     with Mosquitto(workdir=tmp_path / "block2-dir") as block2:
         for gid, block in (("GW-001", block_broker), ("GW-002", block2)):
-            folder = tmp_path / gid
-            folder.mkdir()
-            config = init_config(
-                folder,
+            split_gateway(
+                tmp_path,
+                gid,
                 block_url=block.url,
                 police_url=police_broker.url,
                 survey=survey,
-                gateway=gid,
-            )
-            gw = TestGateway(config)
-            gateway_process.append(gw)
-            gw.start()
+                gateway_process=gateway_process,
+            ).start()
 
         async def scenario() -> None:
             north = [s for s, g in gateway_of.items() if g == "GW-001"]
