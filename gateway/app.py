@@ -32,6 +32,7 @@ from gateway.mqtt.notify import BlockPublisher
 from gateway.outbox import OutboxCursor
 from gateway.ratelimit import RateLimitedLog
 from gateway.rule_engine import rule_engine
+from gateway.sms.service import SmsService
 from gateway.state_lock import StateDirError, lock_state_dir
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier, process_age_s
@@ -79,6 +80,8 @@ class Gateway:
         self.actions.emit = self.intake.gateway_event
         self.actions.siren = self.sound_siren
         self.inboxes = {i.name: i for i in inboxes(config, self.intake, self.actions)}
+        self.sms = SmsService(config, self.intake, self.actions) if config.sms else None
+        self.actions.sms = self.sms
         self.device_states = DeviceStates(config.journal_path)
         context = DriverContext(
             gateway_id=gid,
@@ -173,6 +176,7 @@ class Gateway:
                 for code, at in getattr(driver, "unknown_codes", {}).items()
             },
             "warnings": warnings,
+            **({"sms": self.sms.status()} if self.sms else {}),
         }
 
     async def _link_changed(self, name: str, *, up: bool, detail: str) -> None:
@@ -259,6 +263,18 @@ class Gateway:
                         max_delay=RETRY_MAX_S,
                     ),
                     name=f"driver[{name}]",
+                )
+            if self.sms is not None:
+                tg.create_task(
+                    supervise(
+                        "sms",
+                        self.sms.run,
+                        link=self.sms,
+                        on_change=self._link_changed,
+                        on_retry=self._note_retry,
+                        max_delay=RETRY_MAX_S,
+                    ),
+                    name="sms",
                 )
             tg.create_task(self._announce_ready(notifier), name="ready")
             tg.create_task(self._pet_watchdog(notifier), name="watchdog")

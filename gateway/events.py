@@ -37,6 +37,7 @@ class EventKind(StrEnum):
     ACTION_FAILED = "action_failed"
     COMMAND_ACK = "command_ack"
     COMMAND_REFUSED = "command_refused"
+    SMS = "sms"
 
 
 class EventClass(StrEnum):
@@ -73,6 +74,7 @@ EVENT_CLASS: dict[EventKind, EventClass] = {
     EventKind.ACTION_FAILED: EventClass.TROUBLE,
     EventKind.COMMAND_ACK: EventClass.STATUS,
     EventKind.COMMAND_REFUSED: EventClass.TROUBLE,
+    EventKind.SMS: EventClass.STATUS,
 }
 
 # Kinds only the gateway itself makes (rules, commands, responses); never taken from a device.
@@ -84,6 +86,7 @@ GATEWAY_MADE_KINDS = frozenset(
         EventKind.ACTION_FAILED,
         EventKind.COMMAND_ACK,
         EventKind.COMMAND_REFUSED,
+        EventKind.SMS,
     }
 )
 

@@ -1,0 +1,115 @@
+"""SMS through the modem emulator on a real pty, the gateway as a real process, real brokers."""
+
+# ruff: noqa: RUF001 - Chinese text takes full-width punctuation
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from tests.clients import expected_nearest, haversine_m, running, survey_rows, wait_until
+from tests.sms import gsm_modem, sent_messages, sms_overrides, survey_phone
+
+FAST = ("--send-s", "0.02", "--send-s-max", "0.05")
+SHOP = "S00011"
+
+
+def shop_row(shop_id: str) -> dict[str, str]:
+    return next(r for r in survey_rows() if r["shop_id"] == shop_id)
+
+
+def distance_m(a: str, b: str) -> float:
+    ra, rb = shop_row(a), shop_row(b)
+    return haversine_m(float(ra["lat"]), float(ra["lon"]), float(rb["lat"]), float(rb["lon"]))
+
+
+def test_a_panic_texts_each_of_the_ten_nearest_shops_in_chinese(
+    tmp_path, block_broker, police_broker, start_gateway
+):
+    """A panel's panic at S00011: one SMS to each of its 10 nearest shops' phones, nearest first, saying who, how far and how to answer."""
+    with gsm_modem(tmp_path, *FAST) as (modem, link):
+        gw = start_gateway(**sms_overrides(link))
+        near = expected_nearest(SHOP)
+
+        async def scenario() -> None:
+            async with running(block_url=block_broker.url, shops=[SHOP]) as (panels, _):
+                await wait_until(
+                    lambda: gw.status().get("sms", {}).get("registration") == "home",
+                    20,
+                    "the modem registered",
+                )
+                await panels[SHOP].send("panic")
+                await wait_until(lambda: len(sent_messages(modem)) >= 10, 20, "10 SMS")
+
+        asyncio.run(scenario())
+        sent = sent_messages(modem)
+        assert [s.number for s in sent] == [survey_phone(s) for s in near]
+        name = shop_row(SHOP)["name"]
+        for sms, neighbour in zip(sent, near, strict=True):
+            assert sms.text.startswith(f"【联防】{name}求救！在您")
+            assert sms.text.endswith("回1=我来，0=安全")
+            metres = int(re.search(r"(\d+)米", sms.text)[1])
+            assert abs(metres - distance_m(SHOP, neighbour)) <= 1
+        asyncio.run(
+            wait_until(lambda: gw.status()["sms"]["sent"] == 10, 10, "10 sent in the status")
+        )
+        assert gw.status()["sms"]["signal_dbm"] == -113 + 2 * 20
+
+
+def test_sms_9_hash_from_a_shops_phone_is_its_panic_and_1_answers_coming(
+    tmp_path, block_broker, police_broker, start_gateway
+):
+    """A stranger's 9# raises nothing; 9# from S00011's phone is S00011's panic (10 nearest told, police told); a neighbour's 1 is 'coming'."""
+    with gsm_modem(tmp_path, *FAST) as (modem, link):
+        gw = start_gateway(**sms_overrides(link))
+        near = expected_nearest(SHOP)
+        stranger = "+8613900000000"
+
+        async def scenario() -> None:
+            async with running(
+                block_url=block_broker.url, police_url=police_broker.url, shops=near
+            ) as (panels, platform):
+                assert platform is not None
+                await wait_until(
+                    lambda: gw.status().get("sms", {}).get("registration") == "home",
+                    20,
+                    "the modem registered",
+                )
+                modem.send(f"receive {stranger} 9#")
+                await wait_until(
+                    lambda: any(s.number == stranger for s in sent_messages(modem)),
+                    20,
+                    "the stranger answered",
+                )
+                modem.send(f"receive {survey_phone(SHOP)} 9#")
+                await wait_until(
+                    lambda: platform.by_id and all(panels[s].notices for s in near),
+                    20,
+                    "the panic at the police and 10 notices",
+                )
+                [panic] = [d for d in platform.unique if d.body["kind"] == "panic"]
+                assert panic.body["shop_id"] == SHOP
+                assert panic.body["device_id"] == "sms"
+                alert_id = panels[near[0]].notices[0].body["alert_id"]
+                modem.send(f"receive {survey_phone(near[0])} 1")
+                await wait_until(
+                    lambda: any(d.body["kind"] == "response" for d in platform.unique),
+                    20,
+                    "the response at the police",
+                )
+                [response] = [d for d in platform.unique if d.body["kind"] == "response"]
+                assert response.body["shop_id"] == near[0]
+                assert response.body["attrs"]["alert_id"] == alert_id
+                assert response.body["attrs"]["response"] == "coming"
+                assert response.body["attrs"]["alerted"] is True
+                await wait_until(lambda: modem.count("DELETED") == 3, 10, "3 messages deleted")
+                # 1 to the stranger, 10 alerts, 2 confirmations
+                await wait_until(lambda: len(sent_messages(modem)) == 13, 20, "13 SMS")
+                assert [d.body["kind"] for d in platform.unique].count("panic") == 1
+
+        asyncio.run(scenario())
+        replies = {s.number: s.text for s in sent_messages(modem)}
+        assert "未登记" in replies[stranger]
+        assert "已收到求救" in replies[survey_phone(SHOP)]
+        assert replies[survey_phone(near[0])] == "【联防】已回复：我来。"
+        assert gw.status()["sms"]["unknown_senders"] == 1
