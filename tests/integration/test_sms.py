@@ -113,3 +113,73 @@ def test_sms_9_hash_from_a_shops_phone_is_its_panic_and_1_answers_coming(
         assert "已收到求救" in replies[survey_phone(SHOP)]
         assert replies[survey_phone(near[0])] == "【联防】已回复：我来。"
         assert gw.status()["sms"]["unknown_senders"] == 1
+
+
+def test_the_modem_dropping_off_mid_queue_still_sends_every_sms_once(
+    tmp_path, block_broker, police_broker, start_gateway
+):
+    """The modem re-enumerates after the 3rd of 10 SMS: the rest go after it is back, none twice, and its loss and return are trouble events at the police."""
+    with gsm_modem(tmp_path, *FAST) as (modem, link):
+        gw = start_gateway(**sms_overrides(link))
+        near = expected_nearest(SHOP)
+
+        async def scenario() -> None:
+            async with running(
+                block_url=block_broker.url, police_url=police_broker.url, shops=[SHOP]
+            ) as (panels, platform):
+                assert platform is not None
+                await wait_until(
+                    lambda: gw.status().get("sms", {}).get("registration") == "home",
+                    20,
+                    "the modem registered",
+                )
+                modem.send("vanish-after 3 1.0")
+                await panels[SHOP].send("panic")
+                await wait_until(lambda: len(sent_messages(modem)) >= 10, 30, "10 SMS")
+                await wait_until(
+                    lambda: (
+                        {"device_fault", "restore"}
+                        <= {
+                            d.body["kind"]
+                            for d in platform.unique
+                            if d.body["device_id"] == "link:sms"
+                        }
+                    ),
+                    20,
+                    "the modem's loss and return at the police",
+                )
+
+        asyncio.run(scenario())
+        assert modem.count("GONE") == 1
+        assert [s.number for s in sent_messages(modem)] == [survey_phone(s) for s in near]
+
+
+def test_cms_errors_are_retried_and_a_second_alert_waits_behind_the_first(
+    tmp_path, block_broker, police_broker, start_gateway
+):
+    """Two +CMS ERRORs delay the first SMS, not lose it; a second panic while 10 SMS wait is texted after them, nearest first."""
+    with gsm_modem(tmp_path, "--send-s", "0.1", "--send-s-max", "0.2") as (modem, link):
+        gw = start_gateway(**sms_overrides(link))
+        other = "S00040"
+
+        async def scenario() -> None:
+            async with running(block_url=block_broker.url, shops=[SHOP, other]) as (panels, _):
+                await wait_until(
+                    lambda: gw.status().get("sms", {}).get("registration") == "home",
+                    20,
+                    "the modem registered",
+                )
+                modem.send("fail-sends 2")
+                await panels[SHOP].send("panic")
+                await panels[other].send("panic")
+                await wait_until(lambda: len(sent_messages(modem)) >= 20, 30, "20 SMS")
+                await wait_until(
+                    lambda: gw.status()["sms"]["retried"] == 2, 10, "2 retries counted"
+                )
+
+        asyncio.run(scenario())
+        sent = sent_messages(modem)
+        first, second = expected_nearest(SHOP), expected_nearest(other)
+        assert [s.number for s in sent] == [survey_phone(s) for s in first + second]
+        assert all(shop_row(SHOP)["name"] in s.text for s in sent[:10])
+        assert all(shop_row(other)["name"] in s.text for s in sent[10:])
