@@ -22,9 +22,15 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.config.model import SmsConfig
 
 from drivers.serial_port import open_serial, read_some
 from gateway.errors import DriverError, DriverUnavailable
+from gateway.mqtt.client import first_leaf
+from protocols.sms_pdu import submit_pdus
 
 logger = logging.getLogger(__name__)
 
@@ -287,3 +293,31 @@ async def read_message(port: AtPort, index: int) -> str | None:
         if head.startswith("+CMGR:"):
             return pdu
     return None
+
+
+async def send_test(config: SmsConfig, number: str, text: str) -> tuple[ModemState, list[int]]:
+    """Open the modem, initialise it, send ``text`` to ``number``; its state and the references."""
+    port = AtPort(config.port, config.baudrate, lambda _heard: None)
+    await port.open()
+    sent: list[int] = []
+    state: ModemState | None = None
+
+    async def work() -> None:
+        nonlocal state
+        await start(port, config.pin_file)
+        state = await poll(port)
+        pdus = submit_pdus(number, text, smsc=config.smsc)
+        sent.extend([await send_pdu(port, pdu.hex, pdu.tpdu_length) for pdu in pdus])
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(port.read(), name="sms-test.read")
+            tg.create_task(work(), name="sms-test.send").add_done_callback(
+                lambda _done: reader.cancel()
+            )
+    except* (DriverError, OSError) as group:
+        raise DriverUnavailable(f"modem {config.port}: {first_leaf(group)}") from None
+    finally:
+        port.close()
+    assert state is not None
+    return state, sent
