@@ -5,14 +5,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
+import threading
 
 import yaml
 
 from tests.clients import expected_nearest, haversine_m, running, survey_rows, wait_until
-from tests.harness import SURVEY
+from tests.harness import SURVEY, init_config
 from tests.sms import gsm_modem, sent_messages, sms_overrides, survey_phone
 
 FAST = ("--send-s", "0.02", "--send-s-max", "0.05")
@@ -59,6 +61,12 @@ def test_a_panic_texts_each_of_the_ten_nearest_shops_in_chinese(
             wait_until(lambda: gw.status()["sms"]["sent"] == 10, 10, "10 sent in the status")
         )
         assert gw.status()["sms"]["signal_dbm"] == -113 + 2 * 20
+        shown = subprocess.run(
+            [sys.executable, "-m", "gateway", "status", "--config", str(gw.config)],
+            check=True, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"},
+        ).stdout  # fmt: skip
+        assert "SIM READY, network home, signal -73 dBm" in shown
+        assert "10 sent, 0 queued, 0 failed" in shown
 
 
 def test_sms_9_hash_from_a_shops_phone_is_its_panic_and_1_answers_coming(
@@ -212,3 +220,40 @@ def test_init_with_sms_and_sms_test_text_one_phone(tmp_path):
         [sms] = sent_messages(modem)
         assert sms.number == "+8613800138000"
         assert sms.text == "【联防】Lianfang SMS test / 短信测试"
+
+
+def test_simulate_gives_the_config_s_modem_an_emulator(tmp_path):
+    """`lianfang simulate` on a config with a modem: an SMS 9# from S00030's phone reaches the police as its panic."""
+    config = init_config(
+        tmp_path,
+        block_url="mqtt://127.0.0.1:1883",
+        police_url="mqtt://127.0.0.1:1884",
+        sms={"port": "/dev/ttyUSB3"},
+        neighbour_alert={"channels": ["mqtt", "sms"]},
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "simulate", "--config", str(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # type: ignore[arg-type]
+
+    async def wait_for(text: str) -> None:
+        await wait_until(lambda: any(text in line for line in list(lines)), 60, repr(text))
+
+    try:
+        asyncio.run(wait_for("READY"))
+        assert proc.stdin is not None
+        proc.stdin.write(f"sms receive {survey_phone('S00030')} 9#\n")
+        proc.stdin.flush()
+        asyncio.run(wait_for("POLICE panic S00030/sms -"))
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
