@@ -14,6 +14,7 @@ import threading
 import yaml
 
 from tests.clients import expected_nearest, haversine_m, running, survey_rows, wait_until
+from tests.field import cli_json
 from tests.harness import SURVEY, init_config
 from tests.sms import gsm_modem, sent_messages, sms_overrides, survey_phone
 
@@ -67,6 +68,13 @@ def test_a_panic_texts_each_of_the_ten_nearest_shops_in_chinese(
         ).stdout  # fmt: skip
         assert "SIM READY, network home, signal -73 dBm" in shown
         assert "10 sent, 0 queued, 0 failed" in shown
+        modem.send(f"report {sent[0].reference} 0")  # the network's delivery report, as +CDS
+        asyncio.run(wait_until(lambda: gw.status()["sms"]["delivered"] == 1, 10, "the report"))
+        [report] = [e for e in cli_json("events", gw.config) if e["kind"] == "sms"]
+        assert report["shop_id"] == near[0]
+        assert report["attrs"]["delivered"] is True
+        [alert] = [e for e in cli_json("events", gw.config) if e["kind"] == "panic"]
+        assert report["attrs"]["alert_id"] == alert["attrs"]["alert_id"]
 
 
 def test_sms_9_hash_from_a_shops_phone_is_its_panic_and_1_answers_coming(
