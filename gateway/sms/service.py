@@ -62,7 +62,9 @@ from rules.neighbour_alert import NeighbourAlert
 logger = logging.getLogger(__name__)
 
 POLL_S = 30.0
-"""How often SIM, registration and signal are read while the modem is idle."""
+"""How often SIM, registration and signal are read while the modem is registered."""
+UNREGISTERED_POLL_S = 2.0
+"""How often while it is not: messages wait for the network, so notice its return soon."""
 MAX_ATTEMPTS = 4
 RETRY_S = 1.0
 DURABLE_WAIT_S = 10.0
@@ -116,6 +118,7 @@ class SmsService:
         self._queue: deque[Outgoing] = deque()
         self._heard: deque[Unsolicited] = deque()
         self._wake = asyncio.Event()
+        self._next_poll = 0.0
         self._latest_alert: dict[str, str] = {}
         self._references: OrderedDict[int, Outgoing] = OrderedDict()
         self._next_reference = 0
@@ -192,7 +195,6 @@ class SmsService:
         self.link_up.set()
         for index, pdu in await stored_messages(port):
             await self._take(port, pdu, index)
-        next_poll = self._clock() + POLL_S
         while True:
             if self._heard:
                 await self._hear(port, self._heard.popleft())
@@ -201,15 +203,16 @@ class SmsService:
             else:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, next_poll - self._clock())):
+                    async with asyncio.timeout(max(0.0, self._next_poll - self._clock())):
                         await self._wake.wait()
-            if self._clock() >= next_poll:
+            if self._clock() >= self._next_poll:
                 await self._poll(port)
-                next_poll = self._clock() + POLL_S
 
     async def _poll(self, port: AtPort) -> None:
         """Read the modem's state; losing (or regaining) the network is a trouble event."""
         before, self.state = self.state, await poll(port)
+        wait = POLL_S if self.state.registered else UNREGISTERED_POLL_S
+        self._next_poll = self._clock() + wait
         was = before.registered if before else True
         if self.state.registered != was:
             kind = EventKind.RESTORE if self.state.registered else EventKind.DEVICE_FAULT
@@ -238,6 +241,9 @@ class SmsService:
                 if len(self._references) > REFERENCES_KEPT:
                     self._references.popitem(last=False)
         except ModemError as refused:
+            await self._poll(port)  # most refusals mean no network: then wait for it, not retry
+            if self.state is not None and not self.state.registered:
+                return
             sms.attempts += 1
             if sms.attempts < MAX_ATTEMPTS:
                 self.counts["retried"] += 1

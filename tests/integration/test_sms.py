@@ -123,15 +123,24 @@ def test_sms_9_hash_from_a_shops_phone_is_its_panic_and_1_answers_coming(
                 assert response.body["attrs"]["alert_id"] == alert_id
                 assert response.body["attrs"]["response"] == "coming"
                 assert response.body["attrs"]["alerted"] is True
-                await wait_until(lambda: modem.count("DELETED") == 3, 10, "3 messages deleted")
-                # 1 to the stranger, 10 alerts, 2 confirmations
-                await wait_until(lambda: len(sent_messages(modem)) == 13, 20, "13 SMS")
+                modem.send(f"receive {survey_phone(SHOP)} 取消")
+                await wait_until(
+                    lambda: any(d.body["kind"] == "cancel" for d in platform.unique),
+                    20,
+                    "the cancel at the police",
+                )
+                [cancel] = [d for d in platform.unique if d.body["kind"] == "cancel"]
+                assert cancel.body["shop_id"] == SHOP
+                assert cancel.body["attrs"]["alert_id"] == alert_id
+                await wait_until(lambda: modem.count("DELETED") == 4, 10, "4 messages deleted")
+                # 1 to the stranger, 10 alerts, 3 confirmations
+                await wait_until(lambda: len(sent_messages(modem)) == 14, 20, "14 SMS")
                 assert [d.body["kind"] for d in platform.unique].count("panic") == 1
 
         asyncio.run(scenario())
         replies = {s.number: s.text for s in sent_messages(modem)}
         assert "未登记" in replies[stranger]
-        assert "已收到求救" in replies[survey_phone(SHOP)]
+        assert replies[survey_phone(SHOP)] == "【联防】已取消您的报警。"
         assert replies[survey_phone(near[0])] == "【联防】已回复：我来。"
         assert gw.status()["sms"]["unknown_senders"] == 1
 
@@ -265,3 +274,45 @@ def test_simulate_gives_the_config_s_modem_an_emulator(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_losing_the_network_is_trouble_and_the_sms_wait_for_it(
+    tmp_path, block_broker, police_broker, start_gateway
+):
+    """With the network gone the SMS are refused: the loss reaches the police as trouble, and when it is back every SMS goes once."""
+    with gsm_modem(tmp_path, *FAST) as (modem, link):
+        gw = start_gateway(**sms_overrides(link))
+
+        def network_events(kind: str, platform) -> list:
+            return [
+                d
+                for d in platform.unique
+                if d.body["device_id"] == "link:sms-network" and d.body["kind"] == kind
+            ]
+
+        async def scenario() -> None:
+            async with running(
+                block_url=block_broker.url, police_url=police_broker.url, shops=[SHOP]
+            ) as (panels, platform):
+                assert platform is not None
+                await wait_until(
+                    lambda: gw.status().get("sms", {}).get("registration") == "home",
+                    20,
+                    "the modem registered",
+                )
+                modem.send("network off")
+                await panels[SHOP].send("panic")
+                await wait_until(
+                    lambda: network_events("device_fault", platform), 20, "the loss at the police"
+                )
+                assert not sent_messages(modem)
+                modem.send("network on")
+                await wait_until(lambda: len(sent_messages(modem)) >= 10, 30, "10 SMS")
+                await wait_until(
+                    lambda: network_events("restore", platform), 20, "the return at the police"
+                )
+
+        asyncio.run(scenario())
+        assert [s.number for s in sent_messages(modem)] == [
+            survey_phone(s) for s in expected_nearest(SHOP)
+        ]
