@@ -13,7 +13,8 @@ start is read, decoded and journalled, then deleted from the SIM. From a shop's
 registered phone it may raise a panic (``9#``), answer the latest alert the shop
 received (``1`` coming, ``0`` safe) or cancel the shop's own alarm; from any
 other number it is counted and journalled as a status event, never an alarm.
-Every message gets a short answer (strangers at most one an hour).
+Every message gets a short answer; one that raises nothing (a stranger's, or
+text the gateway does not understand) at most one an hour per number.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ UNREGISTERED_POLL_S = 2.0
 MAX_ATTEMPTS = 4
 RETRY_S = 1.0
 DURABLE_WAIT_S = 10.0
-STRANGER_ANSWER_S = 3600.0
+IDLE_ANSWER_S = 3600.0
+"""One answer an hour to a number that sends what raises nothing: SMS cost money."""
+IDLE_ANSWERS_KEPT = 1000
 REFERENCES_KEPT = 512
 DEVICE = "sms"
 
@@ -122,7 +125,7 @@ class SmsService:
         self._latest_alert: dict[str, str] = {}
         self._references: OrderedDict[int, Outgoing] = OrderedDict()
         self._next_reference = 0
-        self._answered_stranger: dict[str, float] = {}
+        self._idle_answered: OrderedDict[str, float] = OrderedDict()
         self._log = RateLimitedLog(logger, interval_s=60)
         self.counts = dict.fromkeys(
             (
@@ -315,10 +318,7 @@ class SmsService:
         if shop is None:
             self.counts["unknown_senders"] += 1
             await self._durably(self._event(EventKind.SMS, attrs))
-            last = self._answered_stranger.get(sender)
-            if last is None or self._clock() - last >= STRANGER_ANSWER_S:
-                self._answered_stranger[sender] = self._clock()
-                self._answer(sender, stranger_text(self._language))
+            self._answer_idle(sender, stranger_text(self._language))
             return
         command = command_of(message.text, self.config.panic_words)
         done = True
@@ -336,7 +336,22 @@ class SmsService:
         else:  # not understood, or an answer when no alert reached the shop
             done = False
             await self._durably(self._event(EventKind.SMS, attrs, shop=shop))
-        self._answer(sender, confirmation(command, self._language, done=done))
+        reply = confirmation(command, self._language, done=done)
+        if done:
+            self._answer(sender, reply)
+        else:
+            self._answer_idle(sender, reply)
+
+    def _answer_idle(self, number: str, text: str) -> None:
+        """Answer a message that raised nothing, at most once an hour per number."""
+        last = self._idle_answered.get(number)
+        if last is not None and self._clock() - last < IDLE_ANSWER_S:
+            return
+        self._idle_answered[number] = self._clock()
+        self._idle_answered.move_to_end(number)
+        if len(self._idle_answered) > IDLE_ANSWERS_KEPT:
+            self._idle_answered.popitem(last=False)
+        self._answer(number, text)
 
     async def _durably(
         self, event: Event, *, origin_key: str | None = None, gateway_made: bool = False
