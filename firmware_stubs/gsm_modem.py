@@ -15,6 +15,7 @@ the link follows it (the link is missing while it is gone).
 Commands (stdin or the control socket):
 
     receive NUMBER TEXT...    a message arrives: stored, announced by +CMTI
+    receive-pdu HEX           the same with this PDU as it is (garbled ones too)
     report MR [STATUS]        a delivery report for message MR (+CDS), status 0 by default
     fail-sends N              the next N AT+CMGS answer +CMS ERROR: 500
     errors N                  the next N commands answer ERROR
@@ -240,10 +241,10 @@ class Modem:
         self.pty.open()
         self.back.set()
 
-    def receive(self, number: str, text: str) -> None:
-        """A message arrives from ``number``: stored in the next free slot and announced."""
+    def receive(self, pdu: str) -> None:
+        """A message arrives: stored in the next free slot and announced."""
         index = next(i for i in range(1, 1000) if i not in self.stored)
-        self.stored[index] = deliver_pdu(number, text)
+        self.stored[index] = pdu
         print(f"STORED {index}", flush=True)
         self.say(f'+CMTI: "SM",{index}')
 
@@ -254,11 +255,13 @@ class Modem:
         self.pty.write(f"{pdu}\r\n".encode())
 
 
-async def command(modem: Modem, tg: asyncio.TaskGroup, words: list[str]) -> None:  # noqa: C901
+async def command(modem: Modem, tg: asyncio.TaskGroup, words: list[str]) -> None:  # noqa: C901, PLR0912
     """Carry out one control command."""
     verb, args = words[0], words[1:]
     if verb == "receive":
-        modem.receive(args[0], " ".join(args[1:]))
+        modem.receive(deliver_pdu(args[0], " ".join(args[1:])))
+    elif verb == "receive-pdu":
+        modem.receive(args[0])
     elif verb == "report":
         modem.report(int(args[0]), int(args[1]) if len(args) > 1 else 0)
     elif verb == "fail-sends":

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firmware_stubs.process import StubProcess
-from tests.clients import survey_rows
+from tests.clients import survey_rows, wait_until
+from tests.harness import TestGateway
 
 GSM7 = (
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
@@ -102,3 +103,12 @@ def sms_overrides(link: Path, **alert: object) -> dict[str, object]:
         "sms": {"port": str(link)},
         "neighbour_alert": {"channels": ["mqtt", "sms"], **alert},
     }
+
+
+async def modem_registered(gateway: TestGateway) -> None:
+    """Wait until the gateway's status shows its modem registered on the network."""
+    await wait_until(
+        lambda: gateway.status().get("sms", {}).get("registration") == "home",
+        20,
+        "the modem registered",
+    )

@@ -88,6 +88,7 @@ class Outgoing:
     expires_at: float | None = None
     attempts: int = 0
     parts_sent: int = 0
+    concatenation: int | None = None  # the reference its parts share, fixed at the first try
 
 
 class SmsService:
@@ -232,10 +233,18 @@ class SmsService:
             return
         if sms.notice is not None and not sms.text:
             sms.text = alert_text(sms.notice, self._language, self._zone)
-        self._next_reference = (self._next_reference + 1) % 256
-        pdus = submit_pdus(
-            sms.number, sms.text, smsc=self.config.smsc, reference=self._next_reference
-        )
+        if sms.concatenation is None:
+            self._next_reference = (self._next_reference + 1) % 256
+            sms.concatenation = self._next_reference
+        try:
+            pdus = submit_pdus(
+                sms.number, sms.text, smsc=self.config.smsc, reference=sms.concatenation
+            )
+        except PduError as exc:  # a number the network cannot take: nothing to retry
+            self._queue.popleft()
+            self.counts["failed"] += 1
+            self._log.warning("unsendable", "SMS to %s cannot be sent: %s", sms.number, exc)
+            return
         try:
             for pdu in pdus[sms.parts_sent :]:
                 reference = await send_pdu(port, pdu.hex, pdu.tpdu_length)
@@ -261,7 +270,8 @@ class SmsService:
         self.counts["sent"] += 1
 
     def _answer(self, number: str, text: str) -> None:
-        self._queue.append(Outgoing(number, self._shop_of.get(number), None, text=text))
+        if number.removeprefix("+").isdigit():  # an operator's or a bank's name cannot be answered
+            self._queue.append(Outgoing(number, self._shop_of.get(number), None, text=text))
 
     # --- inbound --------------------------------------------------------------------------------
 

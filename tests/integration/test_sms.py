@@ -16,7 +16,7 @@ import yaml
 from tests.clients import expected_nearest, haversine_m, running, survey_rows, wait_until
 from tests.field import cli_json
 from tests.harness import SURVEY, init_config
-from tests.sms import gsm_modem, sent_messages, sms_overrides, survey_phone
+from tests.sms import gsm_modem, modem_registered, sent_messages, sms_overrides, survey_phone
 
 FAST = ("--send-s", "0.02", "--send-s-max", "0.05")
 SHOP = "S00011"
@@ -41,11 +41,7 @@ def test_a_panic_texts_each_of_the_ten_nearest_shops_in_chinese(
 
         async def scenario() -> None:
             async with running(block_url=block_broker.url, shops=[SHOP]) as (panels, _):
-                await wait_until(
-                    lambda: gw.status().get("sms", {}).get("registration") == "home",
-                    20,
-                    "the modem registered",
-                )
+                await modem_registered(gw)
                 await panels[SHOP].send("panic")
                 await wait_until(lambda: len(sent_messages(modem)) >= 10, 20, "10 SMS")
 
@@ -80,7 +76,7 @@ def test_a_panic_texts_each_of_the_ten_nearest_shops_in_chinese(
 def test_sms_9_hash_from_a_shops_phone_is_its_panic_and_1_answers_coming(
     tmp_path, block_broker, police_broker, start_gateway
 ):
-    """A stranger's 9# raises nothing; 9# from S00011's phone is S00011's panic (10 nearest told, police told); a neighbour's 1 is 'coming'."""
+    """A garbled PDU is dropped; a stranger's 9# raises nothing; 9# from S00011's phone is S00011's panic (10 nearest told, police told); a neighbour's 1 is 'coming'."""
     with gsm_modem(tmp_path, *FAST) as (modem, link):
         gw = start_gateway(**sms_overrides(link))
         near = expected_nearest(SHOP)
@@ -91,11 +87,9 @@ def test_sms_9_hash_from_a_shops_phone_is_its_panic_and_1_answers_coming(
                 block_url=block_broker.url, police_url=police_broker.url, shops=near
             ) as (panels, platform):
                 assert platform is not None
-                await wait_until(
-                    lambda: gw.status().get("sms", {}).get("registration") == "home",
-                    20,
-                    "the modem registered",
-                )
+                await modem_registered(gw)
+                modem.send("receive-pdu 0004")  # garbled: ends inside the sender's address
+                await wait_until(lambda: modem.count("DELETED") == 1, 20, "the garbled one deleted")
                 modem.send(f"receive {stranger} 9#")
                 await wait_until(
                     lambda: any(s.number == stranger for s in sent_messages(modem)),
@@ -132,7 +126,7 @@ def test_sms_9_hash_from_a_shops_phone_is_its_panic_and_1_answers_coming(
                 [cancel] = [d for d in platform.unique if d.body["kind"] == "cancel"]
                 assert cancel.body["shop_id"] == SHOP
                 assert cancel.body["attrs"]["alert_id"] == alert_id
-                await wait_until(lambda: modem.count("DELETED") == 4, 10, "4 messages deleted")
+                await wait_until(lambda: modem.count("DELETED") == 5, 10, "5 messages deleted")
                 # 1 to the stranger, 10 alerts, 3 confirmations
                 await wait_until(lambda: len(sent_messages(modem)) == 14, 20, "14 SMS")
                 assert [d.body["kind"] for d in platform.unique].count("panic") == 1
@@ -143,6 +137,7 @@ def test_sms_9_hash_from_a_shops_phone_is_its_panic_and_1_answers_coming(
         assert replies[survey_phone(SHOP)] == "【联防】已取消您的报警。"
         assert replies[survey_phone(near[0])] == "【联防】已回复：我来。"
         assert gw.status()["sms"]["unknown_senders"] == 1
+        assert gw.status()["sms"]["garbled"] == 1
 
 
 def test_the_modem_dropping_off_mid_queue_still_sends_every_sms_once(
@@ -158,11 +153,7 @@ def test_the_modem_dropping_off_mid_queue_still_sends_every_sms_once(
                 block_url=block_broker.url, police_url=police_broker.url, shops=[SHOP]
             ) as (panels, platform):
                 assert platform is not None
-                await wait_until(
-                    lambda: gw.status().get("sms", {}).get("registration") == "home",
-                    20,
-                    "the modem registered",
-                )
+                await modem_registered(gw)
                 modem.send("vanish-after 3 1.0")
                 await panels[SHOP].send("panic")
                 await wait_until(lambda: len(sent_messages(modem)) >= 10, 30, "10 SMS")
@@ -194,11 +185,7 @@ def test_cms_errors_are_retried_and_a_second_alert_waits_behind_the_first(
 
         async def scenario() -> None:
             async with running(block_url=block_broker.url, shops=[SHOP, other]) as (panels, _):
-                await wait_until(
-                    lambda: gw.status().get("sms", {}).get("registration") == "home",
-                    20,
-                    "the modem registered",
-                )
+                await modem_registered(gw)
                 modem.send("fail-sends 2")
                 await panels[SHOP].send("panic")
                 await panels[other].send("panic")
@@ -295,11 +282,7 @@ def test_losing_the_network_is_trouble_and_the_sms_wait_for_it(
                 block_url=block_broker.url, police_url=police_broker.url, shops=[SHOP]
             ) as (panels, platform):
                 assert platform is not None
-                await wait_until(
-                    lambda: gw.status().get("sms", {}).get("registration") == "home",
-                    20,
-                    "the modem registered",
-                )
+                await modem_registered(gw)
                 modem.send("network off")
                 await panels[SHOP].send("panic")
                 await wait_until(
