@@ -6,7 +6,8 @@ AT, ATE0/1, AT+CMEE, AT+CPIN?/=, AT+CMGF=0|1 (PDU or text mode), AT+CNMI, AT+CRE
 AT+CEREG?, AT+CSQ, AT+CMGS (a PDU, or a number then text in text mode, after the
 ``>`` prompt, ended by Ctrl-Z), AT+CMGR, AT+CMGL, AT+CMGD. Each message handed over
 takes ``--send-s`` seconds (a real network: 1-3 s) and prints
-``SMS <mr> <pdu hex>`` (``SMS-TEXT <mr> <number> <text>`` in text mode).
+``SMS <mr> <pdu hex>`` (``SMS-TEXT <mr> <number> <text>`` in text mode), and
+``DONE <command>`` once it has taken a command.
 
 ``--link PATH`` keeps a symlink to the current pty, as udev keeps
 ``/dev/serial/by-id/...``: after ``vanish`` the modem comes back on a new pty and
@@ -302,6 +303,8 @@ async def serve(args: argparse.Namespace) -> None:
                     await command(modem, tg, line.split())
                 except (ValueError, IndexError) as exc:
                     print(f"ERROR {line!r}: {exc}", flush=True)
+                else:
+                    print(f"DONE {line}", flush=True)
             server.cancel()
     finally:
         pty.close()

@@ -6,6 +6,7 @@ from ``protocols.sms_pdu`` so that a test checks the codec rather than repeats i
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,3 +113,9 @@ async def modem_registered(gateway: TestGateway) -> None:
         20,
         "the modem registered",
     )
+
+
+async def given(modem: StubProcess, command: str) -> None:
+    """Give the emulator ``command`` and wait until it has taken it."""
+    modem.send(command)
+    await asyncio.to_thread(modem.expect, f"DONE {command}", 10)

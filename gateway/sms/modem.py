@@ -15,6 +15,7 @@ registration and signal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 COMMAND_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 60.0  # AT+CMGS waits for the network: seconds, sometimes tens of them
 PROMPT_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 2.0
 CTRL_Z = "\x1a"
 MAX_LINE = 2048
 
@@ -108,11 +110,14 @@ class AtPort:
         """Open the serial port; raise ``DriverUnavailable`` if it cannot be."""
         self._reader, self._writer = await open_serial(self.url, self._baudrate)
 
-    def close(self) -> None:
-        """Close the port."""
+    async def close(self) -> None:
+        """Close the port and wait (briefly) until it is: a reopen finds it unlocked."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await writer.wait_closed()
 
     async def read(self) -> None:
         """Read the port until it fails (raises ``DriverUnavailable``), sorting every line."""
@@ -318,6 +323,6 @@ async def send_test(config: SmsConfig, number: str, text: str) -> tuple[ModemSta
     except* (DriverError, OSError) as group:
         raise DriverUnavailable(f"modem {config.port}: {first_leaf(group)}") from None
     finally:
-        port.close()
+        await port.close()
     assert state is not None
     return state, sent

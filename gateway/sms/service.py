@@ -186,8 +186,8 @@ class SmsService:
         except* (GatewayError, OSError) as group:
             raise DriverUnavailable(f"modem {self.config.port}: {first_leaf(group)}") from None
         finally:
-            port.close()
             self.state = None
+            await port.close()
 
     def _unsolicited(self, heard: Unsolicited) -> None:
         self._heard.append(heard)

@@ -16,7 +16,7 @@ import yaml
 from tests.clients import expected_nearest, haversine_m, running, survey_rows, wait_until
 from tests.field import cli_json
 from tests.harness import SURVEY, init_config
-from tests.sms import gsm_modem, modem_registered, sent_messages, sms_overrides, survey_phone
+from tests.sms import given, gsm_modem, modem_registered, sent_messages, sms_overrides, survey_phone
 
 FAST = ("--send-s", "0.02", "--send-s-max", "0.05")
 SHOP = "S00011"
@@ -154,7 +154,7 @@ def test_the_modem_dropping_off_mid_queue_still_sends_every_sms_once(
             ) as (panels, platform):
                 assert platform is not None
                 await modem_registered(gw)
-                modem.send("vanish-after 3 1.0")
+                await given(modem, "vanish-after 3 1.0")
                 await panels[SHOP].send("panic")
                 await wait_until(lambda: len(sent_messages(modem)) >= 10, 30, "10 SMS")
                 await wait_until(
@@ -186,7 +186,7 @@ def test_cms_errors_are_retried_and_a_second_alert_waits_behind_the_first(
         async def scenario() -> None:
             async with running(block_url=block_broker.url, shops=[SHOP, other]) as (panels, _):
                 await modem_registered(gw)
-                modem.send("fail-sends 2")
+                await given(modem, "fail-sends 2")
                 await panels[SHOP].send("panic")
                 await panels[other].send("panic")
                 await wait_until(lambda: len(sent_messages(modem)) >= 20, 30, "20 SMS")
@@ -283,13 +283,13 @@ def test_losing_the_network_is_trouble_and_the_sms_wait_for_it(
             ) as (panels, platform):
                 assert platform is not None
                 await modem_registered(gw)
-                modem.send("network off")
+                await given(modem, "network off")
                 await panels[SHOP].send("panic")
                 await wait_until(
                     lambda: network_events("device_fault", platform), 20, "the loss at the police"
                 )
                 assert not sent_messages(modem)
-                modem.send("network on")
+                await given(modem, "network on")
                 await wait_until(lambda: len(sent_messages(modem)) >= 10, 30, "10 SMS")
                 await wait_until(
                     lambda: network_events("restore", platform), 20, "the return at the police"
