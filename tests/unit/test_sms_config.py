@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.config.file import load_config
 from gateway.errors import ConfigError
-from tests.unit.test_config_file import BASE, write
+from tests.unit.test_config_file import BASE, BASE_ALONE, write
 
 
 def test_defaults_alert_by_mqtt_in_chinese_and_need_no_modem(tmp_path: Path) -> None:
@@ -54,3 +56,21 @@ def test_bad_sms_settings_are_located(tmp_path: Path, extra: str, path: str, say
     [problem] = caught.value.problems
     assert problem.path == path
     assert says in problem.message
+
+
+def test_check_warns_of_an_absent_modem_and_refuses_a_pin_file_others_read(tmp_path: Path) -> None:
+    """`lianfang check`: a modem not plugged in is a warning at sms.port; a PIN file with mode 644 an error at sms.pin_file."""
+    pin = tmp_path / "sim.pin"
+    pin.write_text("1234\n")
+    pin.chmod(0o644)
+    text = BASE_ALONE + f"state_dir: {tmp_path / 'state'}\n"
+    text += "sms:\n  port: /dev/ttyNOSUCHMODEM\n  pin_file: sim.pin\n"
+    config = write(tmp_path, text)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--config", str(config)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "sms.port: warning: no device /dev/ttyNOSUCHMODEM now" in done.stderr + done.stdout
+    assert "sms.pin_file: " in done.stderr + done.stdout
+    assert "chmod 600" in done.stderr + done.stdout
