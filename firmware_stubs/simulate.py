@@ -5,7 +5,8 @@ MHz receivers on pty pairs, Modbus modules on loopback TCP or a pty), the
 block and police brokers are private Mosquitto instances, and the real
 gateway runs on a copy of the config rewired to them. Commands on stdin go to
 a driver's stub: ``DRIVER COMMAND...`` (``bus-1 press 3``, ``io-1 open 1 0``,
-``rf-1 press A1B2C3``), or ``panel SHOP KIND`` to a shop's MQTT panel; every
+``rf-1 press A1B2C3``, ``sms receive +8675487368886 9#`` to the GSM modem
+when the config has one), or ``panel SHOP KIND`` to a shop's MQTT panel; every
 event the police platform receives is printed as ``POLICE kind shop/device
 zone``, every neighbour alert as ``NOTICE shop from SHOP distance bearing``.
 Each stub also listens on its own control port (printed at start) for scripts.
@@ -100,6 +101,15 @@ def run_simulate(config_path: Path) -> int:
                 table.add_row(
                     driver["name"], stub.args[2], port or driver.get("host", ""), str(control)
                 )
+            if raw.get("sms"):
+                control = free_port()
+                stub = StubProcess(
+                    "gsm_modem", "--pty", "--control", f"127.0.0.1:{control}",
+                    log=workdir / "sms.log",
+                )  # fmt: skip
+                stubs["sms"] = stub
+                raw["sms"]["port"] = stub.start()
+                table.add_row("sms", stub.args[2], raw["sms"]["port"], str(control))
             simulated = workdir / "lianfang.yaml"
             simulated.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
             gateway = GatewayProcess(simulated, log=workdir / "gateway.log")

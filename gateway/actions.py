@@ -58,6 +58,14 @@ class MeshOut(Protocol):
         ...
 
 
+class SmsOut(Protocol):
+    """Texts alerted shops' phones (``gateway/sms``)."""
+
+    def submit(self, alert: NeighbourAlert) -> None:
+        """Queue one SMS per notice of ``alert`` (this gateway's shops only); never waits."""
+        ...
+
+
 @dataclass
 class Applied:
     """An event after its rules: what to journal, where to forward it, what it raised."""
@@ -194,6 +202,8 @@ class RuleActions:
         if arming_file is not None:
             self._restore_arming(arming_file)
         self.mesh: MeshOut | None = None
+        self.sms: SmsOut | None = None
+        self._notices_by_mqtt = "mqtt" in alert.channels
         self.emit: Emit | None = None
         self.siren: SoundSiren | None = None
         self._log = RateLimitedLog(logger, interval_s=10)
@@ -268,7 +278,11 @@ class RuleActions:
             gateway = self._gateway_of[notice.shop_id]
             (own if gateway == self._gid else away[gateway]).append(notice)
         if own:
-            self._publisher.submit(replace(alert, notices=tuple(own)))
+            own_alert = replace(alert, notices=tuple(own))
+            if self._notices_by_mqtt:
+                self._publisher.submit(own_alert)
+            if self.sms is not None:  # after the MQTT notices: SMS never delays them
+                self.sms.submit(own_alert)
         if self.mesh is None:
             return
         for gateway, notices in away.items():

@@ -35,6 +35,7 @@ from gateway.mqtt.notify import BlockPublisher
 from gateway.outbox import OutboxCursor
 from gateway.ratelimit import RateLimitedLog
 from gateway.rule_engine import rule_engine
+from gateway.sms.service import SmsService
 from gateway.state_lock import StateDirError, lock_state_dir
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier, process_age_s
@@ -89,6 +90,9 @@ class Gateway:
         rebuilt = soft_state.rebuild(self.actions, config, engine.rules)
         if rebuilt:
             logger.info("rebuilt from the journal: %s", rebuilt)
+        # After the rebuild: shops already texted before a restart are not texted again.
+        self.sms = SmsService(config, self.intake, self.actions) if config.sms else None
+        self.actions.sms = self.sms
         self.device_states = DeviceStates(config.journal_path)
         context = DriverContext(
             gateway_id=gid,
@@ -192,6 +196,7 @@ class Gateway:
             },
             "clock": clock.attrs(),
             "warnings": warnings,
+            **({"sms": self.sms.status()} if self.sms else {}),
         }
 
     async def _link_changed(self, name: str, *, up: bool, detail: str) -> None:
@@ -300,6 +305,18 @@ class Gateway:
                         max_delay=RETRY_MAX_S,
                     ),
                     name=f"driver[{name}]",
+                )
+            if self.sms is not None:
+                tg.create_task(
+                    supervise(
+                        "sms",
+                        self.sms.run,
+                        link=self.sms,
+                        on_change=self._link_changed,
+                        on_retry=self._note_retry,
+                        max_delay=RETRY_MAX_S,
+                    ),
+                    name="sms",
                 )
             tg.create_task(self._announce_ready(notifier), name="ready")
             tg.create_task(self._pet_watchdog(notifier), name="watchdog")

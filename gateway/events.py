@@ -38,6 +38,7 @@ class EventKind(StrEnum):
     COMMAND_ACK = "command_ack"
     COMMAND_REFUSED = "command_refused"
     CLOCK_SUSPECT = "clock_suspect"
+    SMS = "sms"
 
 
 class EventClass(StrEnum):
@@ -75,6 +76,7 @@ EVENT_CLASS: dict[EventKind, EventClass] = {
     EventKind.COMMAND_ACK: EventClass.STATUS,
     EventKind.COMMAND_REFUSED: EventClass.TROUBLE,
     EventKind.CLOCK_SUSPECT: EventClass.TROUBLE,
+    EventKind.SMS: EventClass.STATUS,
 }
 
 # Kinds only the gateway itself makes (rules, commands, responses); never taken from a device.
@@ -87,6 +89,7 @@ GATEWAY_MADE_KINDS = frozenset(
         EventKind.COMMAND_ACK,
         EventKind.COMMAND_REFUSED,
         EventKind.CLOCK_SUSPECT,
+        EventKind.SMS,
     }
 )
 

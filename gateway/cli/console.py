@@ -68,6 +68,7 @@ def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> in
     for name, up in sorted(status["links"].items()):
         why = f": {errors[name]}" if not up and name in errors else ""
         table.add_row(f"link {name}", "[green]up[/]" if up else f"[red]down[/]{why}")
+    _add_sms_rows(table, status.get("sms"))
     for name in (f.name for f in config.forwarders):
         table.add_row(f"waiting for {name}", str(view["pending"].get(name, 0)))
         if view["refused"].get(name):
@@ -79,6 +80,19 @@ def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> in
     for warning in status["warnings"]:
         console.print(f"[bold yellow]warning:[/] {warning}")
     return 0
+
+
+def _add_sms_rows(table: Table, sms: dict[str, Any] | None) -> None:
+    """The modem's SIM, network and signal, and what it sent and received (if there is one)."""
+    if sms is None:
+        return
+    signal = "unknown" if sms["signal_dbm"] is None else f"{sms['signal_dbm']} dBm"
+    table.add_row("sms modem", f"SIM {sms['sim']}, network {sms['registration']}, signal {signal}")
+    table.add_row(
+        "sms",
+        f"{sms['sent']} sent, {sms['queued']} queued, {sms['failed']} failed, "
+        f"{sms['received']} received ({sms['unknown_senders']} from unknown numbers)",
+    )
 
 
 def device_table(devices: list[dict[str, Any]]) -> Table:

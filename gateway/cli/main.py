@@ -21,9 +21,10 @@ from gateway.cli import (
     services,
     setup,
     simulation,
+    sms,
 )
 
-GROUPS = (setup, inspection, services, deploy, broker_config, simulation, field, schema, rules)
+GROUPS = (setup, inspection, services, deploy, broker_config, simulation, field, schema, rules, sms)
 """The command groups, in the order ``lianfang --help`` lists them."""
 
 app = typer.Typer(

@@ -79,6 +79,13 @@ def init(
             show_default=False,
         ),
     ] = None,
+    sms: Annotated[
+        str | None,
+        typer.Option(
+            help="A GSM/4G modem's AT port (e.g. /dev/ttyUSB3): alerted shops also get an SMS.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write lianfang.yaml from an installer's survey sheet (CSV)."""
     from gateway.config.file import file_locator  # noqa: PLC0415 - keep `lianfang --help` fast
@@ -102,6 +109,7 @@ def init(
             dc09=centre,
             timezone=timezone,
             state_dir=state_dir,
+            sms_port=sms,
             force=force,
             warn=lambda finding: typer.echo(str(finding), err=True),
         )

@@ -24,6 +24,7 @@ from rules.models import CommandsConfig, Escalate, Forward, RulesConfig, Siren
 # Ids travel in MQTT topics: no '/', '+', '#' or spaces.
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")]
 Loc = tuple[str | int, ...]
+Channel = Literal["mqtt", "sms"]
 
 
 def _repeats(what: str, key: str, sections: dict[str, Sequence[BaseModel]]) -> list[dict[str, Any]]:
@@ -132,6 +133,48 @@ class NeighbourAlertConfig(Strict):
         default=30, ge=0, le=3600, description="One neighbour alert per shop per this many s."
     )
     expires_s: float = Field(default=300, gt=0, le=86400, description="Alert lifetime on devices.")
+    channels: list[Channel] = Field(
+        default_factory=lambda: list[Channel](["mqtt"]),
+        min_length=1,
+        description="How alerted shops are told: notices on the block broker (mqtt), and/or one "
+        "SMS to each shop's phone through the modem in 'sms'.",
+    )
+    language: Literal["zh", "en"] = Field(
+        default="zh", description="Language of the SMS to shops (Chinese or English)."
+    )
+
+
+class SmsConfig(Strict):
+    """A GSM/4G modem (AT commands on a serial port) that texts shops and takes their SMS."""
+
+    port: str = Field(description="The modem's AT port (e.g. /dev/ttyUSB3) or a pyserial URL.")
+    baudrate: int = Field(default=115200, gt=0, description="Serial line speed.")
+    pin_file: Path | None = Field(
+        default=None,
+        description="File (mode 600) holding the SIM's PIN, when the SIM asks one; relative "
+        "paths are taken from the config file.",
+    )
+    smsc: str | None = Field(
+        default=None,
+        pattern=r"^\+?[0-9]{3,20}$",
+        description="SMS centre number put in every message; default: the one on the SIM.",
+    )
+    country_code: str = Field(
+        default="86",
+        pattern=r"^[1-9][0-9]{0,2}$",
+        description="Country calling code of shop phones written without '+' (a leading 0, "
+        "the trunk prefix, is dropped).",
+    )
+    panic_words: list[str] = Field(
+        default_factory=lambda: ["9#", "99", "救命"],
+        min_length=1,
+        description="An SMS with one of these texts from a shop's phone raises a panic for it.",
+    )
+
+    def resolved(self, base: Path) -> SmsConfig:
+        """The same with ``pin_file`` taken from ``base``."""
+        pin = None if self.pin_file is None else base / self.pin_file
+        return self.model_copy(update={"pin_file": pin})
 
 
 class JournalConfig(Strict):
@@ -171,6 +214,9 @@ class GatewayConfig(Strict):
         default_factory=NeighbourAlertConfig, description="Nearest-shop alerts."
     )
     journal: JournalConfig = Field(default_factory=JournalConfig, description="The journal.")
+    sms: SmsConfig | None = Field(
+        default=None, description="A GSM/4G modem for SMS to and from shops' phones."
+    )
     status_interval_s: float = Field(
         default=15,
         ge=0.2,
@@ -222,6 +268,16 @@ class GatewayConfig(Strict):
             raise PydanticCustomError("unknown_name", "{message}", {"message": message, "at": at})
         return self
 
+    @model_validator(mode="after")
+    def _sms_channel_has_a_modem(self) -> GatewayConfig:
+        if "sms" in self.neighbour_alert.channels and self.sms is None:
+            raise PydanticCustomError(
+                "sms_without_modem",
+                "neighbour_alert.channels has 'sms' but no 'sms' section names the modem's port",
+                {"at": ("neighbour_alert", "channels")},
+            )
+        return self
+
     def resolved(self, base: Path) -> GatewayConfig:
         """The same config with relative paths taken from ``base`` (the file's folder)."""
         return self.model_copy(
@@ -229,6 +285,7 @@ class GatewayConfig(Strict):
                 "state_dir": base / self.state_dir,
                 "broker": self.broker.resolved(base),
                 "forwarders": [f.resolved(base) for f in self.forwarders],
+                "sms": None if self.sms is None else self.sms.resolved(base),
             }
         )
 

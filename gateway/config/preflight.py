@@ -7,8 +7,10 @@ never touch the network (``--online`` does that):
 - every TLS file and broker password file a link names exists and this user
   can read it (errors);
 - the state directory is a writable folder, or can be created (error);
-- a serial port given as a device path exists (a warning: USB adapters are often
-  plugged in later, and the driver keeps retrying) and this user may open it (error);
+- a serial port given as a device path (a driver's, the SMS modem's) exists (a
+  warning: USB adapters are often plugged in later, and the driver keeps
+  retrying) and this user may open it (error);
+- the SIM's PIN file, if named, is readable by this user and no one else (error);
 - a forwarder exists, or ``no_forwarders_ok: true`` says none is wanted (error);
 - every shop lies within ``FAR_FROM_BLOCK_M`` of the block's median position and
   has another shop within ``neighbour_alert.radius_m`` (warnings: a one-degree
@@ -56,6 +58,7 @@ def preflight(config: GatewayConfig, locate: Locate) -> list[Finding]:
         *tls_findings(config, locate),
         *_state_dir_findings(config, locate),
         *_serial_findings(config, locate),
+        *_pin_findings(config, locate),
         *_forwarder_findings(config, locate),
         *map_findings(config, locate),
     ]
@@ -138,8 +141,13 @@ def _state_dir_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:
 def _serial_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:
     """A device path (not a pyserial URL) that is absent (warning) or that this user cannot open."""
     found = []
-    for i, driver in enumerate(config.drivers):
-        port = getattr(driver, "port", None)
+    ports: list[tuple[Loc, object]] = [
+        (("drivers", i, "port"), getattr(driver, "port", None))
+        for i, driver in enumerate(config.drivers)
+    ]
+    if config.sms is not None:
+        ports.append((("sms", "port"), config.sms.port))
+    for at, port in ports:
         if not isinstance(port, str) or "://" in port:
             continue
         if not os.path.exists(port):  # noqa: PTH110 - a device name, kept as text like pyserial
@@ -147,14 +155,32 @@ def _serial_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:
                 f"no device {port} now; the gateway keeps retrying it, so this is fine"
                 " if the adapter is plugged in later"
             )
-            found.append(_at(locate, ("drivers", i, "port"), message, warning=True))
+            found.append(_at(locate, at, message, warning=True))
         elif not os.access(port, os.R_OK | os.W_OK):
             message = (
                 f"{user_name()} cannot open {port}; add the user to the device's group"
                 " (often dialout)"
             )
-            found.append(_at(locate, ("drivers", i, "port"), message))
+            found.append(_at(locate, at, message))
     return found
+
+
+def _pin_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:
+    """The SIM PIN file: there, readable, and not readable by others (like a key)."""
+    pin = config.sms.pin_file if config.sms else None
+    if pin is None:
+        return []
+    try:
+        mode = pin.stat().st_mode
+        pin.read_bytes()
+    except OSError as exc:
+        return [
+            _at(locate, ("sms", "pin_file"), f"{user_name()} cannot read {pin}: {exc.strerror}")
+        ]
+    if mode & 0o077:
+        message = f"{pin} may be read by others (mode {mode & 0o777:o}); chmod 600 it"
+        return [_at(locate, ("sms", "pin_file"), message)]
+    return []
 
 
 def _forwarder_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:

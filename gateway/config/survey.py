@@ -210,6 +210,7 @@ def init_config(
     dc09: dict[str, Any] | None = None,
     timezone: str | None = None,
     state_dir: Path | None = None,
+    sms_port: str | None = None,
     force: bool = False,
     nearby_m: float = NEARBY_M,
     warn: Callable[[Finding], None] | None = None,
@@ -226,6 +227,7 @@ def init_config(
     ``dc09`` adds a DC-09 forwarder named ``centre`` with these settings; a file
     that then holds its key is written readable by its owner only. ``timezone``
     (IANA name) is the zone the shops' opening hours are read in (``rules.timezone``).
+    ``sms_port`` names a GSM modem's port and texts alerted shops through it.
     With neither police nor DC-09, ``no_forwarders_ok: true`` is written and said.
     ``warn`` hears of shops that look misplaced on the map, located in the sheet.
     """
@@ -245,6 +247,7 @@ def init_config(
         forwarders=forwarders,
         state_dir=state_dir or default_state_dir(out.parent),
         timezone=timezone,
+        sms_port=sms_port,
     )
     locate = _survey_locator(str(survey), own, others, [_option(f) for f in forwarders])
     try:
@@ -326,6 +329,7 @@ def _config_data(
     forwarders: list[dict[str, Any]],
     state_dir: Path,
     timezone: str | None,
+    sms_port: str | None = None,
 ) -> dict[str, Any]:
     grids = Counter(r.cells["large_grid"] for r in own)
     large_grid = min(grids, key=lambda g: (-grids[g], g))
@@ -340,6 +344,9 @@ def _config_data(
     if not forwarders:
         data["no_forwarders_ok"] = True
     data["neighbour_alert"] = NeighbourAlertConfig().model_dump()
+    if sms_port is not None:
+        data["neighbour_alert"]["channels"] = ["mqtt", "sms"]
+        data["sms"] = {"port": sms_port}
     if timezone is not None:
         data["rules"] = {"timezone": timezone}
     data["shops"] = [_shop(r) for r in own]

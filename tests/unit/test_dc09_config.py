@@ -137,7 +137,7 @@ def test_code_table_and_overrides() -> None:
     # Doors become intrusions by rule; the rest are the gateway's own bookkeeping.
     assert set(table.unmapped()) == {
         "door_open", "door_close", "response", "area_alert", "escalation",
-        "command_ack", "command_refused",
+        "command_ack", "command_refused", "sms",
     }  # fmt: skip
     custom = CodeTable.with_overrides(
         {"door_open": CodeEntry(cid=134, sia="BA", sia_restore="BH"), "test": None}

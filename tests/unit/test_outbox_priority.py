@@ -51,6 +51,7 @@ CLASS_OF_KIND = {
     "ac_loss": TROUBLE,
     "action_failed": TROUBLE,
     "command_refused": TROUBLE,
+    "clock_suspect": TROUBLE,
     "door_open": STATUS,
     "door_close": STATUS,
     "arm": STATUS,
@@ -59,6 +60,7 @@ CLASS_OF_KIND = {
     "cancel": STATUS,
     "response": STATUS,
     "command_ack": STATUS,
+    "sms": STATUS,
     "test": ROUTINE,
     "heartbeat": ROUTINE,
 }
