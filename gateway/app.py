@@ -25,6 +25,7 @@ from gateway.errors import ConfigError, JournalError
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.forwarders import FORWARDERS
 from gateway.forwarders.base import Forwarder, ForwarderContext, ShopCard
+from gateway.forwarders.mqtt_police import KIND as POLICE_MQTT
 from gateway.inboxes import inboxes
 from gateway.intake import Intake
 from gateway.journal import Journal
@@ -34,7 +35,8 @@ from gateway.ratelimit import RateLimitedLog
 from gateway.rule_engine import rule_engine
 from gateway.state_lock import StateDirError, lock_state_dir
 from gateway.supervise import supervise
-from gateway.systemd import SystemdNotifier, process_age_s
+from gateway.systemd import SystemdNotifier, pet_watchdog, process_age_s
+from gateway.waiting_alarms import WaitingAlarms
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,11 @@ class Gateway:
         self.cursors = {f.name: OutboxCursor(self.journal, f.name) for f in config.forwarders}
         self.forwarders: dict[str, Forwarder] = {
             f.name: FORWARDERS[f.kind](f, context=fcontext, cursor=self.cursors[f.name])
+            for f in config.forwarders
+        }
+        # The police link always retries quickly; another while alarms wait for it.
+        self.waiting_alarms = {
+            f.name: WaitingAlarms(self.journal, f.name, always=f.kind == POLICE_MQTT)
             for f in config.forwarders
         }
         self.links: dict[str, bool] = {}
@@ -222,7 +229,7 @@ class Gateway:
                     self.publisher.run,
                     link=self.publisher,
                     on_change=self._link_changed,
-                        on_retry=self._note_retry,
+                    on_retry=self._note_retry,
                 ),
                 name="block-publisher",
             )
@@ -234,6 +241,7 @@ class Gateway:
                         link=forwarder,
                         on_change=self._link_changed,
                         on_retry=self._note_retry,
+                        urgency=self.waiting_alarms[name],
                     ),
                     name=f"forwarder[{name}]",
                 )
@@ -261,7 +269,7 @@ class Gateway:
                     name=f"driver[{name}]",
                 )
             tg.create_task(self._announce_ready(notifier), name="ready")
-            tg.create_task(self._pet_watchdog(notifier), name="watchdog")
+            tg.create_task(pet_watchdog(notifier), name="watchdog")
             tg.create_task(self._write_status(), name="status-file")
 
     async def _announce_ready(self, notifier: SystemdNotifier) -> None:
@@ -307,14 +315,6 @@ class Gateway:
             state,
         )
 
-    async def _pet_watchdog(self, notifier: SystemdNotifier) -> None:
-        """Tell systemd the event loop is alive; a stalled loop gets the gateway restarted."""
-        if notifier.watchdog_interval_s is None:
-            return
-        while True:
-            notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(notifier.watchdog_interval_s)
-
     async def _write_status(self) -> None:
         """Refresh ``state_dir/status.json`` for ``lianfang status``."""
         status_file = self.config.state_dir / "status.json"
@@ -357,6 +357,8 @@ async def _serve(config: GatewayConfig) -> int:
         gateway.journal.close()
         for cursor in gateway.cursors.values():
             cursor.close()
+        for waiting in gateway.waiting_alarms.values():
+            waiting.close()
         notifier.close()
     return 0
 
