@@ -10,40 +10,30 @@ keepalive on, and refused frames are logged once per source per interval.
 from __future__ import annotations
 
 import asyncio
-import os
 import resource
 import socket
 from pathlib import Path
 
 import pytest
 
+from bench.faults.receiver_idle import (
+    IDLE_CONNECTIONS,
+    IDLER,
+    NOISE_BYTES,
+    NOISY,
+    answer_to,
+    log_lines_about,
+    open_idle,
+    send_noise,
+)
 from gateway.events import utc_now
 from lab.process import ReceiverProcess
 from protocols.dc09 import Message, Token, decode, encode
 from tests.clients import wait_until
 from tests.forwarder_rig import aio, centre
 
-IDLE_CONNECTIONS = 300
 PER_SOURCE = 16
 """The receiver's documented default (docs/dc09.md)."""
-NOISE_BYTES = 10_000_000
-IDLER, NOISY, PANEL = "127.0.0.2", "127.0.0.3", "127.0.0.1"
-
-
-def good(seq: int) -> bytes:
-    data = f"#1234|1120 01 {seq % 1000:03d}"
-    return encode(Message(Token.ADM_CID, seq, "1234", data=data, timestamp=utc_now()))
-
-
-async def ack_for(port: int, seq: int) -> Token:
-    """A good panel's frame from ``PANEL``: the receiver's answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(PANEL, 0))
-    try:
-        writer.write(good(seq))
-        await writer.drain()
-        return decode(await asyncio.wait_for(reader.readuntil(b"\r"), 10)).token
-    finally:
-        writer.close()
 
 
 @pytest.fixture
@@ -66,10 +56,7 @@ def receiver(tmp_path: Path):
 
 def test_300_idle_connections_from_one_address_leave_room_for_a_good_panel(receiver):
     async def scenario() -> None:
-        idle = [
-            await asyncio.open_connection("127.0.0.1", receiver.port, local_addr=(IDLER, 0))
-            for _ in range(IDLE_CONNECTIONS)
-        ]
+        idle = await open_idle(receiver.port, IDLE_CONNECTIONS)
         # A refused connection is closed at once: its read ends.
         ends = [asyncio.ensure_future(reader.read()) for reader, _ in idle]
         try:
@@ -78,7 +65,7 @@ def test_300_idle_connections_from_one_address_leave_room_for_a_good_panel(recei
                 20,
                 "the connections past the per-address cap closed",
             )
-            assert await ack_for(receiver.port, 1) is Token.ACK
+            assert await answer_to(receiver.port, 1) is Token.ACK
             assert sum(e.done() for e in ends) == IDLE_CONNECTIONS - PER_SOURCE
         finally:
             for end in ends:
@@ -87,35 +74,18 @@ def test_300_idle_connections_from_one_address_leave_room_for_a_good_panel(recei
                 writer.close()
 
     asyncio.run(scenario())
-    refusals = [line for line in receiver.log_tail(100_000).splitlines() if IDLER in line]
-    assert len(refusals) == 1, refusals  # 284 refusals, one line: the rest within its interval
+    # 284 refusals, one line: the rest fall within its interval.
+    assert len(log_lines_about(receiver, IDLER)) == 1
 
 
 def test_10_mb_of_noise_makes_a_few_log_lines_and_the_receiver_keeps_serving(receiver):
     async def scenario() -> None:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", receiver.port, local_addr=(NOISY, 0)
-        )
-
-        async def discard_replies() -> int:
-            naks = 0
-            while chunk := await reader.read(65536):
-                naks += chunk.count(b'"NAK"')
-            return naks
-
-        replies = asyncio.ensure_future(discard_replies())
-        noise = os.urandom(NOISE_BYTES)
-        for start in range(0, NOISE_BYTES, 65536):
-            writer.write(noise[start : start + 65536])
-            await writer.drain()
-        writer.write_eof()
-        naks = await asyncio.wait_for(replies, 60)
-        writer.close()
+        naks = await send_noise(receiver.port, NOISE_BYTES)
         assert naks > 1000  # noise ends a "frame" at every CR: each one is refused
-        assert await ack_for(receiver.port, 2) is Token.ACK
+        assert await answer_to(receiver.port, 2) is Token.ACK
 
     asyncio.run(scenario())
-    lines = [line for line in receiver.log_tail(10_000_000).splitlines() if NOISY in line]
+    lines = log_lines_about(receiver, NOISY)
     # The first refusal at once; then one line per 60 s interval at most.
     assert 1 <= len(lines) <= 2, lines[:5]
 

@@ -9,25 +9,16 @@ notices). Now the live message is taken once and every replay is counted as
 from __future__ import annotations
 
 import asyncio
-import json
 
 import aiomqtt
 
+from bench.faults.retained import publish_retained
 from tests.clients import expected_nearest, open_police_session, running, wait_until
 
 ORIGIN = "S00050"
 RESTARTS = 3
 DEVICE_EVENTS_ONLY = {"rules": {"disable": ["intrusion-when-armed", "robbery-area-alert"]}}
 REPLAY_LOG = "ignoring retained messages"
-
-
-async def publish_retained(url: str, topic: str, body: dict[str, object]) -> None:
-    """Publish ``body`` on ``topic`` with the retain flag, as a misconfigured panel would."""
-    host, port = url.removeprefix("mqtt://").split(":")
-    async with aiomqtt.Client(
-        host, int(port), identifier="retaining-panel", protocol=aiomqtt.ProtocolVersion.V5
-    ) as client:
-        await client.publish(topic, json.dumps(body), qos=1, retain=True)
 
 
 async def retained_on(url: str, topic_filter: str) -> list[str]:
