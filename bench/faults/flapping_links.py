@@ -19,13 +19,12 @@ from pathlib import Path
 import aiomqtt
 
 from bench.faults import FaultRow
-from bench.latency import write_config
+from bench.faults._gateway import block_with_gateway
 from bench.stats import percentile
 from firmware_stubs.mqtt_panel import ShopPanel
 from firmware_stubs.police_platform import PolicePlatform
 from gateway.mqtt.client import BrokerConfig
 from lab.broker import Mosquitto
-from lab.process import GatewayProcess
 
 FAULT = "police broker flapping: 10 outages of 1 s and one of 30 s, a panic in each"
 ORIGIN = "S00050"
@@ -110,17 +109,8 @@ async def _arrival(platform: PolicePlatform, seq: int, back: float, wait_s: floa
 
 def run(work: Path) -> FaultRow:
     """Ten 1 s flaps and one long outage against the real daemon; p99 after each return."""
-    with (
-        Mosquitto(workdir=work / "block-broker") as block,
-        Mosquitto(workdir=work / "police-broker", persistent=True) as police,
-    ):
-        config, _ = write_config(work / "gateway", block.url, police.url)
-        gateway = GatewayProcess(config)
-        gateway.start()
-        try:
-            result = asyncio.run(flap_police(block.url, police, [*FLAPS, LONG_OUTAGE_S], wait_s=60))
-        finally:
-            gateway.stop()
+    with block_with_gateway(work) as (block, police, _):
+        result = asyncio.run(flap_police(block.url, police, [*FLAPS, LONG_OUTAGE_S], wait_s=60))
     arrived = [s for s in result.after_return_s if s is not None]
     shown = ", ".join("lost" if s is None else f"{s:.2f}" for s in result.after_return_s)
     return FaultRow(

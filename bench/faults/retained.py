@@ -17,10 +17,9 @@ from pathlib import Path
 import aiomqtt
 
 from bench.faults import FaultRow
-from bench.latency import write_config
+from bench.faults._gateway import block_with_gateway
 from firmware_stubs.police_platform import PolicePlatform
 from gateway.mqtt.client import BrokerConfig
-from lab.broker import Mosquitto
 from lab.process import GatewayProcess
 
 FAULT = "a retained panic on a shop's event topic, the gateway restarted 3 times"
@@ -41,17 +40,8 @@ async def publish_retained(url: str, topic: str, body: dict[str, object]) -> Non
 
 def run(work: Path) -> FaultRow:
     """Publish the retained panic live, restart the real daemon 3 times, count panics."""
-    with (
-        Mosquitto(workdir=work / "block-broker") as block,
-        Mosquitto(workdir=work / "police-broker", persistent=True) as police,
-    ):
-        config, _ = write_config(work / "gateway", block.url, police.url)
-        gateway = GatewayProcess(config)
-        gateway.start()
-        try:
-            panics, first_s, restart_s = asyncio.run(_scenario(block.url, police.url, gateway))
-        finally:
-            gateway.stop()
+    with block_with_gateway(work) as (block, police, gateway):
+        panics, first_s, restart_s = asyncio.run(_scenario(block.url, police.url, gateway))
     return FaultRow(
         FAULT,
         sent=1,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -96,8 +98,16 @@ def test_a_limit_caps_the_delay_but_not_the_growth():
     assert backoff.ceiling() == 60
 
 
-async def _supervised(link: FlakyLink, **kwargs) -> asyncio.Task[None]:
-    return asyncio.create_task(supervise(NAME, link.run, link=link, **kwargs), name="supervised")
+@contextlib.asynccontextmanager
+async def supervised(link: FlakyLink, **kwargs) -> AsyncIterator[None]:
+    """``supervise`` the link for the block's duration; it ends only by being cancelled."""
+    task = asyncio.create_task(supervise(NAME, link.run, link=link, **kwargs), name="supervised")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
 
 def test_logs_once_down_and_once_recovered_over_many_failed_retries(caplog):
@@ -111,21 +121,16 @@ def test_logs_once_down_and_once_recovered_over_many_failed_retries(caplog):
         changes.append((up, detail))
 
     async def scenario() -> None:
-        task = await _supervised(
+        async with supervised(
             link,
             on_change=on_change,
             on_retry=lambda _name, error: retries.append(error),
             base_delay=0.001,
             max_delay=0.01,
-        )
-        try:
+        ):
             await wait_until(lambda: len(changes) == 2, 5, "the first recovery told")
             link.drop.set()
             await wait_until(lambda: len(changes) == 4, 5, "the second recovery told")
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
 
     asyncio.run(scenario())
     assert link.runs == 12
@@ -155,8 +160,7 @@ def test_a_link_that_stayed_up_resets_the_backoff_one_kicked_at_once_does_not():
     link = FlakyLink(["fail"] * 4 + ["up", "up"])
 
     async def scenario() -> None:
-        task = await _supervised(link, backoff=Backoff(0.5, 60, uniform=recorder), hold_down_s=0.2)
-        try:
+        async with supervised(link, backoff=Backoff(0.5, 60, uniform=recorder), hold_down_s=0.2):
             await wait_until(link.link_up.is_set, 5, "the link up after 4 failures")
             assert recorder.ceilings == [0.5, 1, 2, 4]
             link.drop.set()  # kicked right after it connected: still backing off
@@ -168,10 +172,6 @@ def test_a_link_that_stayed_up_resets_the_backoff_one_kicked_at_once_does_not():
             link.drop.set()  # up longer than the hold-down: the next retry starts over
             await wait_until(lambda: len(recorder.ceilings) == 6, 5, "the retry after the drop")
             assert recorder.ceilings[5] == 0.5
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
 
     asyncio.run(scenario())
 
@@ -181,15 +181,10 @@ def test_retries_of_a_link_alarms_wait_for_are_never_further_apart_than_the_urge
     link = FlakyLink(["fail"] * 12)
 
     async def scenario() -> None:
-        task = await _supervised(
+        async with supervised(
             link, backoff=Backoff(0.5, 60, uniform=recorder), urgency=Alarms(waiting=True)
-        )
-        try:
+        ):
             await wait_until(link.link_up.is_set, 5, "the link up after 12 failures")
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
 
     asyncio.run(scenario())
     # 0.5, 1, then held at the bound while the uncapped ceiling would reach 60.
@@ -204,16 +199,11 @@ def test_an_alarm_arriving_cuts_a_long_pause_short():
     alarms = Alarms(waiting=False)
 
     async def scenario() -> None:
-        task = await _supervised(link, backoff=Backoff(600, 600, uniform=recorder), urgency=alarms)
-        try:
+        async with supervised(link, backoff=Backoff(600, 600, uniform=recorder), urgency=alarms):
             await wait_until(lambda: recorder.ceilings == [600], 5, "a 600 s pause begun")
             assert link.runs == 1
             alarms.arrived.set()
             await wait_until(link.link_up.is_set, 5, "the retry the alarm brought forward")
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
 
     asyncio.run(scenario())
     assert recorder.ceilings == [600, 1.5]
