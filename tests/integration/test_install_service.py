@@ -61,18 +61,8 @@ def _copy_runtime(site: Path) -> None:
             if source.is_file() and ".." not in file.parts:
                 (site / file).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, site / file)
-    for package in (
-        "gateway",
-        "drivers",
-        "rules",
-        "protocols",
-        "receiver",
-        "lab",
-        "firmware_stubs",
-    ):
-        shutil.copytree(
-            REPO / package, site / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
+    for package in ("gateway", "drivers", "rules", "protocols", "receiver", "lab", "firmware_stubs"):
+        shutil.copytree(REPO / package, site / package, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 @pytest.fixture(scope="module")

@@ -98,11 +98,9 @@ def _panic_reaches_neighbours_and_police(block_url: str, police_url: str, *, bur
                 await panels["S00012"].send("door_open" if i % 2 else "door_close")
             await panels["S00011"].send("panic", zone="1")
             await wait_until(
-                lambda: (
-                    all(panels[s].notices for s in expected)
-                    and any(d.body["kind"] == "panic" for d in platform.unique)
-                    and len(platform.by_id) >= burst + 1
-                ),
+                lambda: all(panels[s].notices for s in expected)
+                and any(d.body["kind"] == "panic" for d in platform.unique)
+                and len(platform.by_id) >= burst + 1,
                 20,
                 "10 notices, the panic and every door event at the police",
             )
@@ -162,10 +160,8 @@ def test_panic_path_on_the_machines_own_broker(tmp_path, gateway_process, machin
                 assert platform is not None
                 await panels["S00011"].send("panic", note=uuid.uuid4().hex)
                 await wait_until(
-                    lambda: (
-                        all(panels[s].notices for s in expected)
-                        and any(d.body["kind"] == "panic" for d in platform.unique)
-                    ),
+                    lambda: all(panels[s].notices for s in expected)
+                    and any(d.body["kind"] == "panic" for d in platform.unique),
                     20,
                     "10 notices and the police event",
                 )
@@ -177,9 +173,7 @@ def test_panic_path_on_the_machines_own_broker(tmp_path, gateway_process, machin
         _purge_sessions(url, [f"lianfang-{gid}-{n}" for n in names] + [platform_id])
 
 
-def _gateway_on(
-    tmp_path: Path, gateway_process: list[TestGateway], block: str, police: str
-) -> TestGateway:
+def _gateway_on(tmp_path: Path, gateway_process: list[TestGateway], block: str, police: str) -> TestGateway:
     gw = TestGateway(init_config(tmp_path / "gw", block_url=block, police_url=police))
     gateway_process.append(gw)
     gw.start()
@@ -195,10 +189,9 @@ def test_event_over_the_packet_size_goes_without_its_attrs_in_its_place(tmp_path
         gw = _gateway_on(tmp_path, gateway_process, block.url, police.url)
 
         async def scenario() -> None:
-            async with running(block_url=block.url, police_url=police.url, shops=["S00011"]) as (
-                panels,
-                platform,
-            ):
+            async with running(
+                block_url=block.url, police_url=police.url, shops=["S00011"]
+            ) as (panels, platform):
                 assert platform is not None
                 bulky = {f"note{i}": "x" * 120 for i in range(16)}
                 await panels["S00011"].send("panic", zone="1", **bulky)
@@ -264,9 +257,7 @@ def test_link_refuses_a_publish_over_the_maximum_packet_size(tmp_path):
         async with connected_link(url, "mps") as link:
             assert link.limits.maximum_packet_size == 500
             # A message our count lets through at the very limit is one the broker takes.
-            fits = b"x" * max(
-                n for n in range(500) if publish_packet_size("t/edge", b"x" * n) <= 500
-            )
+            fits = b"x" * max(n for n in range(500) if publish_packet_size("t/edge", b"x" * n) <= 500)
             assert publish_packet_size("t/edge", fits) == 500
             with pytest.raises(PacketTooLarge, match="maximum packet size of 500 bytes"):
                 await link.publish("t/edge", fits + b"x")
@@ -295,9 +286,7 @@ def nats_mqtt(tmp_path: Path) -> Iterator[str]:
     """A NATS server whose MQTT listener speaks only MQTT 3.1.1, on free loopback ports."""
     binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
     if not Path(binary).exists():
-        pytest.fail(
-            "nats-server is not installed (.ci/run installs it: apt-get install nats-server)"
-        )
+        pytest.fail("nats-server is not installed (.ci/run installs it: apt-get install nats-server)")
     port = free_port()
     conf = tmp_path / "nats.conf"
     conf.write_text(
