@@ -25,6 +25,7 @@ from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.mqtt.client import first_leaf
 from gateway.mqtt.limits import LinkDown
 from gateway.mqtt.link import MqttLink
+from gateway.mqtt.retained import replayed
 from gateway.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,9 @@ class MqttIngestDriver:
                     message, generation = await link.messages.get()
                     link.taken(message)
                     ack = functools.partial(link.ack, message, generation)
+                    if replayed(message, self.rejected, self.config.name):
+                        ack()
+                        continue
                     try:
                         event, origin_key = self.parse(
                             _topic(message), message.payload, redelivered=message.dup

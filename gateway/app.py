@@ -28,6 +28,7 @@ from gateway.forwarders import FORWARDERS
 from gateway.forwarders.base import Forwarder, ForwarderContext, ShopCard
 from gateway.forwarders.dc09 import Dc09Forwarder
 from gateway.forwarders.dc09_codes import RESTORES_ATTR
+from gateway.forwarders.mqtt_police import KIND as POLICE_MQTT
 from gateway.inboxes import inboxes
 from gateway.intake import Intake
 from gateway.journal import Journal
@@ -38,7 +39,8 @@ from gateway.rule_engine import rule_engine
 from gateway.sms.service import SmsService
 from gateway.state_lock import StateDirError, lock_state_dir
 from gateway.supervise import supervise
-from gateway.systemd import SystemdNotifier, process_age_s
+from gateway.systemd import SystemdNotifier, pet_watchdog, process_age_s
+from gateway.waiting_alarms import WaitingAlarms
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +125,11 @@ class Gateway:
                 forwarder.on_centre_time = functools.partial(
                     self.clock.told, by="alarm centre", exact=True
                 )
+        # The police link always retries quickly; another while alarms wait for it.
+        self.waiting_alarms = {
+            f.name: WaitingAlarms(self.journal, f.name, always=f.kind == POLICE_MQTT)
+            for f in config.forwarders
+        }
         self.links: dict[str, bool] = {}
         self.link_errors: dict[str, str] = {}
         self._status_changed = asyncio.Event()
@@ -280,6 +287,7 @@ class Gateway:
                         link=forwarder,
                         on_change=self._link_changed,
                         on_retry=self._note_retry,
+                        urgency=self.waiting_alarms[name],
                     ),
                     name=f"forwarder[{name}]",
                 )
@@ -319,7 +327,7 @@ class Gateway:
                     name="sms",
                 )
             tg.create_task(self._announce_ready(notifier), name="ready")
-            tg.create_task(self._pet_watchdog(notifier), name="watchdog")
+            tg.create_task(pet_watchdog(notifier), name="watchdog")
             tg.create_task(self._write_status(), name="status-file")
 
     async def _announce_ready(self, notifier: SystemdNotifier) -> None:
@@ -365,14 +373,6 @@ class Gateway:
             state,
         )
 
-    async def _pet_watchdog(self, notifier: SystemdNotifier) -> None:
-        """Tell systemd the event loop is alive; a stalled loop gets the gateway restarted."""
-        if notifier.watchdog_interval_s is None:
-            return
-        while True:
-            notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(notifier.watchdog_interval_s)
-
     async def _write_status(self) -> None:
         """Refresh ``state_dir/status.json`` for ``lianfang status``."""
         status_file = self.config.state_dir / "status.json"
@@ -415,6 +415,8 @@ async def _serve(config: GatewayConfig) -> int:
         gateway.journal.close()
         for cursor in gateway.cursors.values():
             cursor.close()
+        for waiting in gateway.waiting_alarms.values():
+            waiting.close()
         notifier.close()
     return 0
 

@@ -5,6 +5,7 @@ A no-op when the gateway does not run under systemd (no ``$NOTIFY_SOCKET``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -38,6 +39,19 @@ class SystemdNotifier:
         """Close the socket."""
         if self._sock is not None:
             self._sock.close()
+
+
+async def pet_watchdog(notifier: SystemdNotifier) -> None:
+    """Send ``WATCHDOG=1`` every half watchdog interval until cancelled (none without one).
+
+    The pings come from the event loop itself, so a loop that stalls stops them
+    and systemd restarts the gateway.
+    """
+    if notifier.watchdog_interval_s is None:
+        return
+    while True:
+        notifier.notify("WATCHDOG=1")
+        await asyncio.sleep(notifier.watchdog_interval_s)
 
 
 def process_age_s() -> float | None:

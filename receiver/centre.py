@@ -14,9 +14,11 @@ import contextlib
 import functools
 import json
 import logging
+import socket
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -31,6 +33,8 @@ from gateway.events import utc_now
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier
 from protocols.dc09 import FrameError, Message, Token, decode, encode, parse_data, split_frame
+from receiver.limits import IDLE_TIMEOUT_S, KEEPALIVE, MAX_CONNECTIONS, MAX_PER_SOURCE
+from receiver.refusals import RefusalLog
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +42,8 @@ DEDUP_WINDOW = timedelta(minutes=10)
 """A copy comes within the gateway's retries (seconds to a few minutes). The
 window is short because a sequence number comes back after 9999 messages: a
 new alarm with the same account, number and data must not be taken for a copy."""
-MAX_CONNECTIONS = 256
-"""TCP connections served at once; more are closed on arrival (memory stays bounded)."""
+PEER: ContextVar[str] = ContextVar("dc09_peer", default="unknown")
+"""The address whose frame is being answered (each TCP connection is its own task)."""
 EARLIEST = timedelta(seconds=40)
 LATEST = timedelta(seconds=20)
 """The usual timestamp window: a message may be 40 s old or 20 s ahead."""
@@ -164,16 +168,24 @@ class Dc09Centre:
         key: bytes | None = None,
         clock: Callable[[], datetime] = utc_now,
         max_connections: int = MAX_CONNECTIONS,
+        max_per_source: int = MAX_PER_SOURCE,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         """Store into ``store``; decrypt with ``key`` (any account); ``clock`` is the centre's."""
         self.store = store
         self.max_connections = max_connections
+        self.max_per_source = max_per_source
+        self.idle_timeout_s = idle_timeout_s
+        self.idle_closed = 0
+        """TCP connections closed for silence."""
         self.keys = {"": key} if key else None
         self.clock = clock
         self.rejected: Counter[str] = Counter()
         self.supervision: dict[str, datetime] = {}
         """Last NULL message per account: which gateways are alive."""
         self._connections: set[asyncio.StreamWriter] = set()
+        self._per_source: Counter[str] = Counter()
+        self._refusals = RefusalLog(logger)
 
     def answer(self, frame: bytes) -> bytes:
         """The reply to one frame (always one: a NAK for what cannot be read)."""
@@ -188,7 +200,9 @@ class Dc09Centre:
             now - EARLIEST <= message.timestamp <= now + LATEST
         ):
             self.rejected["timestamp"] += 1
-            logger.warning("timestamp %s outside the window; NAK", message.timestamp)
+            self._refusals.refused(
+                PEER.get(), f"a frame with timestamp {message.timestamp} outside the window (NAK)"
+            )
             return encode(message.reply(Token.NAK, now))
         if message.token is Token.NULL:
             self.supervision[message.account or ""] = now
@@ -203,7 +217,7 @@ class Dc09Centre:
 
     def _refuse(self, exc: FrameError, now: datetime, message: Message | None = None) -> bytes:
         self.rejected[exc.reason] += 1
-        logger.warning("refused a frame: %s", exc)
+        self._refusals.refused(PEER.get(), f"a frame: {exc}")
         if message is not None or exc.reason == "token":
             # Read but not usable: DUH (echoing the sequence when we have it).
             duh = message or Message(Token.DUH, 0, None)
@@ -216,40 +230,83 @@ class Dc09Centre:
             writer.close()
 
     async def serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Answer every frame on one TCP connection until it closes."""
-        buffer = bytearray()
+        """Answer every frame on one TCP connection until it closes or stays silent too long."""
+        source = str(writer.get_extra_info("peername", ("unknown",))[0])
         if len(self._connections) >= self.max_connections:
             self.rejected["connections"] += 1
-            logger.warning("%d connections open; closing a new one", len(self._connections))
+            self._refusals.refused(source, f"a connection: {self.max_connections} open")
             writer.close()
             return
+        if self._per_source[source] >= self.max_per_source:
+            self.rejected["per_source"] += 1
+            self._refusals.refused(
+                source, f"a connection: {self.max_per_source} open from this address"
+            )
+            writer.close()
+            return
+        _keep_alive(writer)
+        PEER.set(source)
         self._connections.add(writer)
-        oversized = False  # after a line too long, drop bytes up to its CR
+        self._per_source[source] += 1
         try:
-            while chunk := await reader.read(4096):
-                buffer += chunk
-                if oversized:
-                    end = buffer.find(b"\r")
-                    del buffer[: end + 1 if end >= 0 else len(buffer)]
-                    oversized = end < 0
-                while not oversized:
-                    try:
-                        frame = split_frame(buffer)
-                    except FrameError as exc:
-                        writer.write(self._refuse(exc, self.clock()))
-                        oversized = True
-                        break
-                    if frame is None:
-                        break
-                    writer.write(self.answer(frame))
-                await writer.drain()
+            await self._serve_frames(reader, writer)
+        except TimeoutError:
+            self.idle_closed += 1
+            writer.transport.abort()  # what it did not read is not worth waiting for
         except ConnectionError:
             pass
         finally:
             self._connections.discard(writer)
+            self._per_source[source] -= 1
+            if not self._per_source[source]:
+                del self._per_source[source]
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    async def _serve_frames(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answer frames until the peer closes.
+
+        ``TimeoutError`` once the peer sends nothing, or reads none of our
+        replies, for ``idle_timeout_s``.
+        """
+        buffer = bytearray()
+        oversized = False  # after a line too long, drop bytes up to its CR
+        while True:
+            async with asyncio.timeout(self.idle_timeout_s):
+                chunk = await reader.read(4096)
+            if not chunk:
+                return
+            buffer += chunk
+            if oversized:
+                end = buffer.find(b"\r")
+                del buffer[: end + 1 if end >= 0 else len(buffer)]
+                oversized = end < 0
+            while not oversized:
+                try:
+                    frame = split_frame(buffer)
+                except FrameError as exc:
+                    writer.write(self._refuse(exc, self.clock()))
+                    oversized = True
+                    break
+                if frame is None:
+                    break
+                writer.write(self.answer(frame))
+            async with asyncio.timeout(self.idle_timeout_s):
+                await writer.drain()
+
+
+def _keep_alive(writer: asyncio.StreamWriter) -> None:
+    """Turn on TCP keepalive (with ``KEEPALIVE``'s timings where the system has them)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in KEEPALIVE.items():
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 class _UdpCentre(asyncio.DatagramProtocol):
@@ -264,6 +321,7 @@ class _UdpCentre(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         if self.transport is not None:
+            PEER.set(str(addr[0]))
             self.transport.sendto(self.centre.answer(data), addr)
 
 
@@ -332,11 +390,21 @@ def _table(alarms: list[Alarm], centre: Dc09Centre) -> Table:
 
 
 async def run_receiver(
-    db: Path, *, host: str, port: int, udp: bool, key: bytes | None, mqtt_url: str | None
+    db: Path,
+    *,
+    host: str,
+    port: int,
+    udp: bool,
+    key: bytes | None,
+    mqtt_url: str | None,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
+    max_per_source: int = MAX_PER_SOURCE,
 ) -> None:
     """``lianfang receiver``: answer DC-09 (and follow the MQTT feed), showing alarms live."""
     store = AlarmStore(db)
-    centre = Dc09Centre(store, key=key)
+    centre = Dc09Centre(
+        store, key=key, idle_timeout_s=idle_timeout_s, max_per_source=max_per_source
+    )
     shown: list[Alarm] = []
     listener = await listen(centre, host, port, udp=udp)
     console = Console(soft_wrap=True)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from gateway.cli.options import ConfigOption, config_path
+from receiver.limits import IDLE_TIMEOUT_S, MAX_PER_SOURCE
 
 app = typer.Typer()
 
@@ -39,6 +40,12 @@ def receiver(
     db: Annotated[Path, typer.Option(help="SQLite file of received alarms.")] = Path(
         "receiver.sqlite3"
     ),
+    idle_timeout: Annotated[
+        float, typer.Option(min=1, help="Close a TCP connection silent this many seconds.")
+    ] = IDLE_TIMEOUT_S,
+    max_per_source: Annotated[
+        int, typer.Option(min=1, help="TCP connections from one address at once.")
+    ] = MAX_PER_SOURCE,
 ) -> None:
     """A small alarm receiving centre: DC-09 ACK/NAK/DUH, copies dropped, alarms in SQLite."""
     import asyncio  # noqa: PLC0415 - keep `lianfang --help` fast
@@ -53,4 +60,15 @@ def receiver(
         typer.echo(f"--key: {exc}", err=True)
         raise typer.Exit(2) from None
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_receiver(db, host=host, port=dc09, udp=udp, key=aes, mqtt_url=mqtt))
+        asyncio.run(
+            run_receiver(
+                db,
+                host=host,
+                port=dc09,
+                udp=udp,
+                key=aes,
+                mqtt_url=mqtt,
+                idle_timeout_s=idle_timeout,
+                max_per_source=max_per_source,
+            )
+        )

@@ -17,6 +17,7 @@ from gateway.errors import DriverUnavailable, PlatformNak
 from gateway.mqtt.client import BrokerConfig, first_leaf
 from gateway.mqtt.limits import LinkDown
 from gateway.mqtt.link import MqttLink
+from gateway.mqtt.retained import replayed
 from gateway.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,9 @@ class Inbox:
             link.taken(message)
 
             done = functools.partial(link.ack, message, generation)
+            if replayed(message, self.rejected, self.name):
+                done()
+                continue
             try:
                 await self._handle(message.topic, bytes(message.payload), done)
             except Rejected as exc:
