@@ -189,7 +189,8 @@ def acl_text(config: GatewayConfig, logins: list[Login]) -> str:
     """The ACL: shops by ``pattern`` (user name = shop id), the gateway by ``topic`` lines.
 
     No line grants anyone but the gateway a write to ``.../notify``, and there is
-    no catch-all, so what is not granted here is refused.
+    no catch-all, so what is not granted here is refused. The gateway's status is
+    for everyone on the block (DESIGN: "gateway → all"), so every user may read it.
     """
     publish, subscribe = shop_topics("%u")
     gateway = logins[0]
@@ -199,6 +200,8 @@ def acl_text(config: GatewayConfig, logins: list[Login]) -> str:
         "# it publishes only its own events and responses, reads only its own notices.",
         *(f"pattern write {t}" for t in publish),
         *(f"pattern read {t}" for t in subscribe),
+        "# Every user may read whether the gateway is online (its retained status).",
+        f"pattern read {gateway_status_topic(config.gateway.id)}",
         "",
         f"# The gateway {config.gateway.id}: reads every shop, alone sends neighbour notices.",
         f"user {gateway.username}",

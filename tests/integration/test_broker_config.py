@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import getpass
+import json
 import os
 import queue
 import signal
@@ -113,7 +114,7 @@ class Probe:
         self.connack: queue.Queue[int] = queue.Queue()
         self.acks: dict[int, int] = {}
         self.granted: list[int] = []
-        self.received: list[str] = []
+        self.received: list[tuple[str, bytes]] = []
         self.client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"probe-{username}-{time.monotonic_ns()}",
@@ -126,7 +127,7 @@ class Probe:
         self.client.on_subscribe = lambda _c, _u, _m, rcs, _p: self.granted.extend(
             rc.value for rc in rcs
         )
-        self.client.on_message = lambda _c, _u, msg: self.received.append(msg.topic)
+        self.client.on_message = lambda _c, _u, msg: self.received.append((msg.topic, msg.payload))
         if tls is not None:
             self.client.tls_set_context(tls)
         self.client.connect("127.0.0.1", port)
@@ -151,6 +152,14 @@ class Probe:
         while not self.granted:
             assert time.monotonic() < deadline, f"no SUBACK for {topic}"
             time.sleep(0.01)
+
+    def wait_for_message(self, what: str, timeout_s: float = 10) -> tuple[str, bytes]:
+        """The first message received, waited for up to ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not self.received:
+            assert time.monotonic() < deadline, f"no message: {what}"
+            time.sleep(0.01)
+        return self.received[0]
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -221,6 +230,26 @@ def test_own_panic_reaches_neighbours_and_police_and_nothing_else_gets_through(
     assert wrong.code != 0
     anonymous.close()
     wrong.close()
+
+
+def test_a_shop_reads_the_gateways_retained_status(secured, gateway_process):
+    """DESIGN: the gateway's status is for all; a shop's panel may read it, not write it."""
+    config, out, broker = secured
+    gw = TestGateway(config)
+    gateway_process.append(gw)
+    gw.start()
+    shop = Probe(broker.port, "S00001", passwords(out)["S00001"])
+    try:
+        assert shop.code == 0
+        shop.subscribe("lianfang/v1/gateway/GW-001/status")
+        assert shop.granted == [1]
+        topic, payload = shop.wait_for_message("the gateway's retained status")
+        assert topic == "lianfang/v1/gateway/GW-001/status"
+        status = json.loads(payload)
+        assert (status["state"], status["gateway_id"]) == ("online", "GW-001")
+        assert shop.publish("lianfang/v1/gateway/GW-001/status", b"x") == NOT_AUTHORIZED
+    finally:
+        shop.close()
 
 
 def _drop_shop(config: Path, shop: str) -> dict[str, Any]:
