@@ -27,11 +27,17 @@ import paho.mqtt.client as paho
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from pydantic import SecretStr
 
+from firmware_stubs.police_commands import command_body, new_key, send, sign
+from firmware_stubs.police_platform import PolicePlatform
+from gateway.config.broker_access import mosquitto_hash
+from gateway.mqtt.client import BrokerConfig
 from lab.broker import free_port, mosquitto_binary, terminate
 from tests.certs import make_pki
-from tests.clients import expected_nearest, running, wait_until
+from tests.clients import expected_nearest, running, survey_rows, wait_until
 from tests.harness import TestGateway, init_config
+from tests.integration.test_mesh import split_survey
 
 NOT_AUTHORIZED = 0x87
 ACCEPTED = {0x00, 0x10}  # success, or "no matching subscribers" (also a success)
@@ -147,9 +153,10 @@ class Probe:
         return self.acks[info.mid]
 
     def subscribe(self, topic: str) -> None:
+        before = len(self.granted)
         self.client.subscribe(topic, qos=1)
         deadline = time.monotonic() + 5
-        while not self.granted:
+        while len(self.granted) == before:
             assert time.monotonic() < deadline, f"no SUBACK for {topic}"
             time.sleep(0.01)
 
@@ -350,3 +357,149 @@ def test_tls_listener(tmp_path):
         assert plain.code is None  # the TLS listener never answers plain MQTT
     finally:
         broker.stop()
+
+
+def police_acl(config: Path, *extra: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "police-acl", "--config", str(config), *extra],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _gateway_on_police(config: Path, password: str, block_url: str, commands_key: str) -> Path:
+    """GW-001 logs in to the police broker as its id; it trusts ``commands_key`` for commands."""
+    password_file = config.parent / "police.password"
+    password_file.write_text(password)
+    password_file.chmod(0o600)
+    data = yaml.safe_load(config.read_text())
+    [police] = [f for f in data["forwarders"] if f["kind"] == "police_mqtt"]
+    police["broker"] |= {"username": "GW-001", "password_file": str(password_file)}
+    data["broker"]["url"] = block_url
+    data["commands"] = {"keys": {"platform-1": commands_key}}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    return config
+
+
+@pytest.fixture
+def police_acl_broker(tmp_path: Path) -> Iterator[tuple[Broker, dict[str, str], dict[str, Path]]]:
+    """A police Mosquitto whose ACL is `police-acl` of GW-001 and GW-002 plus the platform's user.
+
+    GW-001 serves the north side of Changping Road, GW-002 the south: each sends
+    the other the notices of its shops' nearest across the road.
+    """
+    survey, _ = split_survey(tmp_path)
+    port = free_port()
+    configs = {}
+    for gid in ("GW-001", "GW-002"):
+        folder = tmp_path / gid
+        folder.mkdir()
+        configs[gid] = init_config(
+            folder,
+            block_url="mqtt://127.0.0.1:1",
+            police_url=f"mqtt://127.0.0.1:{port}",
+            survey=survey,
+            gateway=gid,
+        )
+    pw = {user: f"{user}-{os.urandom(8).hex()}" for user in ("GW-001", "GW-002", "platform")}
+    police = tmp_path / "police"
+    police.mkdir()
+    (police / "passwd").write_text(
+        "".join(f"{user}:{mosquitto_hash(p)}\n" for user, p in pw.items())
+    )
+    platform = "user platform\ntopic read police/v1/+/+/events\ntopic write police/v1/+/+/cmd\n"
+    acl = police_acl(configs["GW-001"]) + police_acl(configs["GW-002"]) + platform
+    (police / "acl").write_text(acl)
+    (police / "police.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+        f"password_file {police / 'passwd'}\nacl_file {police / 'acl'}\n"
+    )
+    broker = Broker(police, port)
+    yield broker, pw, configs
+    broker.stop()
+
+
+def test_police_acl_lets_a_gateway_use_its_own_topics_only(
+    police_acl_broker, block_broker, gateway_process
+):
+    """On a police broker with the generated ACL, GW-001 forwards, obeys, relays; no more."""
+    broker, pw, configs = police_acl_broker
+    key, public = new_key()
+    config = _gateway_on_police(configs["GW-001"], pw["GW-001"], block_broker.url, public)
+    gw = TestGateway(config)
+    gateway_process.append(gw)
+    gw.start()
+    police_url = f"mqtt://127.0.0.1:{broker.port}"
+    platform_login = BrokerConfig(
+        url=police_url, username="platform", password=SecretStr(pw["platform"])
+    )
+    # S00011's nearest on its own side, and S00001, which the test's mesh notice is for.
+    panels_for = {"S00011", "S00001", *(s for s in expected_nearest("S00011") if s in _north())}
+
+    async def scenario() -> None:
+        platform = PolicePlatform(platform_login, client_id="platform")
+        other = Probe(broker.port, "GW-002", pw["GW-002"])  # the neighbouring gateway
+        rogue = Probe(broker.port, "GW-001", pw["GW-001"])  # GW-001's login, misused
+        try:
+            other.subscribe("police/v1/L1/mesh/GW-002/notify")
+            assert other.granted == [1]
+            async with (
+                running(block_url=block_broker.url, shops=sorted(panels_for)) as (panels, _),
+                asyncio.TaskGroup() as tg,
+            ):
+                task = tg.create_task(platform.run(), name="platform")
+                await asyncio.wait_for(platform.ready.wait(), 10)
+                await panels["S00011"].send("panic")
+                await wait_until(lambda: bool(platform.by_id), 10, "the panic at the police")
+                # GW-001 sent GW-002 the notices of its shops among S00011's nearest.
+                topic, _ = await asyncio.to_thread(other.wait_for_message, "GW-001's mesh notice")
+                assert topic == "police/v1/L1/mesh/GW-002/notify"
+
+                # GW-001's login reads its own commands, never another gateway's.
+                rogue.subscribe("police/v1/L1/GW-002/cmd")
+                rogue.subscribe("police/v1/L1/GW-001/cmd")
+                await send(platform_login, "police/v1/L1/GW-002/cmd", b"{}")
+                body = command_body("GW-001", "set_level", level="heightened")
+                await send(platform_login, "police/v1/L1/GW-001/cmd", sign(key, "platform-1", body))
+                # Delivered in the broker's order: had the first been readable, it came first.
+                topic, _ = await asyncio.to_thread(rogue.wait_for_message, "GW-001's command")
+                assert topic == "police/v1/L1/GW-001/cmd"
+                await wait_until(
+                    lambda: any(d.body["kind"] == "command_ack" for d in platform.unique),
+                    10,
+                    "the command's acknowledgement",
+                )
+
+                notice = {"shop_id": "S00001", "notice": {"alert_id": "A-FROM-GW-002"}}
+                message = {
+                    "alert_id": "A-FROM-GW-002",
+                    "from_gateway": "GW-002",
+                    "notices": [notice],
+                }
+                assert (
+                    other.publish("police/v1/L1/mesh/GW-001/notify", json.dumps(message).encode())
+                    in ACCEPTED
+                )
+                await wait_until(lambda: bool(panels["S00001"].notices), 10, "the relayed notice")
+
+                for topic in (
+                    "police/v1/L1/GW-002/events",  # another gateway's events
+                    "police/v1/L1/GW-002/status",
+                    "police/v1/L1/GW-001/cmd",  # a command to itself
+                    "police/v1/L1/mesh/GW-001/notify",  # a notice to itself
+                ):
+                    assert rogue.publish(topic, b"{}") == NOT_AUTHORIZED, topic
+                assert [
+                    d.body["shop_id"] for d in platform.unique if d.body["kind"] == "panic"
+                ] == ["S00011"]
+                task.cancel()
+        finally:
+            other.close()
+            rogue.close()
+
+    asyncio.run(scenario())
+
+
+def _north() -> set[str]:
+    return {r["shop_id"] for r in survey_rows() if r["side"] == "N"}
