@@ -4,30 +4,45 @@
   an alert (``coming``, ``safe`` or ``cancel``), journalled and forwarded with the alert id.
 - ``police/v1/{large_grid}/{gateway_id}/cmd`` on the police broker: signed commands.
 - ``police/v1/{large_grid}/mesh/{gateway_id}/notify`` on the police broker: notices
-  other gateways send for this gateway's shops. Each alert is relayed to the block
-  once and never sent on again, so notices cannot loop between gateways.
+  other gateways send for this gateway's shops, each signed by its sender's mesh key
+  (``protocols/mesh_message.py``). Each alert is relayed to the block once and
+  never sent on again, so notices cannot loop between gateways.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.actions import RuleActions
 from gateway.commands import PoliceCommands
 from gateway.config.model import GatewayConfig
+from gateway.events import utc_now
 from gateway.forwarders.mqtt_police import PoliceMqttConfig
 from gateway.intake import Intake
 from gateway.mqtt.inbox import Inbox, Rejected
 from gateway.mqtt.notify import TOPIC_ROOT
-from protocols.mesh_message import MeshMessage
+from protocols.mesh_message import (
+    MeshRefused,
+    MeshVerifier,
+    load_private_key,
+    load_public_key,
+    seal,
+)
 from rules.commands import CommandVerifier
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+logger = logging.getLogger(__name__)
+
 RESPONSE_TOPIC = f"{TOPIC_ROOT}/shop/+/response"
-MAX_MESH_BYTES = 256 * 1024
 
 
 class Response(BaseModel):
@@ -63,35 +78,83 @@ class ShopResponses:
 
 
 class MeshRelay:
-    """Sends notices to other gateways' shops, and relays theirs to this block."""
+    """Sends signed notices to other gateways' shops, and relays theirs to this block.
 
-    def __init__(self, topic_root: str, actions: RuleActions, neighbours: set[str]) -> None:
-        """Publish under ``topic_root`` (``police/v1``); relay from ``neighbours`` (gateway ids)."""
+    Every message out is signed with this gateway's mesh key; every message in
+    is relayed only if ``verifier`` accepts it (a gateway whose key we hold,
+    addressed to us, fresh, never seen). Refusals are counted by the inbox.
+    """
+
+    def __init__(
+        self,
+        topic_root: str,
+        actions: RuleActions,
+        verifier: MeshVerifier,
+        *,
+        gateway_id: str,
+        key: Ed25519PrivateKey | None,
+    ) -> None:
+        """Publish under ``topic_root`` (``police/v1``) signed with ``key`` (None: send nothing)."""
         self._root = topic_root
         self._actions = actions
-        self._neighbours = neighbours
+        self._verifier = verifier
+        self._gateway_id = gateway_id
+        self._key = key
         self.inbox: Inbox | None = None
 
     def submit(self, gateway_id: str, large_grid: str, message: bytes) -> None:
-        """Queue ``message`` for ``gateway_id``'s mesh topic."""
-        if self.inbox is not None:
-            self.inbox.submit(mesh_topic(self._root, large_grid, gateway_id), message)
+        """Sign ``message`` for ``gateway_id`` and queue it for its mesh topic."""
+        if self.inbox is None:
+            return
+        if self._key is None:
+            # Unsigned, every gateway would refuse it: count it where the status shows it.
+            self.inbox.rejected["no_mesh_key"] = self.inbox.rejected.get("no_mesh_key", 0) + 1
+            return
+        sealed = seal(
+            message,
+            key=self._key,
+            gateway_id=self._gateway_id,
+            to_gateway=gateway_id,
+            now=utc_now(),
+        )
+        self.inbox.submit(mesh_topic(self._root, large_grid, gateway_id), sealed)
 
     async def handle(self, topic: str, payload: bytes, done: Callable[[], None]) -> None:  # noqa: ARG002 - one topic
-        """Relay a message's notices to this block's shops (from neighbouring gateways only)."""
-        if len(payload) > MAX_MESH_BYTES:
-            raise Rejected("invalid", f"{len(payload)} bytes is too long for a mesh message")
+        """Relay a message's notices to this block's shops, if its signature holds."""
         try:
-            message = MeshMessage.model_validate(json.loads(payload))
-        except (ValueError, ValidationError) as exc:
-            raise Rejected("invalid", f"not a mesh message: {exc}"[:200]) from None
-        if message.from_gateway not in self._neighbours:
-            # Only a gateway whose shops lie near ours has a reason to alert them.
-            raise Rejected(
-                "unknown_gateway", f"{message.from_gateway!r} is no neighbouring gateway"
-            )
+            message = self._verifier.verify(payload, utc_now())
+        except MeshRefused as refused:
+            raise Rejected(refused.reason, str(refused)[:200]) from None
         self._actions.relay(message)
         done()
+
+
+def mesh_keys(
+    config: GatewayConfig,
+) -> tuple[Ed25519PrivateKey | None, dict[str, Ed25519PublicKey]]:
+    """This gateway's mesh key and the other gateways' public keys, as far as they can be read.
+
+    A key that cannot be read is logged and left out (``lianfang check`` names
+    it first): the gateway then sends no mesh notices, or refuses that gateway's,
+    and keeps serving its own block.
+    """
+    if config.gateway.mesh_key_file is None and not config.other_gateways:
+        return None, {}
+    own = None
+    if (own_file := config.gateway.mesh_key_file) is not None:
+        try:
+            own = load_private_key(own_file)
+        except (OSError, ValueError) as exc:
+            logger.error("mesh key %s: %s; no notices go to other gateways", own_file, exc)  # noqa: TRY400
+    else:
+        logger.warning("no gateway.mesh_key_file: no notices go to other gateways' shops")
+    public = {}
+    for gateway_id, path in config.other_gateways.items():
+        try:
+            public[gateway_id] = load_public_key(path)
+        except (OSError, ValueError) as exc:
+            logger.error("mesh key of %s, %s: %s; its notices are refused", gateway_id, path, exc)  # noqa: TRY400
+    return own, public
 
 
 def mesh_topic(root: str, large_grid: str, gateway_id: str) -> str:
@@ -115,11 +178,16 @@ def inboxes(config: GatewayConfig, intake: Intake, actions: RuleActions) -> list
     police = next((f for f in config.forwarders if isinstance(f, PoliceMqttConfig)), None)
     if police is None:
         return found
-    verifier = CommandVerifier(gid, config.commands.keys, max_age_s=config.commands.max_age_s)
     commands = PoliceCommands(
-        gid, verifier, intake, actions, state_file=config.state_dir / "commands.json"
+        gid,
+        CommandVerifier(gid, config.commands.keys, max_age_s=config.commands.max_age_s),
+        intake,
+        actions,
+        state_file=config.state_dir / "commands.json",
     )
-    mesh = MeshRelay(police.topic_root, actions, {s.gateway_id for s in config.other_shops} - {gid})
+    key, public_keys = mesh_keys(config)
+    verifier = MeshVerifier(gid, public_keys, max_age_s=config.commands.max_age_s)
+    mesh = MeshRelay(police.topic_root, actions, verifier, gateway_id=gid, key=key)
     found.append(
         Inbox(
             "police-commands",

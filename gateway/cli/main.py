@@ -16,6 +16,7 @@ from gateway.cli import (
     deploy,
     field,
     inspection,
+    keys,
     rules,
     schema,
     services,
@@ -23,7 +24,18 @@ from gateway.cli import (
     simulation,
 )
 
-GROUPS = (setup, inspection, services, deploy, broker_config, simulation, field, schema, rules)
+GROUPS = (
+    setup,
+    inspection,
+    services,
+    deploy,
+    broker_config,
+    keys,
+    simulation,
+    field,
+    schema,
+    rules,
+)
 """The command groups, in the order ``lianfang --help`` lists them."""
 
 app = typer.Typer(

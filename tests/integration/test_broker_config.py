@@ -26,6 +26,8 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from pydantic import SecretStr
 
@@ -37,7 +39,7 @@ from lab.broker import free_port, mosquitto_binary, terminate
 from tests.certs import make_pki
 from tests.clients import expected_nearest, running, survey_rows, wait_until
 from tests.harness import TestGateway, init_config
-from tests.integration.test_mesh import split_survey
+from tests.integration.test_mesh import make_mesh_keys, signed, split_survey
 
 NOT_AUTHORIZED = 0x87
 ACCEPTED = {0x00, 0x10}  # success, or "no matching subscribers" (also a success)
@@ -390,6 +392,7 @@ def police_acl_broker(tmp_path: Path) -> Iterator[tuple[Broker, dict[str, str], 
     the other the notices of its shops' nearest across the road.
     """
     survey, _ = split_survey(tmp_path)
+    keys = make_mesh_keys(tmp_path / "keys", "GW-001", "GW-002")
     port = free_port()
     configs = {}
     for gid in ("GW-001", "GW-002"):
@@ -401,6 +404,7 @@ def police_acl_broker(tmp_path: Path) -> Iterator[tuple[Broker, dict[str, str], 
             police_url=f"mqtt://127.0.0.1:{port}",
             survey=survey,
             gateway=gid,
+            mesh_keys=keys,
         )
     pw = {user: f"{user}-{os.urandom(8).hex()}" for user in ("GW-001", "GW-002", "platform")}
     police = tmp_path / "police"
@@ -425,6 +429,7 @@ def test_police_acl_lets_a_gateway_use_its_own_topics_only(
 ):
     """On a police broker with the generated ACL, GW-001 forwards, obeys, relays; no more."""
     broker, pw, configs = police_acl_broker
+    keys = configs["GW-001"].parent.parent / "keys"
     key, public = new_key()
     config = _gateway_on_police(configs["GW-001"], pw["GW-001"], block_broker.url, public)
     gw = TestGateway(config)
@@ -471,16 +476,10 @@ def test_police_acl_lets_a_gateway_use_its_own_topics_only(
                     "the command's acknowledgement",
                 )
 
-                notice = {"shop_id": "S00001", "notice": {"alert_id": "A-FROM-GW-002"}}
-                message = {
-                    "alert_id": "A-FROM-GW-002",
-                    "from_gateway": "GW-002",
-                    "notices": [notice],
-                }
-                assert (
-                    other.publish("police/v1/L1/mesh/GW-001/notify", json.dumps(message).encode())
-                    in ACCEPTED
-                )
+                gw002 = load_pem_private_key((keys / "GW-002.key").read_bytes(), None)
+                assert isinstance(gw002, Ed25519PrivateKey)
+                notice = signed(gw002, "GW-002", shop="S00001")
+                assert other.publish("police/v1/L1/mesh/GW-001/notify", notice) in ACCEPTED
                 await wait_until(lambda: bool(panels["S00001"].notices), 10, "the relayed notice")
 
                 for topic in (
