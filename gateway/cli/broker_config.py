@@ -79,9 +79,7 @@ def broker_config(
     listener = ba.Listener(host, port, tls_ca, tls_cert, tls_key)
     user = ba.gateway_username(cfg)
     try:
-        previous = ba.previous_passwords(out, user)
-        logins = ba.plan_logins(cfg, previous, rotate=frozenset(rotate or ()))
-        ba.write_files(out, cfg, logins, listener)
+        logins, previous = ba.generate(out, cfg, listener, rotate=frozenset(rotate or ()))
     except ba.BrokerAccessError as exc:
         typer.echo(f"broker-config: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -102,7 +100,7 @@ def broker_config(
         typer.echo(f"  username: {user}\n  password_file: {password_file}")
         return
     try:
-        _set_gateway_login(path, user, password_file)
+        set_gateway_login(path, user, password_file)
     except ConfigError as exc:
         fail(exc)
     typer.echo(f"Set broker.username and broker.password_file in {path} (old file: {path}.bak)")
@@ -151,8 +149,12 @@ def police_acl(
     typer.echo(f"Wrote {out}: the police broker's ACL lines for gateway {cfg.gateway.id}")
 
 
-def _set_gateway_login(path: Path, user: str, password_file: Path) -> None:
-    """Round-trip edit of ``broker:``: our user and password file, no inline password."""
+def set_gateway_login(path: Path, user: str, password_file: Path) -> None:
+    """Round-trip edit of ``broker:`` in ``path``: our user and password file, no inline password.
+
+    Raises:
+        ConfigError: the edited file would not be a valid config.
+    """
     from ruamel.yaml import YAML  # noqa: PLC0415 - keep `lianfang --help` fast
 
     from gateway.cli.config_edit import replace_checked  # noqa: PLC0415

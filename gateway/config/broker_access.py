@@ -277,6 +277,23 @@ def write_files(out: Path, config: GatewayConfig, logins: list[Login], listener:
     _write(out / CONF_FILE, conf_text(out, listener), secret=False)
 
 
+def generate(
+    out: Path, config: GatewayConfig, listener: Listener, *, rotate: frozenset[str] = frozenset()
+) -> tuple[list[Login], dict[str, str]]:
+    """Plan the logins (keeping the passwords already in ``out``) and write the files.
+
+    Returns the logins and the passwords found from an earlier run.
+
+    Raises:
+        BrokerAccessError: the config and options do not fit.
+        OSError: ``out`` cannot be read or written.
+    """
+    previous = previous_passwords(out, gateway_username(config))
+    logins = plan_logins(config, previous, rotate=rotate)
+    write_files(out, config, logins, listener)
+    return logins, previous
+
+
 def _write(path: Path, text: str, *, secret: bool) -> None:
     """Replace ``path`` atomically; a file already there keeps its owner, group and mode.
 
