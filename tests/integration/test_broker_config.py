@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import getpass
 import json
 import os
 import queue
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -35,7 +33,7 @@ from firmware_stubs.police_commands import command_body, new_key, send, sign
 from firmware_stubs.police_platform import PolicePlatform
 from gateway.config.broker_access import mosquitto_hash
 from gateway.mqtt.client import BrokerConfig
-from lab.broker import free_port, mosquitto_binary, terminate
+from lab.broker import Mosquitto, free_port
 from tests.certs import make_pki
 from tests.clients import expected_nearest, running, survey_rows, wait_until
 from tests.harness import TestGateway, init_config
@@ -73,39 +71,18 @@ def passwords(out: Path) -> dict[str, str]:
         return {row["username"]: row["password"] for row in csv.DictReader(f)}
 
 
-class Broker:
-    """`mosquitto` with a main config that only includes the generated folder; stopped by PID."""
+class Broker(Mosquitto):
+    """Mosquitto running exactly the files in ``out`` (``include_dir``), started at once."""
 
     def __init__(self, out: Path, port: int) -> None:
-        main = out.parent / "mosquitto-main.conf"
-        # Run as whoever runs the tests (root would switch to 'mosquitto' and not read our folder).
-        main.write_text(
-            f"user {getpass.getuser()}\npersistence false\nlog_dest stderr\ninclude_dir {out}\n"
-        )
-        self.port = port
-        self.log = out.parent / "mosquitto.log"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [mosquitto_binary(), "-c", str(main)], stdout=subprocess.DEVNULL, stderr=log
-            )
-        deadline = time.monotonic() + 5
-        while True:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not listen"
-                time.sleep(0.05)
-            else:
-                return
+        super().__init__(port=port, workdir=out.parent / f"mosquitto-{out.name}", include_dir=out)
+        self.start()
 
     def reload(self) -> None:
         """SIGHUP: Mosquitto rereads its password file and ACL."""
+        assert self.process is not None
         os.kill(self.process.pid, signal.SIGHUP)
         time.sleep(0.5)  # the reload is asynchronous; nothing to wait on but time
-
-    def stop(self) -> None:
-        terminate(self.process, timeout_s=5)
 
 
 class Probe:
