@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
@@ -103,21 +104,28 @@ class MeshRelay:
         self.inbox: Inbox | None = None
 
     def submit(self, gateway_id: str, large_grid: str, message: bytes) -> None:
-        """Sign ``message`` for ``gateway_id`` and queue it for its mesh topic."""
+        """Queue ``message`` for ``gateway_id``'s mesh topic, signed in the loop's next turn.
+
+        A signature costs ~0.1 ms: signed later, it does not hold back the
+        notices to this block's own shops queued by the same panic.
+        """
         if self.inbox is None:
             return
         if self._key is None:
             # Unsigned, every gateway would refuse it: count it where the status shows it.
             self.inbox.rejected["no_mesh_key"] = self.inbox.rejected.get("no_mesh_key", 0) + 1
             return
-        sealed = seal(
-            message,
-            key=self._key,
-            gateway_id=self._gateway_id,
-            to_gateway=gateway_id,
-            now=utc_now(),
+        asyncio.get_running_loop().call_soon(
+            self._sign_and_send, self.inbox, self._key, gateway_id, large_grid, message
         )
-        self.inbox.submit(mesh_topic(self._root, large_grid, gateway_id), sealed)
+
+    def _sign_and_send(
+        self, inbox: Inbox, key: Ed25519PrivateKey, gateway_id: str, large_grid: str, message: bytes
+    ) -> None:
+        sealed = seal(
+            message, key=key, gateway_id=self._gateway_id, to_gateway=gateway_id, now=utc_now()
+        )
+        inbox.submit(mesh_topic(self._root, large_grid, gateway_id), sealed)
 
     async def handle(self, topic: str, payload: bytes, done: Callable[[], None]) -> None:  # noqa: ARG002 - one topic
         """Relay a message's notices to this block's shops, if its signature holds."""
