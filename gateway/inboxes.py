@@ -12,13 +12,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.actions import RuleActions
+from gateway.actions import RuleActions, write_atomically
 from gateway.commands import PoliceCommands
 from gateway.config.model import GatewayConfig
 from gateway.events import utc_now
@@ -94,14 +97,38 @@ class MeshRelay:
         *,
         gateway_id: str,
         key: Ed25519PrivateKey | None,
+        state_file: Path,
     ) -> None:
-        """Publish under ``topic_root`` (``police/v1``) signed with ``key`` (None: send nothing)."""
+        """Publish under ``topic_root`` (``police/v1``) signed with ``key`` (None: send nothing).
+
+        The nonces of the messages relayed are kept in ``state_file``, so a
+        replay is refused across a restart too, as a replayed command is.
+        """
         self._root = topic_root
         self._actions = actions
         self._verifier = verifier
         self._gateway_id = gateway_id
         self._key = key
+        self._state_file = state_file
         self.inbox: Inbox | None = None
+        self._restore()
+
+    def _restore(self) -> None:
+        try:
+            nonces = json.loads(self._state_file.read_text())
+            for nonce, issued in nonces.items():
+                self._verifier.remember(str(nonce), datetime.fromisoformat(issued))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            logger.warning("ignoring %s: %s", self._state_file, exc)
+
+    def _save(self) -> None:
+        nonces = {n: t.isoformat() for n, t in self._verifier.used_nonces().items()}
+        try:
+            write_atomically(self._state_file, json.dumps(nonces))
+        except OSError as exc:  # relayed all the same; only the memory across restarts is lost
+            logger.error("cannot write %s: %s", self._state_file, exc)  # noqa: TRY400
 
     def submit(self, gateway_id: str, large_grid: str, message: bytes) -> None:
         """Queue ``message`` for ``gateway_id``'s mesh topic, signed in the loop's next turn.
@@ -133,6 +160,7 @@ class MeshRelay:
             message = self._verifier.verify(payload, utc_now())
         except MeshRefused as refused:
             raise Rejected(refused.reason, str(refused)[:200]) from None
+        self._save()
         self._actions.relay(message)
         done()
 
@@ -195,7 +223,14 @@ def inboxes(config: GatewayConfig, intake: Intake, actions: RuleActions) -> list
     )
     key, public_keys = mesh_keys(config)
     verifier = MeshVerifier(gid, public_keys, max_age_s=config.commands.max_age_s)
-    mesh = MeshRelay(police.topic_root, actions, verifier, gateway_id=gid, key=key)
+    mesh = MeshRelay(
+        police.topic_root,
+        actions,
+        verifier,
+        gateway_id=gid,
+        key=key,
+        state_file=config.state_dir / "mesh-nonces.json",
+    )
     found.append(
         Inbox(
             "police-commands",

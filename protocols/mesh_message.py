@@ -196,10 +196,18 @@ class MeshVerifier:
                 f"{envelope.key_id!r} signed a message from {body.message.from_gateway!r}",
             )
         self._check_window(body, now)
-        self._nonces[body.nonce] = body.issued_at
+        self.remember(body.nonce, body.issued_at)
+        return body.message
+
+    def remember(self, nonce: str, issued_at: datetime) -> None:
+        """Count ``nonce`` as used (also for nonces kept across a restart)."""
+        self._nonces[nonce] = issued_at
         while len(self._nonces) > MAX_NONCES:
             self._nonces.popitem(last=False)
-        return body.message
+
+    def used_nonces(self) -> dict[str, datetime]:
+        """Nonces still remembered, with their issue times (to keep across a restart)."""
+        return dict(self._nonces)
 
     @staticmethod
     def _envelope(payload: bytes) -> MeshEnvelope:

@@ -218,6 +218,14 @@ def test_only_a_fresh_notice_signed_by_a_known_gateway_is_relayed(
             await wait_until(
                 lambda: all(panels[s].notices for s in north), 10, "the panic's notices"
             )
+            # A restart forgets nothing: the good message replayed now is still a replay.
+            assert gw.stop() == 0
+            gw.start()
+            await send(police, topic, good)
+            await wait_until(
+                lambda: gw.status()["rejected"] == {"mesh.replayed": 1}, 10, "the replay refused"
+            )
+            assert [n.body["alert_id"] for n in panels["S00001"].notices] == ["A-1"]
 
     asyncio.run(scenario())
 
