@@ -10,6 +10,7 @@ import asyncio
 import base64
 import csv
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -212,6 +213,13 @@ def test_only_a_fresh_notice_signed_by_a_known_gateway_is_relayed(
             want = {f"mesh.{reason}": 1 for _, reason in refused}
             await wait_until(lambda: gw.status()["rejected"] == want, 10, f"refusals {want}")
             assert gw.status()["mesh_notices_relayed"] == 1
+            command = [sys.executable, "-m", "gateway", "status", "--config", str(gw.config)]
+            shown = await asyncio.to_thread(
+                subprocess.run, command, capture_output=True, text=True, check=False,
+                env={**os.environ, "COLUMNS": "200"},
+            )  # fmt: skip
+            for _, reason in refused:
+                assert f"rejected mesh.{reason}" in shown.stdout, shown.stdout
             assert [n.body["alert_id"] for n in panels["S00001"].notices] == ["A-1"]
             # The panic path is untouched: S00011's own-side neighbours are alerted.
             await panels["S00011"].send("panic")
