@@ -9,7 +9,8 @@ every publish and delivery), and **open**, the same file with
 ``allow_anonymous true`` and no password or ACL file, so that the two differ in
 authentication and ACLs alone. One stock police Mosquitto serves both.
 
-On each block broker in turn, open first: the bare relay (``bench/relay.py``,
+On each block broker in turn (open first; ``--secured-first`` swaps them, to
+tell the ACL's cost from drift on a shared machine): the bare relay (``bench/relay.py``,
 the floor; on the secured broker it logs in as the gateway's user, whose ACL
 lets it read events and send notices), then the real gateway (on the secured
 broker with the login ``broker-config`` set in its config), each measured by
@@ -219,8 +220,8 @@ def show(sides: dict[str, dict[str, Any]], found: dict[str, float | None]) -> No
     console.print(table)
 
 
-def run(s: Settings, *, keep: bool) -> dict[str, Any]:
-    """One run: both block brokers in turn against one police broker; the result written."""
+def run(s: Settings, *, keep: bool, order: tuple[str, ...] = SIDES) -> dict[str, Any]:
+    """One run: both block brokers in turn (``order``) against one police broker; written."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     workdir = Path(tempfile.mkdtemp(prefix="lianfang-bench-auth-"))
     began = time.monotonic()
@@ -230,13 +231,14 @@ def run(s: Settings, *, keep: bool) -> dict[str, Any]:
         "machine": machine_info(),
         "settings": asdict(s),
         "police_broker": "stock Mosquitto",
+        "order": list(order),
     }
 
     async def measure() -> dict[str, dict[str, Any]]:
         with Mosquitto(workdir=workdir / "police-broker") as police:
             return {
                 side: await measure_side(side, s, workdir / side, started, police.url)
-                for side in SIDES
+                for side in order
             }
 
     ok = False
@@ -265,11 +267,12 @@ def main() -> None:
     ap.add_argument("--presses", type=int, help="panic presses measured per consumer")
     ap.add_argument("--full", action="store_true", help="bench.latency's full counts (400 presses)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, configs)")
+    ap.add_argument("--secured-first", action="store_true", help="measure the secured broker first")
     args = ap.parse_args()
     s = Settings() if args.full else QUICK
     if args.presses:
         s = replace(s, presses=args.presses)
-    run(s, keep=args.keep)
+    run(s, keep=args.keep, order=SIDES[::-1] if args.secured_first else SIDES)
 
 
 if __name__ == "__main__":
