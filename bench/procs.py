@@ -27,13 +27,25 @@ class RelayProcess(NotifyingProcess):
     """``python -m bench.relay`` as a child; ready means ``READY=1``, as for the gateway."""
 
     def __init__(
-        self, *, block_url: str, police_url: str, neighbours: Path, log: Path, client_id: str
+        self,
+        *,
+        block_url: str,
+        police_url: str,
+        neighbours: Path,
+        log: Path,
+        client_id: str,
+        login: tuple[str, Path] | None = None,
     ) -> None:
-        """Prepare a relay between the two brokers; its stderr goes to ``log``."""
+        """Prepare a relay between the two brokers; its stderr goes to ``log``.
+
+        ``login`` is a user name and password file for the block broker.
+        """
         args = [
             sys.executable, "-m", "bench.relay", "--block", block_url, "--police", police_url,
             "--neighbours", str(neighbours), "--client-id", client_id,
         ]  # fmt: skip
+        if login is not None:
+            args += ["--username", login[0], "--password-file", str(login[1])]
         super().__init__(args, log=log)
 
 

@@ -335,6 +335,8 @@ def main() -> None:
     ap.add_argument("--client-id", default="bench-relay", help="client id on the block broker")
     ap.add_argument("--police-topic", default="police/v1/L1/RELAY/events", help="police topic")
     ap.add_argument("--nagle", action="store_true", help="leave Nagle's algorithm on (no NODELAY)")
+    ap.add_argument("--username", help="user name on the block broker (bench/auth.py)")
+    ap.add_argument("--password-file", type=Path, help="file holding that user's password")
     args = ap.parse_args()
     relay = Relay(
         block_url=args.block,
@@ -344,6 +346,9 @@ def main() -> None:
         police_topic=args.police_topic,
         nodelay=not args.nagle,
     )
+    if args.username:
+        password = args.password_file.read_text().strip() if args.password_file else None
+        relay.block.username_pw_set(args.username, password)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         relay.stopping = True

@@ -95,12 +95,16 @@ class Mosquitto:
         acl: str | None = None,
         tuned: bool = False,
         settings: tuple[str, ...] = (),
+        include_dir: Path | None = None,
     ) -> None:
         """Prepare a broker in its stock configuration; ``start()`` runs it.
 
         ``persistent`` keeps sessions and queued messages across a restart;
         ``acl`` is the text of a Mosquitto ACL file; ``tuned`` adds
         ``TUNED_SETTINGS``; ``settings`` are further configuration lines.
+        ``include_dir`` is a folder of generated includes (``lianfang
+        broker-config``): they give the listener (on ``port``), the logins and
+        the ACL, so the broker runs exactly them and opens no listener of its own.
         """
         self.host = "127.0.0.1"
         self.port = port or free_port()
@@ -112,6 +116,7 @@ class Mosquitto:
         self.settings = settings
         self.persistent = persistent
         self.acl = acl
+        self.include_dir = include_dir
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -125,8 +130,11 @@ class Mosquitto:
             # Run as whoever started us: Mosquitto started as root would switch
             # to 'mosquitto' and could not write our private folder.
             f"user {getpass.getuser()}",
-            f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            *(
+                [f"listener {self.port} {self.host}", "allow_anonymous true"]
+                if self.include_dir is None
+                else []
+            ),
             *(
                 ["persistence true", f"persistence_location {self.workdir}/", "autosave_interval 0"]
                 if self.persistent
@@ -137,6 +145,7 @@ class Mosquitto:
             "log_dest stderr",
             "log_type error",
             "log_type warning",
+            *([f"include_dir {self.include_dir}"] if self.include_dir is not None else []),
         ]
         if self.acl is not None:
             acl_file = self.workdir / "acl"

@@ -23,9 +23,13 @@ def init_config(
     police_url: str | None,
     survey: Path = SURVEY,
     gateway: str = "GW-001",
+    mesh_keys: Path | None = None,
     **overrides: Any,
 ) -> Path:
-    """Write lianfang.yaml from a survey (Changping) with the real `lianfang init`; apply overrides."""
+    """Write lianfang.yaml from a survey (Changping) with the real `lianfang init`; apply overrides.
+
+    ``mesh_keys`` is passed as ``--mesh-keys`` (the folder of `lianfang keys mesh`).
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -42,6 +46,8 @@ def init_config(
     ]
     if police_url:
         cmd += ["--police", police_url]
+    if mesh_keys is not None:
+        cmd += ["--mesh-keys", str(mesh_keys)]
     subprocess.run(cmd, check=True, capture_output=True)
     path = directory / "lianfang.yaml"
     if overrides:

@@ -79,9 +79,7 @@ def broker_config(
     listener = ba.Listener(host, port, tls_ca, tls_cert, tls_key)
     user = ba.gateway_username(cfg)
     try:
-        previous = ba.previous_passwords(out, user)
-        logins = ba.plan_logins(cfg, previous, rotate=frozenset(rotate or ()))
-        ba.write_files(out, cfg, logins, listener)
+        logins, previous = ba.generate(out, cfg, listener, rotate=frozenset(rotate or ()))
     except ba.BrokerAccessError as exc:
         typer.echo(f"broker-config: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -102,14 +100,61 @@ def broker_config(
         typer.echo(f"  username: {user}\n  password_file: {password_file}")
         return
     try:
-        _set_gateway_login(path, user, password_file)
+        set_gateway_login(path, user, password_file)
     except ConfigError as exc:
         fail(exc)
     typer.echo(f"Set broker.username and broker.password_file in {path} (old file: {path}.bak)")
 
 
-def _set_gateway_login(path: Path, user: str, password_file: Path) -> None:
-    """Round-trip edit of ``broker:``: our user and password file, no inline password."""
+@app.command("police-acl")
+def police_acl(
+    *,
+    config: ConfigOption = None,
+    user: Annotated[
+        str | None,
+        typer.Option(
+            help="The gateway's user on the police broker; default its id. With client "
+            "certificates and use_identity_as_username, the certificate's CN.",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the lines to this file instead of printing them.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Print the police broker's ACL lines for this gateway (Mosquitto acl_file syntax).
+
+    The gateway may publish only its own events and status, read only its own
+    commands and mesh notices, and send mesh notices to its neighbours' gateways.
+    """
+    from gateway.config import broker_access as ba  # noqa: PLC0415 - keep `lianfang --help` fast
+
+    cfg = load_or_exit(config_path(config))
+    try:
+        text = ba.police_acl_text(cfg, user)
+    except ba.BrokerAccessError as exc:
+        typer.echo(f"police-acl: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        typer.echo(f"police-acl: {out}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Wrote {out}: the police broker's ACL lines for gateway {cfg.gateway.id}")
+
+
+def set_gateway_login(path: Path, user: str, password_file: Path) -> None:
+    """Round-trip edit of ``broker:`` in ``path``: our user and password file, no inline password.
+
+    Raises:
+        ConfigError: the edited file would not be a valid config.
+    """
     from ruamel.yaml import YAML  # noqa: PLC0415 - keep `lianfang --help` fast
 
     from gateway.cli.config_edit import replace_checked  # noqa: PLC0415

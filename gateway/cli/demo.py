@@ -2,7 +2,10 @@
 
 Starts two private Mosquitto brokers on free loopback ports (the block's and a
 stand-in police platform's), writes a config from the Changping Road survey
-shipped with the package, starts the real gateway daemon, a police receiver,
+shipped with the package, secures the block broker as ``lianfang broker-config``
+does (no anonymous clients; a login per shop and one for the gateway; each may
+use only its own topics) so that what users try is what they should deploy,
+starts the real gateway daemon, a police receiver,
 an alarm receiving centre (``lianfang receiver``, SIA DC-09) and a shop panel for
 every shop, presses panic at one shop, and shows which shops were alerted and
 when the police and the centre had it. Leaves no process behind.
@@ -22,13 +25,14 @@ from datetime import datetime
 from importlib.resources import as_file, files
 from pathlib import Path
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
 from firmware_stubs.mqtt_panel import ShopPanel
 from firmware_stubs.police_platform import PolicePlatform
 from gateway.mqtt.client import BrokerConfig
-from lab.broker import Mosquitto, MosquittoMissing
+from lab.broker import Mosquitto, MosquittoMissing, free_port
 from lab.process import GatewayProcess, ReceiverProcess
 
 WAIT_S = 10.0
@@ -38,26 +42,37 @@ def run_demo(shop_id: str = "S00011") -> int:
     """Run the demo; the process exit code."""
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="lianfang-demo-"))
+    block_port = free_port()
+    access = workdir / "block-broker-access"
     try:
-        with (
-            Mosquitto(workdir=workdir / "block-broker") as block,
-            Mosquitto(workdir=workdir / "police-broker") as police,
-        ):
-            console.print(f"[bold]Block broker[/] {block.url}  [bold]police broker[/] {police.url}")
+        with Mosquitto(workdir=workdir / "police-broker") as police:
             centre = ReceiverProcess(workdir / "centre.sqlite3")
             centre.start()
-            console.print(f"[bold]Alarm receiving centre[/] (SIA DC-09) {centre.url}")
-            config = _write_config(workdir, block.url, police.url, centre.url, console)
-            gateway = GatewayProcess(config, log=workdir / "gateway.log")
             try:
-                with console.status("Starting the gateway..."):
-                    ready_s = gateway.start()
-                console.print(f"Gateway GW-001 ready in {ready_s:.2f} s (pid {gateway.pid})")
-                return asyncio.run(
-                    _press_panic(console, block.url, police.url, config, shop_id, centre=centre)
+                block_url = f"mqtt://127.0.0.1:{block_port}"
+                config = _write_config(workdir, block_url, police.url, centre.url, console)
+                logins = _secure_block_broker(config, access, block_port)
+                console.print(
+                    f"Block broker secured as `lianfang broker-config` does: {len(logins) - 1} "
+                    "shop logins and the gateway's, each limited to its own topics"
                 )
+                with Mosquitto(
+                    port=block_port, workdir=workdir / "block-broker", include_dir=access
+                ) as block:
+                    console.print(
+                        f"[bold]Block broker[/] {block.url}  [bold]police broker[/] {police.url}"
+                    )
+                    console.print(f"[bold]Alarm receiving centre[/] (SIA DC-09) {centre.url}")
+                    return _run_gateway(
+                        console,
+                        workdir,
+                        config,
+                        logins=logins,
+                        police_url=police.url,
+                        shop_id=shop_id,
+                        centre=centre,
+                    )
             finally:
-                gateway.stop()
                 centre.stop()
     except MosquittoMissing as exc:
         console.print(f"[red]{exc}[/]")
@@ -67,6 +82,40 @@ def run_demo(shop_id: str = "S00011") -> int:
         return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_gateway(
+    console: Console,
+    workdir: Path,
+    config: Path,
+    *,
+    logins: dict[str, str],
+    police_url: str,
+    shop_id: str,
+    centre: ReceiverProcess,
+) -> int:
+    gateway = GatewayProcess(config, log=workdir / "gateway.log")
+    try:
+        with console.status("Starting the gateway..."):
+            ready_s = gateway.start()
+        console.print(f"Gateway GW-001 ready in {ready_s:.2f} s (pid {gateway.pid})")
+        return asyncio.run(
+            _press_panic(console, logins, police_url, config, shop_id, centre=centre)
+        )
+    finally:
+        gateway.stop()
+
+
+def _secure_block_broker(config: Path, out: Path, port: int) -> dict[str, str]:
+    """What `lianfang broker-config --out OUT --listen 127.0.0.1:PORT` does; user -> password."""
+    from gateway.cli.broker_config import set_gateway_login  # noqa: PLC0415 - keep --help fast
+    from gateway.config import broker_access as ba  # noqa: PLC0415
+    from gateway.config.file import load_config  # noqa: PLC0415
+
+    cfg = load_config(config)
+    logins, _ = ba.generate(out, cfg, ba.Listener("127.0.0.1", port))
+    set_gateway_login(config, ba.gateway_username(cfg), out / ba.GATEWAY_PASSWORD_FILE)
+    return {login.username: login.password for login in logins}
 
 
 def _write_config(
@@ -103,7 +152,7 @@ def _write_config(
 
 async def _press_panic(
     console: Console,
-    block_url: str,
+    logins: dict[str, str],
     police_url: str,
     config: Path,
     shop_id: str,
@@ -117,7 +166,6 @@ async def _press_panic(
     if shop_id not in names:
         console.print(f"[red]no shop {shop_id} in the survey[/]")
         return 1
-    block = BrokerConfig(url=block_url)
     seen = asyncio.Event()
     panels: dict[str, ShopPanel] = {}
 
@@ -126,7 +174,20 @@ async def _press_panic(
         if platform.by_id and alerted >= cfg.neighbour_alert.count:
             seen.set()
 
-    panels.update({s: ShopPanel(block, s, on_notice=check) for s in names})
+    # Each shop's panel logs in as its shop, with the password from credentials.csv.
+    panels.update(
+        {
+            s: ShopPanel(
+                cfg.broker.model_copy(
+                    update={"username": s, "password": SecretStr(logins[s]), "password_file": None}
+                ),
+                s,
+                on_notice=check,
+            )
+            for s in names
+            if s in logins
+        }
+    )
     platform = PolicePlatform(BrokerConfig(url=police_url), client_id="demo-police", on_event=check)
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(p.run(), name=f"panel[{s}]") for s, p in panels.items()]

@@ -16,6 +16,7 @@ from gateway.cli import (
     deploy,
     field,
     inspection,
+    keys,
     rules,
     schema,
     services,
@@ -24,7 +25,19 @@ from gateway.cli import (
     sms,
 )
 
-GROUPS = (setup, inspection, services, deploy, broker_config, simulation, field, schema, rules, sms)
+GROUPS = (
+    setup,
+    inspection,
+    services,
+    deploy,
+    broker_config,
+    keys,
+    simulation,
+    field,
+    schema,
+    rules,
+    sms,
+)
 """The command groups, in the order ``lianfang --help`` lists them."""
 
 app = typer.Typer(

@@ -54,6 +54,14 @@ def init(
             show_default=False,
         ),
     ] = None,
+    mesh_keys: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of the gateways' mesh keys (`lianfang keys mesh`): this gateway signs "
+            "with its {id}.key and trusts the {id}.pub of the gateways next to it.",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     dc09: Annotated[
         str | None,
@@ -110,6 +118,7 @@ def init(
             timezone=timezone,
             state_dir=state_dir,
             sms_port=sms,
+            mesh_keys=mesh_keys,
             force=force,
             warn=lambda finding: typer.echo(str(finding), err=True),
         )

@@ -90,7 +90,9 @@ def _readable_secrets(path: Path, config: GatewayConfig, locate: Locate) -> list
     That is a forwarder's key or shared secret in a world-readable config file,
     or a world-readable broker password file.
     """
-    found = _password_files(path.parent, config, locate)
+    found = _password_files(path.parent, config, locate) + _mesh_key_file(
+        path.parent, config, locate
+    )
     if not path.stat().st_mode & 0o004:
         return found
     for i, forwarder in enumerate(config.forwarders):
@@ -127,6 +129,21 @@ def _password_files(base: Path, config: GatewayConfig, locate: Locate) -> list[C
         spot = locate((*loc, "password_file"))
         found.append(ConfigProblem(spot.file, spot.path, message, spot.line))
     return found
+
+
+def _mesh_key_file(base: Path, config: GatewayConfig, locate: Locate) -> list[ConfigProblem]:
+    """The gateway's private mesh key, if every user may read it."""
+    if config.gateway.mesh_key_file is None:
+        return []
+    file = base / config.gateway.mesh_key_file
+    try:
+        if not file.stat().st_mode & 0o004:
+            return []
+    except OSError:
+        return []  # missing or unreadable: the preflight says so, as the gateway's user
+    spot = locate(("gateway", "mesh_key_file"))
+    message = f"{file} is a private key every user may read; run chmod 600 on it"
+    return [ConfigProblem(spot.file, spot.path, message, spot.line)]
 
 
 def _with_rules_file(

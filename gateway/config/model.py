@@ -122,6 +122,16 @@ class GatewayIdentity(Strict):
 
     id: Identifier = Field(description="Gateway id (e.g. 'GW-001').")
     large_grid: Identifier = Field(description="Large grid cell, used in police topics.")
+    mesh_key_file: Path | None = Field(
+        default=None,
+        description="This gateway's Ed25519 private key (PEM, mode 600; `lianfang keys mesh`) "
+        "that signs the notices it sends other gateways' shops through the police broker.",
+    )
+
+    def resolved(self, base: Path) -> GatewayIdentity:
+        """The mesh key file's path taken from ``base``."""
+        key = self.mesh_key_file
+        return self.model_copy(update={"mesh_key_file": base / key if key else None})
 
 
 class NeighbourAlertConfig(Strict):
@@ -227,6 +237,11 @@ class GatewayConfig(Strict):
     other_shops: list[OtherShopConfig] = Field(
         default_factory=list, description="Shops of neighbouring gateways."
     )
+    other_gateways: dict[Identifier, Path] = Field(
+        default_factory=dict,
+        description="Public mesh keys (PEM files) of the gateways whose notices this one relays "
+        "to its shops, by gateway id; a notice from any other gateway is refused.",
+    )
     rules: RulesConfig = Field(
         default_factory=RulesConfig,
         description="Local rules and their settings (or a rules.yaml beside this file).",
@@ -283,6 +298,8 @@ class GatewayConfig(Strict):
         return self.model_copy(
             update={
                 "state_dir": base / self.state_dir,
+                "gateway": self.gateway.resolved(base),
+                "other_gateways": {g: base / p for g, p in self.other_gateways.items()},
                 "broker": self.broker.resolved(base),
                 "forwarders": [f.resolved(base) for f in self.forwarders],
                 "sms": None if self.sms is None else self.sms.resolved(base),

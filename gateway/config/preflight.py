@@ -60,6 +60,7 @@ def preflight(config: GatewayConfig, locate: Locate) -> list[Finding]:
         *_serial_findings(config, locate),
         *_pin_findings(config, locate),
         *_forwarder_findings(config, locate),
+        *_mesh_findings(config, locate),
         *map_findings(config, locate),
     ]
     return sorted(findings, key=lambda f: (f.problem.line or 0, f.problem.path))
@@ -80,7 +81,7 @@ def _at(locate: Locate, loc: Loc, message: str, *, warning: bool = False) -> Fin
 
 
 def _tls_paths(config: GatewayConfig) -> Iterator[tuple[Loc, Path]]:
-    """Each TLS or password file the config names, with its key path: brokers' and forwarders'."""
+    """Each TLS, password or key file the config names, with its key path."""
 
     def of_broker(base: Loc, broker: BrokerConfig) -> Iterator[tuple[Loc, Path]]:
         if broker.tls is not None:
@@ -91,6 +92,7 @@ def _tls_paths(config: GatewayConfig) -> Iterator[tuple[Loc, Path]]:
             yield (*base, "password_file"), broker.password_file
 
     yield from of_broker(("broker",), config.broker)
+    yield from _mesh_key_paths(config)
     for i, forwarder in enumerate(config.forwarders):
         # By field, so that a new forwarder's broker or *_file is checked with no change here.
         for name in type(forwarder).model_fields:
@@ -99,6 +101,14 @@ def _tls_paths(config: GatewayConfig) -> Iterator[tuple[Loc, Path]]:
                 yield from of_broker(("forwarders", i, name), value)
             elif name.endswith("_file") and isinstance(value, Path):
                 yield ("forwarders", i, name), value
+
+
+def _mesh_key_paths(config: GatewayConfig) -> Iterator[tuple[Loc, Path]]:
+    """The gateway's own mesh key and the other gateways' public ones."""
+    if config.gateway.mesh_key_file is not None:
+        yield ("gateway", "mesh_key_file"), config.gateway.mesh_key_file
+    for gateway_id, public_key in config.other_gateways.items():
+        yield ("other_gateways", gateway_id), public_key
 
 
 def tls_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:
@@ -192,6 +202,32 @@ def _forwarder_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:
         " add one (police_mqtt, dc09 or webhook), or set no_forwarders_ok: true if that is meant"
     )
     return [_at(locate, ("forwarders",), message)]
+
+
+def _mesh_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:
+    """Shops of other gateways the mesh cannot reach for want of keys (warnings).
+
+    Mesh notices are signed: with no key of its own, a gateway sends none; with
+    no key of a neighbour, it refuses that neighbour's.
+    """
+    if not config.other_shops or not any(f.kind == "police_mqtt" for f in config.forwarders):
+        return []
+    neighbours = sorted({s.gateway_id for s in config.other_shops})
+    found = []
+    if config.gateway.mesh_key_file is None:
+        message = (
+            f"no mesh key: shops of {', '.join(neighbours)} get no notices from this gateway;"
+            " make one with `lianfang keys mesh` (or `lianfang init --mesh-keys DIR`)"
+        )
+        found.append(_at(locate, ("gateway",), message, warning=True))
+    unknown = [g for g in neighbours if g not in config.other_gateways]
+    if unknown:
+        message = (
+            f"no public mesh key of {', '.join(unknown)}: notices from there are refused;"
+            " list their .pub files under other_gateways"
+        )
+        found.append(_at(locate, ("other_shops",), message, warning=True))
+    return found
 
 
 def map_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:

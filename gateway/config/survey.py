@@ -211,6 +211,7 @@ def init_config(
     timezone: str | None = None,
     state_dir: Path | None = None,
     sms_port: str | None = None,
+    mesh_keys: Path | None = None,
     force: bool = False,
     nearby_m: float = NEARBY_M,
     warn: Callable[[Finding], None] | None = None,
@@ -229,6 +230,9 @@ def init_config(
     (IANA name) is the zone the shops' opening hours are read in (``rules.timezone``).
     ``sms_port`` names a GSM modem's port and texts alerted shops through it.
     With neither police nor DC-09, ``no_forwarders_ok: true`` is written and said.
+    ``mesh_keys`` is the folder of the gateways' mesh keys (``lianfang keys mesh``):
+    ``{id}.key`` becomes this gateway's ``mesh_key_file``, and ``{id}.pub`` of
+    every gateway in ``other_shops`` its entry in ``other_gateways``.
     ``warn`` hears of shops that look misplaced on the map, located in the sheet.
     """
     rows = read_survey(survey)
@@ -249,6 +253,12 @@ def init_config(
         timezone=timezone,
         sms_port=sms_port,
     )
+    if mesh_keys is not None:
+        folder = mesh_keys.resolve()
+        data["gateway"]["mesh_key_file"] = str(folder / f"{gateway_id}.key")
+        data["other_gateways"] = {
+            g: str(folder / f"{g}.pub") for g in sorted({r.gateway_id for r in others})
+        }
     locate = _survey_locator(str(survey), own, others, [_option(f) for f in forwarders])
     try:
         config = GatewayConfig.model_validate(data)

@@ -13,7 +13,7 @@ from firmware_stubs.mqtt_panel import ShopPanel
 from gateway.mqtt.client import BrokerConfig
 from lab.broker import Mosquitto
 from tests.clients import expected_nearest, running, wait_until
-from tests.integration.test_mesh import split_gateway, split_survey
+from tests.integration.test_mesh import make_mesh_keys, split_gateway, split_survey
 
 AFTER_S = 6.0
 DOWN_S = 2.0
@@ -150,6 +150,7 @@ def test_notices_queued_for_another_gateway_survive_a_kill_9(
     survey, gateway_of = split_survey(tmp_path)
     south = [s for s in expected_nearest("S00011") if gateway_of[s] == "GW-002"]
     assert south
+    keys = make_mesh_keys(tmp_path / "keys", "GW-001", "GW-002")
     with Mosquitto(workdir=tmp_path / "block2-dir") as block2:
         gateways = {
             gid: split_gateway(
@@ -159,6 +160,7 @@ def test_notices_queued_for_another_gateway_survive_a_kill_9(
                 police_url=police_broker.url,
                 survey=survey,
                 gateway_process=gateway_process,
+                mesh_keys=keys,
             )
             for gid, block in (("GW-002", block2), ("GW-001", block_broker))
         }

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import getpass
+import json
 import os
 import queue
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,12 +24,20 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from pydantic import SecretStr
 
-from lab.broker import free_port, mosquitto_binary, terminate
+from firmware_stubs.police_commands import command_body, new_key, send, sign
+from firmware_stubs.police_platform import PolicePlatform
+from gateway.config.broker_access import mosquitto_hash
+from gateway.mqtt.client import BrokerConfig
+from lab.broker import Mosquitto, free_port
 from tests.certs import make_pki
-from tests.clients import expected_nearest, running, wait_until
+from tests.clients import expected_nearest, running, survey_rows, wait_until
 from tests.harness import TestGateway, init_config
+from tests.integration.test_mesh import make_mesh_keys, signed, split_survey
 
 NOT_AUTHORIZED = 0x87
 ACCEPTED = {0x00, 0x10}  # success, or "no matching subscribers" (also a success)
@@ -64,39 +71,18 @@ def passwords(out: Path) -> dict[str, str]:
         return {row["username"]: row["password"] for row in csv.DictReader(f)}
 
 
-class Broker:
-    """`mosquitto` with a main config that only includes the generated folder; stopped by PID."""
+class Broker(Mosquitto):
+    """Mosquitto running exactly the files in ``out`` (``include_dir``), started at once."""
 
     def __init__(self, out: Path, port: int) -> None:
-        main = out.parent / "mosquitto-main.conf"
-        # Run as whoever runs the tests (root would switch to 'mosquitto' and not read our folder).
-        main.write_text(
-            f"user {getpass.getuser()}\npersistence false\nlog_dest stderr\ninclude_dir {out}\n"
-        )
-        self.port = port
-        self.log = out.parent / "mosquitto.log"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [mosquitto_binary(), "-c", str(main)], stdout=subprocess.DEVNULL, stderr=log
-            )
-        deadline = time.monotonic() + 5
-        while True:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not listen"
-                time.sleep(0.05)
-            else:
-                return
+        super().__init__(port=port, workdir=out.parent / f"mosquitto-{out.name}", include_dir=out)
+        self.start()
 
     def reload(self) -> None:
         """SIGHUP: Mosquitto rereads its password file and ACL."""
+        assert self.process is not None
         os.kill(self.process.pid, signal.SIGHUP)
         time.sleep(0.5)  # the reload is asynchronous; nothing to wait on but time
-
-    def stop(self) -> None:
-        terminate(self.process, timeout_s=5)
 
 
 class Probe:
@@ -113,7 +99,7 @@ class Probe:
         self.connack: queue.Queue[int] = queue.Queue()
         self.acks: dict[int, int] = {}
         self.granted: list[int] = []
-        self.received: list[str] = []
+        self.received: list[tuple[str, bytes]] = []
         self.client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"probe-{username}-{time.monotonic_ns()}",
@@ -126,7 +112,7 @@ class Probe:
         self.client.on_subscribe = lambda _c, _u, _m, rcs, _p: self.granted.extend(
             rc.value for rc in rcs
         )
-        self.client.on_message = lambda _c, _u, msg: self.received.append(msg.topic)
+        self.client.on_message = lambda _c, _u, msg: self.received.append((msg.topic, msg.payload))
         if tls is not None:
             self.client.tls_set_context(tls)
         self.client.connect("127.0.0.1", port)
@@ -146,11 +132,20 @@ class Probe:
         return self.acks[info.mid]
 
     def subscribe(self, topic: str) -> None:
+        before = len(self.granted)
         self.client.subscribe(topic, qos=1)
         deadline = time.monotonic() + 5
-        while not self.granted:
+        while len(self.granted) == before:
             assert time.monotonic() < deadline, f"no SUBACK for {topic}"
             time.sleep(0.01)
+
+    def wait_for_message(self, what: str, timeout_s: float = 10) -> tuple[str, bytes]:
+        """The first message received, waited for up to ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not self.received:
+            assert time.monotonic() < deadline, f"no message: {what}"
+            time.sleep(0.01)
+        return self.received[0]
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -221,6 +216,26 @@ def test_own_panic_reaches_neighbours_and_police_and_nothing_else_gets_through(
     assert wrong.code != 0
     anonymous.close()
     wrong.close()
+
+
+def test_a_shop_reads_the_gateways_retained_status(secured, gateway_process):
+    """DESIGN: the gateway's status is for all; a shop's panel may read it, not write it."""
+    config, out, broker = secured
+    gw = TestGateway(config)
+    gateway_process.append(gw)
+    gw.start()
+    shop = Probe(broker.port, "S00001", passwords(out)["S00001"])
+    try:
+        assert shop.code == 0
+        shop.subscribe("lianfang/v1/gateway/GW-001/status")
+        assert shop.granted == [1]
+        topic, payload = shop.wait_for_message("the gateway's retained status")
+        assert topic == "lianfang/v1/gateway/GW-001/status"
+        status = json.loads(payload)
+        assert (status["state"], status["gateway_id"]) == ("online", "GW-001")
+        assert shop.publish("lianfang/v1/gateway/GW-001/status", b"x") == NOT_AUTHORIZED
+    finally:
+        shop.close()
 
 
 def _drop_shop(config: Path, shop: str) -> dict[str, Any]:
@@ -321,3 +336,146 @@ def test_tls_listener(tmp_path):
         assert plain.code is None  # the TLS listener never answers plain MQTT
     finally:
         broker.stop()
+
+
+def police_acl(config: Path, *extra: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "police-acl", "--config", str(config), *extra],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _gateway_on_police(config: Path, password: str, block_url: str, commands_key: str) -> Path:
+    """GW-001 logs in to the police broker as its id; it trusts ``commands_key`` for commands."""
+    password_file = config.parent / "police.password"
+    password_file.write_text(password)
+    password_file.chmod(0o600)
+    data = yaml.safe_load(config.read_text())
+    [police] = [f for f in data["forwarders"] if f["kind"] == "police_mqtt"]
+    police["broker"] |= {"username": "GW-001", "password_file": str(password_file)}
+    data["broker"]["url"] = block_url
+    data["commands"] = {"keys": {"platform-1": commands_key}}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    return config
+
+
+@pytest.fixture
+def police_acl_broker(tmp_path: Path) -> Iterator[tuple[Broker, dict[str, str], dict[str, Path]]]:
+    """A police Mosquitto whose ACL is `police-acl` of GW-001 and GW-002 plus the platform's user.
+
+    GW-001 serves the north side of Changping Road, GW-002 the south: each sends
+    the other the notices of its shops' nearest across the road.
+    """
+    survey, _ = split_survey(tmp_path)
+    keys = make_mesh_keys(tmp_path / "keys", "GW-001", "GW-002")
+    port = free_port()
+    configs = {}
+    for gid in ("GW-001", "GW-002"):
+        folder = tmp_path / gid
+        folder.mkdir()
+        configs[gid] = init_config(
+            folder,
+            block_url="mqtt://127.0.0.1:1",
+            police_url=f"mqtt://127.0.0.1:{port}",
+            survey=survey,
+            gateway=gid,
+            mesh_keys=keys,
+        )
+    pw = {user: f"{user}-{os.urandom(8).hex()}" for user in ("GW-001", "GW-002", "platform")}
+    police = tmp_path / "police"
+    police.mkdir()
+    (police / "passwd").write_text(
+        "".join(f"{user}:{mosquitto_hash(p)}\n" for user, p in pw.items())
+    )
+    platform = "user platform\ntopic read police/v1/+/+/events\ntopic write police/v1/+/+/cmd\n"
+    acl = police_acl(configs["GW-001"]) + police_acl(configs["GW-002"]) + platform
+    (police / "acl").write_text(acl)
+    (police / "police.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+        f"password_file {police / 'passwd'}\nacl_file {police / 'acl'}\n"
+    )
+    broker = Broker(police, port)
+    yield broker, pw, configs
+    broker.stop()
+
+
+def test_police_acl_lets_a_gateway_use_its_own_topics_only(
+    police_acl_broker, block_broker, gateway_process
+):
+    """On a police broker with the generated ACL, GW-001 forwards, obeys, relays; no more."""
+    broker, pw, configs = police_acl_broker
+    keys = configs["GW-001"].parent.parent / "keys"
+    key, public = new_key()
+    config = _gateway_on_police(configs["GW-001"], pw["GW-001"], block_broker.url, public)
+    gw = TestGateway(config)
+    gateway_process.append(gw)
+    gw.start()
+    police_url = f"mqtt://127.0.0.1:{broker.port}"
+    platform_login = BrokerConfig(
+        url=police_url, username="platform", password=SecretStr(pw["platform"])
+    )
+    # S00011's nearest on its own side, and S00001, which the test's mesh notice is for.
+    panels_for = {"S00011", "S00001", *(s for s in expected_nearest("S00011") if s in _north())}
+
+    async def scenario() -> None:
+        platform = PolicePlatform(platform_login, client_id="platform")
+        other = Probe(broker.port, "GW-002", pw["GW-002"])  # the neighbouring gateway
+        rogue = Probe(broker.port, "GW-001", pw["GW-001"])  # GW-001's login, misused
+        try:
+            other.subscribe("police/v1/L1/mesh/GW-002/notify")
+            assert other.granted == [1]
+            async with (
+                running(block_url=block_broker.url, shops=sorted(panels_for)) as (panels, _),
+                asyncio.TaskGroup() as tg,
+            ):
+                task = tg.create_task(platform.run(), name="platform")
+                await asyncio.wait_for(platform.ready.wait(), 10)
+                await panels["S00011"].send("panic")
+                await wait_until(lambda: bool(platform.by_id), 10, "the panic at the police")
+                # GW-001 sent GW-002 the notices of its shops among S00011's nearest.
+                topic, _ = await asyncio.to_thread(other.wait_for_message, "GW-001's mesh notice")
+                assert topic == "police/v1/L1/mesh/GW-002/notify"
+
+                # GW-001's login reads its own commands, never another gateway's.
+                rogue.subscribe("police/v1/L1/GW-002/cmd")
+                rogue.subscribe("police/v1/L1/GW-001/cmd")
+                await send(platform_login, "police/v1/L1/GW-002/cmd", b"{}")
+                body = command_body("GW-001", "set_level", level="heightened")
+                await send(platform_login, "police/v1/L1/GW-001/cmd", sign(key, "platform-1", body))
+                # Delivered in the broker's order: had the first been readable, it came first.
+                topic, _ = await asyncio.to_thread(rogue.wait_for_message, "GW-001's command")
+                assert topic == "police/v1/L1/GW-001/cmd"
+                await wait_until(
+                    lambda: any(d.body["kind"] == "command_ack" for d in platform.unique),
+                    10,
+                    "the command's acknowledgement",
+                )
+
+                gw002 = load_pem_private_key((keys / "GW-002.key").read_bytes(), None)
+                assert isinstance(gw002, Ed25519PrivateKey)
+                notice = signed(gw002, "GW-002", shop="S00001")
+                assert other.publish("police/v1/L1/mesh/GW-001/notify", notice) in ACCEPTED
+                await wait_until(lambda: bool(panels["S00001"].notices), 10, "the relayed notice")
+
+                for topic in (
+                    "police/v1/L1/GW-002/events",  # another gateway's events
+                    "police/v1/L1/GW-002/status",
+                    "police/v1/L1/GW-001/cmd",  # a command to itself
+                    "police/v1/L1/mesh/GW-001/notify",  # a notice to itself
+                ):
+                    assert rogue.publish(topic, b"{}") == NOT_AUTHORIZED, topic
+                assert [
+                    d.body["shop_id"] for d in platform.unique if d.body["kind"] == "panic"
+                ] == ["S00011"]
+                task.cancel()
+        finally:
+            other.close()
+            rogue.close()
+
+    asyncio.run(scenario())
+
+
+def _north() -> set[str]:
+    return {r["shop_id"] for r in survey_rows() if r["side"] == "N"}

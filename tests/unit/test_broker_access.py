@@ -135,3 +135,48 @@ def test_rerun_keeps_owner_and_mode_but_never_world_readable(tmp_path):
     passwd.chmod(0o644)
     assert run(tmp_path).exit_code == 0
     assert stat.S_IMODE(passwd.stat().st_mode) == 0o640
+
+
+POLICE_CONFIG = """\
+gateway: {id: GW-007, large_grid: L1}
+broker: {url: "mqtt://127.0.0.1:1883"}
+forwarders:
+- {kind: police_mqtt, name: police, broker: {url: "mqtt://127.0.0.1:1884"}, topic_root: city/v2}
+shops:
+- {id: S1, name: Tea house, lat: 39.9, lon: 116.4, grid: {large: L1, medium: M1, small: s1}}
+other_shops:
+- {id: T1, name: Bakery, lat: 39.9002, lon: 116.4, grid: {large: L2, medium: M9, small: s9},
+   gateway_id: GW-008}
+- {id: T2, name: Florist, lat: 39.9003, lon: 116.4, grid: {large: L2, medium: M9, small: s9},
+   gateway_id: GW-008}
+- {id: U1, name: Barber, lat: 39.8999, lon: 116.4, grid: {large: L1, medium: M1, small: s2},
+   gateway_id: GW-009}
+"""
+
+
+def police_acl(tmp_path, config: str, *args: str) -> Result:
+    path = tmp_path / "lianfang.yaml"
+    path.write_text(config)
+    return CliRunner().invoke(app, ["police-acl", "--config", str(path), *args])
+
+
+def test_police_acl_names_exactly_the_gateways_topics(tmp_path):
+    """Own events, status, cmd and mesh inbox; the mesh inboxes of GW-008 (at L2) and GW-009."""
+    result = police_acl(tmp_path, POLICE_CONFIG, "--user", "gw007.city.example")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if not line.startswith("#")]
+    assert lines == [
+        "user gw007.city.example",
+        "topic write city/v2/L1/GW-007/events",
+        "topic write city/v2/L1/GW-007/status",
+        "topic read city/v2/L1/GW-007/cmd",
+        "topic read city/v2/L1/mesh/GW-007/notify",
+        "topic write city/v2/L1/mesh/GW-009/notify",
+        "topic write city/v2/L2/mesh/GW-008/notify",
+    ]
+
+
+def test_police_acl_without_a_police_broker_is_one_line(tmp_path):
+    result = police_acl(tmp_path, CONFIG)
+    assert result.exit_code == 1
+    assert "police-acl: no police_mqtt forwarder" in result.output
