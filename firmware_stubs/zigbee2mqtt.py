@@ -53,11 +53,14 @@ class Zigbee2Mqtt:
         self.base_topic = base_topic
         self.states: dict[str, dict[str, Any]] = {}
 
-    async def report(self, name: str, change: dict[str, Any]) -> None:
-        """Update device ``name``'s state with ``change`` and publish the whole state."""
+    async def report(self, name: str, change: dict[str, Any], *, retain: bool = False) -> None:
+        """Update device ``name``'s state with ``change`` and publish the whole state.
+
+        ``retain`` as Zigbee2MQTT's per-device ``retain: true`` option does.
+        """
         state = self.states.setdefault(name, {"battery": 100, "linkquality": 120})
         state.update({k: v for k, v in change.items() if k != "action"})
-        await self._send(f"{self.base_topic}/{name}", {**state, **change}, retain=False)
+        await self._send(f"{self.base_topic}/{name}", {**state, **change}, retain=retain)
 
     async def press(self, name: str) -> None:
         """One press of an SOS button."""
