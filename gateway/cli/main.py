@@ -14,6 +14,7 @@ import typer
 from gateway.cli import (
     broker_config,
     deploy,
+    device_map,
     field,
     inspection,
     rules,
@@ -23,7 +24,18 @@ from gateway.cli import (
     simulation,
 )
 
-GROUPS = (setup, inspection, services, deploy, broker_config, simulation, field, schema, rules)
+GROUPS = (
+    setup,
+    inspection,
+    services,
+    deploy,
+    broker_config,
+    simulation,
+    field,
+    schema,
+    rules,
+    device_map,
+)
 """The command groups, in the order ``lianfang --help`` lists them."""
 
 app = typer.Typer(

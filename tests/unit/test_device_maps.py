@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -295,3 +297,52 @@ def test_check_names_file_line_and_key_of_each_bad_device_binding(config_dir):
 
 def text_line(path: Path, text: str) -> int:
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def map_test(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "map", "test", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_map_test_prints_the_event_a_payload_would_make(config_dir):
+    """`lianfang map test` shows door_open for an open contact, the restore of a leak, and refuses unknown devices."""
+    path = with_drivers(
+        config_dir,
+        "- kind: mqtt_devices\n"
+        "  name: zigbee\n"
+        "  devices:\n"
+        "    - {shop: S00030, device: door-z, preset: zigbee2mqtt.contact, topic: zigbee2mqtt/S00030-door}\n",
+        "map.yaml",
+    )
+    done = map_test(path, "--device", "S00030/door-z", "--payload", '{"contact": false}')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(
+        'door_open  S00030/door-z  zone -  {"key": "contact", "value": false}'
+    )
+    done = map_test(
+        path,
+        "--device",
+        "S00030/door-z",
+        "--payload",
+        "offline",
+        "--topic",
+        "zigbee2mqtt/S00030-door/availability",
+        "--json",
+    )
+    [event] = json.loads(done.stdout)
+    assert (event["kind"], event["shop_id"], event["device_id"]) == (
+        "supervision_lost",
+        SHOP,
+        "door-z",
+    )
+    assert event["source"] == {"driver": "zigbee", "ref": "zigbee2mqtt/S00030-door/availability"}
+    done = map_test(path, "--device", "S00030/nope", "--payload", "{}")
+    assert done.returncode == 2
+    assert "no mqtt_devices device 'S00030/nope' (devices: S00030/door-z)" in done.stderr
+    done = map_test(path, "--device", "S00030/door-z", "--payload", '{"linkquality": 3}')
+    assert done.returncode == 1
+    assert "no mapping of S00030/door-z reads this payload" in done.stdout
