@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
+import yaml
 
 from firmware_stubs.mqtt_client import client_for
 from firmware_stubs.tasmota_rf_bridge import TasmotaRfBridge
@@ -200,3 +204,84 @@ def test_a_silent_device_is_lost_and_restored_when_heard(
             assert restore["attrs"]["of"] == "supervision_lost"
 
     asyncio.run(scenario())
+
+
+def learn(config, device: str) -> subprocess.Popen[str]:
+    """Start `lianfang learn` on the RF bridge driver and return once it listens for a press."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "learn",
+            "--shop",
+            SHOP,
+            "--device",
+            device,
+            "--driver",
+            "rfbridge",
+            "--config",
+            str(config),
+            "--timeout",
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("Press the button")
+    return proc
+
+
+def test_learn_takes_a_bridge_code_from_the_broker_or_the_running_gateway(
+    tmp_path, block_broker, police_broker, gateway_process
+):
+    """With no gateway running, learn hears the bridge on the broker; with one, from its status; the learned button then raises panics."""
+    config = init_config(
+        tmp_path, block_url=block_broker.url, police_url=police_broker.url, status_interval_s=0.2
+    )
+    bind_field_devices(config, DEVICES, [RF_DRIVER])
+
+    async def press(code: str) -> None:
+        async with devices(block_broker.url) as (_, bridge):
+            await bridge.press(code, 5)
+
+    proc = learn(config, "rf-2")
+    asyncio.run(press("d4e5f6"))
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Heard code D4E5F6" in out
+    [driver] = [d for d in yaml.safe_load(config.read_text())["drivers"] if d["name"] == "rfbridge"]
+    assert driver["devices"][-1] == {
+        "shop": SHOP,
+        "device": "rf-2",
+        "preset": "tasmota.rf_bridge",
+        "topic": "tele/rfbridge/RESULT",
+        "code": "D4E5F6",
+    }
+
+    gw = TestGateway(config)
+    gateway_process.append(gw)
+    gw.start()
+    proc = learn(config, "rf-3")
+    asyncio.run(press("0a0b0c"))
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Heard code 0A0B0C" in out
+    assert "rfbridge.0A0B0C" in gw.status()["unknown_codes"]
+
+    async def learned_button_is_a_panic() -> None:
+        async with running(police_url=police_broker.url) as (_, platform):
+            assert platform is not None
+            await press("D4E5F6")
+            await wait_until(
+                lambda: any(
+                    d.body["device_id"] == "rf-2" and d.body["kind"] == "panic"
+                    for d in platform.unique
+                ),
+                20,
+                "the learned button's panic",
+            )
+
+    asyncio.run(learned_button_is_a_panic())
