@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import queue
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -285,3 +289,48 @@ def test_learn_takes_a_bridge_code_from_the_broker_or_the_running_gateway(
             )
 
     asyncio.run(learned_button_is_a_panic())
+
+
+def test_simulate_plays_zigbee2mqtt_and_the_rf_bridge(tmp_path):
+    """`lianfang simulate` starts the Zigbee2MQTT and RF bridge stubs; an SOS press and an RF press reach the police."""
+    config = init_config(
+        tmp_path, block_url="mqtt://127.0.0.1:1883", police_url="mqtt://127.0.0.1:1884"
+    )
+    bind_field_devices(config, DEVICES, [zigbee_driver(), RF_DRIVER])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "simulate", "--config", str(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in proc.stdout or ()], daemon=True
+    ).start()
+
+    seen: list[str] = []
+
+    def expect(text: str, timeout_s: float = 30) -> None:
+        """Wait for a line with ``text``, seen already or still to come."""
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in seen):
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {text!r} from simulate in {timeout_s} s: {seen}"
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=left))
+
+    try:
+        expect("READY", 60)
+        assert proc.stdin is not None
+        proc.stdin.write(f"zigbee sos {SHOP}-sos\nrfbridge press A1B2C3 6\n")
+        proc.stdin.flush()
+        expect(f"POLICE panic {SHOP}/sos-z -")
+        expect(f"POLICE panic {SHOP}/rf-1 -")
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
