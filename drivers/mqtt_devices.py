@@ -17,6 +17,7 @@ import functools
 import logging
 import time
 from collections import Counter
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from paho.mqtt.client import MQTTMessage
@@ -156,6 +157,12 @@ class MqttDevicesConfig(DriverConfig):
     def bound_devices(self) -> list[tuple[str, str, tuple[str | int, ...]]]:
         """Each device's shop and device id, with where it is in this driver's config."""
         return [(d.shop_id, d.device_id, ("devices", i)) for i, d in enumerate(self.devices)]
+
+    def resolved(self, base: Path) -> MqttDevicesConfig:
+        """The same settings with the broker's relative file paths taken from ``base``."""
+        if self.broker is None:
+            return self
+        return self.model_copy(update={"broker": self.broker.resolved(base)})
 
     def topics(self) -> list[str]:
         """Every topic the driver subscribes to, each once."""

@@ -228,6 +228,7 @@ class GatewayConfig(Strict):
             update={
                 "state_dir": base / self.state_dir,
                 "broker": self.broker.resolved(base),
+                "drivers": [d.resolved(base) for d in self.drivers],
                 "forwarders": [f.resolved(base) for f in self.forwarders],
             }
         )

@@ -346,3 +346,22 @@ def test_map_test_prints_the_event_a_payload_would_make(config_dir):
     done = map_test(path, "--device", "S00030/door-z", "--payload", '{"linkquality": 3}')
     assert done.returncode == 1
     assert "no mapping of S00030/door-z reads this payload" in done.stdout
+
+
+def test_a_devices_broker_names_files_from_the_config_folder(config_dir):
+    """A separate broker's password file and CA are found beside the config, wherever the gateway starts."""
+    path = with_drivers(
+        config_dir,
+        "- kind: mqtt_devices\n"
+        "  name: zigbee\n"
+        "  broker: {url: 'mqtts://10.0.0.9:8883', username: gw, password_file: z2m.password,\n"
+        "           tls: {ca_file: certs/ca.pem}}\n"
+        "  devices:\n"
+        "    - {shop: S00030, device: door-z, preset: zigbee2mqtt.contact, topic: zigbee2mqtt/S00030-door}\n",
+        "broker.yaml",
+    )
+    [driver] = [d for d in load_config(path).drivers if isinstance(d, MqttDevicesConfig)]
+    assert driver.broker is not None
+    assert driver.broker.password_file == config_dir / "z2m.password"
+    assert driver.broker.tls is not None
+    assert driver.broker.tls.ca_file == config_dir / "certs" / "ca.pem"
