@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from drivers.base import DriverContext
 from drivers.device_maps import PRESETS, Mapping
 from drivers.mqtt_devices import MappedDeviceConfig, MqttDevicesConfig, MqttDevicesDriver
+from gateway.config.broker_access import gateway_username, plan_logins
 from gateway.config.file import load_config
 from gateway.errors import ConfigError
 from gateway.mqtt.client import BrokerConfig
@@ -365,3 +366,21 @@ def test_a_devices_broker_names_files_from_the_config_folder(config_dir):
     assert driver.broker.password_file == config_dir / "z2m.password"
     assert driver.broker.tls is not None
     assert driver.broker.tls.ca_file == config_dir / "certs" / "ca.pem"
+
+
+def test_the_generated_acl_lets_the_gateway_read_every_device_topic_on_the_block_broker(config_dir):
+    """`lianfang broker-config` grants the gateway's login each device topic, availability included."""
+    path = with_drivers(
+        config_dir,
+        "- kind: mqtt_devices\n"
+        "  name: zigbee\n"
+        "  devices:\n"
+        "    - {shop: S00030, device: door-z, preset: zigbee2mqtt.contact, topic: zigbee2mqtt/S00030-door}\n",
+        "acl.yaml",
+    )
+    config = load_config(path)
+    [gateway, *_] = plan_logins(config, {})
+    assert gateway.username == gateway_username(config)
+    assert {"zigbee2mqtt/S00030-door", "zigbee2mqtt/S00030-door/availability"} <= set(
+        gateway.subscribe
+    )
