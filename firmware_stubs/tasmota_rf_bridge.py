@@ -24,7 +24,7 @@ import random
 
 import aiomqtt
 
-from firmware_stubs.mqtt_client import client_for
+from firmware_stubs.mqtt_client import client_for, device_stub_arguments
 from firmware_stubs.wire import commands
 from gateway.mqtt.client import BrokerConfig
 
@@ -87,11 +87,8 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     """Command line of the RF bridge stub."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL")
+    ap = device_stub_arguments(__doc__, client_id="tasmota-rf-bridge-stub")
     ap.add_argument("--topic", default="rfbridge", help="the bridge's Tasmota Topic")
-    ap.add_argument("--client-id", default="tasmota-rf-bridge-stub", help="MQTT client id")
-    ap.add_argument("--control", metavar="HOST:PORT", help="also take commands on this TCP port")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(ap.parse_args()))
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiomqtt
 
-from firmware_stubs.mqtt_client import client_for
+from firmware_stubs.mqtt_client import client_for, device_stub_arguments
 from firmware_stubs.wire import commands
 from gateway.mqtt.client import BrokerConfig
 
@@ -115,11 +115,8 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     """Command line of the Zigbee2MQTT stub."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL")
+    ap = device_stub_arguments(__doc__, client_id="zigbee2mqtt-stub")
     ap.add_argument("--base-topic", default="zigbee2mqtt", help="base topic (default zigbee2mqtt)")
-    ap.add_argument("--client-id", default="zigbee2mqtt-stub", help="MQTT client id")
-    ap.add_argument("--control", metavar="HOST:PORT", help="also take commands on this TCP port")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(ap.parse_args()))
 

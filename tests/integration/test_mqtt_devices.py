@@ -20,7 +20,7 @@ from firmware_stubs.tasmota_rf_bridge import TasmotaRfBridge
 from firmware_stubs.zigbee2mqtt import Zigbee2Mqtt
 from gateway.mqtt.client import BrokerConfig
 from tests.clients import expected_nearest, running, wait_until
-from tests.field import bind_field_devices
+from tests.field import bind_field_devices, start_learn
 from tests.harness import TestGateway, init_config
 
 SHOP = "S00030"
@@ -212,30 +212,7 @@ def test_a_silent_device_is_lost_and_restored_when_heard(
 
 def learn(config, device: str) -> subprocess.Popen[str]:
     """Start `lianfang learn` on the RF bridge driver and return once it listens for a press."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "learn",
-            "--shop",
-            SHOP,
-            "--device",
-            device,
-            "--driver",
-            "rfbridge",
-            "--config",
-            str(config),
-            "--timeout",
-            "30",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().startswith("Press the button")
-    return proc
+    return start_learn(config, "--shop", SHOP, "--device", device, "--driver", "rfbridge")
 
 
 def test_learn_takes_a_bridge_code_from_the_broker_or_the_running_gateway(

@@ -24,6 +24,12 @@ from tests.harness import init_config
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "devices"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.json"))
 SHOP = "S00030"
+ZIGBEE_DOOR = (
+    "- kind: mqtt_devices\n"
+    "  name: zigbee\n"
+    "  devices:\n"
+    "    - {shop: S00030, device: door-z, preset: zigbee2mqtt.contact, topic: zigbee2mqtt/S00030-door}\n"
+)
 
 
 def fixture(path: Path) -> dict:
@@ -310,13 +316,10 @@ def map_test(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_map_test_prints_the_event_a_payload_would_make(config_dir):
-    """`lianfang map test` shows door_open for an open contact, the restore of a leak, and refuses unknown devices."""
+    """`lianfang map test` shows door_open for an open contact and supervision_lost for an offline availability; refuses unknown devices and says when nothing reads a payload."""
     path = with_drivers(
         config_dir,
-        "- kind: mqtt_devices\n"
-        "  name: zigbee\n"
-        "  devices:\n"
-        "    - {shop: S00030, device: door-z, preset: zigbee2mqtt.contact, topic: zigbee2mqtt/S00030-door}\n",
+        ZIGBEE_DOOR,
         "map.yaml",
     )
     done = map_test(path, "--device", "S00030/door-z", "--payload", '{"contact": false}')
@@ -372,10 +375,7 @@ def test_the_generated_acl_lets_the_gateway_read_every_device_topic_on_the_block
     """`lianfang broker-config` grants the gateway's login each device topic, availability included."""
     path = with_drivers(
         config_dir,
-        "- kind: mqtt_devices\n"
-        "  name: zigbee\n"
-        "  devices:\n"
-        "    - {shop: S00030, device: door-z, preset: zigbee2mqtt.contact, topic: zigbee2mqtt/S00030-door}\n",
+        ZIGBEE_DOOR,
         "acl.yaml",
     )
     config = load_config(path)
