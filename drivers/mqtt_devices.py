@@ -259,10 +259,11 @@ class MqttDevicesDriver:
         coded = self._coded.get(topic)
         if coded is not None:
             code = code_of(value, self._code_keys[topic])
-            if code is not None and code in coded:
+            if code in coded:
                 keys.append(coded[code])
-            elif code is not None and not retained:
-                self._unknown_code(code)
+            elif code is not None:
+                if not retained:
+                    self._unknown_code(code)
                 return []
         now = time.monotonic()
         events: list[Event] = []
