@@ -281,6 +281,11 @@ class DeviceMapper:
         """``mapping``'s topic for this device."""
         return mapping.topic.format_map(self.fields)
 
+    def about_link(self, topic: str) -> bool:
+        """Whether ``topic`` says only whether the device is reachable (as availability does)."""
+        kinds = {m.kind for m in self.mappings if self.topic_of(m) == topic}
+        return kinds == {EventKind.SUPERVISION_LOST}
+
     def feed(
         self, topic: str, payload: object, *, now: float, retained: bool = False
     ) -> tuple[list[Outcome], bool]:

@@ -281,7 +281,8 @@ class MqttDevicesDriver:
         """Events of a live message from device ``key``, with its supervision restore first."""
         device = self._devices[key]
         events = []
-        if self.supervision.heard(device):
+        # A message about the device's link (Zigbee2MQTT's availability) is not a sign of life.
+        if not self._mappers[key].about_link(topic) and self.supervision.heard(device):
             events.append(
                 self._context.event(
                     self.config.name,
@@ -292,11 +293,12 @@ class MqttDevicesDriver:
                 )
             )
         for outcome in outcomes:
-            # Zigbee2MQTT's availability is the device's supervision: record it as such.
-            if outcome.kind is EventKind.SUPERVISION_LOST:
-                self.supervision.set_fault(device, SUPERVISION_LOST)
-            elif outcome.attrs.get(RESTORES_ATTR) == SUPERVISION_LOST:
-                self.supervision.set_fault(device, None)
+            # Zigbee2MQTT's availability is a second watcher of the device's supervision:
+            # a device lost (or found) by one is not lost (or found) again by the other.
+            lost = outcome.kind is EventKind.SUPERVISION_LOST
+            about_supervision = lost or outcome.attrs.get(RESTORES_ATTR) == SUPERVISION_LOST
+            if about_supervision and not self.supervision.report(device, lost=lost):
+                continue
             events.append(
                 self._context.event(
                     self.config.name,

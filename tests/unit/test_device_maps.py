@@ -384,3 +384,17 @@ def test_the_generated_acl_lets_the_gateway_read_every_device_topic_on_the_block
     assert {"zigbee2mqtt/S00030-door", "zigbee2mqtt/S00030-door/availability"} <= set(
         gateway.subscribe
     )
+
+
+def test_availability_and_silence_are_one_supervision():
+    """Zigbee2MQTT's offline is a sign of trouble, not of life; a device lost by one watcher is not lost again by the other."""
+    d = driver(supervision_s=60)
+    door = ("z2m/door/availability", "z2m/door")
+    [lost] = d.handle(door[0], b'{"state": "offline"}')
+    assert lost.kind == "supervision_lost"
+    assert d.supervision.is_lost(d._devices[SHOP, "door-z"])
+    assert d.handle(door[0], b"offline") == []  # the legacy payload says the same
+    [restore] = d.handle(door[1], b'{"contact": true}')[:1]  # heard again: found
+    assert (restore.kind, restore.attrs) == ("restore", {"of": "supervision_lost"})
+    assert d.handle(door[0], b'{"state": "online"}') == []  # already found
+    assert not d.supervision.is_lost(d._devices[SHOP, "door-z"])
