@@ -15,10 +15,12 @@ from pydantic import ValidationError
 from drivers.base import DriverContext
 from drivers.device_maps import PRESETS, Mapping
 from drivers.mqtt_devices import MappedDeviceConfig, MqttDevicesConfig, MqttDevicesDriver
+from gateway.cli.online_check import check_online
 from gateway.config.broker_access import gateway_username, plan_logins
 from gateway.config.file import load_config
 from gateway.errors import ConfigError
 from gateway.mqtt.client import BrokerConfig
+from lab.broker import free_port
 from tests.harness import init_config
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "devices"
@@ -398,3 +400,23 @@ def test_availability_and_silence_are_one_supervision():
     assert (restore.kind, restore.attrs) == ("restore", {"of": "supervision_lost"})
     assert d.handle(door[0], b'{"state": "online"}') == []  # already found
     assert not d.supervision.is_lost(d._devices[SHOP, "door-z"])
+
+
+def test_check_online_reaches_a_devices_broker_too(config_dir, block_broker):
+    """`check --online` tries an mqtt_devices driver's own broker and names it when it is down."""
+    base = yaml.safe_load((config_dir / "lianfang.yaml").read_text())
+    base["broker"] = {"url": block_broker.url}
+    base["forwarders"] = []
+    base["no_forwarders_ok"] = True
+    folder = config_dir / "online"
+    folder.mkdir(exist_ok=True)
+    (folder / "lianfang.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    down = f"mqtt://127.0.0.1:{free_port()}"
+    path = with_drivers(
+        folder,
+        ZIGBEE_DOOR.replace("  devices:\n", f"  broker: {{url: '{down}'}}\n  devices:\n"),
+        "online.yaml",
+    )
+    [problem] = check_online(load_config(path), file=str(path), timeout_s=2)
+    assert problem.path == "drivers[1].broker.url"
+    assert "Connection refused" in problem.message
