@@ -68,7 +68,14 @@ class DeviceConfig(Strict):
 
     id: Identifier = Field(description="Device id, unique within its shop (e.g. 'panel-1').")
     kind: Literal[
-        "alarm_panel", "panic_button", "keypad", "rf433_button", "door_contact", "io_module"
+        "alarm_panel",
+        "panic_button",
+        "keypad",
+        "rf433_button",
+        "door_contact",
+        "io_module",
+        "leak_sensor",
+        "smoke_detector",
     ] = Field(default="alarm_panel", description="What the device is.")
 
 

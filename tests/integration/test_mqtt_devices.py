@@ -28,7 +28,7 @@ DEVICES = {
     SHOP: [
         ("door-z", "door_contact"),
         ("sos-z", "panic_button"),
-        ("leak-z", "alarm_panel"),
+        ("leak-z", "leak_sensor"),
         ("rf-1", "rf433_button"),
     ]
 }
