@@ -222,7 +222,7 @@ class Gateway:
                     self.publisher.run,
                     link=self.publisher,
                     on_change=self._link_changed,
-                    on_retry=self._note_retry,
+                        on_retry=self._note_retry,
                 ),
                 name="block-publisher",
             )

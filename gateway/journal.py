@@ -94,6 +94,7 @@ class JournalStats:
     over_cap: bool = False
 
 
+
 class Journal:
     """Durable, ordered store of events and of each forwarder's acknowledgements."""
 
