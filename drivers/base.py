@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,6 +55,10 @@ class DriverConfig(BaseModel):
     def bound_devices(self) -> list[tuple[str, str, tuple[str | int, ...]]]:
         """Shop id, device id and config path of every device bound on this driver's bus."""
         return []
+
+    def resolved(self, base: Path) -> Self:  # noqa: ARG002 - most drivers name no files
+        """The same settings with relative file paths taken from ``base`` (the config's folder)."""
+        return self
 
 
 @dataclass(frozen=True)

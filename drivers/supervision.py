@@ -49,6 +49,7 @@ class Supervision:
             for b, s in intervals
             if s is not None
         }
+        self._reported_lost: set[tuple[str, str]] = set()
 
     def last(self, binding: DeviceBinding) -> DeviceState | None:
         """What was recorded of ``binding``, also before a restart (None without a record)."""
@@ -67,6 +68,7 @@ class Supervision:
             states.seen(
                 binding.shop_id, binding.device_id, driver=self._driver, battery_v=battery_v
             )
+        self._reported_lost.discard((binding.shop_id, binding.device_id))
         watched = self._watched.get((binding.shop_id, binding.device_id))
         if watched is None:
             return False
@@ -75,6 +77,36 @@ class Supervision:
             return False
         watched.lost = False
         self.set_fault(binding, None)
+        return True
+
+    def is_lost(self, binding: DeviceBinding) -> bool:
+        """Whether ``binding`` is lost now: silent past its interval, or reported lost."""
+        key = (binding.shop_id, binding.device_id)
+        watched = self._watched.get(key)
+        return (
+            key in self._reported_lost
+            or (watched is not None and watched.lost)
+            or self.fault_of(binding) == SUPERVISION_LOST
+        )
+
+    def report(self, binding: DeviceBinding, *, lost: bool) -> bool:
+        """Record what another watcher (such as Zigbee2MQTT's availability) says of ``binding``.
+
+        True if that changes it, so the caller emits ``supervision_lost`` or its
+        ``restore``; False if the device already was as reported.
+        """
+        if self.is_lost(binding) == lost:
+            return False
+        key = (binding.shop_id, binding.device_id)
+        watched = self._watched.get(key)
+        if watched is not None:
+            watched.lost = lost
+            watched.heard_at = time.monotonic()
+        if lost:
+            self._reported_lost.add(key)
+        else:
+            self._reported_lost.discard(key)
+        self.set_fault(binding, SUPERVISION_LOST if lost else None)
         return True
 
     def set_fault(self, binding: DeviceBinding, fault: str | None) -> None:

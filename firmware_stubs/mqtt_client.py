@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 from typing import Any
 
@@ -48,3 +49,14 @@ def client_for(
     # We bound in-flight publishes ourselves (forwarder window, alert fan-out).
     client.pending_calls_threshold = 100_000
     return client
+
+
+def device_stub_arguments(description: str | None, *, client_id: str) -> argparse.ArgumentParser:
+    """The command line every MQTT device stub starts from: broker, client id, control port."""
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawTextHelpFormatter
+    )
+    ap.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL")
+    ap.add_argument("--client-id", default=client_id, help=f"MQTT client id (default {client_id})")
+    ap.add_argument("--control", metavar="HOST:PORT", help="also take commands on this TCP port")
+    return ap

@@ -6,7 +6,9 @@ block and police brokers are private Mosquitto instances, and the real
 gateway runs on a copy of the config rewired to them. Commands on stdin go to
 a driver's stub: ``DRIVER COMMAND...`` (``bus-1 press 3``, ``io-1 open 1 0``,
 ``rf-1 press A1B2C3``, ``sms receive +8675487368886 9#`` to the GSM modem
-when the config has one), or ``panel SHOP KIND`` to a shop's MQTT panel; every
+when the config has one, ``zigbee sos S00030-sos`` to an ``mqtt_devices``
+driver's Zigbee2MQTT or Tasmota RF bridge stub), or ``panel SHOP KIND`` to a
+shop's MQTT panel; every
 event the police platform receives is printed as ``POLICE kind shop/device
 zone``, every neighbour alert as ``NOTICE shop from SHOP distance bearing``.
 Each stub also listens on its own control port (printed at start) for scripts.
@@ -62,6 +64,42 @@ def stub_for(driver: dict[str, Any], control: int, log: Path) -> tuple[StubProce
     return StubProcess("modbus_io", "--pty", "--units", units, *args, log=log), "PTY "
 
 
+def mqtt_stub_for(
+    driver: dict[str, Any], block_url: str, control: int, log: Path
+) -> StubProcess | None:
+    """The stub that publishes as an ``mqtt_devices`` driver's devices, if one plays them.
+
+    Zigbee2MQTT devices get the Zigbee2MQTT stub (under their base topic), RF
+    bridge buttons the Tasmota RF bridge stub (under the bridge's topic).
+    """
+    args = ["--broker", block_url, "--control", f"127.0.0.1:{control}"]
+    for device in driver["devices"]:
+        preset, topic = device.get("preset") or "", device["topic"]
+        if preset.startswith("zigbee2mqtt."):
+            base = topic.split("/", 1)[0]
+            return StubProcess("zigbee2mqtt", "--base-topic", base, *args, log=log)
+        if preset == "tasmota.rf_bridge" and topic.count("/") == 2:
+            bridge = topic.split("/")[1]
+            return StubProcess("tasmota_rf_bridge", "--topic", bridge, *args, log=log)
+    return None
+
+
+def _start_mqtt_stub(
+    driver: dict[str, Any],
+    block_url: str,
+    workdir: Path,
+    stubs: dict[str, StubProcess],
+    table: Table,
+) -> None:
+    control = free_port()
+    stub = mqtt_stub_for(driver, block_url, control, workdir / f"{driver['name']}.log")
+    if stub is None:
+        return
+    stubs[driver["name"]] = stub
+    stub.start(ready="READY")
+    table.add_row(driver["name"], stub.args[2], block_url, str(control))
+
+
 def rewired(raw: dict[str, Any], workdir: Path, block: str, police: str) -> dict[str, Any]:
     """The installer's config pointed at the simulation: brokers, state, no TLS."""
     raw["state_dir"] = str(workdir / "state")
@@ -90,6 +128,9 @@ def run_simulate(config_path: Path) -> int:
             for column in ("driver", "stub", "gateway end", "control"):
                 table.add_column(column)
             for driver in raw.get("drivers", []):
+                if driver["kind"] == "mqtt_devices":
+                    _start_mqtt_stub(driver, block.url, workdir, stubs, table)
+                    continue
                 if driver["kind"] not in FIELD_KINDS:
                     continue
                 control = free_port()

@@ -25,6 +25,7 @@ class EventKind(StrEnum):
     DEVICE_FAULT = "device_fault"
     LOW_BATTERY = "low_battery"
     AC_LOSS = "ac_loss"
+    WATER_LEAK = "water_leak"
     RESTORE = "restore"
     ARM = "arm"
     DISARM = "disarm"
@@ -61,6 +62,7 @@ EVENT_CLASS: dict[EventKind, EventClass] = {
     EventKind.DEVICE_FAULT: EventClass.TROUBLE,
     EventKind.LOW_BATTERY: EventClass.TROUBLE,
     EventKind.AC_LOSS: EventClass.TROUBLE,
+    EventKind.WATER_LEAK: EventClass.TROUBLE,
     EventKind.DOOR_OPEN: EventClass.STATUS,
     EventKind.DOOR_CLOSE: EventClass.STATUS,
     EventKind.RESTORE: EventClass.STATUS,

@@ -35,10 +35,11 @@ DEFAULT_RULES_YAML = """\
   do:
     - {action: area_alert, grid: medium, alarms: 2, window_s: 86400}
 - name: troubles-forward
-  description: Tamper, faults, supervision loss and low battery go to the police as trouble.
+  description: Tamper, faults, supervision loss, low battery and water leaks go to the police
+    as trouble.
   when:
     kinds: [tamper, supervision_lost, device_fault, low_battery, ac_loss, action_failed,
-            command_refused, clock_suspect]
+            command_refused, clock_suspect, water_leak]
   do:
     - {action: forward, priority: trouble}
 - name: status-forward

@@ -40,6 +40,29 @@ def stub(name: str, *args: str, log: Path | None = None) -> Iterator[StubProcess
         process.stop()
 
 
+def start_learn(config: Path, *args: str) -> subprocess.Popen[str]:
+    """Start `lianfang learn ARGS` on ``config``; return once it listens for a press."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "learn",
+            *args,
+            "--config",
+            str(config),
+            "--timeout",
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("Press the button")
+    return proc
+
+
 def cli_json(command: str, config: Path) -> Any:
     """Run ``lianfang COMMAND --config CONFIG --json`` and parse what it prints."""
     done = subprocess.run(

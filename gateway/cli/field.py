@@ -20,7 +20,10 @@ def learn(
     device: Annotated[str, typer.Option(help="Device id, e.g. pb-1.", show_default=False)],
     driver: Annotated[
         str | None,
-        typer.Option(help="The rf433 driver; needed if there are several.", show_default=False),
+        typer.Option(
+            help="The rf433 (or RF bridge mqtt_devices) driver; needed if there are several.",
+            show_default=False,
+        ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="How long to wait for a press, s.")] = 120,
     config: ConfigOption = None,

@@ -14,6 +14,7 @@ import typer
 from gateway.cli import (
     broker_config,
     deploy,
+    device_map,
     field,
     inspection,
     keys,
@@ -37,6 +38,7 @@ GROUPS = (
     schema,
     rules,
     sms,
+    device_map,
 )
 """The command groups, in the order ``lianfang --help`` lists them."""
 

@@ -63,7 +63,7 @@ def check_online(
 def reach_brokers(
     config: GatewayConfig, *, file: str = "", timeout_s: float = ONLINE_TIMEOUT_S
 ) -> list[BrokerReport]:
-    """Try a real MQTT CONNECT to the block broker and to every forwarder's broker.
+    """Try a real MQTT CONNECT to the block broker and every forwarder's and driver's broker.
 
     Reports, per broker, whether it was reached, the limits its CONNACK
     announced, and each problem: unreachable, refused, TLS files unusable, or a
@@ -79,6 +79,11 @@ def reach_brokers(
         (f"forwarders[{i}].broker", broker)
         for i, forwarder in enumerate(config.forwarders)
         if isinstance(broker := getattr(forwarder, "broker", None), BrokerConfig)
+    ]
+    targets += [
+        (f"drivers[{i}].broker", broker)
+        for i, driver in enumerate(config.drivers)
+        if isinstance(broker := getattr(driver, "broker", None), BrokerConfig)
     ]
     client_id = f"lianfang-{config.gateway.id}-check-{os.getpid()}"
 

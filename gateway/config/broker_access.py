@@ -22,6 +22,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from drivers.mqtt_devices import MqttDevicesConfig
 from drivers.mqtt_ingest import MqttIngestConfig
 from gateway.config.model import GatewayConfig
 from gateway.forwarders.mqtt_police import PoliceMqttConfig
@@ -116,6 +117,12 @@ def plan_logins(
         )
     reads = {f"{TOPIC_ROOT}/shop/+/event", f"{TOPIC_ROOT}/shop/+/response"}
     reads |= {d.topic for d in config.drivers if isinstance(d, MqttIngestConfig)}
+    reads |= {
+        t
+        for d in config.drivers
+        if isinstance(d, MqttDevicesConfig) and not d.broker
+        for t in d.topics()
+    }
     status = gateway_status_topic(config.gateway.id)
     logins = [
         Login(

@@ -69,7 +69,14 @@ class DeviceConfig(Strict):
 
     id: Identifier = Field(description="Device id, unique within its shop (e.g. 'panel-1').")
     kind: Literal[
-        "alarm_panel", "panic_button", "keypad", "rf433_button", "door_contact", "io_module"
+        "alarm_panel",
+        "panic_button",
+        "keypad",
+        "rf433_button",
+        "door_contact",
+        "io_module",
+        "leak_sensor",
+        "smoke_detector",
     ] = Field(default="alarm_panel", description="What the device is.")
 
 
@@ -301,6 +308,7 @@ class GatewayConfig(Strict):
                 "gateway": self.gateway.resolved(base),
                 "other_gateways": {g: base / p for g, p in self.other_gateways.items()},
                 "broker": self.broker.resolved(base),
+                "drivers": [d.resolved(base) for d in self.drivers],
                 "forwarders": [f.resolved(base) for f in self.forwarders],
                 "sms": None if self.sms is None else self.sms.resolved(base),
             }

@@ -49,6 +49,7 @@ DEFAULT_CODES: dict[str, CodeEntry] = {
     EventKind.DEVICE_FAULT: _entry(380, "YX", "YZ"),
     EventKind.LOW_BATTERY: _entry(302, "YT", "YR"),
     EventKind.AC_LOSS: _entry(301, "AT", "AR"),
+    EventKind.WATER_LEAK: _entry(154, "WA", "WH"),
     EventKind.ARM: _entry(401, "CL", qualifier=3),
     EventKind.DISARM: _entry(401, "OP"),
     EventKind.TEST: _entry(602, "RP"),

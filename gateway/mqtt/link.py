@@ -34,6 +34,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -69,7 +70,7 @@ class MqttLink:
         *,
         client_id: str,
         persistent: bool,
-        subscribe: str | None = None,
+        subscribe: str | Sequence[str] | None = None,
         max_unacked: int = 500,
         max_inflight: int = 256,
         will: tuple[str, bytes] | None = None,
@@ -182,7 +183,10 @@ class MqttLink:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await self._first_of(self._connected)
                 if self._subscribe is not None:
-                    self._client.subscribe(self._subscribe, qos=1)
+                    topics = (
+                        [self._subscribe] if isinstance(self._subscribe, str) else self._subscribe
+                    )
+                    self._client.subscribe([(t, 1) for t in topics])
                     await self._first_of(self._subscribed)
                     self._maybe_pause()
         except TimeoutError as exc:

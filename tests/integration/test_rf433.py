@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 
 import yaml
 
 from tests.clients import running, wait_until
-from tests.field import stub
+from tests.field import start_learn, stub
 from tests.harness import TestGateway, init_config
 
 SHOP = "S00011"
@@ -35,28 +34,7 @@ def rf_config(tmp_path, block_url: str, police_url: str, port: str, *, interval:
 
 def learn(config, device: str) -> subprocess.Popen[str]:
     """Start `lianfang learn` and return once it listens for a press."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "learn",
-            "--shop",
-            SHOP,
-            "--device",
-            device,
-            "--config",
-            str(config),
-            "--timeout",
-            "30",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().startswith("Press the button")
-    return proc
+    return start_learn(config, "--shop", SHOP, "--device", device)
 
 
 def test_learn_writes_the_code_safely_and_each_press_is_one_event(

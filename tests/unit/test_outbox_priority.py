@@ -52,6 +52,7 @@ CLASS_OF_KIND = {
     "action_failed": TROUBLE,
     "command_refused": TROUBLE,
     "clock_suspect": TROUBLE,
+    "water_leak": TROUBLE,
     "door_open": STATUS,
     "door_close": STATUS,
     "arm": STATUS,
