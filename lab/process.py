@@ -7,11 +7,11 @@ the real daemon and learn it is ready the way systemd does.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,14 +34,13 @@ class NotifyingProcess:
 
     def start(self, timeout_s: float = 15.0) -> float:
         """Start and wait for ``READY=1``; return the seconds from spawn to ready."""
-        with (
-            tempfile.TemporaryDirectory(prefix="lianfang-notify-") as folder,
-            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
-        ):
-            path = Path(folder) / "notify.sock"
-            sock.bind(str(path))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            # An abstract socket (as systemd may give): no file, and no path length
+            # limit to hit under a deep TMPDIR (108 bytes for a path).
+            name = f"lianfang-notify-{os.getpid()}-{secrets.token_hex(8)}"
+            sock.bind(f"\0{name}")
             sock.settimeout(0.1)
-            env = {**os.environ, "NOTIFY_SOCKET": str(path)}
+            env = {**os.environ, "NOTIFY_SOCKET": f"@{name}"}
             started = time.monotonic()
             with self.log.open("ab") as log:
                 self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
