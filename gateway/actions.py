@@ -193,7 +193,9 @@ class RuleActions:
         self._area = AreaWatch()
         self._open: dict[str, _OpenAlert] = {}  # latest alert per origin shop
         self._by_alert: OrderedDict[str, _OpenAlert] = OrderedDict()
-        self._relayed: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # Per (gateway, alert): the own shops already told, so an alert the sender's cap
+        # split over several messages reaches every shop, and each shop once.
+        self._relayed: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
         self._escalations: dict[str, asyncio.Task[None]] = {}
         self._resumed: list[tuple[Event, Escalate, str, str | None, float]] = []
         self._tg: asyncio.TaskGroup | None = None
@@ -472,21 +474,24 @@ class RuleActions:
         return True
 
     def relay(self, message: MeshMessage) -> int:
-        """Publish a mesh message's notices for this gateway's shops, once per alert.
+        """Publish a mesh message's notices for this gateway's shops, each shop once per alert.
 
         Relayed notices count against the same global cap as the gateway's own.
         """
-        key = (message.from_gateway, message.alert_id)
-        if message.from_gateway == self._gid or key in self._relayed:
+        if message.from_gateway == self._gid:
             return 0
-        self._relayed[key] = None
-        if len(self._relayed) > RECENT_ALERTS:
-            self._relayed.popitem(last=False)
+        key = (message.from_gateway, message.alert_id)
+        told = self._relayed.get(key)
+        if told is None:
+            told = self._relayed[key] = set()
+            if len(self._relayed) > RECENT_ALERTS:
+                self._relayed.popitem(last=False)
         notices = tuple(
             Notice(n.shop_id, json.dumps(n.notice, separators=(",", ":")).encode())
             for n in message.notices
-            if n.shop_id in self._own
+            if n.shop_id in self._own and n.shop_id not in told
         )
+        told.update(n.shop_id for n in notices)
         if notices:
             event_id = str(message.notices[0].notice.get("event_id", ""))
             expires = self._clock() + self._alert_config.expires_s
