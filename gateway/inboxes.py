@@ -99,11 +99,15 @@ class MeshRelay:
         gateway_id: str,
         key: Ed25519PrivateKey | None,
         state_file: Path,
+        now: Callable[[], datetime] = utc_now,
     ) -> None:
         """Publish under ``topic_root`` (``police/v1``) signed with ``key`` (None: send nothing).
 
         The nonces of the messages relayed are kept in ``state_file``, so a
         replay is refused across a restart too, as a replayed command is.
+        ``now`` dates and checks messages: the gateway clock's best time, so
+        that a Pi whose clock is off (no RTC) neither sends nor refuses
+        notices as stale.
         """
         self._root = topic_root
         self._actions = actions
@@ -111,6 +115,7 @@ class MeshRelay:
         self._gateway_id = gateway_id
         self._key = key
         self._state_file = state_file
+        self._now = now
         self.inbox: Inbox | None = None
         self._restore()
 
@@ -151,14 +156,14 @@ class MeshRelay:
         self, inbox: Inbox, key: Ed25519PrivateKey, gateway_id: str, large_grid: str, message: bytes
     ) -> None:
         sealed = seal(
-            message, key=key, gateway_id=self._gateway_id, to_gateway=gateway_id, now=utc_now()
+            message, key=key, gateway_id=self._gateway_id, to_gateway=gateway_id, now=self._now()
         )
         inbox.submit(mesh_topic(self._root, large_grid, gateway_id), sealed)
 
     async def handle(self, topic: str, payload: bytes, done: Callable[[], None]) -> None:  # noqa: ARG002 - one topic
         """Relay a message's notices to this block's shops, if its signature holds."""
         try:
-            message = self._verifier.verify(payload, utc_now())
+            message = self._verifier.verify(payload, self._now())
         except MeshRefused as refused:
             raise Rejected(refused.reason, str(refused)[:200]) from None
         self._save()
@@ -240,6 +245,7 @@ def inboxes(
         gateway_id=gid,
         key=key,
         state_file=config.state_dir / "mesh-nonces.json",
+        now=clock.now if clock is not None else utc_now,
     )
     found.append(
         Inbox(
