@@ -37,6 +37,8 @@ class EventKind(StrEnum):
     ACTION_FAILED = "action_failed"
     COMMAND_ACK = "command_ack"
     COMMAND_REFUSED = "command_refused"
+    STORAGE_FULL = "storage_full"
+    JOURNAL_DAMAGED = "journal_damaged"
 
 
 class EventClass(StrEnum):
@@ -73,6 +75,8 @@ EVENT_CLASS: dict[EventKind, EventClass] = {
     EventKind.ACTION_FAILED: EventClass.TROUBLE,
     EventKind.COMMAND_ACK: EventClass.STATUS,
     EventKind.COMMAND_REFUSED: EventClass.TROUBLE,
+    EventKind.STORAGE_FULL: EventClass.TROUBLE,
+    EventKind.JOURNAL_DAMAGED: EventClass.TROUBLE,
 }
 
 # Kinds only the gateway itself makes (rules, commands, responses); never taken from a device.
@@ -84,6 +88,8 @@ GATEWAY_MADE_KINDS = frozenset(
         EventKind.ACTION_FAILED,
         EventKind.COMMAND_ACK,
         EventKind.COMMAND_REFUSED,
+        EventKind.STORAGE_FULL,
+        EventKind.JOURNAL_DAMAGED,
     }
 )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import sqlite3
 import time
 from collections import OrderedDict
@@ -28,22 +29,36 @@ from gateway.events import EVENT_CLASS, Event, EventClass, utc_now
 from gateway.journal_reader import OutboxRow
 from gateway.journal_schema import connect, delivery_priority
 from gateway.ratelimit import RateLimitedLog
+from gateway.storage import StorageReserve
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
 RECENT_ORIGIN_KEYS = 20_000  # far more than a broker may redeliver after a crash
 EVICT_RETRY_S = 10.0
+# The WAL is kept to an eighth of the size cap, within these bounds.
+WAL_LIMIT_MIN = 64 * 1024
+WAL_LIMIT_MAX = 64 * 1024 * 1024
+# While the disk is full even after the reserve went, retry the commit this often at most.
+FULL_RETRY_MAX_S = 10.0
+# An I/O error with less room than this on the disk is the disk being full.
+FULL_DISK_BYTES = 1 << 16
 
 # Eviction order past the size cap. Alarms, and anything a receiver still
-# waits for except routine records, are never evicted.
+# waits for, are never evicted.
 EVICTION_TIERS: tuple[tuple[EventClass, bool], ...] = (
-    (EventClass.ROUTINE, False),  # heartbeats and tests, acknowledged or not
+    (EventClass.ROUTINE, True),  # heartbeats (never forwarded) and tests already delivered
     (EventClass.STATUS, True),  # door and arm changes already delivered
     (EventClass.TROUBLE, True),  # troubles already delivered
 )
 
 OnDurable = Callable[[], None]
+
+
+class StorageFullError(JournalError):
+    """The disk is full even after the storage reserve was released."""
+
+
 Route = Callable[[Event], Iterable[str]]
 
 
@@ -91,8 +106,10 @@ class JournalStats:
     commits: int = 0
     evicted: int = 0
     size_bytes: int = 0
+    """The database's used pages and its WAL."""
     over_cap: bool = False
-
+    refused: int = 0
+    """Non-alarm events refused while storage was short (their sender keeps them)."""
 
 
 class Journal:
@@ -105,16 +122,30 @@ class Journal:
         route: Route,
         max_size_bytes: int,
         queue_size: int = 10_000,
+        reserve_bytes: int = 0,
     ) -> None:
         """Open (or create) the journal at ``path``.
 
-        ``route`` names the forwarders that must deliver an event.
+        ``route`` names the forwarders that must deliver an event;
+        ``reserve_bytes`` of ballast beside it keep room for alarms on a full disk.
         """
         self.path = path
         self.stats = JournalStats()
+        self.reserve = StorageReserve(path.parent, reserve_bytes)
         self._route = route
         self._max_size_bytes = max_size_bytes
         self._conn = connect(path)
+        # A small cap gets a small WAL: checkpoints come sooner and truncate it to the limit.
+        wal_limit = min(WAL_LIMIT_MAX, max(WAL_LIMIT_MIN, max_size_bytes // 8))
+        self._conn.execute(f"PRAGMA journal_size_limit={wal_limit}")
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={max(16, min(1000, wal_limit // 4096))}")
+        try:
+            if not self.reserve.ensure():
+                self.reserve.release("no room for the reserve at start")
+        except OSError as exc:
+            raise JournalError(
+                f"cannot make the storage reserve {self.reserve.path}: {exc}"
+            ) from exc
         # Unbounded so that acknowledgements never block a forwarder; appends
         # wait in append() while more than ``queue_size`` items are queued.
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
@@ -178,7 +209,20 @@ class Journal:
 
         ``routes`` (the forwarders that must deliver it) defaults to the journal's
         ``route``. Waits only when the writer is backed up (backpressure on the drivers).
+
+        While storage is short, a non-alarm event that someone keeps until it is
+        acknowledged (it comes with ``on_durable``: a broker, a repeating device)
+        is refused: ``on_durable`` never runs and its sender offers it again.
         """
+        if (
+            self.reserve.short
+            and on_durable is not None
+            and EVENT_CLASS[event.kind] is not EventClass.ALARM
+        ):
+            self.stats.refused += 1
+            if origin_key is not None:
+                self.release(origin_key)
+            return
         while self._queue.qsize() >= self._queue_size:
             self._room.clear()
             await self._room.wait()
@@ -216,12 +260,33 @@ class Journal:
                 batch = [await self._queue.get()]
                 while len(batch) < MAX_BATCH and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
-                await asyncio.shield(loop.run_in_executor(self._writer, self._write, batch))
+                await self._write_until_stored(loop, batch)
                 self._committed(batch)
                 if self._queue.qsize() < self._queue_size:
                     self._room.set()
         finally:
             self.close()
+
+    async def _write_until_stored(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Item]
+    ) -> None:
+        """Commit ``batch``; while the disk is full even without the reserve, retry with backoff."""
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.shield(loop.run_in_executor(self._writer, self._write, batch))
+            except StorageFullError as exc:
+                self._log.warning(
+                    "full", "%s; retrying every %.0f s at most", exc, FULL_RETRY_MAX_S
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, FULL_RETRY_MAX_S)
+            else:
+                return
+
+    def try_resume(self) -> bool:
+        """End a storage shortage if the disk has room again; True if it ended now."""
+        return self.reserve.try_resume()
 
     def close(self) -> None:
         """Let an in-flight commit finish, commit whatever is still queued, and close."""
@@ -233,13 +298,19 @@ class Journal:
         while not self._queue.empty():
             rest.append(self._queue.get_nowait())
         if rest:
-            self._write(rest)
-            logger.info("journal: flushed %d queued records on shutdown", len(rest))
+            try:
+                self._write(rest)
+            except StorageFullError as exc:
+                # What a sender keeps it offers again; the gateway's own records are lost.
+                logger.error(  # noqa: TRY400 - one line, no traceback
+                    "journal: %d queued records not flushed on shutdown: %s", len(rest), exc
+                )
+            else:
+                logger.info("journal: flushed %d queued records on shutdown", len(rest))
         self._conn.close()
 
     def _write(self, batch: list[_Item]) -> None:
         now = utc_now().isoformat()
-        conn = self._conn
         events: list[tuple[object, ...]] = []
         deliveries: list[tuple[str, int, int]] = []
         acks: list[tuple[str, str, int]] = []
@@ -273,6 +344,30 @@ class Journal:
             else:
                 failures.extend((item.error, item.forwarder, s) for s in item.seqs)
         try:
+            self._commit(events, deliveries, failures, acks)
+        except sqlite3.Error as exc:
+            self._next_seq = self._last_seq() + 1
+            if not self._disk_full(exc):
+                raise JournalError(f"cannot write journal {self.path}: {exc}") from exc
+            if self.reserve.short:
+                raise StorageFullError(
+                    f"journal {self.path}: disk full even without the reserve"
+                ) from exc
+            # The reserve's room takes this batch (already accepted) and what follows.
+            self.reserve.release(f"disk full writing {self.path.name}")
+            self._write(batch)
+            return
+        self._after_commit()
+
+    def _commit(
+        self,
+        events: list[tuple[object, ...]],
+        deliveries: list[tuple[str, int, int]],
+        failures: list[tuple[str, str, int]],
+        acks: list[tuple[str, str, int]],
+    ) -> None:
+        conn = self._conn
+        try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
                 "INSERT INTO events (seq, id, shop_id, device_id, kind, class, received_at,"
@@ -293,16 +388,30 @@ class Journal:
                 acks,
             )
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            self._next_seq = self._last_seq() + 1
-            raise JournalError(f"cannot write journal {self.path}: {exc}") from exc
-        self._refresh_size()  # three header reads: cheap enough for every commit
+            raise
+
+    def _disk_full(self, exc: sqlite3.Error) -> bool:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == sqlite3.SQLITE_FULL:
+            return True
+        # A failed write or shared-memory growth on a full disk reports an I/O error.
+        return (
+            code == sqlite3.SQLITE_IOERR
+            and shutil.disk_usage(self.path.parent).free < FULL_DISK_BYTES
+        )
+
+    def _after_commit(self) -> None:
+        conn = self._conn
+        self._measure()  # three header reads and a stat: cheap enough for every commit
         # When nothing evictable is left, do not search again on every commit.
         if self.stats.over_cap and time.monotonic() - self._last_evict > EVICT_RETRY_S:
             try:
-                self._evict()
+                self._refresh_size()
+                if self.stats.over_cap:
+                    self._evict()
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
@@ -333,12 +442,26 @@ class Journal:
     # --- size cap ----------------------------------------------------------------------
 
     def _refresh_size(self) -> None:
+        """Measure the used pages and the WAL; over the cap, checkpoint and measure again."""
+        self._measure()
+        if self.stats.over_cap:
+            # Moves the WAL into the database and truncates it (journal_size_limit
+            # keeps it small after later checkpoints too); busy readers only delay it.
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            self._measure()
+
+    def _measure(self) -> None:
         pages, free, size = (
             self._conn.execute("PRAGMA page_count").fetchone()[0],
             self._conn.execute("PRAGMA freelist_count").fetchone()[0],
             self._conn.execute("PRAGMA page_size").fetchone()[0],
         )
-        self.stats.size_bytes = (pages - free) * size
+        try:
+            wal = self.path.with_name(self.path.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            wal = 0
+        self.stats.size_bytes = (pages - free) * size + wal
         self.stats.over_cap = self.stats.size_bytes > self._max_size_bytes
 
     def _evict(self) -> None:

@@ -38,7 +38,7 @@ DEFAULT_RULES_YAML = """\
   description: Tamper, faults, supervision loss and low battery go to the police as trouble.
   when:
     kinds: [tamper, supervision_lost, device_fault, low_battery, ac_loss, action_failed,
-            command_refused]
+            command_refused, storage_full, journal_damaged]
   do:
     - {action: forward, priority: trouble}
 - name: status-forward
