@@ -138,6 +138,12 @@ class Gateway:
                 f"journal reached its {cap:g} MB cap: {js.evicted} low-value records evicted "
                 "since start, alarms kept"
             )
+        if (damage := self.journal.damage) is not None:
+            lost = "an unknown number" if damage.lost is None else f"at most {damage.lost}"
+            warnings.append(
+                f"journal was damaged ({damage.problem[:120]}): moved to {damage.moved_to.name}; "
+                f"{damage.salvaged} events salvaged, {lost} lost"
+            )
         reserve = self.journal.reserve
         if reserve.short:
             warnings.append(
@@ -274,7 +280,7 @@ class Gateway:
             tg.create_task(self._announce_ready(notifier), name="ready")
             tg.create_task(self._pet_watchdog(notifier), name="watchdog")
             tg.create_task(self._write_status(), name="status-file")
-            tg.create_task(self._watch_storage(), name="storage")
+            tg.create_task(self._report_journal_troubles(), name="journal-troubles")
 
     async def _announce_ready(self, notifier: SystemdNotifier) -> None:
         """READY=1 once the block broker's links have come up, never before.
@@ -341,20 +347,34 @@ class Gateway:
                 async with asyncio.timeout(self.config.status_interval_s):
                     await self._status_changed.wait()
 
-    async def _watch_storage(self) -> None:
-        """Forward ``storage_full`` once the disk is short, and its restore once room is back."""
+    async def _report_journal_troubles(self) -> None:
+        """Forward the journal's troubles: damage found on open, a full disk, room again.
+
+        ``journal_damaged`` once if the journal was salvaged on open; ``storage_full``
+        when the disk is short, and its restore once the reserve is back.
+        """
+        if (damage := self.journal.damage) is not None:
+            await self._journal_event(
+                EventKind.JOURNAL_DAMAGED,
+                {
+                    "detail": damage.problem[:256],
+                    "moved_to": damage.moved_to.name,
+                    "salvaged": damage.salvaged,
+                    "lost": damage.lost,
+                },
+            )
         reported = False
         while True:
             reserve = self.journal.reserve
             if reserve.short and not reported:
                 reported = True
-                await self._storage_event(EventKind.STORAGE_FULL, {"detail": reserve.reason})
+                await self._journal_event(EventKind.STORAGE_FULL, {"detail": reserve.reason})
             elif reserve.short and await asyncio.to_thread(self.journal.try_resume):
                 reported = False
-                await self._storage_event(EventKind.RESTORE, {"restores": EventKind.STORAGE_FULL})
+                await self._journal_event(EventKind.RESTORE, {"restores": EventKind.STORAGE_FULL})
             await asyncio.sleep(STORAGE_CHECK_S)
 
-    async def _storage_event(self, kind: EventKind, attrs: dict[str, Any]) -> None:
+    async def _journal_event(self, kind: EventKind, attrs: dict[str, Any]) -> None:
         self._status_changed.set()
         now = utc_now()
         await self.intake.gateway_event(
@@ -362,7 +382,7 @@ class Gateway:
                 id=new_event_id(),
                 gateway_id=self.config.gateway.id,
                 shop_id=None,
-                device_id="storage",
+                device_id="journal" if kind is EventKind.JOURNAL_DAMAGED else "storage",
                 kind=kind,
                 occurred_at=now,
                 received_at=now,

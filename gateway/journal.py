@@ -27,6 +27,7 @@ from pathlib import Path
 from gateway.errors import JournalError
 from gateway.events import EVENT_CLASS, Event, EventClass, utc_now
 from gateway.journal_reader import OutboxRow
+from gateway.journal_repair import Damage, repair
 from gateway.journal_schema import connect, delivery_priority
 from gateway.ratelimit import RateLimitedLog
 from gateway.storage import StorageReserve
@@ -134,6 +135,13 @@ class Journal:
         self.reserve = StorageReserve(path.parent, reserve_bytes)
         self._route = route
         self._max_size_bytes = max_size_bytes
+        try:
+            self.damage: Damage | None = repair(path, route=route)
+            """What the check on open found wrong, moved aside and salvaged; None if sound."""
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(
+                f"cannot move aside or salvage damaged journal {path}: {exc}"
+            ) from exc
         self._conn = connect(path)
         # A small cap gets a small WAL: checkpoints come sooner and truncate it to the limit.
         wal_limit = min(WAL_LIMIT_MAX, max(WAL_LIMIT_MIN, max_size_bytes // 8))
