@@ -28,7 +28,7 @@ from gateway.errors import JournalError
 from gateway.events import EVENT_CLASS, Event, EventClass, utc_now
 from gateway.journal_reader import OutboxRow
 from gateway.journal_repair import Damage, repair
-from gateway.journal_schema import connect, delivery_priority
+from gateway.journal_schema import BUSY_TIMEOUT_MS, connect, delivery_priority
 from gateway.ratelimit import RateLimitedLog
 from gateway.storage import StorageReserve
 
@@ -37,8 +37,12 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 2000
 RECENT_ORIGIN_KEYS = 20_000  # far more than a broker may redeliver after a crash
 EVICT_RETRY_S = 10.0
+EVICT_TO = 0.9
+"""Eviction goes on down to this fraction of the cap."""
+EVICT_ROUND_MIN = 50
+EVICT_ROUND_MAX = 5000
 # The WAL is kept to an eighth of the size cap, within these bounds.
-WAL_LIMIT_MIN = 64 * 1024
+WAL_LIMIT_MIN = 16 * 1024
 WAL_LIMIT_MAX = 64 * 1024 * 1024
 # While the disk is full even after the reserve went, retry the commit this often at most.
 FULL_RETRY_MAX_S = 10.0
@@ -54,6 +58,13 @@ EVICTION_TIERS: tuple[tuple[EventClass, bool], ...] = (
 )
 
 OnDurable = Callable[[], None]
+
+
+def _may_be_evicted(item: _Item) -> bool:
+    """Whether ``item`` adds a record that eviction may take: a non-alarm, or a delivery."""
+    if isinstance(item, _Append):
+        return EVENT_CLASS[item.event.kind] is not EventClass.ALARM
+    return isinstance(item, _Ack | _GiveUp)
 
 
 class StorageFullError(JournalError):
@@ -132,6 +143,7 @@ class Journal:
         """
         self.path = path
         self.stats = JournalStats()
+        self._pages_bytes = 0
         self.reserve = StorageReserve(path.parent, reserve_bytes)
         self._route = route
         self._max_size_bytes = max_size_bytes
@@ -144,9 +156,10 @@ class Journal:
             ) from exc
         self._conn = connect(path)
         # A small cap gets a small WAL: checkpoints come sooner and truncate it to the limit.
-        wal_limit = min(WAL_LIMIT_MAX, max(WAL_LIMIT_MIN, max_size_bytes // 8))
-        self._conn.execute(f"PRAGMA journal_size_limit={wal_limit}")
-        self._conn.execute(f"PRAGMA wal_autocheckpoint={max(16, min(1000, wal_limit // 4096))}")
+        self._wal_limit = min(WAL_LIMIT_MAX, max(WAL_LIMIT_MIN, max_size_bytes // 8))
+        self._conn.execute(f"PRAGMA journal_size_limit={self._wal_limit}")
+        autocheckpoint = max(4, min(1000, self._wal_limit // 4096))
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
         try:
             if not self.reserve.ensure():
                 self.reserve.release("no room for the reserve at start")
@@ -237,6 +250,11 @@ class Journal:
         callbacks = [on_durable] if on_durable else []
         names = tuple(self._route(event) if routes is None else routes)
         self._queue.put_nowait(_Append(event, origin_key, callbacks, names))
+
+    @property
+    def queued(self) -> int:
+        """Records waiting for the writer (appends and acknowledgements)."""
+        return self._queue.qsize()
 
     def ack(self, forwarder: str, seq: int) -> None:
         """Record that ``forwarder``'s receiver acknowledged the event at ``seq``."""
@@ -365,7 +383,7 @@ class Journal:
             self.reserve.release(f"disk full writing {self.path.name}")
             self._write(batch)
             return
-        self._after_commit()
+        self._after_commit(evictable=any(_may_be_evicted(item) for item in batch))
 
     def _commit(
         self,
@@ -411,11 +429,13 @@ class Journal:
             and shutil.disk_usage(self.path.parent).free < FULL_DISK_BYTES
         )
 
-    def _after_commit(self) -> None:
+    def _after_commit(self, *, evictable: bool) -> None:
         conn = self._conn
         self._measure()  # three header reads and a stat: cheap enough for every commit
-        # When nothing evictable is left, do not search again on every commit.
-        if self.stats.over_cap and time.monotonic() - self._last_evict > EVICT_RETRY_S:
+        # When nothing evictable was left, search again only once this commit added
+        # something evictable, or now and then.
+        retry_due = time.monotonic() - self._last_evict > EVICT_RETRY_S
+        if self.stats.over_cap and (evictable or retry_due):
             try:
                 self._refresh_size()
                 if self.stats.over_cap:
@@ -453,11 +473,22 @@ class Journal:
         """Measure the used pages and the WAL; over the cap, checkpoint and measure again."""
         self._measure()
         if self.stats.over_cap:
-            # Moves the WAL into the database and truncates it (journal_size_limit
-            # keeps it small after later checkpoints too); busy readers only delay it.
+            self._checkpoint()
+            self._measure()
+
+    def _checkpoint(self) -> None:
+        """Move the WAL into the database and truncate it, unless a reader is in the way.
+
+        Never waits for readers (a forwarder's read would hold the writer up to
+        the busy timeout); journal_size_limit keeps the WAL small after the
+        automatic checkpoints too.
+        """
+        self._conn.execute("PRAGMA busy_timeout=0")
+        try:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            self._measure()
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _measure(self) -> None:
         pages, free, size = (
@@ -469,13 +500,21 @@ class Journal:
             wal = self.path.with_name(self.path.name + "-wal").stat().st_size
         except FileNotFoundError:
             wal = 0
-        self.stats.size_bytes = (pages - free) * size + wal
+        self._pages_bytes = (pages - free) * size
+        self.stats.size_bytes = self._pages_bytes + wal
         self.stats.over_cap = self.stats.size_bytes > self._max_size_bytes
 
     def _evict(self) -> None:
-        """Delete low-value records, oldest first, until under the cap; never alarms."""
+        """Delete low-value records, oldest first, until under the low-water mark; never alarms.
+
+        Evicting to a little under the cap leaves room for the next commits, so
+        that eviction runs now and then rather than on every commit. The pages in
+        use are judged against the cap less the WAL's limit: deleting writes to
+        the WAL, which the checkpoint at the end moves out.
+        """
+        low_water = self._max_size_bytes * EVICT_TO - self._wal_limit
         for klass, only_acked in EVICTION_TIERS:
-            while self.stats.over_cap:
+            while self._pages_bytes > low_water:
                 condition = (
                     " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = events.seq"
                     " AND d.acked_at IS NULL)"
@@ -485,8 +524,8 @@ class Journal:
                 seqs = [
                     r[0]
                     for r in self._conn.execute(
-                        f"SELECT seq FROM events WHERE class=?{condition} ORDER BY seq LIMIT 5000",  # noqa: S608 - fixed fragments
-                        (klass.value,),
+                        f"SELECT seq FROM events WHERE class=?{condition} ORDER BY seq LIMIT ?",  # noqa: S608 - fixed fragments
+                        (klass.value, self._eviction_round(low_water)),
                     )
                 ]
                 if not seqs:
@@ -496,7 +535,7 @@ class Journal:
                 self._conn.executemany("DELETE FROM events WHERE seq=?", [(s,) for s in seqs])
                 self._conn.execute("COMMIT")
                 self.stats.evicted += len(seqs)
-                self._refresh_size()
+                self._measure()
                 self._log.warning(
                     "evicted",
                     "journal over its %.1f MB cap: evicted %d %s records (alarms are kept)",
@@ -504,6 +543,7 @@ class Journal:
                     len(seqs),
                     klass.value,
                 )
+        self._refresh_size()
         if self.stats.over_cap:
             self._log.warning(
                 "full",
@@ -511,6 +551,13 @@ class Journal:
                 " nothing more will be evicted",
                 self.stats.size_bytes / 1e6,
             )
+
+    def _eviction_round(self, low_water: float) -> int:
+        """How many records one round deletes: the excess over ``low_water`` in average records."""
+        rows = self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        per_row = self._pages_bytes / max(rows, 1)
+        wanted = (self._pages_bytes - low_water) / max(per_row, 1.0)
+        return int(min(EVICT_ROUND_MAX, max(EVICT_ROUND_MIN, wanted * 1.1)))
 
     # --- reads --------------------------------------------------------------------------
 

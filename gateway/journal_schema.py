@@ -137,6 +137,10 @@ def _before_priorities(conn: sqlite3.Connection) -> bool:
     return "priority" not in columns or old_index is not None
 
 
+BUSY_TIMEOUT_MS = 5000
+"""How long a connection waits for another's lock."""
+
+
 class JournalDamagedError(JournalError):
     """The journal file is damaged (SQLite finds it corrupt or not a database)."""
 
@@ -155,7 +159,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if not readonly:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
