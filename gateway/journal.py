@@ -148,6 +148,13 @@ class Journal:
         self._route = route
         self._max_size_bytes = max_size_bytes
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(path.parent).free < reserve_bytes // 2:
+                # Too full even to open the journal safely: start from the reserve.
+                self.reserve.release("disk nearly full at start")
+        except OSError as exc:
+            raise JournalError(f"cannot use the state directory {path.parent}: {exc}") from exc
+        try:
             self.damage: Damage | None = repair(path, route=route)
             """What the check on open found wrong, moved aside and salvaged; None if sound."""
         except (sqlite3.Error, OSError) as exc:
@@ -161,7 +168,7 @@ class Journal:
         autocheckpoint = max(4, min(1000, self._wal_limit // 4096))
         self._conn.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
         try:
-            if not self.reserve.ensure():
+            if not self.reserve.short and not self.reserve.ensure():
                 self.reserve.release("no room for the reserve at start")
         except OSError as exc:
             raise JournalError(

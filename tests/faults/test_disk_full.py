@@ -157,3 +157,62 @@ def test_a_full_disk_keeps_alarms_flowing_and_the_rest_waits_at_the_broker(
         asyncio.run(scenario())
         assert (state_dir / "reserve.ballast").stat().st_size == RESERVE_MB * 1_000_000
         assert gw.stop() == 0
+
+
+def test_restarted_on_a_full_disk_with_a_backlog_the_gateway_stays_up(
+    tmp_path, block_broker, police_broker, start_gateway
+):
+    """Full disk, broker backlog, restart: it starts from the reserve and does not die again."""
+    with small_filesystem(tmp_path / "state-fs", STATE_FS_MB) as state_dir:
+        gw = start_gateway(
+            state_dir=str(state_dir), journal={"reserve_mb": RESERVE_MB}, **DEVICE_EVENTS_ONLY
+        )
+        assert gw.stop() == 0  # its session at the block broker keeps what comes meanwhile
+        filler = state_dir / "runaway.log"
+        fill(filler)
+
+        async def scenario() -> None:
+            shops = [*TROUBLE_SHOPS, "S00011", *expected_nearest("S00011")]
+            async with running(
+                block_url=block_broker.url, police_url=police_broker.url, shops=shops
+            ) as (panels, platform):
+                assert platform is not None
+                backlog = [
+                    (shop, await panels[shop].send("low_battery"))
+                    for shop in TROUBLE_SHOPS
+                    for _ in range(TROUBLES_PER_SHOP)
+                ]
+                panic = await panels["S00011"].send("panic")
+                await asyncio.to_thread(gw.start)
+                await wait_until(
+                    lambda: any(d.body["kind"] == "storage_full" for d in platform.unique),
+                    15,
+                    "storage_full at the police",
+                )
+                await wait_until(
+                    lambda: any(
+                        d.body["kind"] == "panic" and d.body["attrs"]["seq"] == panic
+                        for d in platform.unique
+                    ),
+                    15,
+                    "the backlog's panic at the police",
+                )
+                assert gw.process is not None
+                assert gw.process.poll() is None, gw.log_tail()
+                filler.unlink()
+                await wait_until(
+                    lambda: (
+                        sorted(
+                            (d.body["shop_id"], d.body["attrs"]["seq"])
+                            for d in platform.unique
+                            if d.body["kind"] == "low_battery"
+                        )
+                        == sorted(backlog)
+                    ),
+                    30,
+                    "the whole backlog delivered once space is back",
+                )
+                assert platform.duplicates == 0
+
+        asyncio.run(scenario())
+        assert gw.stop() == 0
