@@ -46,6 +46,10 @@ WAL_LIMIT_MIN = 16 * 1024
 WAL_LIMIT_MAX = 64 * 1024 * 1024
 # While the disk is full even after the reserve went, retry the commit this often at most.
 FULL_RETRY_MAX_S = 10.0
+# Non-alarm events refused per storage shortage at most: each one holds a place in
+# its sender's window of unacknowledged messages (a broker's Receive Maximum), and
+# a full window would hold the alarms behind it. Past this, the reserve takes them.
+MAX_REFUSED_PER_SHORTAGE = 100
 # An I/O error with less room than this on the disk is the disk being full.
 FULL_DISK_BYTES = 1 << 16
 
@@ -144,6 +148,7 @@ class Journal:
         self.path = path
         self.stats = JournalStats()
         self._pages_bytes = 0
+        self._refused_in_shortage = 0
         self.reserve = StorageReserve(path.parent, reserve_bytes)
         self._route = route
         self._max_size_bytes = max_size_bytes
@@ -241,13 +246,16 @@ class Journal:
         While storage is short, a non-alarm event that someone keeps until it is
         acknowledged (it comes with ``on_durable``: a broker, a repeating device)
         is refused: ``on_durable`` never runs and its sender offers it again.
+        Past ``MAX_REFUSED_PER_SHORTAGE`` such refusals the reserve takes them too.
         """
         if (
             self.reserve.short
             and on_durable is not None
             and EVENT_CLASS[event.kind] is not EventClass.ALARM
+            and self._refused_in_shortage < MAX_REFUSED_PER_SHORTAGE
         ):
             self.stats.refused += 1
+            self._refused_in_shortage += 1
             if origin_key is not None:
                 self.release(origin_key)
             return
@@ -319,7 +327,10 @@ class Journal:
 
     def try_resume(self) -> bool:
         """End a storage shortage if the disk has room again; True if it ended now."""
-        return self.reserve.try_resume()
+        if not self.reserve.try_resume():
+            return False
+        self._refused_in_shortage = 0
+        return True
 
     def close(self) -> None:
         """Let an in-flight commit finish, commit whatever is still queued, and close."""

@@ -8,8 +8,6 @@ deleted. ``recover_s`` runs from the deletion to the first held trouble at the p
 from __future__ import annotations
 
 import asyncio
-import errno
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,40 +23,19 @@ from bench.faults._journal_stage import (
     send_panics,
     wait_for,
 )
+from lab.disk import MountUnavailableError, fill, small_tmpfs
 
 FAULT = "SD card full while panels publish (16 MB state tmpfs, 2 MB reserve)"
 STATE_FS_MB = 16
 
 
-def fill(path: Path) -> None:
-    """Write ``path`` until the file system has no byte left."""
-    chunk = bytes(64 * 1024)
-    with path.open("wb", buffering=0) as out:
-        while chunk:
-            try:
-                out.write(chunk)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                chunk = chunk[: len(chunk) // 2]
-
-
 def run(work: Path) -> FaultRow:
     """Fill the state directory's disk under load, then free it; count and time what arrives."""
-    state = work / "state-fs"
-    state.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={STATE_FS_MB}m", "tmpfs", str(state)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        return FaultRow(FAULT, 0, 0, 0, None, None, None, f"skipped: {mounted.stderr.strip()}")
     try:
-        return asyncio.run(_measure(work, state))
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
+        with small_tmpfs(work / "state-fs", STATE_FS_MB) as state:
+            return asyncio.run(_measure(work, state))
+    except MountUnavailableError as exc:
+        return FaultRow(FAULT, 0, 0, 0, None, None, None, f"skipped: {exc}")
 
 
 async def _measure(work: Path, state: Path) -> FaultRow:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from lab.disk import MountUnavailableError, fill, small_tmpfs
 from tests.clients import expected_nearest, running, wait_until
 
 STATE_FS_MB = 16
@@ -28,35 +27,12 @@ DEVICE_EVENTS_ONLY = {"rules": {"disable": ["intrusion-when-armed", "robbery-are
 
 @contextlib.contextmanager
 def small_filesystem(where: Path, size_mb: int) -> Iterator[Path]:
-    """A tmpfs of ``size_mb`` mounted at ``where``; skipped, with the reason, where mounting fails."""
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    """A real tmpfs for the state directory; skipped, saying why, where it cannot be mounted."""
     try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(path: Path) -> int:
-    """Write ``path`` until the file system has no byte left; the bytes written."""
-    written = 0
-    chunk = bytes(64 * 1024)
-    with path.open("wb", buffering=0) as out:
-        while len(chunk) > 0:
-            try:
-                written += out.write(chunk)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                chunk = chunk[: len(chunk) // 2]
-    return written
+        with small_tmpfs(where, size_mb) as mounted:
+            yield mounted
+    except MountUnavailableError as exc:
+        pytest.skip(f"{exc} (needs root or CAP_SYS_ADMIN)")
 
 
 def test_a_full_disk_keeps_alarms_flowing_and_the_rest_waits_at_the_broker(
