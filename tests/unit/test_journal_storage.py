@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from gateway.events import EventKind
 from gateway.journal import MAX_REFUSED_PER_SHORTAGE, Journal
+from lab.disk import MountUnavailableError, fill, small_tmpfs
 from tests.clients import wait_until
 from tests.events import make_event
 
@@ -48,3 +51,41 @@ def test_while_short_only_kept_non_alarms_are_refused_and_only_up_to_the_bound(t
             writer.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_disk_full_past_the_reserve_holds_the_batch_and_commits_it_once_room_is_back(
+    tmp_path,
+):
+    """Disk full, reserve gone, disk full again: the writer retries and commits, never dies."""
+    try:
+        with small_tmpfs(tmp_path / "fs", 4) as state:
+            journal = Journal(
+                state / "j.db", route=lambda _e: ["police"], max_size_bytes=10**9,
+                reserve_bytes=RESERVE,
+            )  # fmt: skip
+            durable: list[str] = []
+
+            async def scenario() -> None:
+                async with asyncio.TaskGroup() as tg:
+                    writer = tg.create_task(journal.run(), name="journal")
+                    await asyncio.to_thread(fill, state / "first.log")
+                    await journal.append(
+                        make_event(EventKind.PANIC), on_durable=lambda: durable.append("P1")
+                    )
+                    await wait_until(lambda: durable == ["P1"], 10, "the panic from the reserve")
+                    assert journal.reserve.short
+                    await asyncio.to_thread(fill, state / "second.log")
+                    await journal.append(
+                        make_event(EventKind.PANIC, pad="x" * 4000),
+                        on_durable=lambda: durable.append("P2"),
+                    )
+                    await wait_until(lambda: journal.queued == 0, 10, "the writer holding it")
+                    assert durable == ["P1"]
+                    assert not writer.done()
+                    (state / "second.log").unlink()
+                    await wait_until(lambda: durable == ["P1", "P2"], 30, "the held panic")
+                    writer.cancel()
+
+            asyncio.run(scenario())
+    except MountUnavailableError as exc:
+        pytest.skip(f"{exc} (needs root or CAP_SYS_ADMIN)")
