@@ -19,6 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
+from gateway.ratelimit import RateLimitedLog
+
 logger = logging.getLogger(__name__)
 
 BALLAST_NAME = "reserve.ballast"
@@ -37,6 +39,7 @@ class StorageReserve:
         self.reason = ""
         """Why storage is short, for the status."""
         self._waiting: list[asyncio.Future[None]] = []
+        self._log = RateLimitedLog(logger, interval_s=300)
 
     def ensure(self) -> bool:
         """Make the ballast if it is missing; False when the disk has no room for it."""
@@ -58,7 +61,9 @@ class StorageReserve:
             self.path.unlink()
         if not self.short:
             logger.warning(
-                "storage short (%s): reserve released; only alarms are journalled", reason
+                "storage short (%s): reserve released for alarms; other events wait with"
+                " their senders",
+                reason,
             )
         self.short = True
         self.reason = reason
@@ -67,8 +72,12 @@ class StorageReserve:
         """End the shortage if the disk has room for the ballast twice over; True if it ended."""
         if not self.short:
             return False
-        free = shutil.disk_usage(self.path.parent).free
-        if free < 2 * self.size_bytes or not self.ensure():
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+            if free < 2 * self.size_bytes or not self.ensure():
+                return False
+        except OSError as exc:  # a failing card: stay short, say so now and then
+            self._log.warning("resume", "cannot make the storage reserve %s: %s", self.path, exc)
             return False
         self.short = False
         self.reason = ""
