@@ -27,8 +27,8 @@ from pathlib import Path
 from gateway.errors import JournalError
 from gateway.events import EVENT_CLASS, Event, EventClass, utc_now
 from gateway.journal_reader import OutboxRow
-from gateway.journal_repair import Damage, repair
-from gateway.journal_schema import BUSY_TIMEOUT_MS, connect, delivery_priority
+from gateway.journal_repair import Damage, mark_for_full_check, repair
+from gateway.journal_schema import BUSY_TIMEOUT_MS, connect, damaged, delivery_priority
 from gateway.ratelimit import RateLimitedLog
 from gateway.storage import StorageReserve
 
@@ -390,6 +390,13 @@ class Journal:
         try:
             self._commit(events, deliveries, failures, acks)
         except sqlite3.Error as exc:
+            if damaged(exc):
+                # The bounded check on open missed it: the next start checks the whole file.
+                mark_for_full_check(self.path)
+                raise JournalError(
+                    f"journal {self.path} is damaged ({exc}); the next start checks it fully"
+                    " and salvages it"
+                ) from exc
             self._next_seq = self._last_seq() + 1
             if not self._disk_full(exc):
                 raise JournalError(f"cannot write journal {self.path}: {exc}") from exc

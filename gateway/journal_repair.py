@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import sqlite3
 import time
@@ -70,11 +71,11 @@ class Damage:
 
 
 def integrity_problem(
-    path: Path, *, time_limit_s: float = QUICK_CHECK_S, readonly: bool = False
+    path: Path, *, time_limit_s: float | None = QUICK_CHECK_S, readonly: bool = False
 ) -> str | None:
     """What ``PRAGMA quick_check`` finds wrong with the journal at ``path``; None if sound.
 
-    A check cut short by ``time_limit_s`` found nothing so far: None. ``readonly``
+    A check cut short by ``time_limit_s`` (None: no limit) found nothing so far: None. ``readonly``
     (for another user than the gateway's) creates no file, and takes a journal it
     cannot open at all for sound: reading it is another check's business.
     """
@@ -87,7 +88,7 @@ def integrity_problem(
             conn = sqlite3.connect(path, isolation_level=None)
     except sqlite3.Error as exc:
         return None if readonly else str(exc)
-    deadline = time.monotonic() + time_limit_s
+    deadline = time.monotonic() + (math.inf if time_limit_s is None else time_limit_s)
     conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
     try:
         rows = conn.execute("PRAGMA quick_check(10)").fetchall()
@@ -104,9 +105,27 @@ def integrity_problem(
     return None if found == ["ok"] else "; ".join(found)[:500]
 
 
+def mark_for_full_check(path: Path) -> None:
+    """Have the next open check the whole journal at ``path``, however long it takes.
+
+    For damage found at run time, past what the bounded check on open read.
+    """
+    with contextlib.suppress(OSError):
+        _full_check_mark(path).touch()
+
+
+def _full_check_mark(path: Path) -> Path:
+    return path.with_name(f"{path.name}.check-fully")
+
+
 def repair(path: Path, *, route: Route) -> Damage | None:
-    """Check the journal at ``path``; if damaged, move it aside and salvage it into a fresh one."""
-    problem = integrity_problem(path)
+    """Check the journal at ``path``; if damaged, move it aside and salvage it into a fresh one.
+
+    The check is bounded in time unless ``mark_for_full_check`` asked for a full one.
+    """
+    mark = _full_check_mark(path)
+    problem = integrity_problem(path, time_limit_s=None if mark.exists() else QUICK_CHECK_S)
+    mark.unlink(missing_ok=True)
     if problem is None:
         return None
     moved = _move_aside(path)
