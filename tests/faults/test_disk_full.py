@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiomqtt
 import pytest
 
 from lab.disk import MountUnavailableError, fill, small_tmpfs
@@ -33,6 +38,18 @@ def small_filesystem(where: Path, size_mb: int) -> Iterator[Path]:
             yield mounted
     except MountUnavailableError as exc:
         pytest.skip(f"{exc} (needs root or CAP_SYS_ADMIN)")
+
+
+async def short_status(port: int) -> dict[str, Any]:
+    """The gateway's status on the block broker once it says storage is short (10 s at most)."""
+    async with aiomqtt.Client("127.0.0.1", port, identifier="status-reader") as client:
+        await client.subscribe("lianfang/v1/gateway/GW-001/status", qos=1)
+        async with asyncio.timeout(10):
+            async for message in client.messages:
+                status = dict(json.loads(bytes(message.payload)))
+                if status["storage"]["short"]:
+                    return status
+    raise AssertionError("no status saying storage is short")
 
 
 def test_a_full_disk_keeps_alarms_flowing_and_the_rest_waits_at_the_broker(
@@ -69,6 +86,19 @@ def test_a_full_disk_keeps_alarms_flowing_and_the_rest_waits_at_the_broker(
                 )
                 assert gw.status()["storage"]["short"]
                 assert "storage full" in " ".join(gw.status()["warnings"])
+                published = await short_status(block_broker.port)
+                assert published["storage"]["reason"] == "disk full writing journal.sqlite3"
+                shown = await asyncio.to_thread(
+                    subprocess.run,
+                    [sys.executable, "-m", "gateway", "status", "--config", str(gw.config)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    timeout=60,
+                )
+                assert "storage full (disk full writing journal.sqlite3)" in " ".join(
+                    shown.stdout.split()
+                )
                 panics = {}
                 for shop in PANIC_SHOPS:
                     for trouble_shop in TROUBLE_SHOPS:
