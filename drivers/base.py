@@ -14,6 +14,7 @@ from gateway.device_state import DeviceStates
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.journal import OnDurable
 from gateway.mqtt.client import BrokerConfig
+from gateway.storage import StorageReserve
 
 RETRY_MAX_S = 5.0
 """Longest wait between attempts to reopen a driver's link. A USB serial adapter
@@ -73,6 +74,8 @@ class DriverContext:
     """Where a driver may keep what must survive a restart (such as siren deadlines)."""
     device_states: DeviceStates | None = None
     """Last seen, battery and fault of each field device, kept in the journal database."""
+    storage: StorageReserve | None = None
+    """The journal's storage reserve: tells when a shortage that refused events ends."""
 
     def event(
         self,

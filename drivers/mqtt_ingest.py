@@ -27,6 +27,7 @@ from gateway.mqtt.limits import LinkDown
 from gateway.mqtt.link import MqttLink
 from gateway.mqtt.retained import replayed
 from gateway.ratelimit import RateLimitedLog
+from gateway.storage import StorageReserve
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,11 @@ class MqttIngestDriver:
             async with link, asyncio.TaskGroup() as tg:
                 self.link_up.set()
                 tg.create_task(link.watch(), name=f"{self.config.name}.link")
+                if self._context.storage is not None:
+                    tg.create_task(
+                        _refetch_after_shortage(link, self._context.storage),
+                        name=f"{self.config.name}.storage",
+                    )
                 while True:
                     message, generation = await link.messages.get()
                     link.taken(message)
@@ -206,6 +212,12 @@ class MqttIngestDriver:
         if shop_id not in self._context.devices:
             raise Rejected("unknown_shop", f"shop {shop_id[:40]!r} is not served by this gateway")
         return shop_id
+
+
+async def _refetch_after_shortage(link: MqttLink, storage: StorageReserve) -> None:
+    """Reconnect when a storage shortage ends: the broker sends what the journal refused again."""
+    await storage.shortage_ended()
+    link.fail("storage is back: reconnecting for the messages held during the shortage")
 
 
 def _topic(message: MQTTMessage) -> str:

@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 READY_WAIT_S = 10.0
 """How long READY waits for field links (a serial adapter may be plugged in later)."""
 READY_STATUS_EVERY_S = 2.0
+STORAGE_CHECK_S = 1.0
+"""How often a storage shortage is reported and the disk looked at for room again."""
 
 
 class Gateway:
@@ -65,6 +67,7 @@ class Gateway:
             config.journal_path,
             route=self._route,
             max_size_bytes=int(config.journal.max_size_mb * 1_000_000),
+            reserve_bytes=int(config.journal.reserve_mb * 1_000_000),
         )
         self.publisher = BlockPublisher(
             config.broker,
@@ -102,6 +105,7 @@ class Gateway:
             devices={s.id: frozenset(d.id for d in s.devices) for s in config.shops},
             state_dir=config.state_dir,
             device_states=self.device_states,
+            storage=self.journal.reserve,
         )
         self.drivers: dict[str, Driver] = {
             c.name: DRIVERS[c.kind](c, context=context) for c in config.drivers
@@ -163,6 +167,18 @@ class Gateway:
         clock = self.clock.judgement
         if clock.suspect:
             warnings.append(f"clock suspect: {'; '.join(clock.reasons)}")
+        if (damage := self.journal.damage) is not None:
+            lost = "an unknown number" if damage.lost is None else f"at most {damage.lost}"
+            warnings.append(
+                f"journal was damaged ({damage.problem[:120]}): moved to {damage.moved_to.name}; "
+                f"{damage.salvaged} events salvaged, {lost} lost"
+            )
+        reserve = self.journal.reserve
+        if reserve.short:
+            warnings.append(
+                f"storage full ({reserve.reason}): alarms journalled from the reserve, "
+                f"{js.refused} other events left waiting with their senders"
+            )
         rejected = {
             f"{name}.{reason}": n
             for name, driver in [*self.drivers.items(), *self.inboxes.items()]
@@ -191,6 +207,7 @@ class Gateway:
             "alerts_expired": self.publisher.alerts_expired,
             "journal_mb": round(js.size_bytes / 1e6, 2),
             "evicted": js.evicted,
+            "storage": {"short": reserve.short, "reason": reserve.reason, "refused": js.refused},
             "links": dict(self.links),
             "link_errors": dict(self.link_errors),
             "device_faults": {
@@ -329,6 +346,7 @@ class Gateway:
             tg.create_task(self._announce_ready(notifier), name="ready")
             tg.create_task(pet_watchdog(notifier), name="watchdog")
             tg.create_task(self._write_status(), name="status-file")
+            tg.create_task(self._report_journal_troubles(), name="journal-troubles")
 
     async def _announce_ready(self, notifier: SystemdNotifier) -> None:
         """READY=1 once the block broker's links have come up, never before.
@@ -386,6 +404,50 @@ class Gateway:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.status_interval_s):
                     await self._status_changed.wait()
+
+    async def _report_journal_troubles(self) -> None:
+        """Forward the journal's troubles: damage found on open, a full disk, room again.
+
+        ``journal_damaged`` once if the journal was salvaged on open; ``storage_full``
+        when the disk is short, and its restore once the reserve is back.
+        """
+        if (damage := self.journal.damage) is not None:
+            await self._journal_event(
+                EventKind.JOURNAL_DAMAGED,
+                {
+                    "detail": damage.problem[:256],
+                    "moved_to": damage.moved_to.name,
+                    "salvaged": damage.salvaged,
+                    "lost": damage.lost,
+                },
+            )
+        reported = False
+        while True:
+            reserve = self.journal.reserve
+            if reserve.short and not reported:
+                reported = True
+                await self._journal_event(EventKind.STORAGE_FULL, {"detail": reserve.reason})
+            elif reserve.short and await asyncio.to_thread(self.journal.try_resume):
+                reported = False
+                await self._journal_event(EventKind.RESTORE, {"restores": EventKind.STORAGE_FULL})
+            await asyncio.sleep(STORAGE_CHECK_S)
+
+    async def _journal_event(self, kind: EventKind, attrs: dict[str, Any]) -> None:
+        self._status_changed.set()
+        now = utc_now()
+        await self.intake.gateway_event(
+            Event(
+                id=new_event_id(),
+                gateway_id=self.config.gateway.id,
+                shop_id=None,
+                device_id="journal" if kind is EventKind.JOURNAL_DAMAGED else "storage",
+                kind=kind,
+                occurred_at=now,
+                received_at=now,
+                source=Source(driver="gateway", ref=str(self.config.state_dir)),
+                attrs=attrs,
+            )
+        )
 
 
 def _write_atomically(path: Path, text: str) -> None:

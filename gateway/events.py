@@ -40,6 +40,8 @@ class EventKind(StrEnum):
     COMMAND_REFUSED = "command_refused"
     CLOCK_SUSPECT = "clock_suspect"
     SMS = "sms"
+    STORAGE_FULL = "storage_full"
+    JOURNAL_DAMAGED = "journal_damaged"
 
 
 class EventClass(StrEnum):
@@ -79,6 +81,8 @@ EVENT_CLASS: dict[EventKind, EventClass] = {
     EventKind.COMMAND_REFUSED: EventClass.TROUBLE,
     EventKind.CLOCK_SUSPECT: EventClass.TROUBLE,
     EventKind.SMS: EventClass.STATUS,
+    EventKind.STORAGE_FULL: EventClass.TROUBLE,
+    EventKind.JOURNAL_DAMAGED: EventClass.TROUBLE,
 }
 
 # Kinds only the gateway itself makes (rules, commands, responses); never taken from a device.
@@ -92,6 +96,8 @@ GATEWAY_MADE_KINDS = frozenset(
         EventKind.COMMAND_REFUSED,
         EventKind.CLOCK_SUSPECT,
         EventKind.SMS,
+        EventKind.STORAGE_FULL,
+        EventKind.JOURNAL_DAMAGED,
     }
 )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import sqlite3
 import time
 from collections import OrderedDict
@@ -26,24 +27,54 @@ from pathlib import Path
 from gateway.errors import JournalError
 from gateway.events import EVENT_CLASS, Event, EventClass, utc_now
 from gateway.journal_reader import OutboxRow
-from gateway.journal_schema import connect, delivery_priority
+from gateway.journal_repair import Damage, mark_for_full_check, repair
+from gateway.journal_schema import BUSY_TIMEOUT_MS, connect, damaged, delivery_priority
 from gateway.ratelimit import RateLimitedLog
+from gateway.storage import StorageReserve
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
 RECENT_ORIGIN_KEYS = 20_000  # far more than a broker may redeliver after a crash
 EVICT_RETRY_S = 10.0
+EVICT_TO = 0.9
+"""Eviction goes on down to this fraction of the cap."""
+EVICT_ROUND_MIN = 50
+EVICT_ROUND_MAX = 5000
+# The WAL is kept to an eighth of the size cap, within these bounds.
+WAL_LIMIT_MIN = 16 * 1024
+WAL_LIMIT_MAX = 64 * 1024 * 1024
+# While the disk is full even after the reserve went, retry the commit this often at most.
+FULL_RETRY_MAX_S = 10.0
+# Non-alarm events refused per storage shortage at most: each one holds a place in
+# its sender's window of unacknowledged messages (a broker's Receive Maximum), and
+# a full window would hold the alarms behind it. Past this, the reserve takes them.
+MAX_REFUSED_PER_SHORTAGE = 100
+# An I/O error with less room than this on the disk is the disk being full.
+FULL_DISK_BYTES = 1 << 16
 
 # Eviction order past the size cap. Alarms, and anything a receiver still
-# waits for except routine records, are never evicted.
+# waits for, are never evicted.
 EVICTION_TIERS: tuple[tuple[EventClass, bool], ...] = (
-    (EventClass.ROUTINE, False),  # heartbeats and tests, acknowledged or not
+    (EventClass.ROUTINE, True),  # heartbeats (never forwarded) and tests already delivered
     (EventClass.STATUS, True),  # door and arm changes already delivered
     (EventClass.TROUBLE, True),  # troubles already delivered
 )
 
 OnDurable = Callable[[], None]
+
+
+def _may_be_evicted(item: _Item) -> bool:
+    """Whether ``item`` adds a record that eviction may take: a non-alarm, or a delivery."""
+    if isinstance(item, _Append):
+        return EVENT_CLASS[item.event.kind] is not EventClass.ALARM
+    return isinstance(item, _Ack | _GiveUp)
+
+
+class StorageFullError(JournalError):
+    """The disk is full even after the storage reserve was released."""
+
+
 Route = Callable[[Event], Iterable[str]]
 
 
@@ -91,8 +122,10 @@ class JournalStats:
     commits: int = 0
     evicted: int = 0
     size_bytes: int = 0
+    """The database's used pages and its WAL."""
     over_cap: bool = False
-
+    refused: int = 0
+    """Non-alarm events refused while storage was short (their sender keeps them)."""
 
 
 class Journal:
@@ -105,16 +138,47 @@ class Journal:
         route: Route,
         max_size_bytes: int,
         queue_size: int = 10_000,
+        reserve_bytes: int = 0,
     ) -> None:
         """Open (or create) the journal at ``path``.
 
-        ``route`` names the forwarders that must deliver an event.
+        ``route`` names the forwarders that must deliver an event;
+        ``reserve_bytes`` of ballast beside it keep room for alarms on a full disk.
         """
         self.path = path
         self.stats = JournalStats()
+        self._pages_bytes = 0
+        self._refused_in_shortage = 0
+        self.reserve = StorageReserve(path.parent, reserve_bytes)
         self._route = route
         self._max_size_bytes = max_size_bytes
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(path.parent).free < reserve_bytes // 2:
+                # Too full even to open the journal safely: start from the reserve.
+                self.reserve.release("disk nearly full at start")
+        except OSError as exc:
+            raise JournalError(f"cannot use the state directory {path.parent}: {exc}") from exc
+        try:
+            self.damage: Damage | None = repair(path, route=route)
+            """What the check on open found wrong, moved aside and salvaged; None if sound."""
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(
+                f"cannot move aside or salvage damaged journal {path}: {exc}"
+            ) from exc
         self._conn = connect(path)
+        # A small cap gets a small WAL: checkpoints come sooner and truncate it to the limit.
+        self._wal_limit = min(WAL_LIMIT_MAX, max(WAL_LIMIT_MIN, max_size_bytes // 8))
+        self._conn.execute(f"PRAGMA journal_size_limit={self._wal_limit}")
+        autocheckpoint = max(4, min(1000, self._wal_limit // 4096))
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
+        try:
+            if not self.reserve.short and not self.reserve.ensure():
+                self.reserve.release("no room for the reserve at start")
+        except OSError as exc:
+            raise JournalError(
+                f"cannot make the storage reserve {self.reserve.path}: {exc}"
+            ) from exc
         # Unbounded so that acknowledgements never block a forwarder; appends
         # wait in append() while more than ``queue_size`` items are queued.
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
@@ -178,13 +242,34 @@ class Journal:
 
         ``routes`` (the forwarders that must deliver it) defaults to the journal's
         ``route``. Waits only when the writer is backed up (backpressure on the drivers).
+
+        While storage is short, a non-alarm event that someone keeps until it is
+        acknowledged (it comes with ``on_durable``: a broker, a repeating device)
+        is refused: ``on_durable`` never runs and its sender offers it again.
+        Past ``MAX_REFUSED_PER_SHORTAGE`` such refusals the reserve takes them too.
         """
+        if (
+            self.reserve.short
+            and on_durable is not None
+            and EVENT_CLASS[event.kind] is not EventClass.ALARM
+            and self._refused_in_shortage < MAX_REFUSED_PER_SHORTAGE
+        ):
+            self.stats.refused += 1
+            self._refused_in_shortage += 1
+            if origin_key is not None:
+                self.release(origin_key)
+            return
         while self._queue.qsize() >= self._queue_size:
             self._room.clear()
             await self._room.wait()
         callbacks = [on_durable] if on_durable else []
         names = tuple(self._route(event) if routes is None else routes)
         self._queue.put_nowait(_Append(event, origin_key, callbacks, names))
+
+    @property
+    def queued(self) -> int:
+        """Records waiting for the writer (appends and acknowledgements)."""
+        return self._queue.qsize()
 
     def ack(self, forwarder: str, seq: int) -> None:
         """Record that ``forwarder``'s receiver acknowledged the event at ``seq``."""
@@ -216,12 +301,36 @@ class Journal:
                 batch = [await self._queue.get()]
                 while len(batch) < MAX_BATCH and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
-                await asyncio.shield(loop.run_in_executor(self._writer, self._write, batch))
+                await self._write_until_stored(loop, batch)
                 self._committed(batch)
                 if self._queue.qsize() < self._queue_size:
                     self._room.set()
         finally:
             self.close()
+
+    async def _write_until_stored(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Item]
+    ) -> None:
+        """Commit ``batch``; while the disk is full even without the reserve, retry with backoff."""
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.shield(loop.run_in_executor(self._writer, self._write, batch))
+            except StorageFullError as exc:
+                self._log.warning(
+                    "full", "%s; retrying every %.0f s at most", exc, FULL_RETRY_MAX_S
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, FULL_RETRY_MAX_S)
+            else:
+                return
+
+    def try_resume(self) -> bool:
+        """End a storage shortage if the disk has room again; True if it ended now."""
+        if not self.reserve.try_resume():
+            return False
+        self._refused_in_shortage = 0
+        return True
 
     def close(self) -> None:
         """Let an in-flight commit finish, commit whatever is still queued, and close."""
@@ -233,13 +342,19 @@ class Journal:
         while not self._queue.empty():
             rest.append(self._queue.get_nowait())
         if rest:
-            self._write(rest)
-            logger.info("journal: flushed %d queued records on shutdown", len(rest))
+            try:
+                self._write(rest)
+            except StorageFullError as exc:
+                # What a sender keeps it offers again; the gateway's own records are lost.
+                logger.error(  # noqa: TRY400 - one line, no traceback
+                    "journal: %d queued records not flushed on shutdown: %s", len(rest), exc
+                )
+            else:
+                logger.info("journal: flushed %d queued records on shutdown", len(rest))
         self._conn.close()
 
     def _write(self, batch: list[_Item]) -> None:
         now = utc_now().isoformat()
-        conn = self._conn
         events: list[tuple[object, ...]] = []
         deliveries: list[tuple[str, int, int]] = []
         acks: list[tuple[str, str, int]] = []
@@ -273,6 +388,37 @@ class Journal:
             else:
                 failures.extend((item.error, item.forwarder, s) for s in item.seqs)
         try:
+            self._commit(events, deliveries, failures, acks)
+        except sqlite3.Error as exc:
+            if damaged(exc):
+                # The bounded check on open missed it: the next start checks the whole file.
+                mark_for_full_check(self.path)
+                raise JournalError(
+                    f"journal {self.path} is damaged ({exc}); the next start checks it fully"
+                    " and salvages it"
+                ) from exc
+            self._next_seq = self._last_seq() + 1
+            if not self._disk_full(exc):
+                raise JournalError(f"cannot write journal {self.path}: {exc}") from exc
+            if self.reserve.short:
+                raise StorageFullError(
+                    f"journal {self.path}: disk full even without the reserve"
+                ) from exc
+            # The reserve's room takes this batch (already accepted) and what follows.
+            self.reserve.release(f"disk full writing {self.path.name}")
+            self._write(batch)
+            return
+        self._after_commit(evictable=any(_may_be_evicted(item) for item in batch))
+
+    def _commit(
+        self,
+        events: list[tuple[object, ...]],
+        deliveries: list[tuple[str, int, int]],
+        failures: list[tuple[str, str, int]],
+        acks: list[tuple[str, str, int]],
+    ) -> None:
+        conn = self._conn
+        try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
                 "INSERT INTO events (seq, id, shop_id, device_id, kind, class, received_at,"
@@ -293,16 +439,32 @@ class Journal:
                 acks,
             )
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            self._next_seq = self._last_seq() + 1
-            raise JournalError(f"cannot write journal {self.path}: {exc}") from exc
-        self._refresh_size()  # three header reads: cheap enough for every commit
-        # When nothing evictable is left, do not search again on every commit.
-        if self.stats.over_cap and time.monotonic() - self._last_evict > EVICT_RETRY_S:
+            raise
+
+    def _disk_full(self, exc: sqlite3.Error) -> bool:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == sqlite3.SQLITE_FULL:
+            return True
+        # A failed write or shared-memory growth on a full disk reports an I/O error.
+        return (
+            code == sqlite3.SQLITE_IOERR
+            and shutil.disk_usage(self.path.parent).free < FULL_DISK_BYTES
+        )
+
+    def _after_commit(self, *, evictable: bool) -> None:
+        conn = self._conn
+        self._measure()  # three header reads and a stat: cheap enough for every commit
+        # When nothing evictable was left, search again only once this commit added
+        # something evictable, or now and then.
+        retry_due = time.monotonic() - self._last_evict > EVICT_RETRY_S
+        if self.stats.over_cap and (evictable or retry_due):
             try:
-                self._evict()
+                self._refresh_size()
+                if self.stats.over_cap:
+                    self._evict()
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
@@ -333,18 +495,51 @@ class Journal:
     # --- size cap ----------------------------------------------------------------------
 
     def _refresh_size(self) -> None:
+        """Measure the used pages and the WAL; over the cap, checkpoint and measure again."""
+        self._measure()
+        if self.stats.over_cap:
+            self._checkpoint()
+            self._measure()
+
+    def _checkpoint(self) -> None:
+        """Move the WAL into the database and truncate it, unless a reader is in the way.
+
+        Never waits for readers (a forwarder's read would hold the writer up to
+        the busy timeout); journal_size_limit keeps the WAL small after the
+        automatic checkpoints too.
+        """
+        self._conn.execute("PRAGMA busy_timeout=0")
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    def _measure(self) -> None:
         pages, free, size = (
             self._conn.execute("PRAGMA page_count").fetchone()[0],
             self._conn.execute("PRAGMA freelist_count").fetchone()[0],
             self._conn.execute("PRAGMA page_size").fetchone()[0],
         )
-        self.stats.size_bytes = (pages - free) * size
+        try:
+            wal = self.path.with_name(self.path.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            wal = 0
+        self._pages_bytes = (pages - free) * size
+        self.stats.size_bytes = self._pages_bytes + wal
         self.stats.over_cap = self.stats.size_bytes > self._max_size_bytes
 
     def _evict(self) -> None:
-        """Delete low-value records, oldest first, until under the cap; never alarms."""
+        """Delete low-value records, oldest first, until under the low-water mark; never alarms.
+
+        Evicting to a little under the cap leaves room for the next commits, so
+        that eviction runs now and then rather than on every commit. The pages in
+        use are judged against the cap less the WAL's limit: deleting writes to
+        the WAL, which the checkpoint at the end moves out.
+        """
+        low_water = self._max_size_bytes * EVICT_TO - self._wal_limit
         for klass, only_acked in EVICTION_TIERS:
-            while self.stats.over_cap:
+            while self._pages_bytes > low_water:
                 condition = (
                     " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = events.seq"
                     " AND d.acked_at IS NULL)"
@@ -354,8 +549,8 @@ class Journal:
                 seqs = [
                     r[0]
                     for r in self._conn.execute(
-                        f"SELECT seq FROM events WHERE class=?{condition} ORDER BY seq LIMIT 5000",  # noqa: S608 - fixed fragments
-                        (klass.value,),
+                        f"SELECT seq FROM events WHERE class=?{condition} ORDER BY seq LIMIT ?",  # noqa: S608 - fixed fragments
+                        (klass.value, self._eviction_round(low_water)),
                     )
                 ]
                 if not seqs:
@@ -365,7 +560,7 @@ class Journal:
                 self._conn.executemany("DELETE FROM events WHERE seq=?", [(s,) for s in seqs])
                 self._conn.execute("COMMIT")
                 self.stats.evicted += len(seqs)
-                self._refresh_size()
+                self._measure()
                 self._log.warning(
                     "evicted",
                     "journal over its %.1f MB cap: evicted %d %s records (alarms are kept)",
@@ -373,6 +568,7 @@ class Journal:
                     len(seqs),
                     klass.value,
                 )
+        self._refresh_size()
         if self.stats.over_cap:
             self._log.warning(
                 "full",
@@ -380,6 +576,13 @@ class Journal:
                 " nothing more will be evicted",
                 self.stats.size_bytes / 1e6,
             )
+
+    def _eviction_round(self, low_water: float) -> int:
+        """How many records one round deletes: the excess over ``low_water`` in average records."""
+        rows = self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        per_row = self._pages_bytes / max(rows, 1)
+        wanted = (self._pages_bytes - low_water) / max(per_row, 1.0)
+        return int(min(EVICT_ROUND_MAX, max(EVICT_ROUND_MIN, wanted * 1.1)))
 
     # --- reads --------------------------------------------------------------------------
 

@@ -29,7 +29,6 @@ class OutboxRow:
         return Event.model_validate_json(self.body)
 
 
-
 class JournalReader:
     """Reads the journal for forwarders and the CLI, on its own connection; never writes."""
 

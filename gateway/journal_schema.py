@@ -137,6 +137,20 @@ def _before_priorities(conn: sqlite3.Connection) -> bool:
     return "priority" not in columns or old_index is not None
 
 
+BUSY_TIMEOUT_MS = 5000
+"""How long a connection waits for another's lock."""
+
+
+class JournalDamagedError(JournalError):
+    """The journal file is damaged (SQLite finds it corrupt or not a database)."""
+
+
+def damaged(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is SQLite finding the file damaged rather than out of reach."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the journal database with the durability settings the gateway relies on."""
     try:
@@ -145,12 +159,16 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if not readonly:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(SCHEMA)
             _migrate_priority(conn)
-    except (sqlite3.Error, OSError) as exc:
+    except sqlite3.Error as exc:
+        if damaged(exc):
+            raise JournalDamagedError(f"journal {path} is damaged: {exc}") from exc
+        raise JournalError(f"cannot open journal {path}: {exc}") from exc
+    except OSError as exc:
         raise JournalError(f"cannot open journal {path}: {exc}") from exc
     return conn

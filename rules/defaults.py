@@ -39,7 +39,8 @@ DEFAULT_RULES_YAML = """\
     as trouble.
   when:
     kinds: [tamper, supervision_lost, device_fault, low_battery, ac_loss, action_failed,
-            command_refused, clock_suspect, water_leak]
+            command_refused, clock_suspect, water_leak, storage_full,
+            journal_damaged]
   do:
     - {action: forward, priority: trouble}
 - name: status-forward

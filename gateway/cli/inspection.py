@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -137,18 +137,34 @@ def events(
 
 @contextlib.contextmanager
 def _reading_state(config: GatewayConfig) -> Iterator[None]:
-    """Exit 1 with one line, not a traceback, when this user cannot read the gateway's state."""
+    """Exit 1 with one line, not a traceback, when the gateway's state cannot be read."""
     import sqlite3  # noqa: PLC0415 - keep `lianfang --help` fast
 
-    from gateway.config.preflight import user_name  # noqa: PLC0415
+    from gateway.journal_schema import JournalDamagedError, damaged  # noqa: PLC0415
 
     try:
         yield
-    except (PermissionError, sqlite3.OperationalError, JournalError) as exc:
-        detail = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else exc
+    except (JournalDamagedError, sqlite3.DatabaseError) as exc:
+        if isinstance(exc, sqlite3.DatabaseError) and not damaged(exc):
+            _cannot_read(config, exc)
         typer.echo(
-            f"{user_name()} cannot read the gateway's state in {config.state_dir} ({detail});"
-            " run this as the gateway's user or with sudo",
+            f"the journal {config.journal_path} is damaged ({exc}); the gateway moves it aside"
+            " and salvages what it can read when it starts",
             err=True,
         )
         raise typer.Exit(1) from None
+    except (PermissionError, JournalError) as exc:
+        _cannot_read(config, exc)
+
+
+def _cannot_read(config: GatewayConfig, exc: Exception) -> NoReturn:
+    """Exit 1 with one line: this user may not read the state (or SQLite cannot open it)."""
+    from gateway.config.preflight import user_name  # noqa: PLC0415 - keep `lianfang --help` fast
+
+    detail = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else exc
+    typer.echo(
+        f"{user_name()} cannot read the gateway's state in {config.state_dir} ({detail});"
+        " run this as the gateway's user or with sudo",
+        err=True,
+    )
+    raise typer.Exit(1) from None

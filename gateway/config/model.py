@@ -203,6 +203,12 @@ class JournalConfig(Strict):
         description="Size cap. Past it, routine then acknowledged low-value records go first; "
         "alarms are never evicted.",
     )
+    reserve_mb: float = Field(
+        default=16,
+        ge=0,
+        description="Ballast kept beside the journal and released when the disk fills, so "
+        "that alarms are still journalled; 0 keeps none.",
+    )
 
 
 class GatewayConfig(Strict):

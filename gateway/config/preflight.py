@@ -11,6 +11,8 @@ never touch the network (``--online`` does that):
   warning: USB adapters are often plugged in later, and the driver keeps
   retrying) and this user may open it (error);
 - the SIM's PIN file, if named, is readable by this user and no one else (error);
+- the journal, if there is one, passes SQLite's quick check (a warning: the
+  gateway salvages a damaged journal when it starts);
 - a forwarder exists, or ``no_forwarders_ok: true`` says none is wanted (error);
 - every shop lies within ``FAR_FROM_BLOCK_M`` of the block's median position and
   has another shop within ``neighbour_alert.radius_m`` (warnings: a one-degree
@@ -31,6 +33,7 @@ from pathlib import Path
 from gateway.config.model import GatewayConfig, Loc
 from gateway.config.problems import Locate
 from gateway.errors import ConfigProblem
+from gateway.journal_repair import integrity_problem
 from gateway.mqtt.client import BrokerConfig
 from rules.geo import EARTH_RADIUS_M, distance_m
 
@@ -57,6 +60,7 @@ def preflight(config: GatewayConfig, locate: Locate) -> list[Finding]:
     findings = [
         *tls_findings(config, locate),
         *_state_dir_findings(config, locate),
+        *_journal_findings(config, locate),
         *_serial_findings(config, locate),
         *_pin_findings(config, locate),
         *_forwarder_findings(config, locate),
@@ -146,6 +150,18 @@ def _state_dir_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:
     else:
         return []
     return [_at(locate, ("state_dir",), message)]
+
+
+def _journal_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:
+    """A damaged journal (a warning: the gateway moves it aside and salvages it as it starts)."""
+    problem = integrity_problem(config.journal_path, readonly=True)
+    if problem is None:
+        return []
+    message = (
+        f"journal {config.journal_path} is damaged ({problem}); the gateway will move it"
+        " aside and salvage what it can read when it starts"
+    )
+    return [_at(locate, ("state_dir",), message, warning=True)]
 
 
 def _serial_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:

@@ -58,6 +58,9 @@ DEFAULT_CODES: dict[str, CodeEntry] = {
     EventKind.ACTION_FAILED: _entry(320, "YA", "YH"),
     # The gateway's clock is wrong (no RTC, NTP not synchronised): time/date inaccurate.
     EventKind.CLOCK_SUSPECT: _entry(626, "JT"),
+    # The gateway's own storage: its event log overflowing, and a damaged log started afresh.
+    EventKind.STORAGE_FULL: _entry(624, "JO", "JO"),
+    EventKind.JOURNAL_DAMAGED: _entry(304, "YX"),
 }
 """Kinds and codes as DESIGN.md lists them. ``door_open``/``door_close`` are not
 alarms by themselves (the rules raise ``intrusion`` when armed) and heartbeats

@@ -13,6 +13,7 @@ from gateway.events import Event, EventKind
 from gateway.journal import Journal
 from gateway.journal_reader import JournalReader
 from gateway.outbox import OutboxCursor
+from tests.clients import wait_until
 from tests.events import make_event
 
 
@@ -141,27 +142,103 @@ def test_cursor_falls_back_to_the_journal_when_far_behind(tmp_path):
     assert seen == list(range(1, 5001))
 
 
-def test_past_the_size_cap_heartbeats_go_first_and_alarms_stay(tmp_path):
-    """Over the cap, routine records are evicted; no alarm ever is."""
+# The journal the cap tests start from: (name, kind, delivered?) in journal order.
+# Heartbeats are never routed, so nothing waits for them.
+CAP_RECORDS = [
+    *[(f"H{n}", EventKind.HEARTBEAT, False) for n in range(1, 201)],
+    ("T1", EventKind.TEST, True),
+    ("T2", EventKind.TEST, False),
+    ("D1", EventKind.DOOR_OPEN, True),
+    ("D2", EventKind.DOOR_OPEN, True),
+    ("D3", EventKind.DOOR_OPEN, False),
+    ("B1", EventKind.LOW_BATTERY, True),
+    ("B2", EventKind.LOW_BATTERY, False),
+    ("P1", EventKind.PANIC, True),
+    ("P2", EventKind.PANIC, False),
+]
+
+
+def fill_then_cap(path: Path, max_size_bytes: int) -> Journal:
+    """Journal ``CAP_RECORDS`` uncapped, reopen under ``max_size_bytes``, append one heartbeat.
+
+    Everything goes through a running journal: appends, acknowledgements, and the
+    eviction the last commit sets off. Event ids are the records' names.
+    """
+
+    def journal_of(cap: int) -> Journal:
+        return open_journal(path, max_size_bytes=cap)
+
+    async def fill(journal: Journal) -> None:
+        for name, kind, _ in CAP_RECORDS:
+            await journal.append(make_event(kind, event_id=name, pad="x" * 400))
+        await wait_until(lambda: journal.stats.appended == len(CAP_RECORDS), 10, "appended")
+        delivered = [seq for seq, (_, _, done) in enumerate(CAP_RECORDS, 1) if done]
+        for seq in delivered:
+            journal.ack("police", seq)
+        await wait_until(lambda: journal.stats.acked == len(delivered), 10, "acked")
+
+    uncapped = journal_of(10**9)
+    asyncio.run(run_journal(uncapped, lambda: fill(uncapped)))
+    capped = journal_of(max_size_bytes)
+
+    async def one_more() -> None:
+        await capped.append(make_event(EventKind.HEARTBEAT, event_id="H201", pad="x" * 400))
+        await wait_until(lambda: capped.stats.appended == 1, 10, "the last heartbeat")
+
+    asyncio.run(run_journal(capped, one_more))
+    return capped
+
+
+def survivors(path: Path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return [r[0] for r in db.execute("SELECT id FROM events ORDER BY seq")]
+
+
+def on_disk(path: Path) -> int:
+    """The journal's bytes on disk: the database (pages in use) and its WAL."""
+    with sqlite3.connect(path) as db:
+        pages, free, size = (
+            db.execute(f"PRAGMA {p}").fetchone()[0]
+            for p in ("page_count", "freelist_count", "page_size")
+        )
+    wal = path.with_name(path.name + "-wal")
+    return (pages - free) * size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def test_past_the_cap_heartbeats_and_delivered_tests_go_first(tmp_path):
+    """A cap the non-routine records fit under: only delivered routine records are evicted."""
     path = tmp_path / "j.db"
-    journal = open_journal(path)
+    journal = fill_then_cap(path, max_size_bytes=100_000)
+    kept = survivors(path)
+    # Delivered routine records in journal order (H201 came last, after the reopening).
+    routine = [f"H{n}" for n in range(1, 201)] + ["T1", "H201"]
+    kept_routine = [name for name in kept if name in routine]
+    assert kept_routine == routine[len(routine) - len(kept_routine) :]  # the oldest went
+    assert len(kept_routine) < len(routine) / 2
+    assert [name for name in kept if name not in routine] == [
+        "T2",
+        "D1",
+        "D2",
+        "D3",
+        "B1",
+        "B2",
+        "P1",
+        "P2",
+    ]
+    assert journal.stats.evicted == len(routine) - len(kept_routine)
+    assert not journal.stats.over_cap
+    assert on_disk(path) <= 100_000
 
-    async def fill() -> None:
-        for i in range(3000):
-            kind = EventKind.PANIC if i % 10 == 0 else EventKind.HEARTBEAT
-            await journal.append(event(kind))
 
-    asyncio.run(run_journal(journal, fill))
-    full = JournalReader(path)
-    alarms_before = len(full.pending("police", after=0, limit=10_000))
-    assert alarms_before == 300
-    small = open_journal(path, max_size_bytes=200_000)
-    small._evict()
-    conn = sqlite3.connect(path)
-    kinds = dict(conn.execute("SELECT kind, COUNT(*) FROM events GROUP BY kind").fetchall())
-    assert kinds["panic"] == 300
-    assert kinds.get("heartbeat", 0) < 2700
-    assert small.stats.evicted == 2700 - kinds.get("heartbeat", 0)
+def test_past_the_cap_delivered_status_and_troubles_go_next_alarms_and_undelivered_never(
+    tmp_path,
+):
+    """A cap nothing fits under: every tier is evicted in turn; alarms and undelivered stay."""
+    path = tmp_path / "j.db"
+    journal = fill_then_cap(path, max_size_bytes=1)
+    assert survivors(path) == ["T2", "D3", "B2", "P1", "P2"]
+    assert journal.stats.evicted == 205  # H1-H201, T1, D1, D2, B1
+    assert journal.stats.over_cap  # what the status warning says
 
 
 def test_appends_wait_when_the_writer_is_backed_up_but_acks_never_do(tmp_path):
@@ -176,7 +253,7 @@ def test_appends_wait_when_the_writer_is_backed_up_but_acks_never_do(tmp_path):
 
     async def scenario() -> None:
         filling = asyncio.ensure_future(fill())
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: journal.queued == 10, 5, "ten appends queued")
         assert not filling.done()  # the 11th append waits: no writer is running yet
         for seq in range(1, 101):
             journal.ack("police", seq)  # never raises, never waits
