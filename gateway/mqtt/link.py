@@ -29,11 +29,13 @@ disconnects cleanly, so a final status publish inside the block still goes out.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -58,6 +60,52 @@ logger = logging.getLogger(__name__)
 
 MISC_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
+# Packets read per wake-up of the socket: enough that a flood costs few trips through
+# the event loop, few enough that the loop still serves everything else between them.
+READ_BATCH = 64
+
+
+class Lane(enum.IntEnum):
+    """Where a received message waits: urgent ones are taken before any routine one."""
+
+    URGENT = 0
+    ROUTINE = 1
+
+
+# Judges a message as it is read: its lane, or None to acknowledge and drop it at once.
+Screen = Callable[[paho.MQTTMessage], Lane | None]
+
+Received = tuple[paho.MQTTMessage, int]  # (message, connection generation)
+
+
+class MessageLanes:
+    """Received messages for one reader: urgent first, each lane in arrival order."""
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self._lanes: tuple[deque[Received], deque[Received]] = (deque(), deque())
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Received, lane: Lane = Lane.ROUTINE) -> None:
+        """Queue ``item`` behind the others of its lane."""
+        self._lanes[lane].append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Received:
+        """The oldest urgent message, else the oldest routine one; waits for one."""
+        urgent, routine = self._lanes
+        while not (urgent or routine):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return (urgent or routine).popleft()
+
+    def qsize(self) -> int:
+        """Messages waiting in both lanes."""
+        return len(self._lanes[0]) + len(self._lanes[1])
 
 
 class MqttLink:
@@ -74,22 +122,30 @@ class MqttLink:
         max_inflight: int = 256,
         will: tuple[str, bytes] | None = None,
         session_expiry_s: int = 7 * 24 * 3600,
+        screen: Screen | None = None,
+        receive_maximum: int | None = None,
     ) -> None:
         """A link to ``broker`` as ``client_id``; ``will`` is a retained (topic, payload).
 
         At most ``max_inflight`` publishes (fewer if the broker's Receive Maximum
         says so) await their PUBACK at once; later ones wait their turn here.
+        ``screen`` judges each received message as it is read: junk is
+        acknowledged and dropped before it queues, and urgent messages overtake
+        routine ones (without it every message is routine). ``receive_maximum``
+        is what the CONNECT tells the broker it may send unacknowledged (default
+        ``max_unacked``); reading still stops at ``max_unacked``.
         """
         self._broker = broker
         self._subscribe = subscribe
         self._max_unacked = max_unacked
         self._props = connect_properties(
             session_expiry_s=session_expiry_s if persistent else 0,
-            receive_maximum=max_unacked,
+            receive_maximum=receive_maximum or max_unacked,
         )
         self._persistent = persistent
         # (message, connection generation); at most about ``max_unacked`` long.
-        self.messages: asyncio.Queue[tuple[paho.MQTTMessage, int]] = asyncio.Queue()
+        self.messages = MessageLanes()
+        self._screen = screen
         self.unacked = 0
         self.paused = False
         self._client = paho.Client(
@@ -375,11 +431,16 @@ class MqttLink:
                 self._loop.call_soon(self._read)
 
     def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+        lane = Lane.ROUTINE if self._screen is None else self._screen(message)
+        if lane is None:
+            if message.qos > 0:
+                self._client.ack(message.mid, message.qos)
+            return
         if message.qos > 0:
             self.unacked += 1
         else:
             self._qos0_queued += 1
-        self.messages.put_nowait((message, self._generation))
+        self.messages.put_nowait((message, self._generation), lane)
         # A resumed session's backlog arrives before the SUBACK: keep reading until
         # the SUBACK is in, or we would never see it.
         if self._subscribed is not None and self._subscribed.done():
@@ -490,9 +551,10 @@ class MqttLink:
     def _read(self) -> None:
         self._last_read = time.monotonic()
         try:
-            while self._client.loop_read() == paho.MQTT_ERR_SUCCESS and not self.paused:
-                pending = getattr(self._client.socket(), "pending", None)
-                if pending is None or pending() == 0:
+            for _ in range(READ_BATCH):
+                if self._client.loop_read() != paho.MQTT_ERR_SUCCESS or self.paused:
+                    break
+                if not _more_to_read(self._client.socket()):
                     break
         except Exception as exc:  # noqa: BLE001 - any failure here means the link is unusable
             self._fail(f"read failed: {exc!r}")
@@ -522,6 +584,19 @@ class MqttLink:
             if not future.done():
                 future.set_exception(LinkDown(str(error)))
                 future.add_done_callback(_retrieve)
+
+
+def _more_to_read(sock: object) -> bool:
+    """Whether the socket holds more bytes now (paho reads one packet per call)."""
+    pending = getattr(sock, "pending", None)
+    if pending is not None:  # TLS: decoded bytes select() cannot see (and no peeking)
+        return bool(pending())
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
