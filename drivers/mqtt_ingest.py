@@ -1,10 +1,11 @@
 """Ingest shop alarm panels' events from the block's MQTT broker.
 
-Subscribes to ``lianfang/v1/shop/+/event`` with a persistent session (QoS 1),
-turns each message into an ``Event`` and acknowledges it to the broker only
-once the event is in the journal, so that a crash in between leaves the message
-with the broker. Bad messages are counted, logged at a limited rate,
-acknowledged (so the broker does not send them again) and dropped.
+Subscribes to ``lianfang/v1/shop/{shop_id}/event`` for each shop it serves
+(so gateways can share a broker) with a persistent session (QoS 1), turns
+each message into an ``Event`` and acknowledges it to the broker only once the
+event is in the journal, so that a crash in between leaves the message with
+the broker. Bad messages are counted, logged at a limited rate, acknowledged
+(so the broker does not send them again) and dropped.
 
 Each message is judged as it is read off the socket, before it queues: junk
 is dropped there, alarms go to the urgent lane and overtake routine events,
@@ -61,7 +62,8 @@ class MqttIngestConfig(DriverConfig):
     kind: Literal["mqtt_ingest"] = Field(description="Driver type.")
     topic: str = Field(
         default="lianfang/v1/shop/+/event",
-        description="Topic filter; the '+' level is the shop id.",
+        description="Topic filter; the '+' level is the shop id. The gateway subscribes to "
+        "it once per shop it serves, so gateways can share a broker.",
     )
     max_payload_bytes: int = Field(
         default=4096, ge=256, le=65536, description="Larger payloads are dropped and counted."
@@ -126,7 +128,9 @@ class MqttIngestDriver:
             self._context.block_broker,
             client_id=f"lianfang-{self._context.gateway_id}-{self.config.name}",
             persistent=True,
-            subscribe=self.config.topic,
+            subscribe=self.filters(),
+            # A gateway before per-shop filters subscribed the wildcard in this session.
+            unsubscribe=[self.config.topic] if "+" in self.config.topic else [],
             max_unacked=self.config.receive_maximum,
             screen=self.screen,
             # Let the broker send all it has: what waits in its queue beyond those in
@@ -156,6 +160,12 @@ class MqttIngestDriver:
             raise DriverUnavailable(
                 f"block broker {self._context.block_broker.url}: {first_leaf(group)}"
             ) from None
+
+    def filters(self) -> list[str]:
+        """One topic filter per shop served: other gateways' shops never reach us."""
+        if "+" not in self.config.topic:
+            return [self.config.topic]
+        return [self.config.topic.replace("+", shop, 1) for shop in sorted(self._context.devices)]
 
     def screen(self, message: MQTTMessage) -> Lane | None:
         """The lane of ``message`` as it is read; None drops it (junk, or over its shop's cap)."""

@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -63,6 +63,9 @@ CONNECT_TIMEOUT_S = 10.0
 # Packets read per wake-up of the socket: enough that a flood costs few trips through
 # the event loop, few enough that the loop still serves everything else between them.
 READ_BATCH = 64
+# Topic filters per SUBSCRIBE packet: a district gateway's thousands of shop topics go
+# in a few packets, each far below any broker's Maximum Packet Size.
+FILTERS_PER_SUBSCRIBE = 500
 
 
 class Lane(enum.IntEnum):
@@ -117,13 +120,14 @@ class MqttLink:
         *,
         client_id: str,
         persistent: bool,
-        subscribe: str | None = None,
+        subscribe: str | Sequence[str] | None = None,
         max_unacked: int = 500,
         max_inflight: int = 256,
         will: tuple[str, bytes] | None = None,
         session_expiry_s: int = 7 * 24 * 3600,
         screen: Screen | None = None,
         receive_maximum: int | None = None,
+        unsubscribe: Sequence[str] = (),
     ) -> None:
         """A link to ``broker`` as ``client_id``; ``will`` is a retained (topic, payload).
 
@@ -133,10 +137,14 @@ class MqttLink:
         acknowledged and dropped before it queues, and urgent messages overtake
         routine ones (without it every message is routine). ``receive_maximum``
         is what the CONNECT tells the broker it may send unacknowledged (default
-        ``max_unacked``); reading still stops at ``max_unacked``.
+        ``max_unacked``); reading still stops at ``max_unacked``. ``subscribe``
+        is one topic filter or many; ``unsubscribe`` names filters an earlier
+        version may have left in the persistent session, dropped before subscribing.
         """
         self._broker = broker
-        self._subscribe = subscribe
+        self._filters = (subscribe,) if isinstance(subscribe, str) else tuple(subscribe or ())
+        self._subacks_due = 0
+        self._stale_filters = tuple(unsubscribe)
         self._max_unacked = max_unacked
         self._props = connect_properties(
             session_expiry_s=session_expiry_s if persistent else 0,
@@ -237,8 +245,8 @@ class MqttLink:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await self._first_of(self._connected)
-                if self._subscribe is not None:
-                    self._client.subscribe(self._subscribe, qos=1)
+                if self._filters:
+                    self._send_subscribes()
                     await self._first_of(self._subscribed)
                     self._maybe_pause()
         except TimeoutError as exc:
@@ -483,23 +491,39 @@ class MqttLink:
         self._window = min(self._max_inflight, self.limits.receive_maximum)
         self._connected.set_result(None)
 
+    def _send_subscribes(self) -> None:
+        chunks = [
+            self._filters[i : i + FILTERS_PER_SUBSCRIBE]
+            for i in range(0, len(self._filters), FILTERS_PER_SUBSCRIBE)
+        ]
+        if self._stale_filters:
+            # No need to wait for the UNSUBACK: the broker handles packets in order.
+            self._client.unsubscribe(list(self._stale_filters))
+        self._subacks_due = len(chunks)
+        for chunk in chunks:
+            self._client.subscribe([(topic, 1) for topic in chunk])
+
     def _on_subscribe(
         self, _c: paho.Client, _u: object, _mid: int, reasons: list[ReasonCode], _p: object
     ) -> None:
         if self._subscribed is None or self._subscribed.done():
             return
+        more = len(self._filters) - 1
+        shown = self._filters[0] + (f" and {more} more" if more else "")
         if any(r.is_failure for r in reasons):
-            self._fail(f"broker refused the subscription to {self._subscribe}: {reasons[0]}")
+            self._fail(f"broker refused the subscription to {shown}: {reasons[0]}")
         elif any(r.value < 1 for r in reasons):
             self._fail_with(
                 BrokerUnsuitable(
-                    f"broker {self._broker.url} granted only QoS 0 on {self._subscribe}, "
+                    f"broker {self._broker.url} granted only QoS 0 on {shown}, "
                     "so a message could be lost unacknowledged",
                     "allow QoS 1 on it (Mosquitto: remove 'max_qos 0' from its configuration)",
                 )
             )
         else:
-            self._subscribed.set_result(None)
+            self._subacks_due -= 1
+            if self._subacks_due == 0:
+                self._subscribed.set_result(None)
 
     def _on_disconnect(
         self, _c: paho.Client, _u: object, _f: object, reason: ReasonCode, _p: object

@@ -85,3 +85,8 @@ def test_urgent_messages_overtake_routine_ones_in_arrival_order() -> None:
         return taken
 
     assert asyncio.run(scenario()) == [2, 4, 1, 3, 5]
+
+
+def test_one_filter_per_shop_served() -> None:
+    """The gateway subscribes to its own shops' event topics, not the whole block's wildcard."""
+    assert driver().filters() == ["lianfang/v1/shop/S1/event", "lianfang/v1/shop/S2/event"]
