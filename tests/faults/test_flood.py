@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from lab.flood import JUNK_KINDS, JunkFlood
+from lab.flood import JUNK_KINDS, RatePublisher, junk
 from tests.clients import expected_nearest, open_police_session, running, wait_until
 
 FLOODER = "S00080"
@@ -41,7 +41,9 @@ def test_panics_overtake_a_junk_flood_and_the_junk_is_counted(
             block_url=block_broker.url, police_url=police_broker.url, shops=panel_shops
         ) as (panels, platform):
             assert platform is not None
-            flood = JunkFlood(block_broker.url, FLOODER, RATE, round(RATE * FLOOD_S)).start()
+            flood = RatePublisher(
+                block_broker.url, "flood", RATE, round(RATE * FLOOD_S), junk(FLOODER)
+            ).start()
             await wait_until(lambda: flood.published >= RATE // 4, 10, "the flood under way")
             pressed: dict[str, float] = {}
             for shop in PANIC_SHOPS:
