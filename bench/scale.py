@@ -101,8 +101,20 @@ def write_survey(shops: int, path: Path) -> Path:
     return path
 
 
-def write_config(directory: Path, survey: Path, block_url: str, police_url: str) -> Path:
-    """``lianfang init`` for ``survey``; no neighbour cool-down; journal in ``state``."""
+def write_config(
+    directory: Path,
+    survey: Path,
+    block_url: str,
+    police_url: str,
+    *,
+    uncapped: bool = False,
+) -> Path:
+    """``lianfang init`` for ``survey``; no neighbour cool-down; journal in ``state``.
+
+    ``uncapped`` lifts the per-shop cap on routine events: the sustained steps
+    send many events per shop to measure throughput, not the cap that protects a
+    block from one noisy panel.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     cmd = [
         "python", "-m", "gateway", "init", "--survey", str(survey), "--gateway", GATEWAY_ID,
@@ -113,9 +125,7 @@ def write_config(directory: Path, survey: Path, block_url: str, police_url: str)
     data = yaml.safe_load(path.read_text())
     data["state_dir"] = "state"
     data.setdefault("neighbour_alert", {})["cooldown_s"] = 0
-    # The sustained steps send many events per shop: measure throughput, not the
-    # per-shop cap that protects a block from one noisy panel.
-    for driver in data["drivers"]:
+    for driver in data["drivers"] if uncapped else []:
         if driver["kind"] == "mqtt_ingest":
             driver["shop_event_cap"] = 10**9
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
@@ -263,7 +273,7 @@ def rate_row(s: Settings, work: Path) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     with Mosquitto(workdir=work / "block") as block, Mosquitto(workdir=work / "police") as police:
         survey = write_survey(CHANGPING_SHOPS, work / "survey.csv")
-        config = write_config(work / "gateway", survey, block.url, police.url)
+        config = write_config(work / "gateway", survey, block.url, police.url, uncapped=True)
         shops = [x["id"] for x in yaml.safe_load(config.read_text())["shops"]]
         relay = RelayProcess(
             block_url=block.url, police_url=police.url,
