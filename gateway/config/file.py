@@ -11,6 +11,7 @@ of becoming 1410 and, silently, 00:23:30.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -188,11 +189,23 @@ def _naming_rules(locate: Locate, data: dict[Any, Any]) -> Locate:
 
 
 def file_locator(path: Path) -> Locate:
-    """Where each key path of the config file at ``path`` is (file and line)."""
+    """Where each key path of the config file at ``path`` is (file and line).
+
+    The file is read again only when a first spot is asked for: a valid config
+    with nothing to report (a city of shops is seconds of parsing) costs nothing.
+    """
+
     # load_config keeps its line index to itself; the file was just read and validated,
     # so reading it again here cannot fail in a new way.
-    _, lines, _ = _parse(_read_text(path), str(path))
-    return _yaml_locator(str(path), lines)
+    @functools.cache
+    def located() -> Locate:
+        _, lines, _ = _parse(_read_text(path), str(path))
+        return _yaml_locator(str(path), lines)
+
+    def locate(loc: Loc) -> Spot:
+        return located()(loc)
+
+    return locate
 
 
 def _read_text(path: Path) -> str:
