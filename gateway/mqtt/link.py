@@ -180,6 +180,7 @@ class MqttLink:
         self._window = max_inflight
         self._in_flight = 0
         self._waiting: deque[tuple[str, bytes, bool, asyncio.Future[None]]] = deque()
+        self._waiting_urgent: deque[tuple[str, bytes, bool, asyncio.Future[None]]] = deque()
         self._retain_warned = False
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -328,11 +329,15 @@ class MqttLink:
 
     # --- publishing ------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> asyncio.Future[None]:
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, urgent: bool = False
+    ) -> asyncio.Future[None]:
         """Publish at QoS 1 now; the future resolves on a successful PUBACK.
 
         It fails with ``PlatformNak`` when the broker's PUBACK says no, and with
-        ``LinkDown`` when the link goes before the PUBACK comes.
+        ``LinkDown`` when the link goes before the PUBACK comes. An ``urgent``
+        publish (an alarm) that must wait for the broker's window goes ahead of
+        every routine one waiting; urgent ones keep their call order.
         """
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
@@ -358,8 +363,8 @@ class MqttLink:
                     self._broker.url,
                     topic,
                 )
-        # Behind any that wait, so the broker gets them in call order.
-        self._waiting.append((topic, payload, retain, future))
+        # Behind any that wait in its lane, so the broker gets them in call order.
+        (self._waiting_urgent if urgent else self._waiting).append((topic, payload, retain, future))
         self._send_waiting()
         return future
 
@@ -370,15 +375,16 @@ class MqttLink:
 
     def _send_waiting(self) -> None:
         """Send waiting publishes while the window allows."""
-        while self._waiting and self._in_flight < self._window:
-            topic, payload, retain, future = self._waiting.popleft()
+        while (self._waiting_urgent or self._waiting) and self._in_flight < self._window:
+            lane = self._waiting_urgent or self._waiting
+            topic, payload, retain, future = lane.popleft()
             if future.done():  # its owner gave up on it (cancelled)
                 continue
             info = self._client.publish(topic, payload, qos=1, retain=retain)
             if info.rc != paho.MQTT_ERR_SUCCESS:
                 # The connection cannot carry it: fail it with every other, not alone
                 # (an owner waiting on the link would never learn of this one).
-                self._waiting.appendleft((topic, payload, retain, future))
+                lane.appendleft((topic, payload, retain, future))
                 self._fail(f"publish failed: {paho.error_string(info.rc)}")
                 return
             self._in_flight += 1
@@ -387,7 +393,7 @@ class MqttLink:
     @property
     def waiting(self) -> int:
         """Publishes held back by the broker's Receive Maximum."""
-        return len(self._waiting)
+        return len(self._waiting_urgent) + len(self._waiting)
 
     @property
     def in_flight(self) -> int:
@@ -603,7 +609,8 @@ class MqttLink:
         if self._lost is not None and not self._lost.done():
             self._lost.set_exception(error)
         publishes, self._publishes = self._publishes, {}
-        waiting, self._waiting = [f for *_, f in self._waiting], deque()
+        waiting = [f for *_, f in (*self._waiting_urgent, *self._waiting)]
+        self._waiting_urgent, self._waiting = deque(), deque()
         for future in [*publishes.values(), *waiting]:
             if not future.done():
                 future.set_exception(LinkDown(str(error)))
