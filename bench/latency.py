@@ -3,6 +3,7 @@
     python -m bench.latency                   # full run, stock and tuned brokers
     python -m bench.latency --quick           # short run, about 2 minutes
     python -m bench.latency --broker stock    # one broker only (stock or tuned)
+    python -m bench.latency --background-rate 1000 --background-shops 79   # issue 14's load
 
 For each broker (``bench.brokers``: Mosquitto's stock configuration, then the
 tuned one) one run starts two private Mosquitto brokers on loopback (the
@@ -1112,13 +1113,25 @@ def main() -> None:
     add_broker_option(ap)
     ap.add_argument("--presses", type=int, help="panic presses measured per consumer")
     ap.add_argument("--backlog", type=int, help="events in the backlog to drain")
+    ap.add_argument(
+        "--background-rate",
+        type=float,
+        help="routine events/s behind the presses (issue 14's load: 1000, over every other shop)",
+    )
+    ap.add_argument("--background-shops", type=int, help="shops sending the background load")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, journal)")
     ap.add_argument(
         "--profile", action="store_true", help="py-spy the drains (needs py-spy; implies --keep)"
     )
     args = ap.parse_args()
     s = QUICK if args.quick else Settings()
-    overrides = {k: v for k, v in (("presses", args.presses), ("backlog", args.backlog)) if v}
+    given = (
+        ("presses", args.presses),
+        ("backlog", args.backlog),
+        ("background_rate", args.background_rate),
+        ("background_shops", args.background_shops),
+    )
+    overrides = {k: v for k, v in given if v}
     if overrides:
         s = Settings(**{**asdict(s), **overrides})
     logging.basicConfig(level=logging.WARNING)

@@ -1,10 +1,18 @@
 """Ingest shop alarm panels' events from the block's MQTT broker.
 
-Subscribes to ``lianfang/v1/shop/+/event`` with a persistent session (QoS 1),
-turns each message into an ``Event`` and acknowledges it to the broker only
-once the event is in the journal, so that a crash in between leaves the message
-with the broker. Bad messages are counted, logged at a limited rate,
-acknowledged (so the broker does not send them again) and dropped.
+Subscribes to ``lianfang/v1/shop/{shop_id}/event`` for each shop it serves
+(so gateways can share a broker) with a persistent session (QoS 1), turns
+each message into an ``Event`` and acknowledges it to the broker only once the
+event is in the journal, so that a crash in between leaves the message with
+the broker. Bad messages are counted, logged at a limited rate, acknowledged
+(so the broker does not send them again) and dropped.
+
+Each message is judged as it is read off the socket, before it queues: junk
+is dropped there, alarms go to the urgent lane and overtake routine events,
+and a shop sending more non-alarm events than ``shop_event_cap`` per
+``shop_event_window_s`` has the excess dropped and counted as ``throttled``
+(alarms and trouble are never throttled). A flood from one client therefore
+neither fills the queue an alarm waits in nor holds the broker's window.
 """
 
 from __future__ import annotations
@@ -21,12 +29,20 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from drivers.base import DriverConfig, DriverContext, Emit
 from gateway.errors import DriverUnavailable
-from gateway.events import Event, EventKind, Source, new_event_id, utc_now
+from gateway.events import (
+    EVENT_CLASS,
+    Event,
+    EventClass,
+    EventKind,
+    Source,
+    new_event_id,
+    utc_now,
+)
 from gateway.mqtt.client import first_leaf
-from gateway.mqtt.limits import LinkDown
-from gateway.mqtt.link import MqttLink
+from gateway.mqtt.limits import UNLIMITED_RECEIVE_MAXIMUM, LinkDown
+from gateway.mqtt.link import Lane, MqttLink
 from gateway.mqtt.retained import replayed
-from gateway.ratelimit import RateLimitedLog
+from gateway.ratelimit import RateLimitedLog, WindowCap
 from gateway.storage import StorageReserve
 
 logger = logging.getLogger(__name__)
@@ -39,6 +55,8 @@ MAX_CLOCK_AHEAD = timedelta(minutes=5)
 MAX_CLOCK_BEHIND = timedelta(hours=24)
 # Kinds the gateway makes itself, never accepted from a device.
 GATEWAY_KINDS = frozenset({EventKind.SUPERVISION_LOST})
+# Never throttled, whatever the shop sends besides.
+UNCAPPED_CLASSES = frozenset({EventClass.ALARM, EventClass.TROUBLE})
 
 
 class MqttIngestConfig(DriverConfig):
@@ -47,7 +65,8 @@ class MqttIngestConfig(DriverConfig):
     kind: Literal["mqtt_ingest"] = Field(description="Driver type.")
     topic: str = Field(
         default="lianfang/v1/shop/+/event",
-        description="Topic filter; the '+' level is the shop id.",
+        description="Topic filter; the '+' level is the shop id. The gateway subscribes to "
+        "it once per shop it serves, so gateways can share a broker.",
     )
     max_payload_bytes: int = Field(
         default=4096, ge=256, le=65536, description="Larger payloads are dropped and counted."
@@ -58,6 +77,15 @@ class MqttIngestConfig(DriverConfig):
         le=65535,
         description="Unacknowledged messages at most; past it the gateway stops reading "
         "and the broker keeps the rest (memory stays flat under any backlog).",
+    )
+    shop_event_cap: int = Field(
+        default=300,
+        ge=1,
+        description="Non-alarm events one shop may send per shop_event_window_s; the rest "
+        "are dropped and counted as throttled (alarms and trouble never are).",
+    )
+    shop_event_window_s: float = Field(
+        default=10.0, gt=0, le=3600, description="The window of shop_event_cap, seconds."
     )
 
 
@@ -95,6 +123,7 @@ class MqttIngestDriver:
         self._log = RateLimitedLog(logger)
         self.link_up = asyncio.Event()
         self._source_prefix, _, self._source_suffix = config.topic.partition("+")
+        self._shop_cap = WindowCap(config.shop_event_cap, config.shop_event_window_s)
 
     async def run(self, emit: Emit) -> None:
         """Subscribe and ingest until cancelled; raise ``DriverUnavailable`` on link loss."""
@@ -102,8 +131,16 @@ class MqttIngestDriver:
             self._context.block_broker,
             client_id=f"lianfang-{self._context.gateway_id}-{self.config.name}",
             persistent=True,
-            subscribe=self.config.topic,
+            subscribe=self.filters(),
+            # A gateway before per-shop filters subscribed the wildcard in this session.
+            unsubscribe=[self.config.topic] if "+" in self.config.topic else [],
             max_unacked=self.config.receive_maximum,
+            screen=self.screen,
+            # Let the broker send all it has: what waits in its queue beyond those in
+            # flight is capped (a stock Mosquitto keeps 1,000, then drops, alarms too),
+            # while junk is dropped here as fast as it is read, and reading still stops
+            # at receive_maximum unacknowledged events.
+            receive_maximum=UNLIMITED_RECEIVE_MAXIMUM,
         )
         try:
             async with link, asyncio.TaskGroup() as tg:
@@ -126,14 +163,7 @@ class MqttIngestDriver:
                             _topic(message), message.payload, redelivered=message.dup
                         )
                     except Rejected as rejection:
-                        self.rejected[rejection.reason] += 1
-                        self._log.warning(
-                            rejection.reason,
-                            "%s: dropped message on %r: %s",
-                            self.config.name,
-                            _shown_topic(message),
-                            rejection,
-                        )
+                        self._count(rejection, message)
                         ack()
                         continue
                     await emit(event, on_durable=ack, origin_key=origin_key)
@@ -141,6 +171,48 @@ class MqttIngestDriver:
             raise DriverUnavailable(
                 f"block broker {self._context.block_broker.url}: {first_leaf(group)}"
             ) from None
+
+    def filters(self) -> list[str]:
+        """One topic filter per shop served: other gateways' shops never reach us."""
+        if "+" not in self.config.topic:
+            return [self.config.topic]
+        return [self.config.topic.replace("+", shop, 1) for shop in sorted(self._context.devices)]
+
+    def screen(self, message: MQTTMessage) -> Lane | None:
+        """The lane of ``message`` as it is read; None drops it (junk, or over its shop's cap)."""
+        if message.retain:
+            return Lane.ROUTINE  # a replay: the reader counts it, never as an event
+        try:
+            shop_id, panel = self._validated(_topic(message), message.payload)
+        except Rejected as rejection:
+            self._count(rejection, message)
+            return None
+        event_class = EVENT_CLASS[panel.kind]
+        if event_class is EventClass.ALARM:
+            return Lane.URGENT
+        if event_class in UNCAPPED_CLASSES or self._shop_cap.allow(shop_id):
+            return Lane.ROUTINE
+        self.rejected["throttled"] += 1
+        self._log.warning(
+            f"throttled/{shop_id}",
+            "%s: shop %s sends more than %d non-alarm events in %g s: dropping the excess "
+            "(its alarms still pass)",
+            self.config.name,
+            shop_id,
+            self.config.shop_event_cap,
+            self.config.shop_event_window_s,
+        )
+        return None
+
+    def _count(self, rejection: Rejected, message: MQTTMessage) -> None:
+        self.rejected[rejection.reason] += 1
+        self._log.warning(
+            rejection.reason,
+            "%s: dropped message on %r: %s",
+            self.config.name,
+            _shown_topic(message),
+            rejection,
+        )
 
     def parse(
         self,
@@ -153,24 +225,7 @@ class MqttIngestDriver:
 
         ``redelivered`` is the broker's DUP flag: the message was sent to us before.
         """
-        if not isinstance(payload, bytes | bytearray):
-            raise Rejected("malformed", "payload is not bytes")
-        if len(payload) > self.config.max_payload_bytes:
-            raise Rejected(
-                "oversize", f"{len(payload)} bytes, limit {self.config.max_payload_bytes}"
-            )
-        shop_id = self._shop_of(topic)
-        try:
-            message = PanelMessage.model_validate_json(payload)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "payload"
-            reason = "malformed" if err["type"].startswith("json") else "invalid"
-            raise Rejected(reason, f"{where}: {err['msg']}") from None
-        if message.device_id not in self._context.devices[shop_id]:
-            raise Rejected("unknown_device", f"shop {shop_id} has no device {message.device_id!r}")
-        if message.kind in GATEWAY_KINDS:
-            raise Rejected("invalid", f"kind {message.kind} is the gateway's own")
+        shop_id, message = self._validated(topic, payload)
         now = utc_now()
         attrs = _attrs(message.model_extra or {})
         occurred = _device_time(message.ts, now)
@@ -191,6 +246,32 @@ class MqttIngestDriver:
             attrs=attrs,
         )
         return event, self._origin_key(shop_id, message, redelivered=redelivered)
+
+    def _validated(
+        self,
+        topic: str,
+        payload: Any,  # noqa: ANN401 - any payload
+    ) -> tuple[str, PanelMessage]:
+        """The shop and the checked payload of one message; raise ``Rejected`` if unusable."""
+        if not isinstance(payload, bytes | bytearray):
+            raise Rejected("malformed", "payload is not bytes")
+        if len(payload) > self.config.max_payload_bytes:
+            raise Rejected(
+                "oversize", f"{len(payload)} bytes, limit {self.config.max_payload_bytes}"
+            )
+        shop_id = self._shop_of(topic)
+        try:
+            message = PanelMessage.model_validate_json(payload)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "payload"
+            reason = "malformed" if err["type"].startswith("json") else "invalid"
+            raise Rejected(reason, f"{where}: {err['msg']}") from None
+        if message.device_id not in self._context.devices[shop_id]:
+            raise Rejected("unknown_device", f"shop {shop_id} has no device {message.device_id!r}")
+        if message.kind in GATEWAY_KINDS:
+            raise Rejected("invalid", f"kind {message.kind} is the gateway's own")
+        return shop_id, message
 
     def _origin_key(self, shop_id: str, message: PanelMessage, *, redelivered: bool) -> str | None:
         """The device's identity of this message, when repeats can be told apart safely.

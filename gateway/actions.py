@@ -30,7 +30,7 @@ from protocols.mesh_message import MeshMessage
 from rules.area import AreaTrigger, AreaWatch
 from rules.arming import ArmSchedule
 from rules.engine import Firing
-from rules.geo import Neighbour, nearest_shops
+from rules.geo import Neighbour, neighbour_table
 from rules.models import AreaAlert, Escalate, Forward, NotifyNearest, Raise, Rule, Siren
 from rules.neighbour_alert import NeighbourAlert, NeighbourAlerts, Notice
 
@@ -185,10 +185,11 @@ class RuleActions:
         )
         self._bucket = TokenBucket(config.rules.max_notices_per_s, clock)
         self._nearest: dict[tuple[int, float, bool], dict[str, list[Neighbour]]] = {}
-        for rule in rules:
-            for action in rule.do:
-                if isinstance(action, NotifyNearest):
-                    self._table(action)  # computed once at start, not on the first panic
+        notify = [a for rule in rules for a in rule.do if isinstance(a, NotifyNearest)]
+        # Widest first: the 10 nearest are the first 10 of the 20 nearest, so smaller
+        # counts slice the widest table instead of searching again.
+        for action in sorted(notify, key=lambda a: -(a.count or alert.count)):
+            self._table(action)  # computed once at start, not on the first panic
         self._rules = {rule.name: rule for rule in rules}
         self._area = AreaWatch()
         self._open: dict[str, _OpenAlert] = {}  # latest alert per origin shop
@@ -252,11 +253,13 @@ class RuleActions:
         )
         table = self._nearest.get(key)
         if table is None:
-            places = notice_places(self._config, other_gateways=key[2])
-            table = {
-                s.id: nearest_shops(s, places, count=key[0], radius_m=key[1])
-                for s in self._own.values()
-            }
+            count, radius_m, other_gateways = key
+            wider = [k for k in self._nearest if k[0] > count and k[1:] == key[1:]]
+            if wider:
+                table = {shop: found[:count] for shop, found in self._nearest[wider[0]].items()}
+            else:
+                places = notice_places(self._config, other_gateways=other_gateways)
+                table = neighbour_table(self._own.values(), places, count=count, radius_m=radius_m)
             self._nearest[key] = table
         return table
 

@@ -485,7 +485,7 @@ async def _serve(config: GatewayConfig) -> int:
 
 def run_from_file(path: Path) -> int:
     """Load ``path`` and run the gateway until SIGTERM; the process exit code."""
-    from gateway.config.file import load_config  # noqa: PLC0415 - not needed by tests of Gateway
+    from gateway.config.file import load_config_apart  # noqa: PLC0415 - not for tests of Gateway
 
     logging.basicConfig(
         level=os.environ.get("LIANFANG_LOG_LEVEL", "INFO"),
@@ -493,7 +493,7 @@ def run_from_file(path: Path) -> int:
         stream=sys.stderr,
     )
     try:
-        config = load_config(path)
+        config = load_config_apart(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)  # noqa: T201 - the installer reads this
         return 2

@@ -18,6 +18,9 @@ from gateway.journal_reader import JournalReader, OutboxRow
 from gateway.journal_schema import RANKS
 
 LIVE_BUFFER = 2000
+# Rows handed out at once from memory: a forwarder works through a batch in order,
+# so a fresh alarm waits for at most this many routine rows handed out before it.
+LIVE_BATCH = 32
 
 
 class OutboxCursor:
@@ -76,11 +79,11 @@ class OutboxCursor:
                 continue
             # Caught up (everything buffered fits one batch): journal order, as
             # committed. A backlog in memory: highest priority first.
-            caught_up = self._live_count <= self._batch
+            caught_up = self._live_count <= LIVE_BATCH
             rows = []
             for rank in RANKS:
                 queue, upto = self._live[rank], self._sent_upto[rank]
-                while queue and len(rows) < self._batch:
+                while queue and len(rows) < LIVE_BATCH:
                     row = queue.popleft()
                     self._live_count -= 1
                     # Rows the disk read already handed out come again here: skip them.

@@ -1,4 +1,4 @@
-"""Logging that stays readable under a flood of bad input."""
+"""Logging, and caps on what one source may send, that hold under a flood of bad input."""
 
 from __future__ import annotations
 
@@ -36,3 +36,27 @@ class RateLimitedLog:
         self._logger.warning(msg, *args)
         if held:
             self._logger.warning("%d more like it were held back", held)
+
+
+class WindowCap:
+    """At most ``limit`` passes per key in each ``window_s`` (a fixed window, restarted per key)."""
+
+    def __init__(
+        self, limit: int, window_s: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """Allow ``limit`` per key per ``window_s``."""
+        self._limit = limit
+        self._window = window_s
+        self._clock = clock
+        self._windows: dict[str, tuple[float, int]] = {}  # key -> (window start, passes)
+
+    def allow(self, key: str) -> bool:
+        """Count one pass for ``key``; False once its window's cap is used up."""
+        now = self._clock()
+        start, passes = self._windows.get(key, (now, 0))
+        if now - start >= self._window:
+            start, passes = now, 0
+        if passes >= self._limit:
+            return False
+        self._windows[key] = (start, passes + 1)
+        return True

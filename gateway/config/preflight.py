@@ -22,7 +22,6 @@ never touch the network (``--online`` does that):
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import pwd
 import statistics
@@ -35,7 +34,7 @@ from gateway.config.problems import Locate
 from gateway.errors import ConfigProblem
 from gateway.journal_repair import integrity_problem
 from gateway.mqtt.client import BrokerConfig
-from rules.geo import EARTH_RADIUS_M, distance_m
+from rules.geo import NeighbourIndex, distance_m
 
 FAR_FROM_BLOCK_M = 2000.0
 _TLS_FIELDS = ("ca_file", "cert_file", "key_file")
@@ -253,8 +252,7 @@ def map_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:
     radius = config.neighbour_alert.radius_m
     mid_lat = statistics.median(s.lat for s in shops)
     mid_lon = statistics.median(s.lon for s in shops)
-    # Places more than this many degrees of latitude apart are farther than the radius.
-    span = math.degrees(radius / EARTH_RADIUS_M)
+    index = NeighbourIndex(places)
     found = []
     for i, shop in enumerate(shops):
         far = distance_m(shop.lat, shop.lon, mid_lat, mid_lon)
@@ -264,18 +262,13 @@ def map_findings(config: GatewayConfig, locate: Locate) -> list[Finding]:
                 f" position ({mid_lat:.6f}, {mid_lon:.6f}); is its position a typo?"
             )
         else:
-            others = [p for p in places if p.id != shop.id]
-            if any(
-                abs(p.lat - shop.lat) <= span
-                and distance_m(shop.lat, shop.lon, p.lat, p.lon) <= radius
-                for p in others
-            ):
+            nearest = index.nearest(shop, count=1)
+            if nearest and nearest[0].distance_m <= radius:
                 continue
-            nearest = min(
-                (distance_m(shop.lat, shop.lon, p.lat, p.lon) for p in others), default=None
-            )
             what = (
-                f"the nearest is {_length(nearest)} away" if nearest is not None else "it is alone"
+                f"the nearest is {_length(nearest[0].distance_m)} away"
+                if nearest
+                else "it is alone"
             )
             message = (
                 f"shop {shop.id} ({shop.name}) has no other shop within"

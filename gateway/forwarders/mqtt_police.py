@@ -18,6 +18,7 @@ from gateway.forwarders.base import (
     upstream_payload,
 )
 from gateway.journal_reader import OutboxRow
+from gateway.journal_schema import RANKS
 from gateway.mqtt.client import BrokerConfig, first_leaf
 from gateway.mqtt.limits import LinkDown, PacketTooLarge
 from gateway.mqtt.link import MqttLink
@@ -130,8 +131,10 @@ class PoliceMqttForwarder:
                             row.event.id,
                             len(row.body),
                         )
-                    # The link sends in call order: rows go on the wire in the cursor's order.
-                    outcome = link.publish(self.events_topic, payload)
+                    # The link sends in call order (alarms ahead of rows waiting for the
+                    # broker's window): rows go on the wire in the cursor's order.
+                    urgent = row.priority == RANKS[0]
+                    outcome = link.publish(self.events_topic, payload, urgent=urgent)
                     outcome.add_done_callback(functools.partial(settled, row))
         except BaseException as exc:
             self._cursor.rewind(sorted(in_flight.values(), key=lambda r: r.seq), repr(exc))

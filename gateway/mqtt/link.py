@@ -29,12 +29,13 @@ disconnects cleanly, so a final status publish inside the block still goes out.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -59,6 +60,55 @@ logger = logging.getLogger(__name__)
 
 MISC_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
+# Packets read per wake-up of the socket: enough that a flood costs few trips through
+# the event loop, few enough that the loop still serves everything else between them.
+READ_BATCH = 64
+# Topic filters per SUBSCRIBE packet: a district gateway's thousands of shop topics go
+# in a few packets, each far below any broker's Maximum Packet Size.
+FILTERS_PER_SUBSCRIBE = 500
+
+
+class Lane(enum.IntEnum):
+    """Where a received message waits: urgent ones are taken before any routine one."""
+
+    URGENT = 0
+    ROUTINE = 1
+
+
+# Judges a message as it is read: its lane, or None to acknowledge and drop it at once.
+Screen = Callable[[paho.MQTTMessage], Lane | None]
+
+Received = tuple[paho.MQTTMessage, int]  # (message, connection generation)
+
+
+class MessageLanes:
+    """Received messages for one reader: urgent first, each lane in arrival order."""
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self._lanes: tuple[deque[Received], deque[Received]] = (deque(), deque())
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Received, lane: Lane = Lane.ROUTINE) -> None:
+        """Queue ``item`` behind the others of its lane."""
+        self._lanes[lane].append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Received:
+        """The oldest urgent message, else the oldest routine one; waits for one."""
+        urgent, routine = self._lanes
+        while not (urgent or routine):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return (urgent or routine).popleft()
+
+    def qsize(self) -> int:
+        """Messages waiting in both lanes."""
+        return len(self._lanes[0]) + len(self._lanes[1])
 
 
 class MqttLink:
@@ -75,22 +125,35 @@ class MqttLink:
         max_inflight: int = 256,
         will: tuple[str, bytes] | None = None,
         session_expiry_s: int = 7 * 24 * 3600,
+        screen: Screen | None = None,
+        receive_maximum: int | None = None,
+        unsubscribe: Sequence[str] = (),
     ) -> None:
         """A link to ``broker`` as ``client_id``; ``will`` is a retained (topic, payload).
 
         At most ``max_inflight`` publishes (fewer if the broker's Receive Maximum
         says so) await their PUBACK at once; later ones wait their turn here.
+        ``screen`` judges each received message as it is read: junk is
+        acknowledged and dropped before it queues, and urgent messages overtake
+        routine ones (without it every message is routine). ``receive_maximum``
+        is what the CONNECT tells the broker it may send unacknowledged (default
+        ``max_unacked``); reading still stops at ``max_unacked``. ``subscribe``
+        is one topic filter or many; ``unsubscribe`` names filters an earlier
+        version may have left in the persistent session, dropped before subscribing.
         """
         self._broker = broker
-        self._subscribe = subscribe
+        self._filters = (subscribe,) if isinstance(subscribe, str) else tuple(subscribe or ())
+        self._subacks_due = 0
+        self._stale_filters = tuple(unsubscribe)
         self._max_unacked = max_unacked
         self._props = connect_properties(
             session_expiry_s=session_expiry_s if persistent else 0,
-            receive_maximum=max_unacked,
+            receive_maximum=receive_maximum or max_unacked,
         )
         self._persistent = persistent
         # (message, connection generation); at most about ``max_unacked`` long.
-        self.messages: asyncio.Queue[tuple[paho.MQTTMessage, int]] = asyncio.Queue()
+        self.messages = MessageLanes()
+        self._screen = screen
         self.unacked = 0
         self.paused = False
         self._client = paho.Client(
@@ -117,6 +180,7 @@ class MqttLink:
         self._window = max_inflight
         self._in_flight = 0
         self._waiting: deque[tuple[str, bytes, bool, asyncio.Future[None]]] = deque()
+        self._waiting_urgent: deque[tuple[str, bytes, bool, asyncio.Future[None]]] = deque()
         self._retain_warned = False
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -182,11 +246,8 @@ class MqttLink:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await self._first_of(self._connected)
-                if self._subscribe is not None:
-                    topics = (
-                        [self._subscribe] if isinstance(self._subscribe, str) else self._subscribe
-                    )
-                    self._client.subscribe([(t, 1) for t in topics])
+                if self._filters:
+                    self._send_subscribes()
                     await self._first_of(self._subscribed)
                     self._maybe_pause()
         except TimeoutError as exc:
@@ -268,11 +329,15 @@ class MqttLink:
 
     # --- publishing ------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> asyncio.Future[None]:
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, urgent: bool = False
+    ) -> asyncio.Future[None]:
         """Publish at QoS 1 now; the future resolves on a successful PUBACK.
 
         It fails with ``PlatformNak`` when the broker's PUBACK says no, and with
-        ``LinkDown`` when the link goes before the PUBACK comes.
+        ``LinkDown`` when the link goes before the PUBACK comes. An ``urgent``
+        publish (an alarm) that must wait for the broker's window goes ahead of
+        every routine one waiting; urgent ones keep their call order.
         """
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
@@ -298,8 +363,8 @@ class MqttLink:
                     self._broker.url,
                     topic,
                 )
-        # Behind any that wait, so the broker gets them in call order.
-        self._waiting.append((topic, payload, retain, future))
+        # Behind any that wait in its lane, so the broker gets them in call order.
+        (self._waiting_urgent if urgent else self._waiting).append((topic, payload, retain, future))
         self._send_waiting()
         return future
 
@@ -310,15 +375,16 @@ class MqttLink:
 
     def _send_waiting(self) -> None:
         """Send waiting publishes while the window allows."""
-        while self._waiting and self._in_flight < self._window:
-            topic, payload, retain, future = self._waiting.popleft()
+        while (self._waiting_urgent or self._waiting) and self._in_flight < self._window:
+            lane = self._waiting_urgent or self._waiting
+            topic, payload, retain, future = lane.popleft()
             if future.done():  # its owner gave up on it (cancelled)
                 continue
             info = self._client.publish(topic, payload, qos=1, retain=retain)
             if info.rc != paho.MQTT_ERR_SUCCESS:
                 # The connection cannot carry it: fail it with every other, not alone
                 # (an owner waiting on the link would never learn of this one).
-                self._waiting.appendleft((topic, payload, retain, future))
+                lane.appendleft((topic, payload, retain, future))
                 self._fail(f"publish failed: {paho.error_string(info.rc)}")
                 return
             self._in_flight += 1
@@ -327,7 +393,7 @@ class MqttLink:
     @property
     def waiting(self) -> int:
         """Publishes held back by the broker's Receive Maximum."""
-        return len(self._waiting)
+        return len(self._waiting_urgent) + len(self._waiting)
 
     @property
     def in_flight(self) -> int:
@@ -379,11 +445,16 @@ class MqttLink:
                 self._loop.call_soon(self._read)
 
     def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+        lane = Lane.ROUTINE if self._screen is None else self._screen(message)
+        if lane is None:
+            if message.qos > 0:
+                self._client.ack(message.mid, message.qos)
+            return
         if message.qos > 0:
             self.unacked += 1
         else:
             self._qos0_queued += 1
-        self.messages.put_nowait((message, self._generation))
+        self.messages.put_nowait((message, self._generation), lane)
         # A resumed session's backlog arrives before the SUBACK: keep reading until
         # the SUBACK is in, or we would never see it.
         if self._subscribed is not None and self._subscribed.done():
@@ -426,23 +497,39 @@ class MqttLink:
         self._window = min(self._max_inflight, self.limits.receive_maximum)
         self._connected.set_result(None)
 
+    def _send_subscribes(self) -> None:
+        chunks = [
+            self._filters[i : i + FILTERS_PER_SUBSCRIBE]
+            for i in range(0, len(self._filters), FILTERS_PER_SUBSCRIBE)
+        ]
+        if self._stale_filters:
+            # No need to wait for the UNSUBACK: the broker handles packets in order.
+            self._client.unsubscribe(list(self._stale_filters))
+        self._subacks_due = len(chunks)
+        for chunk in chunks:
+            self._client.subscribe([(topic, 1) for topic in chunk])
+
     def _on_subscribe(
         self, _c: paho.Client, _u: object, _mid: int, reasons: list[ReasonCode], _p: object
     ) -> None:
         if self._subscribed is None or self._subscribed.done():
             return
+        more = len(self._filters) - 1
+        shown = self._filters[0] + (f" and {more} more" if more else "")
         if any(r.is_failure for r in reasons):
-            self._fail(f"broker refused the subscription to {self._subscribe}: {reasons[0]}")
+            self._fail(f"broker refused the subscription to {shown}: {reasons[0]}")
         elif any(r.value < 1 for r in reasons):
             self._fail_with(
                 BrokerUnsuitable(
-                    f"broker {self._broker.url} granted only QoS 0 on {self._subscribe}, "
+                    f"broker {self._broker.url} granted only QoS 0 on {shown}, "
                     "so a message could be lost unacknowledged",
                     "allow QoS 1 on it (Mosquitto: remove 'max_qos 0' from its configuration)",
                 )
             )
         else:
-            self._subscribed.set_result(None)
+            self._subacks_due -= 1
+            if self._subacks_due == 0:
+                self._subscribed.set_result(None)
 
     def _on_disconnect(
         self, _c: paho.Client, _u: object, _f: object, reason: ReasonCode, _p: object
@@ -494,9 +581,10 @@ class MqttLink:
     def _read(self) -> None:
         self._last_read = time.monotonic()
         try:
-            while self._client.loop_read() == paho.MQTT_ERR_SUCCESS and not self.paused:
-                pending = getattr(self._client.socket(), "pending", None)
-                if pending is None or pending() == 0:
+            for _ in range(READ_BATCH):
+                if self._client.loop_read() != paho.MQTT_ERR_SUCCESS or self.paused:
+                    break
+                if not _more_to_read(self._client.socket()):
                     break
         except Exception as exc:  # noqa: BLE001 - any failure here means the link is unusable
             self._fail(f"read failed: {exc!r}")
@@ -521,11 +609,25 @@ class MqttLink:
         if self._lost is not None and not self._lost.done():
             self._lost.set_exception(error)
         publishes, self._publishes = self._publishes, {}
-        waiting, self._waiting = [f for *_, f in self._waiting], deque()
+        waiting = [f for *_, f in (*self._waiting_urgent, *self._waiting)]
+        self._waiting_urgent, self._waiting = deque(), deque()
         for future in [*publishes.values(), *waiting]:
             if not future.done():
                 future.set_exception(LinkDown(str(error)))
                 future.add_done_callback(_retrieve)
+
+
+def _more_to_read(sock: object) -> bool:
+    """Whether the socket holds more bytes now (paho reads one packet per call)."""
+    pending = getattr(sock, "pending", None)
+    if pending is not None:  # TLS: decoded bytes select() cannot see (and no peeking)
+        return bool(pending())
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

@@ -200,14 +200,16 @@ def test_bad_input_is_counted_and_dropped_and_the_gateway_keeps_serving(
             def counted() -> dict[str, int]:
                 return gw.status()["rejected"]
 
+            # S99999 is no shop of this gateway: it subscribes to its own shops' topics
+            # only, so that message never reaches it.
+            delivered = len(bad) - 1
             await wait_until(
-                lambda: sum(counted().values()) == len(bad), 10, "every bad message counted"
+                lambda: sum(counted().values()) == delivered, 10, "every bad message counted"
             )
             assert counted() == {
                 "shops.malformed": 2,
                 "shops.invalid": 4,
                 "shops.unknown_device": 1,
-                "shops.unknown_shop": 1,
                 "shops.oversize": 1,
             }
 

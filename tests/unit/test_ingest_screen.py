@@ -1,0 +1,92 @@
+"""The ingest's screen: junk dropped as it is read, alarms urgent, a noisy shop's excess throttled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from paho.mqtt.client import MQTTMessage
+
+from drivers.base import DriverContext
+from drivers.mqtt_ingest import MqttIngestConfig, MqttIngestDriver
+from gateway.mqtt.client import BrokerConfig
+from gateway.mqtt.link import Lane, MessageLanes
+from gateway.ratelimit import WindowCap
+
+CAP = 3
+
+
+def message(shop: str, payload: bytes) -> MQTTMessage:
+    """A message as paho hands it to the link."""
+    received = MQTTMessage(mid=1, topic=f"lianfang/v1/shop/{shop}/event".encode())
+    received.payload = payload
+    received.qos = 1
+    return received
+
+
+def event(kind: str) -> bytes:
+    return json.dumps({"device_id": "panel-1", "kind": kind}).encode()
+
+
+def driver() -> MqttIngestDriver:
+    context = DriverContext(
+        "GW-T",
+        BrokerConfig(url="mqtt://127.0.0.1:1883"),
+        {"S1": frozenset({"panel-1"}), "S2": frozenset({"panel-1"})},
+    )
+    config = MqttIngestConfig(kind="mqtt_ingest", name="shops", shop_event_cap=CAP)
+    return MqttIngestDriver(config, context=context)
+
+
+def test_junk_is_dropped_and_counted_by_reason() -> None:
+    """Not JSON, an unknown shop, an unknown device: no lane, each counted under its reason."""
+    ingest = driver()
+    assert ingest.screen(message("S1", b"\x00\xff")) is None
+    assert ingest.screen(message("S9", event("panic"))) is None
+    unknown_device = json.dumps({"device_id": "nope", "kind": "panic"}).encode()
+    assert ingest.screen(message("S1", unknown_device)) is None
+    assert ingest.rejected == {"malformed": 1, "unknown_shop": 1, "unknown_device": 1}
+
+
+def test_alarms_are_urgent_and_never_throttled() -> None:
+    """Past its cap a shop's door events are dropped; its panics and tamper still pass."""
+    ingest = driver()
+    lanes = [ingest.screen(message("S1", event("door_open"))) for _ in range(CAP + 2)]
+    assert lanes == [Lane.ROUTINE] * CAP + [None, None]
+    assert ingest.rejected["throttled"] == 2
+    assert ingest.screen(message("S1", event("panic"))) is Lane.URGENT
+    assert ingest.screen(message("S1", event("duress"))) is Lane.URGENT
+    assert ingest.screen(message("S1", event("tamper"))) is Lane.ROUTINE
+    assert ingest.screen(message("S2", event("door_open"))) is Lane.ROUTINE  # another shop
+
+
+def test_the_cap_opens_again_in_the_next_window() -> None:
+    """A fixed window per key: used up, refused, then a fresh window."""
+    now = [0.0]
+    cap = WindowCap(2, 10.0, clock=lambda: now[0])
+    assert [cap.allow("S1"), cap.allow("S1"), cap.allow("S1")] == [True, True, False]
+    assert cap.allow("S2")
+    now[0] = 10.0
+    assert cap.allow("S1")
+
+
+def test_urgent_messages_overtake_routine_ones_in_arrival_order() -> None:
+    """The reader takes every urgent message first, each lane first in, first out."""
+
+    async def scenario() -> list[int]:
+        lanes = MessageLanes()
+        for mid, lane in [(1, Lane.ROUTINE), (2, Lane.URGENT), (3, Lane.ROUTINE), (4, Lane.URGENT)]:
+            lanes.put_nowait((MQTTMessage(mid=mid), 0), lane)
+        taken = [(await lanes.get())[0].mid for _ in range(4)]
+        waiter = asyncio.create_task(lanes.get(), name="reader")
+        await asyncio.sleep(0)
+        lanes.put_nowait((MQTTMessage(mid=5), 0), Lane.URGENT)
+        taken.append((await asyncio.wait_for(waiter, 5))[0].mid)
+        return taken
+
+    assert asyncio.run(scenario()) == [2, 4, 1, 3, 5]
+
+
+def test_one_filter_per_shop_served() -> None:
+    """The gateway subscribes to its own shops' event topics, not the whole block's wildcard."""
+    assert driver().filters() == ["lianfang/v1/shop/S1/event", "lianfang/v1/shop/S2/event"]
