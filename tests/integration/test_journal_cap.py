@@ -13,6 +13,8 @@ from tests.clients import running, wait_until
 CAP_MB = 0.3
 HEARTBEATS = 2000  # about 1.6 MB journalled
 WAVE = 500
+# Ten shops share the load: one shop's routine events are capped at 300 per 10 s.
+SENDERS = [f"S{n:05d}" for n in range(2, 12)]
 
 
 def on_disk(path: Path) -> int:
@@ -35,14 +37,15 @@ def test_over_the_cap_heartbeats_are_evicted_alarms_kept_and_the_journal_ends_un
 
     async def scenario() -> None:
         async with running(
-            block_url=block_broker.url, police_url=police_broker.url, shops=["S00002"]
+            block_url=block_broker.url, police_url=police_broker.url, shops=SENDERS
         ) as (panels, platform):
             assert platform is not None
             await panels["S00002"].send("panic")
             # In waves: a stock Mosquitto queues 1,000 messages for a client at most.
             for wave in range(1, HEARTBEATS // WAVE + 1):
-                for _ in range(WAVE):
-                    await panels["S00002"].send("heartbeat", battery=3.02, note="x" * 200)
+                for i in range(WAVE):
+                    panel = panels[SENDERS[i % len(SENDERS)]]
+                    await panel.send("heartbeat", battery=3.02, note="x" * 200)
                 await wait_until(
                     lambda wave=wave: gw.status()["events"] == 1 + wave * WAVE,
                     30,
