@@ -40,6 +40,8 @@ class EventKind(StrEnum):
     COMMAND_REFUSED = "command_refused"
     CLOCK_SUSPECT = "clock_suspect"
     SMS = "sms"
+    WALK_TEST_STARTED = "walk_test_started"
+    WALK_TEST_ENDED = "walk_test_ended"
 
 
 class EventClass(StrEnum):
@@ -79,6 +81,8 @@ EVENT_CLASS: dict[EventKind, EventClass] = {
     EventKind.COMMAND_REFUSED: EventClass.TROUBLE,
     EventKind.CLOCK_SUSPECT: EventClass.TROUBLE,
     EventKind.SMS: EventClass.STATUS,
+    EventKind.WALK_TEST_STARTED: EventClass.TROUBLE,
+    EventKind.WALK_TEST_ENDED: EventClass.TROUBLE,
 }
 
 # Kinds only the gateway itself makes (rules, commands, responses); never taken from a device.
@@ -92,8 +96,13 @@ GATEWAY_MADE_KINDS = frozenset(
         EventKind.COMMAND_REFUSED,
         EventKind.CLOCK_SUSPECT,
         EventKind.SMS,
+        EventKind.WALK_TEST_STARTED,
+        EventKind.WALK_TEST_ENDED,
     }
 )
+
+TEST_ATTR = "test"
+"""``attrs.test`` is true on an event from a shop under walk test: it alerts nobody."""
 
 
 def new_event_id() -> str:

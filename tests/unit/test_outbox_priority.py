@@ -53,6 +53,8 @@ CLASS_OF_KIND = {
     "command_refused": TROUBLE,
     "clock_suspect": TROUBLE,
     "water_leak": TROUBLE,
+    "walk_test_started": TROUBLE,
+    "walk_test_ended": TROUBLE,
     "door_open": STATUS,
     "door_close": STATUS,
     "arm": STATUS,

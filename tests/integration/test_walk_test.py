@@ -1,0 +1,272 @@
+"""Walk test and reload through the control socket: the real daemon, brokers, CLI and socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from gateway.control import ask
+from lab.broker import Mosquitto
+from tests.clients import expected_nearest, running, wait_until
+from tests.harness import TestGateway, init_config
+
+UNDER_TEST = ["S00011", "S00040", "S00070"]
+NOT_UNDER_TEST = "S00025"
+
+
+def cli(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway", *args, "--config", str(config)]
+
+
+async def walktest_cli(config: Path, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *cli(config, "walktest", *args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def walk_status(state: Path) -> dict:
+    return await ask(state, "walktest.status")
+
+
+def police_kinds(platform, kind: str) -> list[dict]:
+    return [d.body for d in platform.unique if d.body["kind"] == kind]
+
+
+def test_three_shops_reach_the_police_as_tests_and_alert_nobody(
+    block_broker, police_broker, start_gateway
+):
+    """Presses at 3 shops under test reach the police as tests; a shop not under test alerts its 10."""
+    gw = start_gateway()
+    shops = [*UNDER_TEST, NOT_UNDER_TEST, *expected_nearest(NOT_UNDER_TEST)]
+    shops += [s for sid in UNDER_TEST for s in expected_nearest(sid)]
+    shops = list(dict.fromkeys(shops))
+
+    async def scenario() -> None:
+        async with running(
+            block_url=block_broker.url, police_url=police_broker.url, shops=shops
+        ) as (panels, platform):
+            assert platform is not None
+            walk = await walktest_cli(
+                gw.config, "--shops", ",".join(UNDER_TEST), "--minutes", "5", "--json"
+            )
+            await wait_until(
+                lambda: len(police_kinds(platform, "walk_test_started")) == 3,
+                15,
+                "three walk_test_started events at the police",
+            )
+            for shop in UNDER_TEST:
+                await panels[shop].send("panic", zone="1")
+            await wait_until(
+                lambda: len(police_kinds(platform, "panic")) == 3, 10, "three test panics"
+            )
+            # The test ends by itself once every device (panel-1 of each shop) is heard.
+            out, err = await asyncio.wait_for(walk.communicate(), 20)
+            assert walk.returncode == 0, err.decode()
+            # A shop not under test works as always; anything the tests had sent came before.
+            await panels[NOT_UNDER_TEST].send("panic", zone="1")
+            await wait_until(
+                lambda: (
+                    len(police_kinds(platform, "panic")) == 4
+                    and sum(bool(p.notices) for p in panels.values()) >= 10
+                ),
+                10,
+                "the real panic and its 10 notices",
+            )
+            await wait_until(
+                lambda: len(police_kinds(platform, "walk_test_ended")) == 3, 10, "three ends"
+            )
+        tests = [p for p in police_kinds(platform, "panic") if p["shop_id"] in UNDER_TEST]
+        assert sorted(p["shop_id"] for p in tests) == sorted(UNDER_TEST)
+        assert all(p["attrs"]["test"] is True for p in tests)
+        [real] = [p for p in police_kinds(platform, "panic") if p["shop_id"] == NOT_UNDER_TEST]
+        assert "test" not in real["attrs"]
+        alerted = {s for s, p in panels.items() if p.notices}
+        assert alerted == set(expected_nearest(NOT_UNDER_TEST))
+        assert {e["attrs"]["reason"] for e in police_kinds(platform, "walk_test_ended")} == {"done"}
+        result = json.loads(out)
+        assert result["ended_because"] == "done"
+        assert [s["shop_id"] for s in result["shops"]] == UNDER_TEST
+        for shop in result["shops"]:
+            [device] = shop["devices"]
+            assert (device["device_id"], device["kind"], device["passed"]) == (
+                "panel-1",
+                "panic",
+                True,
+            )
+        assert len(result["real_alarms"]) == 3
+        assert "alarm panic" in gw.log_text()
+        assert "(walk test)" in gw.log_text()
+
+    asyncio.run(scenario())
+
+
+def test_time_up_fails_and_ctrl_c_ends_test_mode(block_broker, police_broker, start_gateway):
+    """Unheard, a test ends by itself when its time is up (exit 1); Ctrl-C ends one early."""
+    gw = start_gateway()
+    state = gw.config.parent / "state"
+    shop = UNDER_TEST[0]
+    near = expected_nearest(shop)
+
+    async def scenario() -> None:
+        async with running(
+            block_url=block_broker.url, police_url=police_broker.url, shops=[shop, *near]
+        ) as (panels, platform):
+            assert platform is not None
+            walk = await walktest_cli(gw.config, "--shops", shop, "--minutes", "0.05", "--json")
+            out, err = await asyncio.wait_for(walk.communicate(), 30)
+            assert walk.returncode == 1, err.decode()
+            result = json.loads(out)
+            assert result["ended_because"] == "time up"
+            assert result["shops"][0]["passed"] is False
+            await wait_until(
+                lambda: (
+                    [e["attrs"]["reason"] for e in police_kinds(platform, "walk_test_ended")]
+                    == ["time up"]
+                ),
+                10,
+                "the end at the police",
+            )
+            walk = await walktest_cli(gw.config, "--shops", shop, "--minutes", "10")
+            await wait_until(
+                lambda: len(police_kinds(platform, "walk_test_started")) == 2, 15, "second start"
+            )
+            walk.send_signal(signal.SIGINT)
+            await asyncio.wait_for(walk.communicate(), 15)
+            assert walk.returncode == 1
+            status = await walk_status(state)
+            assert status["running"] is False
+            assert status["ended_because"] == "stopped by the installer"
+            # Out of test mode: a panic alerts the neighbours again.
+            await panels[shop].send("panic", zone="1")
+            await wait_until(
+                lambda: sum(bool(panels[s].notices) for s in near) == len(near),
+                10,
+                "the neighbours alerted after the test",
+            )
+
+    asyncio.run(scenario())
+
+
+def test_a_restart_mid_test_keeps_test_mode(
+    block_broker, police_broker, start_gateway, gateway_process
+):
+    """The test survives a restart: same end time, the shop's panic still a test."""
+    gw = start_gateway()
+    state = gw.config.parent / "state"
+    shop = UNDER_TEST[0]
+
+    async def scenario() -> None:
+        started = await ask(state, "walktest.start", {"shops": [shop], "minutes": 10})
+        gw.stop()
+        again = TestGateway(gw.config)
+        gateway_process.append(again)
+        again.start()
+        status = await walk_status(state)
+        assert status["running"] is True
+        assert status["ends_at"] == started["ends_at"]
+        assert json.loads((state / "status.json").read_text())["walk_test"]["shops"] == [shop]
+        near = expected_nearest(shop)
+        async with running(
+            block_url=block_broker.url, police_url=police_broker.url, shops=[shop, near[0]]
+        ) as (panels, platform):
+            assert platform is not None
+            await panels[shop].send("panic", zone="1")
+            await wait_until(lambda: police_kinds(platform, "panic"), 10, "the panic")
+            [panic] = police_kinds(platform, "panic")
+            assert panic["attrs"]["test"] is True
+
+    asyncio.run(scenario())
+
+
+def test_no_gateway_is_one_clear_line(tmp_path, block_broker):
+    """Without a running gateway the CLI says so in one line and exits 2."""
+    config = init_config(tmp_path, block_url=block_broker.url, police_url=None)
+    done = subprocess.run(
+        cli(config, "walktest", "--all", "--minutes", "1"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "no gateway is running here" in line
+    assert "control.sock" in line
+
+
+LEAK_RULE = {
+    "name": "leak-neighbours",
+    "when": {"kinds": ["water_leak"]},
+    "do": [{"action": "notify_nearest"}],
+}
+
+
+def test_reload_takes_a_new_rule_without_reconnecting_and_refuses_a_broken_config(
+    tmp_path, block_broker, gateway_process
+):
+    """SIGHUP and `lianfang reload` apply a new rule, links untouched; a broken file is refused."""
+    with Mosquitto(workdir=tmp_path / "police-notice", settings=("log_type notice",)) as police:
+        config = init_config(tmp_path, block_url=block_broker.url, police_url=police.url)
+        gw = TestGateway(config)
+        gateway_process.append(gw)
+        gw.start()
+        log = tmp_path / "police-notice" / "mosquitto.log"
+
+        def connects() -> int:
+            return log.read_text().count("as lianfang-GW-001")
+
+        shop, other = UNDER_TEST[0], UNDER_TEST[1]
+        near = expected_nearest(shop) + expected_nearest(other)
+
+        async def scenario() -> None:
+            async with running(
+                block_url=block_broker.url, police_url=police.url, shops=[shop, other, *near]
+            ) as (panels, platform):
+                assert platform is not None
+                await panels[shop].send("water_leak")
+                await wait_until(lambda: police_kinds(platform, "water_leak"), 10, "first leak")
+                assert not any(p.notices for p in panels.values())
+                before = connects()
+                data = yaml.safe_load(config.read_text())
+                data["rules"] = {"rules": [LEAK_RULE]}
+                config.write_text(yaml.safe_dump(data, sort_keys=False))
+                reload = await asyncio.create_subprocess_exec(
+                    *cli(config, "reload"), stdout=asyncio.subprocess.PIPE
+                )
+                out, _ = await asyncio.wait_for(reload.communicate(), 30)
+                assert (reload.returncode, out.decode().strip()) == (0, "reloaded")
+                await panels[shop].send("water_leak")
+                await wait_until(
+                    lambda: all(panels[s].notices for s in expected_nearest(shop)),
+                    10,
+                    "the leak's notices under the new rule",
+                )
+                config.write_text(config.read_text() + "\nshops: nonsense\n")
+                gw.process.send_signal(signal.SIGHUP)
+                await wait_until(
+                    lambda: "reload refused, the running config is kept" in gw.log_text(),
+                    10,
+                    "the refusal in the log",
+                )
+                assert "shops: expected a list" in gw.log_text()
+                # The old config (with the new rule) still serves.
+                await panels[other].send("water_leak")
+                await wait_until(
+                    lambda: all(panels[s].notices for s in expected_nearest(other)),
+                    10,
+                    "the rule still in force after the refused reload",
+                )
+                await wait_until(
+                    lambda: len(police_kinds(platform, "water_leak")) == 3, 10, "every leak"
+                )
+                assert connects() == before
+                assert before >= 1
+
+        asyncio.run(scenario())
