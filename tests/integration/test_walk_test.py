@@ -14,7 +14,9 @@ import yaml
 from gateway.control import ask
 from lab.broker import Mosquitto
 from tests.clients import expected_nearest, running, wait_until
+from tests.field import start_learn, stub
 from tests.harness import TestGateway, init_config
+from tests.integration.test_rf433 import SHOP, rf_config
 
 UNDER_TEST = ["S00011", "S00040", "S00070"]
 NOT_UNDER_TEST = "S00025"
@@ -270,3 +272,32 @@ def test_reload_takes_a_new_rule_without_reconnecting_and_refuses_a_broken_confi
                 assert before >= 1
 
         asyncio.run(scenario())
+
+
+def test_a_button_learned_while_the_gateway_runs_is_served_at_once(
+    tmp_path, block_broker, police_broker, gateway_process
+):
+    """`lianfang learn` makes the running gateway reload: the next press is a panic, no restart."""
+    with stub("rf433_receiver") as rf:
+        config = rf_config(tmp_path, block_broker.url, police_broker.url, rf.port, interval=0.2)
+        gw = TestGateway(config)
+        gateway_process.append(gw)
+        gw.start()
+        pid = gw.pid
+        proc = start_learn(config, "--shop", SHOP, "--device", "rb-1")
+        rf.send("press C0FFEE")
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "the running gateway reloaded: the button is served now" in out
+
+        async def scenario() -> None:
+            async with running(police_url=police_broker.url) as (_, platform):
+                assert platform is not None
+                await asyncio.sleep(0.8)  # past burst_s: the next press is a new one
+                rf.send("press C0FFEE")
+                await wait_until(lambda: platform.unique, 10, "the learned button's panic")
+                [panic] = platform.unique
+                assert (panic.body["device_id"], panic.body["kind"]) == ("rb-1", "panic")
+
+        asyncio.run(scenario())
+        assert gw.pid == pid
