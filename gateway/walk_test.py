@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gateway.actions import write_atomically
 from gateway.config.model import GatewayConfig
 from gateway.control import CommandError
 from gateway.device_state import DeviceStates
@@ -283,10 +284,8 @@ class WalkTest:
         return json.dumps(data)
 
     def _write(self, text: str) -> None:
-        tmp = self._file.with_suffix(".tmp")
         try:
-            tmp.write_text(text)
-            tmp.replace(self._file)
+            write_atomically(self._file, text)
         except OSError as exc:  # the test goes on; only its memory across a restart is lost
             self._log.warning("save", "cannot write %s: %s", self._file, exc)
 

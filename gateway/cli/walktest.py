@@ -26,6 +26,8 @@ POLL_S = 0.5
 """How often the live table asks the gateway for the test's state."""
 END_GRACE_S = 30.0
 """How long past the test's end the command waits for the gateway to say it ended."""
+UNREACHABLE_S = 30.0
+"""How long the command waits for a gateway that went away (a restart) before giving up."""
 
 
 @app.command()
@@ -105,6 +107,7 @@ async def _walk(
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, interrupted.set)
     deadline = time.monotonic() + minutes * 60 + END_GRACE_S
+    answered = time.monotonic()
     try:
         with Live(_view(status), console=console, refresh_per_second=4) as live:
             while status.get("running"):
@@ -116,7 +119,14 @@ async def _walk(
                     break
                 if time.monotonic() > deadline:
                     raise CommandError("the gateway did not end the walk test in time")
-                status = await ask(state_dir, "walktest.status")
+                try:
+                    status = await ask(state_dir, "walktest.status")
+                except ControlUnavailableError:
+                    # A gateway restarting keeps the test: wait for it a while.
+                    if time.monotonic() - answered > UNREACHABLE_S:
+                        raise
+                    continue
+                answered = time.monotonic()
                 live.update(_view(status))
             live.update(_view(status))
     finally:

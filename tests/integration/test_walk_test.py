@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 
 from gateway.control import ask
 from lab.broker import Mosquitto
+from lab.process import ReceiverProcess
 from tests.clients import expected_nearest, running, wait_until
 from tests.field import start_learn, stub
 from tests.harness import TestGateway, init_config
@@ -104,8 +106,13 @@ def test_three_shops_reach_the_police_as_tests_and_alert_nobody(
                 True,
             )
         assert len(result["real_alarms"]) == 3
-        assert "alarm panic" in gw.log_text()
-        assert "(walk test)" in gw.log_text()
+        log = gw.log_text()
+        assert f"alarm panic {real['id']} at shop {NOT_UNDER_TEST}: 10 shops alerted\n" in log
+        assert (
+            f"alarm panic {tests[0]['id']} at shop {tests[0]['shop_id']}: 0 shops alerted (walk test)"
+            in log
+        )
+        assert f"alarm panic {real['id']} at shop {NOT_UNDER_TEST} delivered by police" in log
 
     asyncio.run(scenario())
 
@@ -166,7 +173,9 @@ def test_a_restart_mid_test_keeps_test_mode(
     shop = UNDER_TEST[0]
 
     async def scenario() -> None:
-        started = await ask(state, "walktest.start", {"shops": [shop], "minutes": 10})
+        walk = await walktest_cli(gw.config, "--shops", shop, "--minutes", "10", "--json")
+        await wait_until((state / "walktest.json").exists, 15, "the test started")
+        started = await walk_status(state)
         gw.stop()
         again = TestGateway(gw.config)
         gateway_process.append(again)
@@ -184,6 +193,11 @@ def test_a_restart_mid_test_keeps_test_mode(
             await wait_until(lambda: police_kinds(platform, "panic"), 10, "the panic")
             [panic] = police_kinds(platform, "panic")
             assert panic["attrs"]["test"] is True
+            # The CLI rode out the restart and saw the test pass.
+            out, err = await asyncio.wait_for(walk.communicate(), 20)
+            assert walk.returncode == 0, err.decode()
+            assert json.loads(out)["ended_because"] == "done"
+            assert not panels[near[0]].notices
 
     asyncio.run(scenario())
 
@@ -301,3 +315,32 @@ def test_a_button_learned_while_the_gateway_runs_is_served_at_once(
 
         asyncio.run(scenario())
         assert gw.pid == pid
+
+
+def test_a_walk_test_at_the_alarm_receiving_centre(tmp_path, block_broker, start_gateway):
+    """At a DC-09 centre: 607 opens the test, the panic is a 601 test report, 607 restore closes it."""
+    db = tmp_path / "centre.sqlite3"
+    receiver = ReceiverProcess(db)
+    receiver.start()
+    try:
+        gw = start_gateway(
+            forwarders=[{"kind": "dc09", "name": "centre", "url": receiver.url, "account": "9999"}]
+        )
+        state = gw.config.parent / "state"
+
+        def stored() -> list[tuple[str, int, str, int]]:
+            with sqlite3.connect(db) as conn:
+                return conn.execute(
+                    "SELECT account, qualifier, code, zone FROM alarms ORDER BY id"
+                ).fetchall()
+
+        async def scenario() -> None:
+            async with running(block_url=block_broker.url, shops=["S00011"]) as (panels, _):
+                await ask(state, "walktest.start", {"shops": ["S00011"], "minutes": 5})
+                await panels["S00011"].send("panic", zone="1")
+                await wait_until(lambda: len(stored()) >= 3, 20, "three messages at the centre")
+
+        asyncio.run(scenario())
+        assert stored() == [("00011", 1, "607", 0), ("00011", 1, "601", 1), ("00011", 3, "607", 0)]
+    finally:
+        receiver.stop()
