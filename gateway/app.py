@@ -332,6 +332,10 @@ class Gateway:
             logger.error("reload refused, the running config is kept:\n%s", exc)  # noqa: TRY400
             raise CommandError(f"reload refused, the running config is kept:\n{exc}") from None
         pending = _restart_needed(self.config, new)
+        # What only a restart applies stays as it runs (the state dir, the forwarders...).
+        new = new.model_copy(
+            update={name: getattr(self.config, name) for name in pending if name != "drivers"}
+        )
         old = self.intake.engine
         engine = rule_engine(new, level=old.level)
         engine.schedule.restore(old.schedule.saved())

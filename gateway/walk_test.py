@@ -159,6 +159,7 @@ class WalkTest:
         result = self.status()
         result["running"] = False
         result["ended_because"] = reason
+        result["ended_at"] = self._now().isoformat()
         self._running = None
         self.last_result = result
         self._save()

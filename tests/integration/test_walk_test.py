@@ -252,12 +252,17 @@ def test_reload_takes_a_new_rule_without_reconnecting_and_refuses_a_broken_confi
                 before = connects()
                 data = yaml.safe_load(config.read_text())
                 data["rules"] = {"rules": [LEAK_RULE]}
+                data["journal"] = {"max_size_mb": 123}  # applied only by a restart: said so
                 config.write_text(yaml.safe_dump(data, sort_keys=False))
                 reload = await asyncio.create_subprocess_exec(
                     *cli(config, "reload"), stdout=asyncio.subprocess.PIPE
                 )
                 out, _ = await asyncio.wait_for(reload.communicate(), 30)
-                assert (reload.returncode, out.decode().strip()) == (0, "reloaded")
+                assert (reload.returncode, out.decode().strip()) == (
+                    0,
+                    "reloaded; journal changed and apply at the next restart",
+                )
+                assert "reload: journal changed; applied at the next restart" in gw.log_text()
                 await panels[shop].send("water_leak")
                 await wait_until(
                     lambda: all(panels[s].notices for s in expected_nearest(shop)),
