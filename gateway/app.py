@@ -282,6 +282,7 @@ class Gateway:
 
     async def _tell_police(self, event: Event) -> None:
         """Journal a walk test's start or end for every forwarder that takes its kind."""
+        self._status_changed.set()  # the shops under test, in status.json at once
         await self.intake.gateway_event(event, routes=self._routes[event.kind])
 
     async def _walk_test_start(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -293,14 +294,10 @@ class Gateway:
         minutes = args.get("minutes", DEFAULT_WALK_TEST_MINUTES)
         if not isinstance(minutes, int | float) or isinstance(minutes, bool):
             raise CommandError("minutes must be a number")
-        status = await self.walk_test.start(shops, float(minutes))
-        self._status_changed.set()
-        return status
+        return await self.walk_test.start(shops, float(minutes))
 
     async def _walk_test_stop(self, _args: dict[str, Any]) -> dict[str, Any]:
-        status = await self.walk_test.stop("stopped by the installer")
-        self._status_changed.set()
-        return status
+        return await self.walk_test.stop("stopped by the installer")
 
     async def _walk_test_status(self, _args: dict[str, Any]) -> dict[str, Any]:
         return self.walk_test.status()

@@ -7,6 +7,7 @@ import contextlib
 import json
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -158,7 +159,7 @@ def _view(status: dict[str, Any]) -> Group:
                 shop["name"],
                 device["device_id"],
                 device["kind"] or "-",
-                (device["heard_at"] or "-")[11:19],
+                _local_time(device["heard_at"]),
                 condition,
                 "[green]PASS[/]" if device["passed"] else waiting,
             )
@@ -168,6 +169,11 @@ def _view(status: dict[str, Any]) -> Group:
         for a in status.get("real_alarms", [])
     ]
     return Group(progress, table, *alarms)
+
+
+def _local_time(at: str | None) -> str:
+    """An ISO time as the installer's clock reads it (HH:MM:SS), or ``-``."""
+    return datetime.fromisoformat(at).astimezone().strftime("%H:%M:%S") if at else "-"
 
 
 def _title(status: dict[str, Any]) -> str:
