@@ -31,7 +31,7 @@ from gateway.forwarders.base import Forwarder, ForwarderContext, ShopCard
 from gateway.forwarders.dc09 import Dc09Forwarder
 from gateway.forwarders.dc09_codes import RESTORES_ATTR
 from gateway.forwarders.mqtt_police import KIND as POLICE_MQTT
-from gateway.inboxes import inboxes
+from gateway.inboxes import Keyring, inboxes
 from gateway.intake import Intake
 from gateway.journal import Journal
 from gateway.mqtt.notify import BlockPublisher
@@ -95,7 +95,10 @@ class Gateway:
         self.intake = Intake(self.journal, engine, self.actions)
         self.actions.emit = self.intake.gateway_event
         self.actions.siren = self.sound_siren
-        self.inboxes = {i.name: i for i in inboxes(config, self.intake, self.actions, self.clock)}
+        self.keyring = Keyring()
+        self.inboxes = {
+            i.name: i for i in inboxes(config, self.intake, self.actions, self.clock, self.keyring)
+        }
         # After the inboxes: the mesh must be there for the notices rebuilt alerts still owe.
         rebuilt = soft_state.rebuild(self.actions, config, engine.rules)
         if rebuilt:
@@ -331,7 +334,11 @@ class Gateway:
         pending = _restart_needed(self.config, new)
         # What only a restart applies stays as it runs (the state dir, the forwarders...).
         new = new.model_copy(
-            update={name: getattr(self.config, name) for name in pending if name != "drivers"}
+            update={
+                name: getattr(self.config, name)
+                for name in pending
+                if name in GatewayConfig.model_fields and name != "drivers"
+            }
         )
         old = self.intake.engine
         engine = rule_engine(new, level=old.level)
@@ -339,6 +346,7 @@ class Gateway:
         self.actions.reconfigure(new, engine.rules, schedule=engine.schedule)
         self.intake.engine = engine
         self.walk_test.configure(new)
+        self.keyring.rekey(new)
         self._cards.clear()
         self._cards.update(_shop_cards(new))
         self._devices.clear()
@@ -500,8 +508,9 @@ def _shop_cards(config: GatewayConfig) -> dict[str, ShopCard]:
     }
 
 
-RELOADED = frozenset({"shops", "other_shops", "rules", "drivers"})
-"""The config sections a reload applies (of the drivers, only learned 433 MHz buttons)."""
+RELOADED = frozenset({"shops", "other_shops", "rules", "drivers", "commands", "other_gateways"})
+"""The config sections a reload applies: of the drivers only learned 433 MHz buttons, of
+the signed commands only their keys."""
 
 
 def _restart_needed(old: GatewayConfig, new: GatewayConfig) -> list[str]:
@@ -513,6 +522,8 @@ def _restart_needed(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     ]
     if [_unlearned(d) for d in old.drivers] != [_unlearned(d) for d in new.drivers]:
         changed.append("drivers")
+    if old.commands.max_age_s != new.commands.max_age_s:
+        changed.append("commands.max_age_s")
     return changed
 
 

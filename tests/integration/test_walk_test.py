@@ -12,13 +12,16 @@ from pathlib import Path
 
 import yaml
 
+from firmware_stubs.police_commands import command_body, new_key, send, sign
 from gateway.control import ask
+from gateway.mqtt.client import BrokerConfig
 from lab.broker import Mosquitto
 from lab.process import ReceiverProcess
 from tests.clients import expected_nearest, running, wait_until
 from tests.field import start_learn, stub
 from tests.harness import TestGateway, init_config
 from tests.integration.test_rf433 import SHOP, rf_config
+from tests.integration.test_rules import CMD_TOPIC
 
 UNDER_TEST = ["S00011", "S00040", "S00070"]
 NOT_UNDER_TEST = "S00025"
@@ -349,3 +352,32 @@ def test_a_walk_test_at_the_alarm_receiving_centre(tmp_path, block_broker, start
         assert stored() == [("00011", 1, "607", 0), ("00011", 1, "601", 1), ("00011", 3, "607", 0)]
     finally:
         receiver.stop()
+
+
+def test_a_command_key_added_by_reload_is_trusted_at_once(
+    block_broker, police_broker, start_gateway
+):
+    """A police key added to the config and reloaded signs a command the gateway obeys."""
+    key, public = new_key()
+    gw = start_gateway(status_interval_s=0.2)
+    police = BrokerConfig(url=police_broker.url)
+    command = sign(key, "platform-1", command_body("GW-001", "set_level", level="heightened"))
+
+    async def scenario() -> None:
+        async with running(police_url=police_broker.url) as (_, platform):
+            assert platform is not None
+            await send(police, CMD_TOPIC, command)
+            await wait_until(
+                lambda: police_kinds(platform, "command_refused"), 10, "the unknown key refused"
+            )
+            assert police_kinds(platform, "command_refused")[0]["attrs"]["reason"] == "unknown_key"
+            data = yaml.safe_load(gw.config.read_text())
+            data["commands"] = {"keys": {"platform-1": public}}
+            gw.config.write_text(yaml.safe_dump(data, sort_keys=False))
+            assert await ask(gw.config.parent / "state", "reload") == {"restart_needed": []}
+            fresh = command_body("GW-001", "set_level", level="heightened")
+            await send(police, CMD_TOPIC, sign(key, "platform-1", fresh))
+            await wait_until(lambda: police_kinds(platform, "command_ack"), 10, "the ack")
+            await wait_until(lambda: gw.status()["level"] == "heightened", 10, "the new level")
+
+    asyncio.run(scenario())
