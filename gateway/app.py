@@ -119,6 +119,7 @@ class Gateway:
             },
         )
         self.reload_requested = asyncio.Event()
+        self._reloading = asyncio.Lock()
         # Kept by reference: a reload changes them in place for the drivers and forwarders.
         self._devices = _shop_devices(config)
         self._cards = _shop_cards(config)
@@ -313,8 +314,12 @@ class Gateway:
         while True:
             await self.reload_requested.wait()
             self.reload_requested.clear()
-            with contextlib.suppress(CommandError):
+            try:
                 await self.reload()
+            except CommandError:
+                pass  # refused: ``reload`` logged why, the running config stays
+            except Exception:  # a reload bug must not stop the gateway
+                logger.exception("reload failed")
 
     async def reload(self) -> list[str]:
         """Read the config file again and apply shops, devices, rules and learned 433 codes.
@@ -326,8 +331,12 @@ class Gateway:
         """
         if self.config_path is None:
             raise CommandError("this gateway was not started from a config file")
+        async with self._reloading:  # SIGHUP and the socket at once: one after the other
+            return await self._reload(self.config_path)
+
+    async def _reload(self, path: Path) -> list[str]:
         try:
-            new = await asyncio.to_thread(_checked_config, self.config_path)
+            new = await asyncio.to_thread(_checked_config, path)
         except ConfigError as exc:
             logger.error("reload refused, the running config is kept:\n%s", exc)  # noqa: TRY400
             raise CommandError(f"reload refused, the running config is kept:\n{exc}") from None
