@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 MAX_MINUTES = 24 * 60
 """The longest walk test: a forgotten one must end on its own."""
 STATE_FILE = "walktest.json"
+MAX_SHOWN = 100
+"""Alarms from shops under test listed for the installer (a stuck button must not grow it)."""
 
 Emit = Callable[[Event], Awaitable[None]]
 
@@ -96,11 +98,6 @@ class WalkTest:
         self._names = {s.id: s.name for s in config.shops}
         self._devices = {s.id: {d.id: d.kind for d in s.devices} for s in config.shops}
 
-    @property
-    def shops(self) -> frozenset[str]:
-        """The shops under test now."""
-        return frozenset(self._running.shops) if self._running else frozenset()
-
     # --- the hot path --------------------------------------------------------------------
 
     def mark(self, event: Event) -> Event:
@@ -119,7 +116,7 @@ class WalkTest:
                     battery if isinstance(battery, int | float) else None,
                 )
                 self._changed.set()
-            if EVENT_CLASS[event.kind] is EventClass.ALARM:
+            if EVENT_CLASS[event.kind] is EventClass.ALARM and len(running.real_alarms) < MAX_SHOWN:
                 running.real_alarms.append(
                     {"shop_id": event.shop_id, "kind": event.kind.value, "event_id": event.id}
                 )
