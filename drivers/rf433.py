@@ -142,6 +142,13 @@ class Rf433Driver:
         self._log = RateLimitedLog(logger)
         self.supervision = Supervision(config.name, context, [(b, None) for b in config.buttons])
 
+    def relearn(self, config: Rf433Config) -> None:
+        """Serve the buttons of a reloaded ``config`` (same receiver); the link stays open."""
+        self.config = config
+        self._buttons = {b.code: b for b in config.buttons}
+        for code in self._buttons:
+            self.unknown_codes.pop(code, None)
+
     async def run(self, emit: Emit) -> None:
         """Read the receiver until cancelled; raise ``DriverUnavailable`` when the port fails."""
         reader, writer = await open_serial(self.config.port, self.config.baudrate)

@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from gateway.config.model import GatewayConfig
-from gateway.events import EVENT_CLASS, Event, EventClass, EventKind, Source, new_event_id, utc_now
+from gateway.events import (
+    EVENT_CLASS,
+    TEST_ATTR,
+    Event,
+    EventClass,
+    EventKind,
+    Source,
+    new_event_id,
+    utc_now,
+)
 from gateway.mqtt.notify import BlockPublisher
 from gateway.ratelimit import RateLimitedLog
 from gateway.rule_engine import notice_places
@@ -161,36 +170,21 @@ class RuleActions:
         Notices expire by ``wall_clock`` (the police's time when the gateway's is off).
         """
         self._gid = config.gateway.id
-        self._config = config
-        self._schedule = schedule
         self._publisher = publisher
         self._routes = routes
         self._clock = clock
         self._wall_clock = wall_clock
         alert = config.neighbour_alert
         self._alert_config = alert
-        self._cancel_window_s = config.rules.cancel_window_s
-        self._own = {s.id: s for s in config.shops}
-        self._places = [*config.shops, *config.other_shops]
-        self._gateway_of = {s.id: self._gid for s in config.shops} | {
-            o.id: o.gateway_id for o in config.other_shops
-        }
-        self._large_of = {p.id: p.grid.large for p in self._places}
         self.alerts = NeighbourAlerts(
-            {p.id: p.name for p in self._places},
+            {},
             cooldown_s=alert.cooldown_s,
             expires_s=alert.expires_s,
             clock=clock,
             wall=wall_clock,
         )
         self._bucket = TokenBucket(config.rules.max_notices_per_s, clock)
-        self._nearest: dict[tuple[int, float, bool], dict[str, list[Neighbour]]] = {}
-        notify = [a for rule in rules for a in rule.do if isinstance(a, NotifyNearest)]
-        # Widest first: the 10 nearest are the first 10 of the 20 nearest, so smaller
-        # counts slice the widest table instead of searching again.
-        for action in sorted(notify, key=lambda a: -(a.count or alert.count)):
-            self._table(action)  # computed once at start, not on the first panic
-        self._rules = {rule.name: rule for rule in rules}
+        self.reconfigure(config, rules, schedule=schedule)
         self._area = AreaWatch()
         self._open: dict[str, _OpenAlert] = {}  # latest alert per origin shop
         self._by_alert: OrderedDict[str, _OpenAlert] = OrderedDict()
@@ -216,11 +210,40 @@ class RuleActions:
         self.relayed = 0
         self.mesh_resent = 0
 
+    def reconfigure(
+        self, config: GatewayConfig, rules: Sequence[Rule], *, schedule: ArmSchedule
+    ) -> None:
+        """Take ``config``'s shops and ``rules`` (at start and on reload).
+
+        Open alerts, cool-downs, escalation timers and arm overrides are kept.
+        """
+        self._config = config
+        self._schedule = schedule
+        self._cancel_window_s = config.rules.cancel_window_s
+        self._own = {s.id: s for s in config.shops}
+        self._places = [*config.shops, *config.other_shops]
+        self._gateway_of = {s.id: self._gid for s in config.shops} | {
+            o.id: o.gateway_id for o in config.other_shops
+        }
+        self._large_of = {p.id: p.grid.large for p in self._places}
+        self.alerts.names = {p.id: p.name for p in self._places}
+        self._nearest: dict[tuple[int, float, bool], dict[str, list[Neighbour]]] = {}
+        notify = [a for rule in rules for a in rule.do if isinstance(a, NotifyNearest)]
+        # Widest first: the 10 nearest are the first 10 of the 20 nearest, so smaller
+        # counts slice the widest table instead of searching again.
+        for action in sorted(notify, key=lambda a: -(a.count or self._alert_config.count)):
+            self._table(action)  # computed now, not on the first panic
+        self._rules = {rule.name: rule for rule in rules}
+
     # --- the hot path --------------------------------------------------------------
 
     def apply(self, event: Event, firings: Iterable[Firing]) -> Applied:
         """Do the immediate actions of ``firings`` and say where ``event`` goes; never waits."""
         outcome = _Outcome()
+        test = event.attrs.get(TEST_ATTR) is True
+        if test:
+            # A walk test's event only goes to the police, as a test: no neighbour, siren or state.
+            firings = [f for f in firings if isinstance(f.action, Forward)]
         for firing in firings:
             outcome.rules[firing.rule] = None
             action = firing.action
@@ -239,10 +262,25 @@ class RuleActions:
                 self._spawn(self._sound(event, action, firing.rule), f"siren[{event.id}]")
             else:
                 self._start_escalation(event, action, firing.rule, outcome.extra.get("alert_id"))
+        return self._finished(event, outcome, test=test)
+
+    def _finished(self, event: Event, outcome: _Outcome, *, test: bool) -> Applied:
+        """``event`` with what its fired actions add up to; one log line if it is an alarm."""
         if not outcome.routes and event.kind in ALWAYS_FORWARDED:
             # Rules add routes and priority; they cannot keep these kinds from the police.
             outcome.forward(self._routes[event.kind], None, event.kind)
-        outcome.extra.update(self._state_change(event))
+        if not test:
+            outcome.extra.update(self._state_change(event))
+        if EVENT_CLASS[event.kind] is EventClass.ALARM:
+            alert = self._by_alert.get(str(outcome.extra.get("alert_id")))
+            logger.info(
+                "alarm %s %s at shop %s: %d shops alerted%s",
+                event.kind.value,
+                event.id,
+                event.shop_id,
+                len(alert.alerted) if alert else 0,
+                " (walk test)" if test else "",
+            )
         return outcome.applied(event)
 
     def _table(self, action: NotifyNearest) -> dict[str, list[Neighbour]]:

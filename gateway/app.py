@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from drivers import DRIVERS
-from drivers.base import RETRY_MAX_S, Driver, DriverContext, SirenDriver
+from drivers.base import RETRY_MAX_S, Driver, DriverConfig, DriverContext, SirenDriver
 from drivers.mqtt_ingest import MqttIngestDriver
+from drivers.rf433 import Rf433Config, Rf433Driver
 from gateway import __version__, soft_state
 from gateway.actions import RuleActions
 from gateway.clock import ClockJudgement, GatewayClock
 from gateway.config.model import GatewayConfig
+from gateway.control import CommandError, ControlServer
 from gateway.device_state import DeviceStates
 from gateway.errors import ConfigError, JournalError
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
@@ -29,7 +31,7 @@ from gateway.forwarders.base import Forwarder, ForwarderContext, ShopCard
 from gateway.forwarders.dc09 import Dc09Forwarder
 from gateway.forwarders.dc09_codes import RESTORES_ATTR
 from gateway.forwarders.mqtt_police import KIND as POLICE_MQTT
-from gateway.inboxes import inboxes
+from gateway.inboxes import Keyring, inboxes
 from gateway.intake import Intake
 from gateway.journal import Journal
 from gateway.mqtt.notify import BlockPublisher
@@ -41,6 +43,7 @@ from gateway.state_lock import StateDirError, lock_state_dir
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier, pet_watchdog, process_age_s
 from gateway.waiting_alarms import WaitingAlarms
+from gateway.walk_test import WalkTest
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +52,19 @@ READY_WAIT_S = 10.0
 READY_STATUS_EVERY_S = 2.0
 STORAGE_CHECK_S = 1.0
 """How often a storage shortage is reported and the disk looked at for room again."""
+DEFAULT_WALK_TEST_MINUTES = 30.0
 
 
 class Gateway:
     """One street block's gateway, built from its config."""
 
-    def __init__(self, config: GatewayConfig) -> None:
-        """Open the journal and build every component; connect nothing yet."""
+    def __init__(self, config: GatewayConfig, *, config_path: Path | None = None) -> None:
+        """Open the journal and build every component; connect nothing yet.
+
+        ``config_path`` is the file ``reload`` reads again (none: reload refused).
+        """
         self.config = config
+        self.config_path = config_path
         self.started = time.monotonic()
         self._routes = {
             kind: tuple(f.name for f in config.forwarders if f.accepts_kind(kind))
@@ -90,7 +98,10 @@ class Gateway:
         self.intake = Intake(self.journal, engine, self.actions)
         self.actions.emit = self.intake.gateway_event
         self.actions.siren = self.sound_siren
-        self.inboxes = {i.name: i for i in inboxes(config, self.intake, self.actions, self.clock)}
+        self.keyring = Keyring()
+        self.inboxes = {
+            i.name: i for i in inboxes(config, self.intake, self.actions, self.clock, self.keyring)
+        }
         # After the inboxes: the mesh must be there for the notices rebuilt alerts still owe.
         rebuilt = soft_state.rebuild(self.actions, config, engine.rules)
         if rebuilt:
@@ -99,10 +110,26 @@ class Gateway:
         self.sms = SmsService(config, self.intake, self.actions) if config.sms else None
         self.actions.sms = self.sms
         self.device_states = DeviceStates(config.journal_path)
+        self.walk_test = WalkTest(config, emit=self._tell_police, device_states=self.device_states)
+        self.intake.mark = self.walk_test.mark
+        self.control = ControlServer(
+            config.state_dir,
+            {
+                "walktest.start": self._walk_test_start,
+                "walktest.stop": self._walk_test_stop,
+                "walktest.status": self._walk_test_status,
+                "reload": self._reload_command,
+            },
+        )
+        self.reload_requested = asyncio.Event()
+        self._reloading = asyncio.Lock()
+        # Kept by reference: a reload changes them in place for the drivers and forwarders.
+        self._devices = _shop_devices(config)
+        self._cards = _shop_cards(config)
         context = DriverContext(
             gateway_id=gid,
             block_broker=config.broker,
-            devices={s.id: frozenset(d.id for d in s.devices) for s in config.shops},
+            devices=self._devices,
             state_dir=config.state_dir,
             device_states=self.device_states,
             storage=self.journal.reserve,
@@ -110,14 +137,8 @@ class Gateway:
         self.drivers: dict[str, Driver] = {
             c.name: DRIVERS[c.kind](c, context=context) for c in config.drivers
         }
-        cards = {
-            s.id: ShopCard(
-                s.id, s.name, s.lat, s.lon, s.grid.large, s.grid.medium, s.grid.small, s.account
-            )
-            for s in config.shops
-        }
         fcontext = ForwarderContext(
-            gid, config.gateway.large_grid, cards, self.snapshot, config.status_interval_s
+            gid, config.gateway.large_grid, self._cards, self.snapshot, config.status_interval_s
         )
         self.cursors = {f.name: OutboxCursor(self.journal, f.name) for f in config.forwarders}
         self.forwarders: dict[str, Forwarder] = {
@@ -219,6 +240,7 @@ class Gateway:
                 for code, at in getattr(driver, "unknown_codes", {}).items()
             },
             "clock": clock.attrs(),
+            "walk_test": self.walk_test.summary(),
             "warnings": warnings,
             **({"sms": self.sms.status()} if self.sms else {}),
         }
@@ -278,6 +300,97 @@ class Gateway:
         else:
             self.link_errors[name] = detail[:256]
         self._status_changed.set()
+
+    async def _tell_police(self, event: Event) -> None:
+        """Journal a walk test's start or end for every forwarder that takes its kind."""
+        self._status_changed.set()  # the shops under test, in status.json at once
+        await self.intake.gateway_event(event, routes=self._routes[event.kind])
+
+    async def _walk_test_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        shops = args.get("shops")
+        if shops is not None and not (
+            isinstance(shops, list) and all(isinstance(s, str) for s in shops)
+        ):
+            raise CommandError("shops must be a list of shop ids, or null for all")
+        minutes = args.get("minutes", DEFAULT_WALK_TEST_MINUTES)
+        if not isinstance(minutes, int | float) or isinstance(minutes, bool):
+            raise CommandError("minutes must be a number")
+        return await self.walk_test.start(shops, float(minutes))
+
+    async def _walk_test_stop(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return await self.walk_test.stop("stopped by the installer")
+
+    async def _walk_test_status(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return self.walk_test.status()
+
+    async def _reload_command(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return {"restart_needed": await self.reload()}
+
+    async def _reload_on_request(self) -> None:
+        """Reload on SIGHUP; a refused config is logged by ``reload`` and the old one kept."""
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            try:
+                await self.reload()
+            except CommandError:
+                pass  # refused: ``reload`` logged why, the running config stays
+            except Exception:  # a reload bug must not stop the gateway
+                logger.exception("reload failed")
+
+    async def reload(self) -> list[str]:
+        """Read the config file again and apply shops, devices, rules and learned 433 codes.
+
+        Links stay up and events in flight are not touched. What only a restart
+        applies is logged and returned. Raises ``CommandError`` (the reason is
+        logged too) when the file does not pass ``lianfang check``: the running
+        config stays.
+        """
+        if self.config_path is None:
+            raise CommandError("this gateway was not started from a config file")
+        async with self._reloading:  # SIGHUP and the socket at once: one after the other
+            return await self._reload(self.config_path)
+
+    async def _reload(self, path: Path) -> list[str]:
+        try:
+            new = await asyncio.to_thread(_checked_config, path)
+        except ConfigError as exc:
+            logger.error("reload refused, the running config is kept:\n%s", exc)  # noqa: TRY400
+            raise CommandError(f"reload refused, the running config is kept:\n{exc}") from None
+        pending = _restart_needed(self.config, new)
+        # What only a restart applies stays as it runs (the state dir, the forwarders...).
+        new = new.model_copy(
+            update={
+                name: getattr(self.config, name)
+                for name in pending
+                if name in GatewayConfig.model_fields and name != "drivers"
+            }
+        )
+        old = self.intake.engine
+        engine = rule_engine(new, level=old.level)
+        engine.schedule.restore(old.schedule.saved())
+        self.actions.reconfigure(new, engine.rules, schedule=engine.schedule)
+        self.intake.engine = engine
+        self.walk_test.configure(new)
+        self.keyring.rekey(new)
+        self._cards.clear()
+        self._cards.update(_shop_cards(new))
+        self._devices.clear()
+        self._devices.update(_shop_devices(new))
+        learned = {c.name: c for c in new.drivers if isinstance(c, Rf433Config)}
+        for name, driver in self.drivers.items():
+            if isinstance(driver, Rf433Driver) and name in learned:
+                driver.relearn(learned[name])
+        self.config = new
+        logger.info(
+            "config reloaded: %d shops, %d rules, %d learned 433 MHz buttons",
+            len(new.shops),
+            len(engine.rules),
+            sum(len(c.buttons) for c in learned.values()),
+        )
+        if pending:
+            logger.warning("reload: %s changed; applied at the next restart", ", ".join(pending))
+        return pending
 
     async def run(self, notifier: SystemdNotifier) -> None:
         """Run every component until cancelled."""
@@ -343,6 +456,9 @@ class Gateway:
                     ),
                     name="sms",
                 )
+            tg.create_task(self.walk_test.run(), name="walk-test")
+            tg.create_task(supervise("control", self.control.run), name="control")
+            tg.create_task(self._reload_on_request(), name="reload")
             tg.create_task(self._announce_ready(notifier), name="ready")
             tg.create_task(pet_watchdog(notifier), name="watchdog")
             tg.create_task(self._write_status(), name="status-file")
@@ -450,13 +566,64 @@ class Gateway:
         )
 
 
+def _shop_devices(config: GatewayConfig) -> dict[str, frozenset[str]]:
+    return {s.id: frozenset(d.id for d in s.devices) for s in config.shops}
+
+
+def _shop_cards(config: GatewayConfig) -> dict[str, ShopCard]:
+    return {
+        s.id: ShopCard(
+            s.id, s.name, s.lat, s.lon, s.grid.large, s.grid.medium, s.grid.small, s.account
+        )
+        for s in config.shops
+    }
+
+
+RELOADED = frozenset({"shops", "other_shops", "rules", "drivers", "commands", "other_gateways"})
+"""The config sections a reload applies: of the drivers only learned 433 MHz buttons, of
+the signed commands only their keys."""
+
+
+def _restart_needed(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """The sections changed from ``old`` to ``new`` that only a restart applies."""
+    changed = [
+        name
+        for name in GatewayConfig.model_fields
+        if name not in RELOADED and getattr(old, name) != getattr(new, name)
+    ]
+    if [_unlearned(d) for d in old.drivers] != [_unlearned(d) for d in new.drivers]:
+        changed.append("drivers")
+    if old.commands.max_age_s != new.commands.max_age_s:
+        changed.append("commands.max_age_s")
+    return changed
+
+
+def _unlearned(driver: DriverConfig) -> DriverConfig:
+    """``driver`` without its learned buttons: what a reload cannot change."""
+    if isinstance(driver, Rf433Config):
+        return driver.model_copy(update={"buttons": []})
+    return driver
+
+
+def _checked_config(path: Path) -> GatewayConfig:
+    """The config at ``path`` if ``lianfang check`` (offline) passes it; raises ConfigError."""
+    from gateway.config.file import file_locator, load_config  # noqa: PLC0415
+    from gateway.config.preflight import preflight  # noqa: PLC0415
+
+    config = load_config(path)
+    errors = [f.problem for f in preflight(config, file_locator(path)) if not f.warning]
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(path)
 
 
-async def _serve(config: GatewayConfig) -> int:
+async def _serve(config: GatewayConfig, config_path: Path | None = None) -> int:
     notifier = SystemdNotifier()
     task = asyncio.current_task()
     assert task is not None
@@ -464,10 +631,11 @@ async def _serve(config: GatewayConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
     try:
-        gateway = Gateway(config)
+        gateway = Gateway(config, config_path=config_path)
     except JournalError as exc:
         logger.error("%s", exc)  # noqa: TRY400 - the message says it all; no traceback for installers
         return 1
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_requested.set)
     try:
         await gateway.run(notifier)
     except asyncio.CancelledError:
@@ -503,6 +671,6 @@ def run_from_file(path: Path) -> int:
         print(exc, file=sys.stderr)  # noqa: T201 - one line for the installer, before any link
         return 1
     try:
-        return asyncio.run(_serve(config))
+        return asyncio.run(_serve(config, path))
     finally:
         os.close(lock)

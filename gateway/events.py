@@ -42,6 +42,8 @@ class EventKind(StrEnum):
     SMS = "sms"
     STORAGE_FULL = "storage_full"
     JOURNAL_DAMAGED = "journal_damaged"
+    WALK_TEST_STARTED = "walk_test_started"
+    WALK_TEST_ENDED = "walk_test_ended"
 
 
 class EventClass(StrEnum):
@@ -83,6 +85,8 @@ EVENT_CLASS: dict[EventKind, EventClass] = {
     EventKind.SMS: EventClass.STATUS,
     EventKind.STORAGE_FULL: EventClass.TROUBLE,
     EventKind.JOURNAL_DAMAGED: EventClass.TROUBLE,
+    EventKind.WALK_TEST_STARTED: EventClass.TROUBLE,
+    EventKind.WALK_TEST_ENDED: EventClass.TROUBLE,
 }
 
 # Kinds only the gateway itself makes (rules, commands, responses); never taken from a device.
@@ -98,8 +102,13 @@ GATEWAY_MADE_KINDS = frozenset(
         EventKind.SMS,
         EventKind.STORAGE_FULL,
         EventKind.JOURNAL_DAMAGED,
+        EventKind.WALK_TEST_STARTED,
+        EventKind.WALK_TEST_ENDED,
     }
 )
+
+TEST_ATTR = "test"
+"""``attrs.test`` is true on an event from a shop under walk test: it alerts nobody."""
 
 
 def new_event_id() -> str:

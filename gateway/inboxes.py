@@ -199,6 +199,22 @@ def mesh_keys(
     return own, public
 
 
+class Keyring:
+    """The verifiers of police commands and mesh notices, which a reload gives new keys."""
+
+    def __init__(self) -> None:
+        """Empty until ``inboxes`` builds the police inboxes."""
+        self.commands: CommandVerifier | None = None
+        self.mesh: MeshVerifier | None = None
+
+    def rekey(self, config: GatewayConfig) -> None:
+        """Trust the command keys and other gateways' mesh keys of ``config`` from now on."""
+        if self.commands is not None:
+            self.commands.trust(config.commands.keys)
+        if self.mesh is not None:
+            self.mesh.trust(mesh_keys(config)[1])
+
+
 def mesh_topic(root: str, large_grid: str, gateway_id: str) -> str:
     """Where ``gateway_id`` listens for notices from other gateways."""
     return f"{root}/{large_grid}/mesh/{gateway_id}/notify"
@@ -209,10 +225,11 @@ def inboxes(
     intake: Intake,
     actions: RuleActions,
     clock: GatewayClock | None = None,
+    keyring: Keyring | None = None,
 ) -> list[Inbox]:
     """The gateway's inboxes; the police ones only when a police MQTT forwarder is configured.
 
-    Signed commands tell ``clock`` the police's time.
+    Signed commands tell ``clock`` the police's time; ``keyring`` is given their verifiers.
     """
     gid = config.gateway.id
     responses = ShopResponses({s.id for s in config.shops}, intake, actions)
@@ -228,9 +245,12 @@ def inboxes(
     police = next((f for f in config.forwarders if isinstance(f, PoliceMqttConfig)), None)
     if police is None:
         return found
+    commands_verifier = CommandVerifier(
+        gid, config.commands.keys, max_age_s=config.commands.max_age_s
+    )
     commands = PoliceCommands(
         gid,
-        CommandVerifier(gid, config.commands.keys, max_age_s=config.commands.max_age_s),
+        commands_verifier,
         intake,
         actions,
         state_file=config.state_dir / "commands.json",
@@ -238,6 +258,8 @@ def inboxes(
     )
     key, public_keys = mesh_keys(config)
     verifier = MeshVerifier(gid, public_keys, max_age_s=config.commands.max_age_s)
+    if keyring is not None:
+        keyring.commands, keyring.mesh = commands_verifier, verifier
     mesh = MeshRelay(
         police.topic_root,
         actions,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from gateway.actions import Applied, RuleActions
 from gateway.events import GATEWAY_MADE_KINDS, Event
@@ -31,6 +32,8 @@ class Intake:
         self.actions = actions
         self.refused = 0
         self.rules_crashed = 0
+        self.mark: Callable[[Event], Event] | None = None
+        """Marks the events of shops under walk test (``gateway/walk_test.py``)."""
         self._log = RateLimitedLog(logger, interval_s=60)
 
     async def __call__(
@@ -49,6 +52,8 @@ class Intake:
             return
         if origin_key is not None and not self._journal.claim(origin_key, on_durable):
             return
+        if self.mark is not None:
+            event = self.mark(event)
         try:
             await self._take(event, on_durable=on_durable, origin_key=origin_key)
         except BaseException:

@@ -10,17 +10,22 @@ order within a priority (decision 42); a caught-up cursor keeps journal order.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from gateway.events import EventClass
 from gateway.journal import Journal
 from gateway.journal_reader import JournalReader, OutboxRow
-from gateway.journal_schema import RANKS
+from gateway.journal_schema import PRIORITY_RANK, RANKS
+
+logger = logging.getLogger(__name__)
 
 LIVE_BUFFER = 2000
 # Rows handed out at once from memory: a forwarder works through a batch in order,
 # so a fresh alarm waits for at most this many routine rows handed out before it.
 LIVE_BATCH = 32
+ALARM_RANK = PRIORITY_RANK[EventClass.ALARM]
 
 
 class OutboxCursor:
@@ -104,6 +109,15 @@ class OutboxCursor:
     def ack(self, row: OutboxRow) -> None:
         """The receiver acknowledged ``row``: record it, one row at a time."""
         self._journal.ack(self.name, row.seq)
+        if row.priority == ALARM_RANK:
+            event = row.event
+            logger.info(
+                "alarm %s %s at shop %s delivered by %s",
+                event.kind.value,
+                event.id,
+                row.shop_id,
+                self.name,
+            )
 
     async def send_each(
         self, rows: list[OutboxRow], send: Callable[[OutboxRow], Awaitable[None]]

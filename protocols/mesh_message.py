@@ -168,6 +168,10 @@ class MeshVerifier:
         self._max_age = timedelta(seconds=max_age_s)
         self._nonces: OrderedDict[str, datetime] = OrderedDict()
 
+    def trust(self, keys: dict[str, Ed25519PublicKey]) -> None:
+        """Relay what the gateways in ``keys`` sign from now on (a reload); nonces stay used."""
+        self._keys = keys
+
     def verify(self, payload: bytes, now: datetime) -> MeshMessage:
         """The message, if it is to be relayed.
 

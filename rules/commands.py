@@ -88,6 +88,12 @@ class CommandVerifier:
     def __init__(self, gateway_id: str, keys: dict[str, str], *, max_age_s: float) -> None:
         """Trust ``keys`` (key id -> raw Ed25519 public key, base64) for ``gateway_id``."""
         self._gateway_id = gateway_id
+        self.trust(keys)
+        self._max_age = timedelta(seconds=max_age_s)
+        self._nonces: OrderedDict[str, datetime] = OrderedDict()
+
+    def trust(self, keys: dict[str, str]) -> None:
+        """Trust ``keys`` from now on (at start and on reload); used nonces stay used."""
         # cryptography costs ~7 MB of memory: loaded only by gateways that trust a key.
         if keys:
             from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
@@ -97,8 +103,6 @@ class CommandVerifier:
             key_id: Ed25519PublicKey.from_public_bytes(base64.b64decode(raw))
             for key_id, raw in keys.items()
         }
-        self._max_age = timedelta(seconds=max_age_s)
-        self._nonces: OrderedDict[str, datetime] = OrderedDict()
 
     def remember(self, nonce: str, issued_at: datetime) -> None:
         """Count ``nonce`` as used (also for nonces read back from the journal at start)."""

@@ -46,7 +46,8 @@ class NeighbourAlerts:
 
         ``wall`` dates the notices' expiry: the police's time when the gateway's is off.
         """
-        self._names = names
+        self.names = names
+        """Shop names by id (a reload replaces them)."""
         self._cooldown_s = cooldown_s
         self._expires_s = expires_s
         self._clock = clock
@@ -77,7 +78,7 @@ class NeighbourAlerts:
             "alert_id": alert_id,
             "event_id": event.id,
             "from_shop_id": event.shop_id,
-            "from_shop_name": self._names.get(event.shop_id or "", event.shop_id),
+            "from_shop_name": self.names.get(event.shop_id or "", event.shop_id),
             "kind": event.kind.value,
             "occurred_at": event.occurred_at.isoformat(),
             "expires_at": expires_at.isoformat(),

@@ -56,6 +56,7 @@ def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> in
     table.add_row("status written", age)
     table.add_row("uptime", f"{status['uptime_s']} s")
     table.add_row("alert level", str(status.get("level", "everyday")))
+    _add_walk_test_row(table, status.get("walk_test"))
     table.add_row("events journalled", str(status["events"]))
     table.add_row("repeats dropped", str(status["duplicates"]))
     table.add_row("neighbour notices", str(status["neighbour_notices"]))
@@ -80,6 +81,13 @@ def show_status(config: GatewayConfig, console: Console, *, as_json: bool) -> in
     for warning in status["warnings"]:
         console.print(f"[bold yellow]warning:[/] {warning}")
     return 0
+
+
+def _add_walk_test_row(table: Table, walk: dict[str, Any] | None) -> None:
+    """The shops under walk test and the minutes left: no test can be forgotten."""
+    if walk:
+        shops = ", ".join(walk["shops"])
+        table.add_row("walk test", f"{shops}: {walk['remaining_min']} min left")
 
 
 def _add_sms_rows(table: Table, sms: dict[str, Any] | None) -> None:

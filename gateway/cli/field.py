@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -51,8 +52,24 @@ def learn(
             raise typer.Exit(1) from None
         typer.echo(f"Heard code {code}")
         typer.echo(bind_code(path, cfg, rf, shop=shop, device=device, code=code))
+        typer.echo(asyncio.run(_served_now(path)))
     except ConfigError as exc:
         fail(exc)
+
+
+async def _served_now(path: Path) -> str:
+    """Make a running gateway serve the new button now; what the installer must know."""
+    from gateway.cli.walktest import reload_running  # noqa: PLC0415
+    from gateway.control import CommandError, ControlUnavailableError  # noqa: PLC0415
+
+    cfg = load_or_exit(path)
+    try:
+        return f"the running gateway {await reload_running(cfg)}: the button is served now"
+    except ControlUnavailableError as exc:
+        return f"{exc}; a gateway serves the button when it starts"
+    except CommandError as exc:
+        # A press right after pairing must not be taken for a lost alarm: said plainly.
+        return f"the running gateway did not reload ({exc}); restart it to serve the button"
 
 
 @app.command()

@@ -204,9 +204,4 @@ def bind_code(
     text = io.StringIO()
     yaml.dump(data, text)
     replace_checked(path, text.getvalue(), command="learn")
-    # The gateway reads its config at start only: said, so that a test press right
-    # after pairing is not taken for a lost alarm (it is listed as an unknown code).
-    return (
-        f"learned code {code} as {shop}/{device}{added}; old file kept as {path.name}.bak; "
-        "a running gateway serves the button once it is restarted"
-    )
+    return f"learned code {code} as {shop}/{device}{added}; old file kept as {path.name}.bak"

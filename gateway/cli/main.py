@@ -24,6 +24,7 @@ from gateway.cli import (
     setup,
     simulation,
     sms,
+    walktest,
 )
 
 GROUPS = (
@@ -39,6 +40,7 @@ GROUPS = (
     rules,
     sms,
     device_map,
+    walktest,
 )
 """The command groups, in the order ``lianfang --help`` lists them."""
 

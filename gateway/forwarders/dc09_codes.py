@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.events import Event, EventKind
+from gateway.events import TEST_ATTR, Event, EventKind
 from protocols.dc09 import EventData
 
 
@@ -61,10 +61,17 @@ DEFAULT_CODES: dict[str, CodeEntry] = {
     # The gateway's own storage: its event log overflowing, and a damaged log started afresh.
     EventKind.STORAGE_FULL: _entry(624, "JO", "JO"),
     EventKind.JOURNAL_DAMAGED: _entry(304, "YX"),
+    # Walk test mode: Contact ID 607 opens it (qualifier 1) and closes it (3); SIA TS / TE.
+    EventKind.WALK_TEST_STARTED: _entry(607, "TS"),
+    EventKind.WALK_TEST_ENDED: _entry(607, "TE", qualifier=3),
 }
 """Kinds and codes as DESIGN.md lists them. ``door_open``/``door_close`` are not
 alarms by themselves (the rules raise ``intrusion`` when armed) and heartbeats
 only feed supervision: none of them is sent."""
+
+TEST_REPORT = _entry(601, "TX")
+"""Any event of a shop under walk test reads as a manual test report (Contact ID 601,
+SIA ``TX``) whatever its kind: the centre sees the installer working, not a robbery."""
 
 RESTORES_ATTR = "restores"
 """A ``restore`` event names the kind it restores in this attribute; without it,
@@ -103,6 +110,10 @@ class CodeTable:
     def event_data(self, event: Event, *, partition: int) -> EventData | None:
         """Code, qualifier and zone of ``event``; None when its kind is not sent."""
         zone = zone_number(event.zone)
+        if event.attrs.get(TEST_ATTR) is True:
+            return EventData(
+                TEST_REPORT.qualifier, TEST_REPORT.cid, partition, zone, TEST_REPORT.sia
+            )
         if event.kind is EventKind.RESTORE:
             restored = str(event.attrs.get(RESTORES_ATTR, EventKind.DEVICE_FAULT))
             entry = self.entries.get(restored)

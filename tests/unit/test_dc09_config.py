@@ -150,3 +150,15 @@ def test_code_table_and_overrides() -> None:
     assert config.accepts_kind(EventKind.PANIC)
     with pytest.raises(ValueError, match="unknown event kinds nope"):
         Dc09Config(kind="dc09", name="c", url="tcp://h:1", account="123", codes={"nope": None})
+
+
+def test_walk_test_reads_as_test_reports_at_the_centre() -> None:
+    """Any event of a shop under walk test is a manual test (601, TX); the mode opens and closes as 607."""
+    table = CodeTable.with_overrides({})
+    for kind in (EventKind.PANIC, EventKind.DURESS, EventKind.TAMPER):
+        data = table.event_data(event(kind, test=True), partition=1)
+        assert (data.qualifier, data.code, data.sia_code) == (1, 601, "TX")  # type: ignore[union-attr]
+    started = table.event_data(event(EventKind.WALK_TEST_STARTED), partition=1)
+    ended = table.event_data(event(EventKind.WALK_TEST_ENDED), partition=1)
+    assert (started.qualifier, started.code, started.sia_code) == (1, 607, "TS")  # type: ignore[union-attr]
+    assert (ended.qualifier, ended.code, ended.sia_code) == (3, 607, "TE")  # type: ignore[union-attr]

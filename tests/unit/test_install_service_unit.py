@@ -38,6 +38,7 @@ def test_unit_runs_a_static_user_with_the_hardening_kept():
     assert unit["StateDirectory"] == ["lianfang"]
     assert unit["SupplementaryGroups"] == ["dialout"]
     assert unit["ExecStartPre"] == ["/opt/lianfang/bin/lianfang check"]
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert unit["ExecStart"] == ["/opt/lianfang/bin/lianfang run"]
     assert "LIANFANG_CONFIG=/etc/lianfang/lianfang.yaml" in unit["Environment"]
     assert unit["ProtectSystem"] == ["strict"]

@@ -55,6 +55,8 @@ CLASS_OF_KIND = {
     "water_leak": TROUBLE,
     "storage_full": TROUBLE,
     "journal_damaged": TROUBLE,
+    "walk_test_started": TROUBLE,
+    "walk_test_ended": TROUBLE,
     "door_open": STATUS,
     "door_close": STATUS,
     "arm": STATUS,
