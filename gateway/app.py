@@ -38,6 +38,7 @@ from gateway.ratelimit import RateLimitedLog
 from gateway.rule_engine import rule_engine
 from gateway.sms.service import SmsService
 from gateway.state_lock import StateDirError, lock_state_dir
+from gateway.status_page import StatusPage
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier, pet_watchdog, process_age_s
 from gateway.waiting_alarms import WaitingAlarms
@@ -133,6 +134,9 @@ class Gateway:
         self.links: dict[str, bool] = {}
         self.link_errors: dict[str, str] = {}
         self._status_changed = asyncio.Event()
+        self.status_page = (
+            StatusPage(config, config.status_page, self.snapshot) if config.status_page else None
+        )
 
     async def sound_siren(self, shop_id: str, seconds: float) -> bool:
         """Sound ``shop_id``'s siren through the driver that drives it; False if none does."""
@@ -204,6 +208,7 @@ class Gateway:
             "clock": clock.attrs(),
             "warnings": warnings,
             **({"sms": self.sms.status()} if self.sms else {}),
+            **({"status_page": self.status_page.counters()} if self.status_page else {}),
         }
 
     async def _link_changed(self, name: str, *, up: bool, detail: str) -> None:
@@ -325,6 +330,18 @@ class Gateway:
                         max_delay=RETRY_MAX_S,
                     ),
                     name="sms",
+                )
+            if self.status_page is not None:
+                # Supervised like a link, with no trouble event: the page is not on the alarm path.
+                tg.create_task(
+                    supervise(
+                        "status-page",
+                        self.status_page.run,
+                        link=self.status_page,
+                        on_retry=self._note_retry,
+                        max_delay=RETRY_MAX_S,
+                    ),
+                    name="status-page",
                 )
             tg.create_task(self._announce_ready(notifier), name="ready")
             tg.create_task(pet_watchdog(notifier), name="watchdog")
