@@ -19,7 +19,7 @@ import yaml
 from lab.broker import free_port
 from tests.chromium import Chromium
 from tests.clients import expected_nearest, running, survey_rows, wait_until
-from tests.harness import init_config
+from tests.harness import SURVEY, init_config
 
 SHOP = "S00011"
 FIELDS = {"id", "name", "lat", "lon", "state", "reason"}
@@ -258,3 +258,33 @@ def test_page_in_chromium_shows_a_panic_and_a_driver_fault(
     assert chromium.console_errors(tab) == []
     assert chromium.evaluate(tab, "document.body.dataset.errors || ''") == ""
     assert took < 1.0, f"the page showed the panic {took:.2f} s after it was sent"
+
+
+def test_init_status_page_turns_it_on_on_loopback(tmp_path):
+    """`lianfang init --status-page` writes a loopback status page that `lianfang check` accepts."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "init",
+            "--survey",
+            str(SURVEY),
+            "--gateway",
+            "GW-001",
+            "--dir",
+            str(tmp_path),
+            "--status-page",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    config = tmp_path / "lianfang.yaml"
+    assert yaml.safe_load(config.read_text())["status_page"] == {"listen": "127.0.0.1:8080"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
