@@ -18,6 +18,7 @@ from gateway.cli import (
     field,
     inspection,
     keys,
+    report,
     rules,
     schema,
     services,
@@ -39,6 +40,7 @@ GROUPS = (
     rules,
     sms,
     device_map,
+    report,
 )
 """The command groups, in the order ``lianfang --help`` lists them."""
 
