@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from tests.chromium import Chromium
 from tests.clients import expected_nearest, survey_rows
 
 SHOP = "S00040"
-
-
-@pytest.fixture
-def chromium(tmp_path: Path) -> Iterator[Chromium]:
-    browser = Chromium(tmp_path / "chromium-profile")
-    yield browser
-    browser.close()
 
 
 def test_report_shows_links_shops_and_map_in_chromium(tmp_path, start_gateway, chromium):

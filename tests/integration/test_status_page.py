@@ -9,15 +9,12 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from lab.broker import free_port
-from tests.chromium import Chromium
 from tests.clients import expected_nearest, running, survey_rows, wait_until
 from tests.harness import SURVEY, init_config
 
@@ -70,13 +67,6 @@ def serving(base: str) -> None:
 @pytest.fixture
 def page_port() -> int:
     return free_port()
-
-
-@pytest.fixture
-def chromium(tmp_path: Path) -> Iterator[Chromium]:
-    browser = Chromium(tmp_path / "chromium-profile")
-    yield browser
-    browser.close()
 
 
 def test_api_answers_status_shops_and_events(block_broker, police_broker, start_gateway, page_port):
