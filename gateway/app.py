@@ -332,12 +332,14 @@ class Gateway:
                     name="sms",
                 )
             if self.status_page is not None:
-                # Supervised like a link, with no trouble event: the page is not on the alarm path.
+                # Supervised like a link, shown in the status only: no trouble event goes to
+                # the police about a page that is not on the alarm path.
                 tg.create_task(
                     supervise(
                         "status-page",
                         self.status_page.run,
                         link=self.status_page,
+                        on_change=self._inbox_link_changed,
                         on_retry=self._note_retry,
                         max_delay=RETRY_MAX_S,
                     ),

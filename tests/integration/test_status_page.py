@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -15,6 +17,7 @@ import pytest
 import yaml
 
 from lab.broker import free_port
+from tests.certs import make_pki
 from tests.clients import expected_nearest, running, survey_rows, wait_until
 from tests.harness import SURVEY, init_config
 
@@ -22,13 +25,15 @@ SHOP = "S00011"
 FIELDS = {"id", "name", "lat", "lon", "state", "reason"}
 
 
-def get(url: str, token: str | None = None) -> tuple[int, bytes]:
+def get(
+    url: str, token: str | None = None, context: ssl.SSLContext | None = None
+) -> tuple[int, bytes]:
     """GET ``url``; its status and body, errors included."""
     request = urllib.request.Request(url)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
+        with urllib.request.urlopen(request, timeout=10, context=context) as answer:
             return answer.status, answer.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
@@ -51,11 +56,11 @@ def raw(port: int, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def serving(base: str) -> None:
+def serving(base: str, context: ssl.SSLContext | None = None) -> None:
     async def up() -> None:
         def answers() -> bool:
             try:
-                return get(base + "/")[0] == 200
+                return get(base + "/", context=context)[0] == 200
             except OSError:
                 return False
 
@@ -140,10 +145,14 @@ def test_token_is_required_when_set(start_gateway, page_port):
     [
         ({"listen": "0.0.0.0:8080"}, "status_page.token"),
         ({"listen": "0.0.0.0:8080", "token": "t"}, "tls_cert and tls_key, or behind_proxy"),
+        (
+            {"listen": "0.0.0.0:8443", "token": "t", "tls_cert": "no.pem", "tls_key": "no.key"},
+            "no such file",
+        ),
     ],
 )
 def test_check_refuses_an_unsecured_page_off_loopback(tmp_path, page, refused):
-    """`lianfang check` names the file, line and key of a non-loopback page without token and TLS."""
+    """`lianfang check` names the file, line and key of a non-loopback page without token and TLS, or with TLS files missing."""
     config = init_config(tmp_path, block_url="mqtt://127.0.0.1:1883", police_url=None)
     data = yaml.safe_load(config.read_text())
     data["status_page"] = page
@@ -156,8 +165,12 @@ def test_check_refuses_an_unsecured_page_off_loopback(tmp_path, page, refused):
         check=False,
     )
     assert done.returncode != 0
-    assert f"{config}:{line}" in done.stdout + done.stderr
-    assert refused in done.stdout + done.stderr
+    said = [x for x in (done.stdout + done.stderr).splitlines() if refused in x]
+    assert said, done.stdout + done.stderr
+    where = re.match(rf"{re.escape(str(config))}:(\d+): status_page", said[0])
+    assert where, said[0]
+    # The section's line, or the line of its key at fault.
+    assert line <= int(where.group(1)) <= line + len(page)
 
 
 def test_gateway_keeps_alerting_while_50_clients_hold_connections(
@@ -278,3 +291,63 @@ def test_init_status_page_turns_it_on_on_loopback(tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_page_over_tls_with_a_token(tmp_path, start_gateway, page_port):
+    """With tls_cert and tls_key the page speaks HTTPS only; a plain-HTTP client gets no answer and the page serves on."""
+    pki = make_pki(tmp_path / "pki")
+    token = "tls-page-token"
+    start_gateway(
+        status_page={
+            "listen": f"127.0.0.1:{page_port}",
+            "token": token,
+            "tls_cert": str(pki.server_cert),
+            "tls_key": str(pki.server_key),
+        }
+    )
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    base = f"https://127.0.0.1:{page_port}"
+    serving(base, context)
+    assert not raw(page_port, b"GET /api/status HTTP/1.1\r\n\r\n").startswith(b"HTTP/")
+    assert get(base + "/api/status", context=context)[0] == 401
+    status = get(base + "/api/status", token=token, context=context)
+    assert status[0] == 200
+    assert json.loads(status[1])["gateway_id"] == "GW-001"
+
+
+def test_a_page_that_cannot_serve_leaves_the_alarms_working(
+    block_broker, police_broker, start_gateway, page_port
+):
+    """The page's port taken: the panic still reaches neighbours and police, the status says why; the page comes back when the port is free."""
+    squatter = socket.create_server(("127.0.0.1", page_port))
+    try:
+        gw = start_gateway(status_page={"listen": f"127.0.0.1:{page_port}"})
+        near = expected_nearest(SHOP)
+
+        async def scenario() -> None:
+            async with running(
+                block_url=block_broker.url, police_url=police_broker.url, shops=[SHOP, *near]
+            ) as (panels, platform):
+                assert platform is not None
+                await panels[SHOP].send("panic", zone="1")
+                await wait_until(
+                    lambda: bool(platform.by_id) and all(panels[s].notices for s in near),
+                    10,
+                    "the police event and 10 notices",
+                )
+                await wait_until(
+                    lambda: "status-page" in gw.status()["link_errors"], 10, "the page's trouble"
+                )
+
+        asyncio.run(scenario())
+        status = gw.status()
+        assert status["links"]["status-page"] is False
+        assert "address already in use" in status["link_errors"]["status-page"].lower()
+    finally:
+        squatter.close()
+    serving(f"http://127.0.0.1:{page_port}")
+
+    async def recovered() -> None:
+        await wait_until(lambda: gw.status()["links"]["status-page"], 10, "the page back up")
+
+    asyncio.run(recovered())
