@@ -9,6 +9,7 @@ panic path one small indexed query at most every ``FRESH_S``.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -85,12 +86,19 @@ class ShopBoard:
         self._tested: dict[str, float] = {}
         self._backlog: dict[str, int] = {}
         self._backlog_at = -BACKLOG_EVERY_S
+        # A look runs in a worker thread that outlives a cancelled await: closing
+        # the connection under a running statement crashes SQLite.
+        self._lock = threading.Lock()
 
     def refresh(self) -> bool:
         """Read the rows appended since the last look (blocking: call it in a worker thread).
 
         True when there were any.
         """
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         conn = self._connection()
         newest = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         if newest - self._last_seq > TAIL_ROWS:
@@ -190,6 +198,8 @@ class ShopBoard:
         return found
 
     def close(self) -> None:
-        """Close the connection."""
-        if self._conn is not None:
-            self._conn.close()
+        """Close the connection, once any look under way has finished."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
