@@ -69,6 +69,26 @@ def serving(base: str, context: ssl.SSLContext | None = None) -> None:
     asyncio.run(up())
 
 
+def panic_alerts_neighbours_and_police(block_url: str, police_url: str) -> None:
+    """A panic at SHOP reaches the police and each of its 10 nearest shops."""
+    near = expected_nearest(SHOP)
+
+    async def scenario() -> None:
+        async with running(block_url=block_url, police_url=police_url, shops=[SHOP, *near]) as (
+            panels,
+            platform,
+        ):
+            assert platform is not None
+            await panels[SHOP].send("panic", zone="1")
+            await wait_until(
+                lambda: bool(platform.by_id) and all(panels[s].notices for s in near),
+                10,
+                "the police event and 10 notices",
+            )
+
+    asyncio.run(scenario())
+
+
 @pytest.fixture
 def page_port() -> int:
     return free_port()
@@ -184,21 +204,7 @@ def test_gateway_keeps_alerting_while_50_clients_hold_connections(
     try:
         for sock in held:
             sock.sendall(b"GET /api/status HTTP/1.1\r\n")  # a head never finished
-        near = expected_nearest(SHOP)
-
-        async def scenario() -> None:
-            async with running(
-                block_url=block_broker.url, police_url=police_broker.url, shops=[SHOP, *near]
-            ) as (panels, platform):
-                assert platform is not None
-                await panels[SHOP].send("panic", zone="1")
-                await wait_until(
-                    lambda: bool(platform.by_id) and all(panels[s].notices for s in near),
-                    10,
-                    "the police event and 10 notices",
-                )
-
-        asyncio.run(scenario())
+        panic_alerts_neighbours_and_police(block_broker.url, police_broker.url)
         assert get(base + "/api/status")[0] == 200
     finally:
         for sock in held:
@@ -322,24 +328,14 @@ def test_a_page_that_cannot_serve_leaves_the_alarms_working(
     squatter = socket.create_server(("127.0.0.1", page_port))
     try:
         gw = start_gateway(status_page={"listen": f"127.0.0.1:{page_port}"})
-        near = expected_nearest(SHOP)
+        panic_alerts_neighbours_and_police(block_broker.url, police_broker.url)
 
-        async def scenario() -> None:
-            async with running(
-                block_url=block_broker.url, police_url=police_broker.url, shops=[SHOP, *near]
-            ) as (panels, platform):
-                assert platform is not None
-                await panels[SHOP].send("panic", zone="1")
-                await wait_until(
-                    lambda: bool(platform.by_id) and all(panels[s].notices for s in near),
-                    10,
-                    "the police event and 10 notices",
-                )
-                await wait_until(
-                    lambda: "status-page" in gw.status()["link_errors"], 10, "the page's trouble"
-                )
+        async def trouble() -> None:
+            await wait_until(
+                lambda: "status-page" in gw.status()["link_errors"], 10, "the page's trouble"
+            )
 
-        asyncio.run(scenario())
+        asyncio.run(trouble())
         status = gw.status()
         assert status["links"]["status-page"] is False
         assert "address already in use" in status["link_errors"]["status-page"].lower()
