@@ -40,6 +40,7 @@ from gateway.ratelimit import RateLimitedLog
 from gateway.rule_engine import rule_engine
 from gateway.sms.service import SmsService
 from gateway.state_lock import StateDirError, lock_state_dir
+from gateway.status_page import StatusPage
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier, pet_watchdog, process_age_s
 from gateway.waiting_alarms import WaitingAlarms
@@ -158,6 +159,9 @@ class Gateway:
         self.links: dict[str, bool] = {}
         self.link_errors: dict[str, str] = {}
         self._status_changed = asyncio.Event()
+        self.status_page = (
+            StatusPage(config, config.status_page, self.snapshot) if config.status_page else None
+        )
 
     async def sound_siren(self, shop_id: str, seconds: float) -> bool:
         """Sound ``shop_id``'s siren through the driver that drives it; False if none does."""
@@ -243,6 +247,7 @@ class Gateway:
             "walk_test": self.walk_test.summary(),
             "warnings": warnings,
             **({"sms": self.sms.status()} if self.sms else {}),
+            **({"status_page": self.status_page.counters()} if self.status_page else {}),
         }
 
     async def _link_changed(self, name: str, *, up: bool, detail: str) -> None:
@@ -459,6 +464,20 @@ class Gateway:
             tg.create_task(self.walk_test.run(), name="walk-test")
             tg.create_task(supervise("control", self.control.run), name="control")
             tg.create_task(self._reload_on_request(), name="reload")
+            if self.status_page is not None:
+                # Supervised like a link, shown in the status only: no trouble event goes to
+                # the police about a page that is not on the alarm path.
+                tg.create_task(
+                    supervise(
+                        "status-page",
+                        self.status_page.run,
+                        link=self.status_page,
+                        on_change=self._inbox_link_changed,
+                        on_retry=self._note_retry,
+                        max_delay=RETRY_MAX_S,
+                    ),
+                    name="status-page",
+                )
             tg.create_task(self._announce_ready(notifier), name="ready")
             tg.create_task(pet_watchdog(notifier), name="watchdog")
             tg.create_task(self._write_status(), name="status-file")

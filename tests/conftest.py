@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lab.broker import Mosquitto, mosquitto_binary
+from tests.chromium import Chromium
 from tests.field import bind_field_devices
 from tests.harness import TestGateway, init_config
 
@@ -98,3 +99,11 @@ def start_field_gateway(
         return gw
 
     return start
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[Chromium]:
+    """Headless Chromium on the DevTools pipe, stopped by PID at the end."""
+    browser = Chromium(tmp_path / "chromium-profile")
+    yield browser
+    browser.close()

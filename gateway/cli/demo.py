@@ -8,7 +8,9 @@ use only its own topics) so that what users try is what they should deploy,
 starts the real gateway daemon, a police receiver,
 an alarm receiving centre (``lianfang receiver``, SIA DC-09) and a shop panel for
 every shop, presses panic at one shop, and shows which shops were alerted and
-when the police and the centre had it. Leaves no process behind.
+when the police and the centre had it, and ends by writing the block's
+commissioning report (``lianfang report``) where it is told. Leaves no process
+behind.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from lab.process import GatewayProcess, ReceiverProcess
 WAIT_S = 10.0
 
 
-def run_demo(shop_id: str = "S00011") -> int:
-    """Run the demo; the process exit code."""
+def run_demo(shop_id: str = "S00011", report: Path = Path("lianfang-demo-report.html")) -> int:
+    """Run the demo and write its block's commissioning report to ``report``; the exit code."""
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="lianfang-demo-"))
     block_port = free_port()
@@ -71,6 +73,7 @@ def run_demo(shop_id: str = "S00011") -> int:
                         police_url=police.url,
                         shop_id=shop_id,
                         centre=centre,
+                        report=report,
                     )
             finally:
                 centre.stop()
@@ -93,15 +96,26 @@ def _run_gateway(
     police_url: str,
     shop_id: str,
     centre: ReceiverProcess,
+    report: Path,
 ) -> int:
+    from gateway.cli.report import write_report  # noqa: PLC0415 - keep `lianfang --help` fast
+    from gateway.config.file import load_config  # noqa: PLC0415
+
     gateway = GatewayProcess(config, log=workdir / "gateway.log")
     try:
         with console.status("Starting the gateway..."):
             ready_s = gateway.start()
         console.print(f"Gateway GW-001 ready in {ready_s:.2f} s (pid {gateway.pid})")
-        return asyncio.run(
+        code = asyncio.run(
             _press_panic(console, logins, police_url, config, shop_id, centre=centre)
         )
+        if code == 0:
+            written = write_report(load_config(config), config, report, links_of=shop_id)
+            # soft_wrap: the path stays on one line, to copy whole.
+            console.print(
+                f"\nCommissioning report of the block: {written.resolve()}", soft_wrap=True
+            )
+        return code
     finally:
         gateway.stop()
 

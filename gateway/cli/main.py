@@ -18,6 +18,7 @@ from gateway.cli import (
     field,
     inspection,
     keys,
+    report,
     rules,
     schema,
     services,
@@ -41,6 +42,7 @@ GROUPS = (
     sms,
     device_map,
     walktest,
+    report,
 )
 """The command groups, in the order ``lianfang --help`` lists them."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import dataclass
 
 from gateway.config.model import GatewayConfig
@@ -39,6 +40,8 @@ class BrokerReport:
     """What the broker announced in its CONNACK; None if it was not reached."""
     problems: tuple[ConfigProblem, ...] = ()
     warnings: tuple[str, ...] = ()
+    latency_ms: float | None = None
+    """From connecting to the CONNACK, when reached (the commissioning report shows it)."""
 
     def describe(self) -> str:
         """One line: reached (protocol and limits) or not, then any warnings."""
@@ -107,9 +110,11 @@ async def _try_connect(
     except OSError as exc:
         problem = _tls_problem(broker, exc, file=file, path=f"{path}.tls")
         return BrokerReport(path, broker.url, None, (problem,))
+    started = time.monotonic()
     try:
         async with asyncio.timeout(timeout_s), link:
             limits = link.limits
+            latency_ms = (time.monotonic() - started) * 1000
     except TimeoutError:
         message = f"no answer from {broker.url} within {timeout_s:g} s"
     except BrokerUnsuitable as exc:
@@ -123,7 +128,7 @@ async def _try_connect(
         # Only the block broker: its shops' topics are what a stranger would forge.
         if path == "broker" and await _accepts_anonymous(broker, f"{client_id}-anon", timeout_s):
             warnings += (ANONYMOUS_WARNING,)
-        return BrokerReport(path, broker.url, limits, warnings=warnings)
+        return BrokerReport(path, broker.url, limits, warnings=warnings, latency_ms=latency_ms)
     return BrokerReport(path, broker.url, None, (ConfigProblem(file, f"{path}.url", message),))
 
 

@@ -94,6 +94,12 @@ def init(
             show_default=False,
         ),
     ] = None,
+    status_page: Annotated[
+        bool,
+        typer.Option(
+            "--status-page", help="Serve the local status page on http://127.0.0.1:8080/."
+        ),
+    ] = False,
 ) -> None:
     """Write lianfang.yaml from an installer's survey sheet (CSV)."""
     from gateway.config.file import file_locator  # noqa: PLC0415 - keep `lianfang --help` fast
@@ -119,6 +125,7 @@ def init(
             state_dir=state_dir,
             sms_port=sms,
             mesh_keys=mesh_keys,
+            status_page=status_page,
             force=force,
             warn=lambda finding: typer.echo(str(finding), err=True),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,11 +15,14 @@ app = typer.Typer()
 @app.command()
 def demo(
     shop: Annotated[str, typer.Option(help="Shop whose panic button is pressed.")] = "S00011",
+    report: Annotated[
+        Path, typer.Option(help="Where the block's commissioning report is written at the end.")
+    ] = Path("lianfang-demo-report.html"),
 ) -> None:
     """Start brokers, a simulated block, the gateway and a police receiver; press a panic."""
     from gateway.cli.demo import run_demo  # noqa: PLC0415 - keep `lianfang --help` fast
 
-    raise typer.Exit(run_demo(shop))
+    raise typer.Exit(run_demo(shop, report))
 
 
 @app.command()

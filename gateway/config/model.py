@@ -7,12 +7,13 @@ never touch the disk or the network; ``lianfang check --online`` does that.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
 from drivers import DriverConfigUnion
@@ -211,6 +212,84 @@ class JournalConfig(Strict):
     )
 
 
+class StatusPageConfig(Strict):
+    """The local status page and its JSON API (``lianfang run`` serves it; read-only)."""
+
+    listen: str = Field(
+        default="127.0.0.1:8080",
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description="HOST:PORT to serve on. Any address but loopback needs a token and TLS "
+        "(or behind_proxy).",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token the API asks for (Authorization: Bearer ...); required off "
+        "loopback. The page takes it from its address: http://HOST:PORT/#token=...",
+    )
+    tls_cert: Path | None = Field(default=None, description="TLS certificate (PEM) to serve with.")
+    tls_key: Path | None = Field(default=None, description="Its private key (PEM).")
+    behind_proxy: bool = Field(
+        default=False,
+        description="true says a reverse proxy on this machine terminates TLS in front of the "
+        "page (see docs/status-page.md), so a non-loopback listen may be plain HTTP.",
+    )
+    max_clients: int = Field(
+        default=64, ge=1, le=1024, description="Connections served at once; more are refused."
+    )
+
+    @property
+    def host(self) -> str:
+        """The address part of ``listen``, without IPv6 brackets."""
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        """The port part of ``listen``."""
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def loopback(self) -> bool:
+        """Whether only this machine can reach the page."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @model_validator(mode="after")
+    def _secured_off_loopback(self) -> StatusPageConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise PydanticCustomError("tls_pair", "tls_cert and tls_key go together")
+        if not 0 < self.port < 65536:
+            raise PydanticCustomError("port", "port {port} is not 1-65535", {"port": self.port})
+        if self.loopback:
+            return self
+        if self.token is None:
+            raise PydanticCustomError(
+                "token_required",
+                "listen {listen} is not loopback: set status_page.token (a bearer token)",
+                {"listen": self.listen},
+            )
+        if self.tls_cert is None and not self.behind_proxy:
+            raise PydanticCustomError(
+                "tls_required",
+                "listen {listen} is not loopback: set status_page.tls_cert and tls_key, or "
+                "behind_proxy: true with a TLS proxy in front",
+                {"listen": self.listen},
+            )
+        return self
+
+    def resolved(self, base: Path) -> StatusPageConfig:
+        """The same with the TLS files taken from ``base``."""
+        return self.model_copy(
+            update={
+                "tls_cert": None if self.tls_cert is None else base / self.tls_cert,
+                "tls_key": None if self.tls_key is None else base / self.tls_key,
+            }
+        )
+
+
 class GatewayConfig(Strict):
     """A whole ``lianfang.yaml``."""
 
@@ -245,6 +324,9 @@ class GatewayConfig(Strict):
         ge=0.2,
         le=3600,
         description="How often the retained status and state_dir/status.json are refreshed.",
+    )
+    status_page: StatusPageConfig | None = Field(
+        default=None, description="The local status page (off unless given)."
     )
     shops: list[ShopConfig] = Field(min_length=1, description="Shops this gateway serves.")
     other_shops: list[OtherShopConfig] = Field(
@@ -317,6 +399,7 @@ class GatewayConfig(Strict):
                 "drivers": [d.resolved(base) for d in self.drivers],
                 "forwarders": [f.resolved(base) for f in self.forwarders],
                 "sms": None if self.sms is None else self.sms.resolved(base),
+                "status_page": self.status_page and self.status_page.resolved(base),
             }
         )
 

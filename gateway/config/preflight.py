@@ -104,6 +104,15 @@ def _tls_paths(config: GatewayConfig) -> Iterator[tuple[Loc, Path]]:
                 yield from of_broker(("forwarders", i, name), value)
             elif name.endswith("_file") and isinstance(value, Path):
                 yield ("forwarders", i, name), value
+    yield from _status_page_paths(config)
+
+
+def _status_page_paths(config: GatewayConfig) -> Iterator[tuple[Loc, Path]]:
+    """The status page's TLS certificate and key."""
+    page = config.status_page
+    for name in ("tls_cert", "tls_key"):
+        if page is not None and (path := getattr(page, name)) is not None:
+            yield ("status_page", name), path
 
 
 def _mesh_key_paths(config: GatewayConfig) -> Iterator[tuple[Loc, Path]]:

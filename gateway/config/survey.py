@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import ValidationError
 
-from gateway.config.model import GatewayConfig, Loc, NeighbourAlertConfig
+from gateway.config.model import GatewayConfig, Loc, NeighbourAlertConfig, StatusPageConfig
 from gateway.config.preflight import Finding, map_findings
 from gateway.config.problems import Locate, Spot, explain_errors, path_text
 from gateway.errors import ConfigError, ConfigProblem
@@ -212,6 +212,7 @@ def init_config(
     state_dir: Path | None = None,
     sms_port: str | None = None,
     mesh_keys: Path | None = None,
+    status_page: bool = False,
     force: bool = False,
     nearby_m: float = NEARBY_M,
     warn: Callable[[Finding], None] | None = None,
@@ -233,6 +234,7 @@ def init_config(
     ``mesh_keys`` is the folder of the gateways' mesh keys (``lianfang keys mesh``):
     ``{id}.key`` becomes this gateway's ``mesh_key_file``, and ``{id}.pub`` of
     every gateway in ``other_shops`` its entry in ``other_gateways``.
+    ``status_page`` turns the local status page on, on loopback (``StatusPageConfig``).
     ``warn`` hears of shops that look misplaced on the map, located in the sheet.
     """
     rows = read_survey(survey)
@@ -253,6 +255,8 @@ def init_config(
         timezone=timezone,
         sms_port=sms_port,
     )
+    if status_page:
+        data["status_page"] = {"listen": StatusPageConfig().listen}
     if mesh_keys is not None:
         folder = mesh_keys.resolve()
         data["gateway"]["mesh_key_file"] = str(folder / f"{gateway_id}.key")
@@ -442,6 +446,11 @@ def _render(data: dict[str, Any], *, survey: Path, nearby_m: float) -> str:
         notes["forwarders"] = tls_note
     if not data["forwarders"]:
         notes["forwarders"] = no_forwarder_note
+    if "status_page" in data:
+        notes["status_page"] = (
+            "# The local status page, on this machine only; see docs/status-page.md to open it\n"
+            "# to the street's network (a token and TLS).\n"
+        )
     parts = [header]
     for key, value in data.items():
         parts.append("\n" + notes.get(key, ""))

@@ -23,10 +23,13 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_demo_alerts_ten_neighbours_on_an_authenticated_broker_and_leaves_nothing(tmp_path):
+def test_demo_alerts_ten_neighbours_on_an_authenticated_broker_and_leaves_nothing(
+    tmp_path, tmp_path_factory
+):
+    here = tmp_path_factory.mktemp("demo-cwd")
     demo = subprocess.run(
         [sys.executable, "-m", "gateway", "demo"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=120, check=False, cwd=here,
         env={**os.environ, "TMPDIR": str(tmp_path), "COLUMNS": "200"},
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout + demo.stderr
@@ -35,3 +38,6 @@ def test_demo_alerts_ten_neighbours_on_an_authenticated_broker_and_leaves_nothin
     assert "received on police/v1/L1/GW-001/events" in demo.stdout
     assert processes_mentioning(str(tmp_path)) == []
     assert list(tmp_path.iterdir()) == []  # its folder, passwords and all, is gone
+    report = here / "lianfang-demo-report.html"
+    assert f"Commissioning report of the block: {report}" in demo.stdout
+    assert "Commissioning report: gateway GW-001" in report.read_text()
