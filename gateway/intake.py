@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from gateway.actions import Applied, RuleActions
-from gateway.events import GATEWAY_MADE_KINDS, Event
+from gateway.events import GATEWAY_MADE_KINDS, TEST_ATTR, Event
 from gateway.journal import Journal, OnDurable
 from gateway.ratelimit import RateLimitedLog
 from rules.engine import RuleEngine
@@ -52,6 +52,12 @@ class Intake:
             return
         if origin_key is not None and not self._journal.claim(origin_key, on_durable):
             return
+        if TEST_ATTR in event.attrs:
+            # Only a walk test makes an event a test: a panel's own "test" would silence
+            # its alarm's neighbour alert (a bug or a prank), so it is not believed.
+            event = event.model_copy(
+                update={"attrs": {k: v for k, v in event.attrs.items() if k != TEST_ATTR}}
+            )
         if self.mark is not None:
             event = self.mark(event)
         try:
