@@ -271,8 +271,12 @@ class RuleActions:
             outcome.forward(self._routes[event.kind], None, event.kind)
         if not test:
             outcome.extra.update(self._state_change(event))
+        alert = self._by_alert.get(str(outcome.extra.get("alert_id")))
+        if alert is not None:
+            # Journalled and forwarded with the event: who was told, for `lianfang events`
+            # and for the police (a capped notice still counts: it goes out as room comes).
+            outcome.extra["alerted"] = sorted(alert.alerted)
         if EVENT_CLASS[event.kind] is EventClass.ALARM:
-            alert = self._by_alert.get(str(outcome.extra.get("alert_id")))
             logger.info(
                 "alarm %s %s at shop %s: %d shops alerted%s",
                 event.kind.value,

@@ -103,6 +103,30 @@ class JournalReader:
             )
         ]
 
+    def deliveries(self, seqs: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """Each forwarder's delivery of the events at ``seqs``: acked_at (None: waiting), tries."""
+        found: dict[int, list[dict[str, Any]]] = {seq: [] for seq in seqs}
+        if not seqs:
+            return found
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, forwarder, acked_at, attempts, last_error FROM deliveries"
+                " WHERE seq BETWEEN ? AND ? ORDER BY seq, forwarder",
+                (min(seqs), max(seqs)),
+            ).fetchall()
+        for seq, forwarder, acked_at, attempts, last_error in rows:
+            if seq not in found:
+                continue
+            found[seq].append(
+                {
+                    "forwarder": forwarder,
+                    "acked_at": acked_at,
+                    "attempts": attempts,
+                    "last_error": last_error,
+                }
+            )
+        return found
+
     def device_states(self) -> list[dict[str, Any]]:
         """Each field device's last known state (``device_state`` table), by shop and device."""
         cursor = self._conn.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
@@ -118,27 +119,48 @@ def device_table(devices: list[dict[str, Any]]) -> Table:
 
 
 def show_events(config: GatewayConfig, console: Console, *, limit: int, as_json: bool) -> int:
-    """Print the newest ``limit`` events from the journal."""
+    """Print the newest ``limit`` events: who each alert told, when each forwarder delivered it."""
     if not config.journal_path.exists():
         console.print(f"[yellow]No journal at {config.journal_path}[/]")
         return 1
     reader = JournalReader(config.journal_path)
-    rows = reader.recent(limit)
-    reader.close()
+    try:
+        rows = reader.recent(limit)
+        deliveries = reader.deliveries([seq for seq, _ in rows])
+    finally:
+        reader.close()
     if as_json:
-        console.print_json(json.dumps([e.model_dump(mode="json") for _, e in rows]))
+        found = [
+            {**e.model_dump(mode="json"), "deliveries": deliveries[seq]} for seq, e in rows
+        ]
+        console.print_json(json.dumps(found))
         return 0
     table = Table(title=f"Last {len(rows)} events")
-    for column in ("seq", "received", "shop", "device", "kind", "id"):
+    for column in ("seq", "received", "shop", "device", "kind", "alerted", "delivered", "id"):
         table.add_column(column)
     for seq, event in rows:
+        alerted = event.attrs.get("alerted")
         table.add_row(
             str(seq),
             event.received_at.strftime("%Y-%m-%d %H:%M:%S"),
             event.shop_id or "(gateway)",
             event.device_id,
             event.kind.value,
+            " ".join(alerted) if isinstance(alerted, list) else "",
+            "\n".join(_delivery(d) for d in deliveries[seq]),
             event.id,
         )
     console.print(table)
     return 0
+
+
+def _delivery(delivery: dict[str, Any]) -> str:
+    """One forwarder's delivery of an event, as the events table shows it."""
+    name, acked_at, error = delivery["forwarder"], delivery["acked_at"], delivery["last_error"]
+    if acked_at is None:
+        tried = f", {delivery['attempts']} tries: {error}" if error else ""
+        return f"{name} waiting{tried}"
+    at = datetime.fromisoformat(acked_at).strftime("%H:%M:%S.%f")[:-3]
+    if error and error.startswith("given up:"):
+        return f"{name} refused {at}"
+    return f"{name} {at}"

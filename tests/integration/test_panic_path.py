@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import sqlite3
 import subprocess
 import sys
@@ -246,6 +247,23 @@ def test_status_and_events_show_what_the_gateway_did(block_broker, police_broker
 
     listed = cli("events", "--limit", "5")
     assert [(e["shop_id"], e["kind"]) for e in listed if e["shop_id"]] == [("S00030", "panic")]
+    [panic] = [e for e in listed if e["shop_id"]]
+    # Who the alert told, and when the police acknowledged it.
+    assert panic["attrs"]["alerted"] == sorted(expected_nearest("S00030"))
+    [police] = panic["deliveries"]
+    assert police["forwarder"] == "police"
+    assert police["acked_at"] is not None
+    assert police["last_error"] is None
+    table = subprocess.run(
+        [sys.executable, "-m", "gateway", "events", "--config", str(gw.config)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "400"},
+    ).stdout
+    [row] = [line for line in table.splitlines() if "S00030" in line and "panic" in line]
+    assert " ".join(sorted(expected_nearest("S00030"))) in row
+    assert "police " + police["acked_at"][11:19] in row
     shown = cli("status")
     assert shown["pending"].get("police", 0) == 0
     assert shown["status"]["events"] >= 1
