@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +28,6 @@ TAIL_ROWS = 20_000
 """At start, and after a flood the page fell behind, only this many newest rows are read."""
 BATCH_ROWS = 5_000
 """Rows read per look: a flood is caught up over a few looks, never in one long read."""
-TEST_WINDOW_S = 30 * 60
-"""A shop with a test-marked event this recent is shown ``in test`` (a walk test's length)."""
 BACKLOG_EVERY_S = 2.0
 """Counting the outbox backlog walks an index; a few seconds old is fresh enough."""
 
@@ -156,14 +154,15 @@ class ShopBoard:
         """Events each forwarder still owes its receiver."""
         return dict(self._backlog)
 
-    def shops(self, faults: Mapping[str, str]) -> list[dict[str, Any]]:
+    def shops(
+        self, faults: Mapping[str, str], under_test: Collection[str] = ()
+    ) -> list[dict[str, Any]]:
         """Every shop with its place and state; ``faults`` is the snapshot's ``device_faults``.
 
         One state each, the most urgent first: ``alarm`` (an alarm in the last
         ``alarm_s``, not cancelled), ``fault`` (a device of it in fault, with
-        ``reason``), ``in_test`` (a test-marked event in the last
-        ``TEST_WINDOW_S``), ``untested`` (no test-marked event in the journal),
-        else ``normal``.
+        ``reason``), ``in_test`` (in ``under_test``, the running walk test's
+        shops), ``untested`` (no test-marked event in the journal), else ``normal``.
         """
         now = datetime.now(UTC).timestamp()
         reasons: dict[str, list[str]] = {}
@@ -179,7 +178,7 @@ class ShopBoard:
                 state, reason = "alarm", alarm[1]
             elif shop.id in reasons:
                 state, reason = "fault", "; ".join(reasons[shop.id])
-            elif tested is not None and now - tested <= TEST_WINDOW_S:
+            elif shop.id in under_test:
                 state = "in_test"
             elif tested is None:
                 state = "untested"

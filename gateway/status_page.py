@@ -206,7 +206,11 @@ class StatusPage:
                 self._fresh_at = time.monotonic()
 
     def _shops(self) -> list[dict[str, Any]]:
-        return self._board.shops(self._snapshot()["device_faults"])
+        return self._shops_of(self._snapshot())
+
+    def _shops_of(self, status: dict[str, Any]) -> list[dict[str, Any]]:
+        walk_test = status.get("walk_test") or {}
+        return self._board.shops(status["device_faults"], walk_test.get("shops", ()))
 
     def _view(self, limit: int) -> dict[str, Any]:
         """Everything the page draws, in one answer."""
@@ -214,7 +218,7 @@ class StatusPage:
         return {
             "status": status,
             "backlog": self._board.backlog(),
-            "shops": self._board.shops(status["device_faults"]),
+            "shops": self._shops_of(status),
             "events": self._board.events(limit),
         }
 

@@ -43,13 +43,13 @@ def journal_with(path: Path, events: list[Event]) -> None:
 
 
 def states(
-    board: ShopBoard, faults: dict[str, str] | None = None
+    board: ShopBoard, faults: dict[str, str] | None = None, under_test: tuple[str, ...] = ()
 ) -> dict[str, tuple[str, str | None]]:
-    return {s["id"]: (s["state"], s["reason"]) for s in board.shops(faults or {})}
+    return {s["id"]: (s["state"], s["reason"]) for s in board.shops(faults or {}, under_test)}
 
 
 def test_each_shop_gets_its_most_urgent_state(tmp_path):
-    """Alarm, cancelled alarm, walk-test event, device fault, expired alarm, nothing: one state each."""
+    """Alarm, cancelled alarm, shop under test, device fault, expired alarm: one state each."""
     long_ago = utc_now() - timedelta(minutes=10)
     journal_with(
         tmp_path / "j.db",
@@ -63,13 +63,15 @@ def test_each_shop_gets_its_most_urgent_state(tmp_path):
     )
     board = ShopBoard(tmp_path / "j.db", SHOPS, alarm_s=300)
     assert board.refresh()
-    assert states(board, {"S4/pb-1": "supervision_lost"}) == {
+    # S3's test panic is not an alarm; S3 is in test while the walk test runs, then tested.
+    assert states(board, {"S4/pb-1": "supervision_lost"}, under_test=("S3",)) == {
         "S1": ("alarm", "panic"),
         "S2": ("untested", None),
         "S3": ("in_test", None),
         "S4": ("fault", "pb-1: supervision_lost"),
         "S5": ("untested", None),
     }
+    assert states(board)["S3"] == ("normal", None)
     newest = board.events(2)
     assert [(e["shop_id"], e["kind"], e["test"]) for e in newest] == [
         ("S5", "duress", False),
