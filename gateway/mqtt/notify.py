@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 TOPIC_ROOT = "lianfang/v1"
 MAX_PENDING_ALERTS = 10_000
+# Alerts published and awaiting their PUBACKs at most (a 20-nearest rule makes 2,000 notices
+# in flight), so that a broker that stops answering holds a bounded number in the link.
+MAX_ALERTS_UNCONFIRMED = 100
 
 
 def notify_topic(shop_id: str) -> str:
@@ -36,6 +39,12 @@ class BlockPublisher:
     Alerts are queued in memory and published as soon as the link allows; an
     alert the link could not carry before it expired is dropped and counted, and
     so is the oldest alert if ``MAX_PENDING_ALERTS`` are ever waiting.
+
+    An alert is published without waiting for the PUBACKs of the one before it
+    (a broker's delayed PUBACKs held a second panic's notices for 30-50 ms,
+    decision 81); it is confirmed once the broker has answered for all its
+    notices, and a link lost before that publishes it again (``alert_id``
+    dedups), in submission order.
     """
 
     def __init__(
@@ -52,6 +61,8 @@ class BlockPublisher:
         self._status = status
         self._status_interval_s = status_interval_s
         self._pending: deque[NeighbourAlert] = deque()
+        # Published on the current link, awaiting their PUBACKs; in submission order.
+        self._unconfirmed: dict[str, NeighbourAlert] = {}
         self._wakeup = asyncio.Event()
         self.link_up = asyncio.Event()
         self.notices_sent = 0
@@ -67,6 +78,11 @@ class BlockPublisher:
             logger.error("neighbour alert queue full: dropped the oldest alert")
         self._pending.append(alert)
         self._wakeup.set()
+
+    @property
+    def alerts_unconfirmed(self) -> int:
+        """Alerts published on the link and still awaiting a PUBACK for some notice."""
+        return len(self._unconfirmed)
 
     async def run(self) -> None:
         """Publish until cancelled; raise when the link is down (alerts stay queued)."""
@@ -92,34 +108,42 @@ class BlockPublisher:
             raise DriverUnavailable(f"block broker {self._broker.url}: {detail}") from None
 
     async def _publish_alerts(self, link: MqttLink) -> None:
-        while True:
-            while not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            alert = self._pending[0]
-            if time.monotonic() > alert.expires_at_monotonic:
-                self.alerts_expired += 1
-                logger.warning(
-                    "neighbour alert %s expired before the block link returned", alert.alert_id
-                )
-            else:
-                # Every neighbour at once; the alert leaves the queue only when the
-                # broker has answered for all, so a link loss resends it (alert_id dedups).
-                outcomes = await asyncio.gather(
-                    *(link.publish(notify_topic(n.shop_id), n.payload) for n in alert.notices),
-                    return_exceptions=True,
-                )
-                lost = [o for o in outcomes if isinstance(o, LinkDown)]
-                if lost:
-                    raise lost[0]
-                refused = sum(isinstance(o, PlatformNak) for o in outcomes)
-                if refused:
-                    self.notices_refused += refused
-                    logger.error(
-                        "block broker refused %d notices of alert %s (check its ACL)",
-                        refused,
-                        alert.alert_id,
+        # Alerts a lost link never confirmed go first, as they were submitted.
+        self._pending.extendleft(reversed(self._unconfirmed.values()))
+        self._unconfirmed.clear()
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                while not self._pending or len(self._unconfirmed) >= MAX_ALERTS_UNCONFIRMED:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                alert = self._pending.popleft()
+                if time.monotonic() > alert.expires_at_monotonic:
+                    self.alerts_expired += 1
+                    logger.warning(
+                        "neighbour alert %s expired before the block link returned", alert.alert_id
                     )
-                self.notices_sent += len(outcomes) - refused
-            if self._pending and self._pending[0] is alert:
-                self._pending.popleft()
+                    continue
+                # Every neighbour at once, each publish resolving on its own PUBACK.
+                outcomes = [link.publish(notify_topic(n.shop_id), n.payload) for n in alert.notices]
+                self._unconfirmed[alert.alert_id] = alert
+                tg.create_task(
+                    self._confirm(alert, outcomes), name=f"block.alert[{alert.alert_id}]"
+                )
+
+    async def _confirm(self, alert: NeighbourAlert, published: list[asyncio.Future[None]]) -> None:
+        """Count ``alert``'s notices once the broker answered for all; raise if the link went."""
+        outcomes = await asyncio.gather(*published, return_exceptions=True)
+        lost = [o for o in outcomes if isinstance(o, LinkDown)]
+        if lost:
+            raise lost[0]  # the alert stays unconfirmed: the next link publishes it again
+        del self._unconfirmed[alert.alert_id]
+        self._wakeup.set()
+        refused = sum(isinstance(o, PlatformNak) for o in outcomes)
+        if refused:
+            self.notices_refused += refused
+            logger.error(
+                "block broker refused %d notices of alert %s (check its ACL)",
+                refused,
+                alert.alert_id,
+            )
+        self.notices_sent += len(outcomes) - refused

@@ -1,0 +1,130 @@
+"""Neighbour alerts: a second alert never waits for the broker's answer to the first."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import aiomqtt
+
+from gateway.errors import DriverUnavailable
+from gateway.mqtt.client import BrokerConfig
+from gateway.mqtt.notify import BlockPublisher
+from lab.broker import Mosquitto
+from rules.neighbour_alert import NeighbourAlert, Notice
+from tests.clients import wait_until
+
+NEIGHBOURS = ("S00002", "S00003", "S00004")
+
+
+def alert(alert_id: str) -> NeighbourAlert:
+    """An alert to ``NEIGHBOURS``, each notice naming the alert."""
+    notices = tuple(
+        Notice(shop, json.dumps({"alert_id": alert_id, "to": shop}).encode()) for shop in NEIGHBOURS
+    )
+    return NeighbourAlert(alert_id, f"E-{alert_id}", notices, time.monotonic() + 60)
+
+
+def publisher_on(broker: Mosquitto) -> BlockPublisher:
+    """A publisher on ``broker`` with a status refresh far beyond the test."""
+    return BlockPublisher(
+        BrokerConfig(url=broker.url), gateway_id="GW-T", status=dict, status_interval_s=600
+    )
+
+
+@contextlib.contextmanager
+def frozen(broker: Mosquitto):
+    """The broker stopped (SIGSTOP): it takes packets into its socket but answers none."""
+    assert broker.process is not None
+    os.kill(broker.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if broker.process is not None:
+            os.kill(broker.process.pid, signal.SIGCONT)
+
+
+async def received_alert_ids(broker: Mosquitto, count: int, subscribed: asyncio.Event) -> list[str]:
+    """The alert ids of the first ``count`` notices on the neighbours' topics, in arrival order."""
+    ids: list[str] = []
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="panels") as sub:
+        await sub.subscribe("lianfang/v1/shop/+/notify", qos=1)
+        subscribed.set()
+        async with asyncio.timeout(10):
+            async for message in sub.messages:
+                ids.append(json.loads(bytes(message.payload))["alert_id"])
+                if len(ids) == count:
+                    break
+    return ids
+
+
+def test_a_second_alert_goes_out_while_the_first_awaits_its_pubacks(tmp_path: Path) -> None:
+    """With the broker answering nothing, both alerts are on the link; both confirm after."""
+    with Mosquitto(workdir=tmp_path / "broker") as broker:
+
+        async def scenario() -> BlockPublisher:
+            publisher = publisher_on(broker)
+            async with asyncio.TaskGroup() as tg:
+                run = tg.create_task(publisher.run(), name="publisher")
+                await wait_until(publisher.link_up.is_set, 10, "the block link")
+                with frozen(broker):
+                    publisher.submit(alert("A1"))
+                    publisher.submit(alert("A2"))
+                    await wait_until(
+                        lambda: publisher.alerts_unconfirmed == 2, 5, "both alerts published"
+                    )
+                await wait_until(
+                    lambda: publisher.notices_sent == 2 * len(NEIGHBOURS), 10, "every PUBACK"
+                )
+                assert publisher.alerts_unconfirmed == 0
+                run.cancel()
+            return publisher
+
+        publisher = asyncio.run(scenario())
+        assert publisher.alerts_expired == publisher.notices_refused == 0
+
+
+def test_alerts_a_lost_link_left_unconfirmed_go_again_first_and_in_order(tmp_path: Path) -> None:
+    """Published but unanswered when the broker died: on the next link, A1 then A2 then A3."""
+    with Mosquitto(workdir=tmp_path / "broker") as broker:
+        publisher = publisher_on(broker)
+
+        async def lose_the_link() -> None:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(publisher.run(), name="publisher")
+                    await wait_until(publisher.link_up.is_set, 10, "the block link")
+                    with frozen(broker):
+                        publisher.submit(alert("A1"))
+                        publisher.submit(alert("A2"))
+                        await wait_until(
+                            lambda: publisher.alerts_unconfirmed == 2, 5, "both alerts published"
+                        )
+                        broker.kill()
+            except* DriverUnavailable:
+                pass  # the link went, as it should
+
+        async def scenario() -> list[str]:
+            await lose_the_link()
+            assert publisher.notices_sent == 0
+            await asyncio.to_thread(broker.start)
+            publisher.link_up.clear()
+            publisher.submit(alert("A3"))
+            subscribed = asyncio.Event()
+            async with asyncio.TaskGroup() as tg:
+                listening = tg.create_task(
+                    received_alert_ids(broker, 3 * len(NEIGHBOURS), subscribed), name="panels"
+                )
+                await asyncio.wait_for(subscribed.wait(), 10)
+                run = tg.create_task(publisher.run(), name="publisher")
+                ids = await listening
+                run.cancel()
+            return ids
+
+        ids = asyncio.run(scenario())
+        assert ids == ["A1"] * 3 + ["A2"] * 3 + ["A3"] * 3
