@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -38,7 +39,7 @@ def publisher_on(broker: Mosquitto) -> BlockPublisher:
 
 
 @contextlib.contextmanager
-def frozen(broker: Mosquitto):
+def frozen(broker: Mosquitto) -> Iterator[None]:
     """The broker stopped (SIGSTOP): it takes packets into its socket but answers none."""
     assert broker.process is not None
     os.kill(broker.process.pid, signal.SIGSTOP)
@@ -47,6 +48,13 @@ def frozen(broker: Mosquitto):
     finally:
         if broker.process is not None:
             os.kill(broker.process.pid, signal.SIGCONT)
+
+
+async def publish_two_unanswered(publisher: BlockPublisher) -> None:
+    """Submit A1 then A2 to a frozen broker; both are published and await their PUBACKs."""
+    publisher.submit(alert("A1"))
+    publisher.submit(alert("A2"))
+    await wait_until(lambda: publisher.alerts_unconfirmed == 2, 5, "both alerts published")
 
 
 async def received_alert_ids(broker: Mosquitto, count: int, subscribed: asyncio.Event) -> list[str]:
@@ -73,11 +81,7 @@ def test_a_second_alert_goes_out_while_the_first_awaits_its_pubacks(tmp_path: Pa
                 run = tg.create_task(publisher.run(), name="publisher")
                 await wait_until(publisher.link_up.is_set, 10, "the block link")
                 with frozen(broker):
-                    publisher.submit(alert("A1"))
-                    publisher.submit(alert("A2"))
-                    await wait_until(
-                        lambda: publisher.alerts_unconfirmed == 2, 5, "both alerts published"
-                    )
+                    await publish_two_unanswered(publisher)
                 await wait_until(
                     lambda: publisher.notices_sent == 2 * len(NEIGHBOURS), 10, "every PUBACK"
                 )
@@ -100,11 +104,7 @@ def test_alerts_a_lost_link_left_unconfirmed_go_again_first_and_in_order(tmp_pat
                     tg.create_task(publisher.run(), name="publisher")
                     await wait_until(publisher.link_up.is_set, 10, "the block link")
                     with frozen(broker):
-                        publisher.submit(alert("A1"))
-                        publisher.submit(alert("A2"))
-                        await wait_until(
-                            lambda: publisher.alerts_unconfirmed == 2, 5, "both alerts published"
-                        )
+                        await publish_two_unanswered(publisher)
                         broker.kill()
             except* DriverUnavailable:
                 pass  # the link went, as it should
