@@ -130,9 +130,7 @@ def show_events(config: GatewayConfig, console: Console, *, limit: int, as_json:
     finally:
         reader.close()
     if as_json:
-        found = [
-            {**e.model_dump(mode="json"), "deliveries": deliveries[seq]} for seq, e in rows
-        ]
+        found = [{**e.model_dump(mode="json"), "deliveries": deliveries[seq]} for seq, e in rows]
         console.print_json(json.dumps(found))
         return 0
     table = Table(title=f"Last {len(rows)} events")

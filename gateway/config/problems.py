@@ -4,7 +4,6 @@
 a ``Locate`` (the YAML file's lines, or a survey sheet's rows and columns).
 """
 
-
 from __future__ import annotations
 
 import difflib
@@ -70,7 +69,6 @@ _KIND_WORDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
     (dict, "a mapping"),
     (list, "a list"),
 )
-
 
 
 def path_text(loc: Loc) -> str:
