@@ -75,6 +75,10 @@ class StorageFullError(JournalError):
     """The disk is full even after the storage reserve was released."""
 
 
+class JournalBusyError(JournalError):
+    """Another process held the journal's write lock past SQLite's busy timeout."""
+
+
 Route = Callable[[Event], Iterable[str]]
 
 
@@ -322,6 +326,11 @@ class Journal:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, FULL_RETRY_MAX_S)
+            except JournalBusyError as exc:
+                # Someone else's transaction (an installer's sqlite3 shell, a backup tool):
+                # wait it out rather than end the alarm service; the batch stays accepted.
+                self._log.warning("busy", "%s; retrying", exc)
+                await asyncio.sleep(0.1)
             else:
                 return
 
@@ -398,6 +407,10 @@ class Journal:
                     " and salvages it"
                 ) from exc
             self._next_seq = self._last_seq() + 1
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+                raise JournalBusyError(
+                    f"journal {self.path} is locked by another process ({exc})"
+                ) from exc
             if not self._disk_full(exc):
                 raise JournalError(f"cannot write journal {self.path}: {exc}") from exc
             if self.reserve.short:
