@@ -238,7 +238,10 @@ def inboxes(
             "responses",
             config.broker,
             client_id=f"lianfang-{gid}-responses",
-            topic=RESPONSE_TOPIC,
+            # One filter per own shop, as the ingest: on a shared broker other gateways'
+            # answers never reach us (the wildcard an older version used is dropped).
+            topic=[RESPONSE_TOPIC.replace("+", s.id, 1) for s in config.shops],
+            unsubscribe=[RESPONSE_TOPIC],
             handle=responses.handle,
         )
     ]

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.errors import DriverUnavailable, PlatformNak
 from gateway.mqtt.client import BrokerConfig, first_leaf
@@ -41,13 +41,24 @@ class Inbox:
     """A persistent subscription to ``topic`` (QoS 1), and a queue of messages to publish."""
 
     def __init__(
-        self, name: str, broker: BrokerConfig, *, client_id: str, topic: str, handle: Handle
+        self,
+        name: str,
+        broker: BrokerConfig,
+        *,
+        client_id: str,
+        topic: str | Sequence[str],
+        handle: Handle,
+        unsubscribe: Sequence[str] = (),
     ) -> None:
-        """Subscribe to ``topic`` on ``broker`` and hand each message to ``handle``."""
+        """Subscribe to ``topic`` (one filter or several) on ``broker``; hand each message on.
+
+        ``unsubscribe`` names filters an older version left in the persistent session.
+        """
         self.name = name
         self._broker = broker
         self._client_id = client_id
         self.topic = topic
+        self._stale = tuple(unsubscribe)
         self._handle = handle
         self._outgoing: deque[tuple[str, bytes]] = deque(maxlen=MAX_OUTGOING)
         self._wakeup = asyncio.Event()
@@ -68,6 +79,7 @@ class Inbox:
             client_id=self._client_id,
             persistent=True,
             subscribe=self.topic,
+            unsubscribe=self._stale,
             max_unacked=100,
         )
         try:

@@ -20,7 +20,7 @@ SHOP_OF = {"GW-001": "S01001", "GW-002": "S02001"}
 def test_gateways_sharing_a_broker_each_take_only_their_own_shops(
     tmp_path: Path, block_broker, police_broker, gateway_process
 ):
-    """A panic at each block reaches the police once, from its own gateway; no one rejects the other's."""
+    """A panic and an answer at each block: each gateway takes its own, rejects none of the other's."""
     gateways = {}
     for gateway_id in SHOP_OF:
         config = init_config(
@@ -49,6 +49,13 @@ def test_gateways_sharing_a_broker_each_take_only_their_own_shops(
                 if d.body["kind"] == "panic"
             }
             assert panics == {shop: gateway_id for gateway_id, shop in SHOP_OF.items()}
+            # An answer from each shop: its own gateway journals it, the other never sees it.
+            for shop in SHOP_OF.values():
+                await panels[shop].respond(f"A-{shop}", "safe")
+            for gw in gateways.values():
+                await wait_until(
+                    lambda gw=gw: gw.status()["events"] >= 2, 10, "the panic and the answer"
+                )
             for gw in gateways.values():
                 # A status written after both panics were read: it counts whatever came.
                 then = gw.status()["uptime_s"]
