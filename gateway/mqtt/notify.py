@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -62,7 +63,9 @@ class BlockPublisher:
         self._status_interval_s = status_interval_s
         self._pending: deque[NeighbourAlert] = deque()
         # Published on the current link, awaiting their PUBACKs; in submission order.
-        self._unconfirmed: dict[str, NeighbourAlert] = {}
+        # By submission, not alert id: the notice cap sends one alert in several parts.
+        self._unconfirmed: dict[int, NeighbourAlert] = {}
+        self._submissions = itertools.count()
         self._wakeup = asyncio.Event()
         self.link_up = asyncio.Event()
         self.notices_sent = 0
@@ -125,18 +128,21 @@ class BlockPublisher:
                     continue
                 # Every neighbour at once, each publish resolving on its own PUBACK.
                 outcomes = [link.publish(notify_topic(n.shop_id), n.payload) for n in alert.notices]
-                self._unconfirmed[alert.alert_id] = alert
+                key = next(self._submissions)
+                self._unconfirmed[key] = alert
                 tg.create_task(
-                    self._confirm(alert, outcomes), name=f"block.alert[{alert.alert_id}]"
+                    self._confirm(key, alert, outcomes), name=f"block.alert[{alert.alert_id}]"
                 )
 
-    async def _confirm(self, alert: NeighbourAlert, published: list[asyncio.Future[None]]) -> None:
+    async def _confirm(
+        self, key: int, alert: NeighbourAlert, published: list[asyncio.Future[None]]
+    ) -> None:
         """Count ``alert``'s notices once the broker answered for all; raise if the link went."""
         outcomes = await asyncio.gather(*published, return_exceptions=True)
         lost = [o for o in outcomes if isinstance(o, LinkDown)]
         if lost:
             raise lost[0]  # the alert stays unconfirmed: the next link publishes it again
-        del self._unconfirmed[alert.alert_id]
+        del self._unconfirmed[key]
         self._wakeup.set()
         refused = sum(isinstance(o, PlatformNak) for o in outcomes)
         if refused:

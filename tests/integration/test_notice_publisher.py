@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
+import pytest
 
 from gateway.errors import DriverUnavailable
 from gateway.mqtt.client import BrokerConfig
@@ -50,10 +51,10 @@ def frozen(broker: Mosquitto) -> Iterator[None]:
             os.kill(broker.process.pid, signal.SIGCONT)
 
 
-async def publish_two_unanswered(publisher: BlockPublisher) -> None:
-    """Submit A1 then A2 to a frozen broker; both are published and await their PUBACKs."""
+async def publish_two_unanswered(publisher: BlockPublisher, second: str = "A2") -> None:
+    """Submit A1 then ``second`` to a frozen broker; both are published and await PUBACKs."""
     publisher.submit(alert("A1"))
-    publisher.submit(alert("A2"))
+    publisher.submit(alert(second))
     await wait_until(lambda: publisher.alerts_unconfirmed == 2, 5, "both alerts published")
 
 
@@ -71,8 +72,14 @@ async def received_alert_ids(broker: Mosquitto, count: int, subscribed: asyncio.
     return ids
 
 
-def test_a_second_alert_goes_out_while_the_first_awaits_its_pubacks(tmp_path: Path) -> None:
-    """With the broker answering nothing, both alerts are on the link; both confirm after."""
+@pytest.mark.parametrize("second", ["A2", "A1"], ids=["another-alert", "the-capped-rest"])
+def test_a_second_alert_goes_out_while_the_first_awaits_its_pubacks(
+    tmp_path: Path, second: str
+) -> None:
+    """With the broker answering nothing, both alerts are on the link; both confirm after.
+
+    The same alert id twice is the notice cap sending an alert's rest later.
+    """
     with Mosquitto(workdir=tmp_path / "broker") as broker:
 
         async def scenario() -> BlockPublisher:
@@ -81,11 +88,12 @@ def test_a_second_alert_goes_out_while_the_first_awaits_its_pubacks(tmp_path: Pa
                 run = tg.create_task(publisher.run(), name="publisher")
                 await wait_until(publisher.link_up.is_set, 10, "the block link")
                 with frozen(broker):
-                    await publish_two_unanswered(publisher)
+                    await publish_two_unanswered(publisher, second)
                 await wait_until(
                     lambda: publisher.notices_sent == 2 * len(NEIGHBOURS), 10, "every PUBACK"
                 )
                 assert publisher.alerts_unconfirmed == 0
+                assert not run.done(), "the publisher ended"
                 run.cancel()
             return publisher
 
