@@ -322,7 +322,10 @@ class RuleActions:
         own: list[Notice] = []
         away: dict[str, list[Notice]] = defaultdict(list)
         for notice in alert.notices:
-            gateway = self._gateway_of[notice.shop_id]
+            gateway = self._gateway_of.get(notice.shop_id)
+            if gateway is None:
+                continue  # a reload removed the shop while its notice waited for the cap
+
             (own if gateway == self._gid else away[gateway]).append(notice)
         if own:
             own_alert = replace(alert, notices=tuple(own))

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import random
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -143,7 +144,7 @@ async def supervise(
 
 async def _pause(backoff: Backoff, urgency: Urgency | None) -> None:
     """Wait the next backoff delay; an alarm waiting or arriving shortens it."""
-    if urgency is not None and urgency.alarms_waiting():
+    if urgency is not None and _alarms_waiting(urgency):
         await asyncio.sleep(backoff.delay(URGENT_RETRY_S))
         return
     delay = backoff.delay()
@@ -166,3 +167,12 @@ async def _run_once(run: Callable[[], Awaitable[None]]) -> str:
         logger.exception("unexpected failure")
         return f"unexpected {type(exc).__name__}: {exc}"
     return "stopped"
+
+
+def _alarms_waiting(urgency: Urgency) -> bool:
+    """Whether alarms wait; a journal that cannot be read says yes (retry soon, never crash)."""
+    try:
+        return urgency.alarms_waiting()
+    except (sqlite3.Error, GatewayError) as exc:
+        logger.warning("cannot tell whether alarms wait: %s", exc)
+        return True
