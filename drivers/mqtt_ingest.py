@@ -124,14 +124,26 @@ class MqttIngestDriver:
         self.link_up = asyncio.Event()
         self._source_prefix, _, self._source_suffix = config.topic.partition("+")
         self._shop_cap = WindowCap(config.shop_event_cap, config.shop_event_window_s)
+        self._link: MqttLink | None = None
+        self._subscribed: list[str] = []
+
+    def shops_changed(self) -> None:
+        """After a reload: reconnect if the shops served now need other topic filters.
+
+        The broker keeps nothing for a topic no one subscribes to, so a shop the
+        reload added must be subscribed before its first press.
+        """
+        if self._link is not None and self.filters() != self._subscribed:
+            self._link.fail("the shops changed on reload: subscribing to the new set")
 
     async def run(self, emit: Emit) -> None:
         """Subscribe and ingest until cancelled; raise ``DriverUnavailable`` on link loss."""
+        self._subscribed = self.filters()
         link = MqttLink(
             self._context.block_broker,
             client_id=f"lianfang-{self._context.gateway_id}-{self.config.name}",
             persistent=True,
-            subscribe=self.filters(),
+            subscribe=self._subscribed,
             # A gateway before per-shop filters subscribed the wildcard in this session.
             unsubscribe=[self.config.topic] if "+" in self.config.topic else [],
             max_unacked=self.config.receive_maximum,
@@ -144,6 +156,7 @@ class MqttIngestDriver:
         )
         try:
             async with link, asyncio.TaskGroup() as tg:
+                self._link = link
                 self.link_up.set()
                 tg.create_task(link.watch(), name=f"{self.config.name}.link")
                 if self._context.storage is not None:

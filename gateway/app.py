@@ -383,6 +383,9 @@ class Gateway:
         self._devices.clear()
         self._devices.update(_shop_devices(new))
         learned = {c.name: c for c in new.drivers if isinstance(c, Rf433Config)}
+        for driver in self.drivers.values():
+            if isinstance(driver, MqttIngestDriver):
+                driver.shops_changed()
         for name, driver in self.drivers.items():
             if isinstance(driver, Rf433Driver) and name in learned:
                 driver.relearn(learned[name])

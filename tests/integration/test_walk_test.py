@@ -382,3 +382,28 @@ def test_a_command_key_added_by_reload_is_trusted_at_once(
             await wait_until(lambda: gw.status()["level"] == "heightened", 10, "the new level")
 
     asyncio.run(scenario())
+
+
+def test_a_shop_added_by_reload_is_heard_at_once(block_broker, police_broker, start_gateway):
+    """The ingest subscribes per shop: a reload that adds a shop subscribes it too."""
+    gw = start_gateway()
+    data = yaml.safe_load(gw.config.read_text())
+    added = {**data["shops"][0], "id": "S09999", "name": "Added on reload"}
+    data["shops"].append(added)
+    gw.config.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    async def scenario() -> None:
+        async with running(
+            block_url=block_broker.url, police_url=police_broker.url, shops=["S09999"]
+        ) as (panels, platform):
+            assert platform is not None
+            assert await ask(gw.config.parent / "state", "reload") == {"restart_needed": []}
+            # The ingest reconnects to subscribe the new set: presses until one is heard.
+            for _ in range(10):
+                await panels["S09999"].send("panic")
+                await asyncio.sleep(1)
+                if police_kinds(platform, "panic"):
+                    break
+            assert {p["shop_id"] for p in police_kinds(platform, "panic")} == {"S09999"}
+
+    asyncio.run(scenario())
