@@ -23,10 +23,32 @@ ZONE = ZoneInfo("Asia/Shanghai")
 """The survey's shops keep Beijing time."""
 
 
-def local_yesterday(at: clock_time) -> str:
-    """Yesterday at ``at`` in the shops' zone: in the past, so the gateway keeps the device's time."""
-    day = datetime.now(ZONE).date() - timedelta(days=1)
-    return datetime.combine(day, at, ZONE).isoformat()
+def local_moments(start: clock_time, end: clock_time, count: int) -> list[str]:
+    """``count`` rising moments of the latest stretch of local wall time in [start, end).
+
+    Every moment lies in the last 23 h and at least 2 min in the past, so the gateway
+    believes the device's time (it keeps its own for a device clock over 24 h behind);
+    the stretch may wrap midnight (23:30 to 08:00 is the block's closed night).
+    """
+
+    def inside(moment: datetime) -> bool:
+        wall = moment.time()
+        return start <= wall < end if start < end else wall >= start or wall < end
+
+    now = datetime.now(ZONE).replace(second=0, microsecond=0)
+    minutes = [now - timedelta(minutes=m) for m in range(2, 23 * 60)]
+    run: list[datetime] = []
+    for moment in minutes:
+        if inside(moment):
+            run.append(moment)
+        elif len(run) >= 10:
+            break
+        else:
+            run = []
+    assert len(run) >= 10, f"no stretch of {start}-{end} in the last 23 h"
+    first, last = run[-1], run[0]
+    step = (last - first) / (count + 1)
+    return [(first + step * (i + 1)).isoformat() for i in range(count)]
 
 
 def survey_rows() -> list[dict[str, str]]:

@@ -7,7 +7,7 @@ import sqlite3
 from datetime import time
 
 from lab.process import ReceiverProcess
-from tests.clients import local_yesterday, running, wait_until
+from tests.clients import local_moments, running, wait_until
 
 
 def centre_at(url: str, **extra: object) -> dict[str, object]:
@@ -35,7 +35,9 @@ def test_panic_reaches_the_alarm_receiving_centre(tmp_path, block_broker, start_
             async with running(block_url=block_broker.url, shops=["S00011"]) as (panels, _):
                 await panels["S00011"].send("panic", zone="1")
                 # In opening hours a door is a door (no DC-09 code: not sent), not an intrusion.
-                await panels["S00011"].send("door_open", zone="2", ts=local_yesterday(time(11)))
+                await panels["S00011"].send(
+                    "door_open", zone="2", ts=local_moments(time(8, 30), time(23, 30), 1)[0]
+                )
                 await panels["S00011"].send("tamper", zone="3")
                 await wait_until(lambda: len(stored()) >= 2, 20, "two alarms at the centre")
 

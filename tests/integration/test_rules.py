@@ -7,7 +7,7 @@ from datetime import UTC, datetime, time, timedelta
 
 from firmware_stubs.police_commands import command_body, new_key, send, sign
 from gateway.mqtt.client import BrokerConfig
-from tests.clients import expected_nearest, local_yesterday, running, survey_rows, wait_until
+from tests.clients import expected_nearest, local_moments, running, survey_rows, wait_until
 
 CMD_TOPIC = "police/v1/L1/GW-001/cmd"
 
@@ -128,7 +128,7 @@ def test_signed_commands_change_the_level_and_the_neighbour_set(
 def test_a_door_opening_while_closed_is_an_intrusion_and_while_open_is_not(
     block_broker, police_broker, start_gateway
 ):
-    """S00011 opens 10:00, closes 23:30: a door at 03:00 is an intrusion, at 11:00 it is not.
+    """S00011 opens 08:30, closes 23:30: a door in the night is an intrusion, by day it is not.
 
     An early disarm from the keypad holds until opening time and is forwarded.
     """
@@ -141,10 +141,13 @@ def test_a_door_opening_while_closed_is_an_intrusion_and_while_open_is_not(
             shops=["S00011", "S00012", "S00013"],
         ) as (panels, platform):
             assert platform is not None
-            await panels["S00011"].send("door_open", ts=local_yesterday(time(3, 0)))
-            await panels["S00012"].send("door_open", ts=local_yesterday(time(11, 0)))
-            await panels["S00013"].send("disarm", ts=local_yesterday(time(2, 0)))
-            await panels["S00013"].send("door_open", ts=local_yesterday(time(3, 0)))
+            # The block's closed night (every shop here shuts by 23:30, none opens before 08:00).
+            disarmed, first_door, _, later_door = local_moments(time(23, 30), time(8, 0), 4)
+            [open_hours] = local_moments(time(8, 30), time(21, 0), 1)
+            await panels["S00011"].send("door_open", ts=first_door)
+            await panels["S00012"].send("door_open", ts=open_hours)
+            await panels["S00013"].send("disarm", ts=disarmed)
+            await panels["S00013"].send("door_open", ts=first_door)
             await wait_until(
                 lambda: (
                     "action_failed" in kinds_at(platform, "S00011")
@@ -170,8 +173,8 @@ def test_a_door_opening_while_closed_is_an_intrusion_and_while_open_is_not(
             # The early disarm survives a restart; S00011 is still armed by its hours.
             assert gw.stop() == 0
             gw.start()
-            await panels["S00013"].send("door_open", ts=local_yesterday(time(3, 30)))
-            await panels["S00011"].send("door_open", ts=local_yesterday(time(3, 30)))
+            await panels["S00013"].send("door_open", ts=later_door)
+            await panels["S00011"].send("door_open", ts=later_door)
             await wait_until(
                 lambda: (
                     kinds_at(platform, "S00011").count("intrusion") == 2
