@@ -16,12 +16,13 @@ import base64
 import binascii
 import json
 import secrets
-from collections import OrderedDict
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.nonces import CLOCK_SKEW, UsedNonces
 
 if TYPE_CHECKING:
     # cryptography costs ~7 MB of memory: imported only by gateways that use the mesh.
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
     )
 
 MAX_MESH_BYTES = 256 * 1024
-CLOCK_SKEW = timedelta(minutes=2)
-MAX_NONCES = 100_000
 
 
 class MeshNotice(BaseModel):
@@ -166,7 +165,7 @@ class MeshVerifier:
         self._gateway_id = gateway_id
         self._keys = keys
         self._max_age = timedelta(seconds=max_age_s)
-        self._nonces: OrderedDict[str, datetime] = OrderedDict()
+        self._nonces = UsedNonces(self._max_age)
 
     def trust(self, keys: dict[str, Ed25519PublicKey]) -> None:
         """Relay what the gateways in ``keys`` sign from now on (a reload); nonces stay used."""
@@ -205,13 +204,11 @@ class MeshVerifier:
 
     def remember(self, nonce: str, issued_at: datetime) -> None:
         """Count ``nonce`` as used (also for nonces kept across a restart)."""
-        self._nonces[nonce] = issued_at
-        while len(self._nonces) > MAX_NONCES:
-            self._nonces.popitem(last=False)
+        self._nonces.remember(nonce, issued_at)
 
     def used_nonces(self) -> dict[str, datetime]:
         """Nonces still remembered, with their issue times (to keep across a restart)."""
-        return dict(self._nonces)
+        return self._nonces.issued()
 
     @staticmethod
     def _envelope(payload: bytes) -> MeshEnvelope:
@@ -237,8 +234,5 @@ class MeshVerifier:
             raise MeshRefused("not_yet_valid", f"{sender} issued it at {body.issued_at}")
         if now - body.issued_at > self._max_age:
             raise MeshRefused("expired", f"{sender} issued it more than {self._max_age} ago")
-        # Older nonces need no memory: their messages are refused as expired anyway.
-        while self._nonces and next(iter(self._nonces.values())) < now - self._max_age - CLOCK_SKEW:
-            self._nonces.popitem(last=False)
-        if body.nonce in self._nonces:
+        if self._nonces.used(body.nonce, now):
             raise MeshRefused("replayed", f"{sender} sent nonce {body.nonce} before")

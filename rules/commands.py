@@ -12,18 +12,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gateway.nonces import CLOCK_SKEW, UsedNonces
 from rules.models import Level
 
 MAX_COMMAND_BYTES = 4096
-CLOCK_SKEW = timedelta(minutes=2)
-MAX_NONCES = 100_000
 
 
 class Envelope(BaseModel):
@@ -90,7 +88,7 @@ class CommandVerifier:
         self._gateway_id = gateway_id
         self.trust(keys)
         self._max_age = timedelta(seconds=max_age_s)
-        self._nonces: OrderedDict[str, datetime] = OrderedDict()
+        self._nonces = UsedNonces(self._max_age)
 
     def trust(self, keys: dict[str, str]) -> None:
         """Trust ``keys`` from now on (at start and on reload); used nonces stay used."""
@@ -106,13 +104,11 @@ class CommandVerifier:
 
     def remember(self, nonce: str, issued_at: datetime) -> None:
         """Count ``nonce`` as used (also for nonces read back from the journal at start)."""
-        self._nonces[nonce] = issued_at
-        while len(self._nonces) > MAX_NONCES:
-            self._nonces.popitem(last=False)
+        self._nonces.remember(nonce, issued_at)
 
     def used_nonces(self) -> dict[str, datetime]:
         """Nonces still remembered, with their issue times (to keep across a restart)."""
-        return dict(self._nonces)
+        return self._nonces.issued()
 
     def verify(self, payload: bytes, now: datetime) -> Command | Refusal:
         """The command, if it is to be obeyed at ``now``; else why not."""
@@ -190,10 +186,7 @@ class CommandVerifier:
             )
         if now - command.issued_at > self._max_age:
             raise _refusal(signed, "expired", f"issued more than {self._max_age} ago")
-        # Older nonces need no memory: their commands are refused as expired anyway.
-        while self._nonces and next(iter(self._nonces.values())) < now - self._max_age - CLOCK_SKEW:
-            self._nonces.popitem(last=False)
-        if command.nonce in self._nonces:
+        if self._nonces.used(command.nonce, now):
             raise _refusal(signed, "replayed", f"nonce {command.nonce} was used before")
 
 
