@@ -12,7 +12,14 @@ is dropped there, alarms go to the urgent lane and overtake routine events,
 and a shop sending more non-alarm events than ``shop_event_cap`` per
 ``shop_event_window_s`` has the excess dropped and counted as ``throttled``
 (alarms and trouble are never throttled). A flood from one client therefore
-neither fills the queue an alarm waits in nor holds the broker's window.
+neither fills the queue an alarm waits in nor holds the broker's window. A
+message is validated and made an event there, once; a redelivered message the
+screen let through before does not count against its shop's cap again.
+
+Two things make the ingest reconnect on purpose, without a link fault: the end
+of a storage shortage (the broker then sends again what the journal refused:
+MQTT has no other way to ask for unacknowledged messages), and a reload that
+changed the shops served (new topic filters).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal
 
@@ -38,6 +45,7 @@ from gateway.events import (
     new_event_id,
     utc_now,
 )
+from gateway.journal import RECENT_ORIGIN_KEYS
 from gateway.mqtt.client import first_leaf
 from gateway.mqtt.limits import UNLIMITED_RECEIVE_MAXIMUM, LinkDown
 from gateway.mqtt.link import Lane, MqttLink
@@ -101,6 +109,10 @@ class PanelMessage(BaseModel):
     seq: StrictInt | None = Field(default=None, ge=0)
 
 
+class _PlannedReconnect(Exception):  # noqa: N818 - a request, not an error
+    """Leave the connection cleanly and make a new one; the message says why."""
+
+
 class Rejected(Exception):  # noqa: N818 - a verdict, not an error of ours
     """Why a message was dropped; ``reason`` is the counter name."""
 
@@ -124,8 +136,16 @@ class MqttIngestDriver:
         self.link_up = asyncio.Event()
         self._source_prefix, _, self._source_suffix = config.topic.partition("+")
         self._shop_cap = WindowCap(config.shop_event_cap, config.shop_event_window_s)
-        self._link: MqttLink | None = None
+        # Origin keys of the messages the screen let through under the cap: a copy the
+        # broker sends again (after a reconnect, or after a shortage refused it) is not
+        # a new event of its shop and does not count again.
+        self._counted: OrderedDict[str, None] = OrderedDict()
+        # The screen's event for each message it queued, by id(message); the message is
+        # kept with it, so the id is not reused while the entry lives.
+        self._screened: dict[int, tuple[MQTTMessage, Event, str | None]] = {}
         self._subscribed: list[str] = []
+        self._reconnect = asyncio.Event()
+        self._reconnect_why = ""
 
     def shops_changed(self) -> None:
         """After a reload: reconnect if the shops served now need other topic filters.
@@ -133,12 +153,28 @@ class MqttIngestDriver:
         The broker keeps nothing for a topic no one subscribes to, so a shop the
         reload added must be subscribed before its first press.
         """
-        if self._link is not None and self.filters() != self._subscribed:
-            self._link.fail("the shops changed on reload: subscribing to the new set")
+        if self.filters() != self._subscribed:
+            self._plan_reconnect("the shops changed on reload: subscribing to the new set")
 
     async def run(self, emit: Emit) -> None:
-        """Subscribe and ingest until cancelled; raise ``DriverUnavailable`` on link loss."""
+        """Subscribe and ingest until cancelled; raise ``DriverUnavailable`` on link loss.
+
+        A planned reconnect (a shortage ended, the shops changed) leaves the
+        connection cleanly and opens the next one here: no link fault is raised.
+        """
+        while True:
+            try:
+                await self._connected(emit)
+            except* (LinkDown, OSError) as group:
+                raise DriverUnavailable(
+                    f"block broker {self._context.block_broker.url}: {first_leaf(group)}"
+                ) from None
+
+    async def _connected(self, emit: Emit) -> None:
+        """One connection: ingest until it fails or a reconnect is planned."""
         self._subscribed = self.filters()
+        self._reconnect.clear()
+        self._screened.clear()  # what an earlier connection queued went with it
         link = MqttLink(
             self._context.block_broker,
             client_id=f"lianfang-{self._context.gateway_id}-{self.config.name}",
@@ -154,36 +190,46 @@ class MqttIngestDriver:
             # at receive_maximum unacknowledged events.
             receive_maximum=UNLIMITED_RECEIVE_MAXIMUM,
         )
-        try:
-            async with link, asyncio.TaskGroup() as tg:
-                self._link = link
-                self.link_up.set()
-                tg.create_task(link.watch(), name=f"{self.config.name}.link")
-                if self._context.storage is not None:
-                    tg.create_task(
-                        _refetch_after_shortage(link, self._context.storage),
-                        name=f"{self.config.name}.storage",
-                    )
-                while True:
-                    message, generation = await link.messages.get()
-                    link.taken(message)
-                    ack = functools.partial(link.ack, message, generation)
-                    if replayed(message, self.rejected, self.config.name):
-                        ack()
-                        continue
-                    try:
-                        event, origin_key = self.parse(
-                            _topic(message), message.payload, redelivered=message.dup
+        async with link:
+            self.link_up.set()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(link.watch(), name=f"{self.config.name}.link")
+                    tg.create_task(self._until_reconnect(), name=f"{self.config.name}.reconnect")
+                    if self._context.storage is not None:
+                        tg.create_task(
+                            self._refetch_after_shortage(self._context.storage),
+                            name=f"{self.config.name}.storage",
                         )
-                    except Rejected as rejection:
-                        self._count(rejection, message)
-                        ack()
-                        continue
-                    await emit(event, on_durable=ack, origin_key=origin_key)
-        except* (LinkDown, OSError) as group:
-            raise DriverUnavailable(
-                f"block broker {self._context.block_broker.url}: {first_leaf(group)}"
-            ) from None
+                    tg.create_task(self._ingest(link, emit), name=f"{self.config.name}.ingest")
+            except* _PlannedReconnect as planned:
+                # Handled inside ``async with link``: the link is left with a DISCONNECT.
+                logger.info("%s: reconnecting: %s", self.config.name, first_leaf(planned))
+
+    async def _ingest(self, link: MqttLink, emit: Emit) -> None:
+        """Hand each message's event, made by the screen, to ``emit``; ack it once durable."""
+        while True:
+            message, generation = await link.messages.get()
+            link.taken(message)
+            ack = functools.partial(link.ack, message, generation)
+            if replayed(message, self.rejected, self.config.name):
+                ack()
+                continue
+            _, event, origin_key = self._screened.pop(id(message))
+            await emit(event, on_durable=ack, origin_key=origin_key)
+
+    def _plan_reconnect(self, why: str) -> None:
+        self._reconnect_why = why
+        self._reconnect.set()
+
+    async def _until_reconnect(self) -> None:
+        await self._reconnect.wait()
+        raise _PlannedReconnect(self._reconnect_why)
+
+    async def _refetch_after_shortage(self, storage: StorageReserve) -> None:
+        """When a storage shortage ends, reconnect: the broker sends what was refused again."""
+        await storage.shortage_ended()
+        self._plan_reconnect("storage is back: fetching the messages held during the shortage")
 
     def filters(self) -> list[str]:
         """One topic filter per shop served: other gateways' shops never reach us."""
@@ -192,18 +238,37 @@ class MqttIngestDriver:
         return [self.config.topic.replace("+", shop, 1) for shop in sorted(self._context.devices)]
 
     def screen(self, message: MQTTMessage) -> Lane | None:
-        """The lane of ``message`` as it is read; None drops it (junk, or over its shop's cap)."""
+        """The lane of ``message`` as it is read; None drops it (junk, or over its shop's cap).
+
+        The event made of a message that passes waits for the ingest loop with it.
+        """
         if message.retain:
             return Lane.ROUTINE  # a replay: the reader counts it, never as an event
         try:
-            shop_id, panel = self._validated(_topic(message), message.payload)
+            event, origin_key = self.parse(
+                _topic(message), message.payload, redelivered=message.dup
+            )
         except Rejected as rejection:
             self._count(rejection, message)
             return None
-        event_class = EVENT_CLASS[panel.kind]
+        lane = self._lane(event, origin_key)
+        if lane is not None:
+            self._screened[id(message)] = (message, event, origin_key)
+        return lane
+
+    def _lane(self, event: Event, origin_key: str | None) -> Lane | None:
+        """Alarms urgent; the rest routine, unless its shop is over the cap (None)."""
+        event_class = EVENT_CLASS[event.kind]
         if event_class is EventClass.ALARM:
             return Lane.URGENT
-        if event_class in UNCAPPED_CLASSES or self._shop_cap.allow(shop_id):
+        if event_class in UNCAPPED_CLASSES or origin_key in self._counted:
+            return Lane.ROUTINE
+        shop_id = str(event.shop_id)
+        if self._shop_cap.allow(shop_id):
+            if origin_key is not None:
+                self._counted[origin_key] = None
+                if len(self._counted) > RECENT_ORIGIN_KEYS:
+                    self._counted.popitem(last=False)
             return Lane.ROUTINE
         self.rejected["throttled"] += 1
         self._log.warning(
@@ -306,12 +371,6 @@ class MqttIngestDriver:
         if shop_id not in self._context.devices:
             raise Rejected("unknown_shop", f"shop {shop_id[:40]!r} is not served by this gateway")
         return shop_id
-
-
-async def _refetch_after_shortage(link: MqttLink, storage: StorageReserve) -> None:
-    """Reconnect when a storage shortage ends: the broker sends what the journal refused again."""
-    await storage.shortage_ended()
-    link.fail("storage is back: reconnecting for the messages held during the shortage")
 
 
 def _topic(message: MQTTMessage) -> str:

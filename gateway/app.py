@@ -202,7 +202,7 @@ class Gateway:
         if reserve.short:
             warnings.append(
                 f"storage full ({reserve.reason}): alarms journalled from the reserve, "
-                f"{js.refused} other events left waiting with their senders"
+                f"{reserve.refused} other events left waiting with their senders"
             )
         rejected = {
             f"{name}.{reason}": n
@@ -232,7 +232,11 @@ class Gateway:
             "alerts_expired": self.publisher.alerts_expired,
             "journal_mb": round(js.size_bytes / 1e6, 2),
             "evicted": js.evicted,
-            "storage": {"short": reserve.short, "reason": reserve.reason, "refused": js.refused},
+            "storage": {
+                "short": reserve.short,
+                "reason": reserve.reason,
+                "refused": reserve.refused,
+            },
             "links": dict(self.links),
             "link_errors": dict(self.link_errors),
             "device_faults": {
@@ -565,7 +569,7 @@ class Gateway:
             if reserve.short and not reported:
                 reported = True
                 await self._journal_event(EventKind.STORAGE_FULL, {"detail": reserve.reason})
-            elif reserve.short and await asyncio.to_thread(self.journal.try_resume):
+            elif reserve.short and await asyncio.to_thread(reserve.try_resume):
                 reported = False
                 await self._journal_event(EventKind.RESTORE, {"restores": EventKind.STORAGE_FULL})
             await asyncio.sleep(STORAGE_CHECK_S)

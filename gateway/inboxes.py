@@ -69,7 +69,11 @@ class ShopResponses:
         self._actions = actions
 
     async def handle(self, topic: str, payload: bytes, done: Callable[[], None]) -> None:
-        """Journal one answer; ``done`` once it is durable."""
+        """Journal one answer; ``done`` once it is durable.
+
+        Never refused, while storage is short too: the police must see every answer
+        (decision 900).
+        """
         parts = topic.split("/")
         shop_id = parts[3] if len(parts) == 5 else ""
         if shop_id not in self._shops:

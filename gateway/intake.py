@@ -1,4 +1,9 @@
-"""Where every event enters: rules first (neighbour alerts go out at once), then the journal."""
+"""Where every event enters: rules first (neighbour alerts go out at once), then the journal.
+
+While storage is short, a device event its sender keeps until acknowledged may
+be refused here, before the rules: it has no effect at all until the sender
+offers it again (decision 69).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ class Intake:
 
     The rules run as soon as the event is parsed: a neighbour alert goes out
     without waiting for the disk or the police link; the durable append follows,
-    to the forwarders the rules chose.
+    to the forwarders the rules chose. The gateway's own events (responses,
+    command answers, troubles) and alarms are never refused.
     """
 
     def __init__(self, journal: Journal, engine: RuleEngine, actions: RuleActions) -> None:
@@ -43,7 +49,12 @@ class Intake:
         on_durable: OnDurable | None = None,
         origin_key: str | None = None,
     ) -> None:
-        """Accept ``event`` from a driver; repeats of a recent ``origin_key`` are dropped."""
+        """Accept ``event`` from a driver; repeats of a recent ``origin_key`` are dropped.
+
+        While storage is short, an event with ``on_durable`` (its sender keeps it
+        until then) may be refused: no rules run, ``on_durable`` never runs, and the
+        sender offers it again once the shortage is over.
+        """
         if event.kind in GATEWAY_MADE_KINDS:
             # A device may not forge what only the gateway says (responses, area alerts...).
             self.refused += 1
@@ -51,6 +62,12 @@ class Intake:
                 on_durable()
             return
         if origin_key is not None and not self._journal.claim(origin_key, on_durable):
+            return
+        if on_durable is not None and self._journal.reserve.refuses(event.kind):
+            # Refused, it must do nothing: a door opening in an armed shop raised its
+            # intrusion and siren here once, and again when the broker sent it back.
+            if origin_key is not None:
+                self._journal.release(origin_key)
             return
         if TEST_ATTR in event.attrs:
             # Only a walk test makes an event a test: a panel's own "test" would silence

@@ -7,7 +7,8 @@ together share one transaction (group commit), so durability does not cap
 throughput.
 
 The tables, the connection settings and the drain ranks are in
-``gateway/journal_schema.py``; reading is ``gateway/journal_reader.py``.
+``gateway/journal_schema.py``; reading is ``gateway/journal_reader.py``; the
+size cap and telling a full disk apart are ``gateway/journal_space.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import contextlib
 import logging
 import shutil
 import sqlite3
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +28,8 @@ from gateway.errors import JournalError
 from gateway.events import EVENT_CLASS, Event, EventClass, utc_now
 from gateway.journal_reader import OutboxRow
 from gateway.journal_repair import Damage, mark_for_full_check, repair
-from gateway.journal_schema import BUSY_TIMEOUT_MS, connect, damaged, delivery_priority
+from gateway.journal_schema import connect, damaged, delivery_priority
+from gateway.journal_space import JournalSpace, SpaceStats, disk_full
 from gateway.ratelimit import RateLimitedLog
 from gateway.storage import StorageReserve
 
@@ -36,30 +37,8 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
 RECENT_ORIGIN_KEYS = 20_000  # far more than a broker may redeliver after a crash
-EVICT_RETRY_S = 10.0
-EVICT_TO = 0.9
-"""Eviction goes on down to this fraction of the cap."""
-EVICT_ROUND_MIN = 50
-EVICT_ROUND_MAX = 5000
-# The WAL is kept to an eighth of the size cap, within these bounds.
-WAL_LIMIT_MIN = 16 * 1024
-WAL_LIMIT_MAX = 64 * 1024 * 1024
 # While the disk is full even after the reserve went, retry the commit this often at most.
 FULL_RETRY_MAX_S = 10.0
-# Non-alarm events refused per storage shortage at most: each one holds a place in
-# its sender's window of unacknowledged messages (a broker's Receive Maximum), and
-# a full window would hold the alarms behind it. Past this, the reserve takes them.
-MAX_REFUSED_PER_SHORTAGE = 100
-# An I/O error with less room than this on the disk is the disk being full.
-FULL_DISK_BYTES = 1 << 16
-
-# Eviction order past the size cap. Alarms, and anything a receiver still
-# waits for, are never evicted.
-EVICTION_TIERS: tuple[tuple[EventClass, bool], ...] = (
-    (EventClass.ROUTINE, True),  # heartbeats (never forwarded) and tests already delivered
-    (EventClass.STATUS, True),  # door and arm changes already delivered
-    (EventClass.TROUBLE, True),  # troubles already delivered
-)
 
 OnDurable = Callable[[], None]
 
@@ -117,19 +96,13 @@ _Item = _Append | _Ack | _Failure | _GiveUp
 
 
 @dataclass
-class JournalStats:
+class JournalStats(SpaceStats):
     """Counters for the status page."""
 
     appended: int = 0
     acked: int = 0
     duplicates: int = 0
     commits: int = 0
-    evicted: int = 0
-    size_bytes: int = 0
-    """The database's used pages and its WAL."""
-    over_cap: bool = False
-    refused: int = 0
-    """Non-alarm events refused while storage was short (their sender keeps them)."""
 
 
 class Journal:
@@ -151,11 +124,8 @@ class Journal:
         """
         self.path = path
         self.stats = JournalStats()
-        self._pages_bytes = 0
-        self._refused_in_shortage = 0
         self.reserve = StorageReserve(path.parent, reserve_bytes)
         self._route = route
-        self._max_size_bytes = max_size_bytes
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if shutil.disk_usage(path.parent).free < reserve_bytes // 2:
@@ -171,11 +141,10 @@ class Journal:
                 f"cannot move aside or salvage damaged journal {path}: {exc}"
             ) from exc
         self._conn = connect(path)
-        # A small cap gets a small WAL: checkpoints come sooner and truncate it to the limit.
-        self._wal_limit = min(WAL_LIMIT_MAX, max(WAL_LIMIT_MIN, max_size_bytes // 8))
-        self._conn.execute(f"PRAGMA journal_size_limit={self._wal_limit}")
-        autocheckpoint = max(4, min(1000, self._wal_limit // 4096))
-        self._conn.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
+        self._log = RateLimitedLog(logger, interval_s=60)
+        self._space = JournalSpace(
+            self._conn, path, max_size_bytes=max_size_bytes, stats=self.stats, log=self._log
+        )
         try:
             if not self.reserve.short and not self.reserve.ensure():
                 self.reserve.release("no room for the reserve at start")
@@ -194,11 +163,9 @@ class Journal:
         self._listeners: list[Callable[[list[OutboxRow], str], None]] = []
         # origin key -> callbacks waiting for the first copy, or None once durable
         self._origins: OrderedDict[str, list[OnDurable] | None] = OrderedDict()
-        self._last_evict = 0.0
-        self._log = RateLimitedLog(logger, interval_s=60)
         self._closed = False
         self._load_recent_origins()
-        self._refresh_size()
+        self._space.refresh()
         # Assigned here, not by SQLite, so that a whole batch goes in one executemany.
         self._next_seq = self._last_seq() + 1
 
@@ -227,7 +194,7 @@ class Journal:
         return False
 
     def release(self, origin_key: str) -> None:
-        """Forget a claim whose event never reached ``append`` (the driver was cancelled).
+        """Forget a claim whose event never reached ``append`` (cancelled, or refused).
 
         Repeats parked on it are dropped unacknowledged; the broker sends them again.
         """
@@ -246,23 +213,10 @@ class Journal:
 
         ``routes`` (the forwarders that must deliver it) defaults to the journal's
         ``route``. Waits only when the writer is backed up (backpressure on the drivers).
-
-        While storage is short, a non-alarm event that someone keeps until it is
-        acknowledged (it comes with ``on_durable``: a broker, a repeating device)
-        is refused: ``on_durable`` never runs and its sender offers it again.
-        Past ``MAX_REFUSED_PER_SHORTAGE`` such refusals the reserve takes them too.
+        Every event is taken, while storage is short too (from the reserve): which
+        device events wait with their senders then is the intake's to decide, before
+        the rules (``StorageReserve.refuses``).
         """
-        if (
-            self.reserve.short
-            and on_durable is not None
-            and EVENT_CLASS[event.kind] is not EventClass.ALARM
-            and self._refused_in_shortage < MAX_REFUSED_PER_SHORTAGE
-        ):
-            self.stats.refused += 1
-            self._refused_in_shortage += 1
-            if origin_key is not None:
-                self.release(origin_key)
-            return
         while self._queue.qsize() >= self._queue_size:
             self._room.clear()
             await self._room.wait()
@@ -334,13 +288,6 @@ class Journal:
             else:
                 return
 
-    def try_resume(self) -> bool:
-        """End a storage shortage if the disk has room again; True if it ended now."""
-        if not self.reserve.try_resume():
-            return False
-        self._refused_in_shortage = 0
-        return True
-
     def close(self) -> None:
         """Let an in-flight commit finish, commit whatever is still queued, and close."""
         if self._closed:
@@ -411,7 +358,7 @@ class Journal:
                 raise JournalBusyError(
                     f"journal {self.path} is locked by another process ({exc})"
                 ) from exc
-            if not self._disk_full(exc):
+            if not disk_full(exc, self.path.parent):
                 raise JournalError(f"cannot write journal {self.path}: {exc}") from exc
             if self.reserve.short:
                 raise StorageFullError(
@@ -421,7 +368,7 @@ class Journal:
             self.reserve.release(f"disk full writing {self.path.name}")
             self._write(batch)
             return
-        self._after_commit(evictable=any(_may_be_evicted(item) for item in batch))
+        self._space.after_commit(evictable=any(_may_be_evicted(item) for item in batch))
 
     def _commit(
         self,
@@ -457,34 +404,6 @@ class Journal:
                 conn.execute("ROLLBACK")
             raise
 
-    def _disk_full(self, exc: sqlite3.Error) -> bool:
-        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        if code == sqlite3.SQLITE_FULL:
-            return True
-        # A failed write or shared-memory growth on a full disk reports an I/O error.
-        return (
-            code == sqlite3.SQLITE_IOERR
-            and shutil.disk_usage(self.path.parent).free < FULL_DISK_BYTES
-        )
-
-    def _after_commit(self, *, evictable: bool) -> None:
-        conn = self._conn
-        self._measure()  # three header reads and a stat: cheap enough for every commit
-        # When nothing evictable was left, search again only once this commit added
-        # something evictable, or now and then.
-        retry_due = time.monotonic() - self._last_evict > EVICT_RETRY_S
-        if self.stats.over_cap and (evictable or retry_due):
-            try:
-                self._refresh_size()
-                if self.stats.over_cap:
-                    self._evict()
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                self._log.warning("evict-failed", "journal eviction failed: %s", exc)
-            if self.stats.over_cap:
-                self._last_evict = time.monotonic()
-
     def _committed(self, batch: list[_Item]) -> None:
         self.stats.commits += 1
         fresh: dict[str, list[OutboxRow]] = {}
@@ -504,98 +423,6 @@ class Journal:
         for name, rows in fresh.items():
             for listener in self._listeners:
                 listener(rows, name)
-
-    # --- size cap ----------------------------------------------------------------------
-
-    def _refresh_size(self) -> None:
-        """Measure the used pages and the WAL; over the cap, checkpoint and measure again."""
-        self._measure()
-        if self.stats.over_cap:
-            self._checkpoint()
-            self._measure()
-
-    def _checkpoint(self) -> None:
-        """Move the WAL into the database and truncate it, unless a reader is in the way.
-
-        Never waits for readers (a forwarder's read would hold the writer up to
-        the busy timeout); journal_size_limit keeps the WAL small after the
-        automatic checkpoints too.
-        """
-        self._conn.execute("PRAGMA busy_timeout=0")
-        try:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        finally:
-            self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-
-    def _measure(self) -> None:
-        pages, free, size = (
-            self._conn.execute("PRAGMA page_count").fetchone()[0],
-            self._conn.execute("PRAGMA freelist_count").fetchone()[0],
-            self._conn.execute("PRAGMA page_size").fetchone()[0],
-        )
-        try:
-            wal = self.path.with_name(self.path.name + "-wal").stat().st_size
-        except FileNotFoundError:
-            wal = 0
-        self._pages_bytes = (pages - free) * size
-        self.stats.size_bytes = self._pages_bytes + wal
-        self.stats.over_cap = self.stats.size_bytes > self._max_size_bytes
-
-    def _evict(self) -> None:
-        """Delete low-value records, oldest first, until under the low-water mark; never alarms.
-
-        Evicting to a little under the cap leaves room for the next commits, so
-        that eviction runs now and then rather than on every commit. The pages in
-        use are judged against the cap less the WAL's limit: deleting writes to
-        the WAL, which the checkpoint at the end moves out.
-        """
-        low_water = self._max_size_bytes * EVICT_TO - self._wal_limit
-        for klass, only_acked in EVICTION_TIERS:
-            while self._pages_bytes > low_water:
-                condition = (
-                    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = events.seq"
-                    " AND d.acked_at IS NULL)"
-                    if only_acked
-                    else ""
-                )
-                seqs = [
-                    r[0]
-                    for r in self._conn.execute(
-                        f"SELECT seq FROM events WHERE class=?{condition} ORDER BY seq LIMIT ?",  # noqa: S608 - fixed fragments
-                        (klass.value, self._eviction_round(low_water)),
-                    )
-                ]
-                if not seqs:
-                    break
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany("DELETE FROM deliveries WHERE seq=?", [(s,) for s in seqs])
-                self._conn.executemany("DELETE FROM events WHERE seq=?", [(s,) for s in seqs])
-                self._conn.execute("COMMIT")
-                self.stats.evicted += len(seqs)
-                self._measure()
-                self._log.warning(
-                    "evicted",
-                    "journal over its %.1f MB cap: evicted %d %s records (alarms are kept)",
-                    self._max_size_bytes / 1e6,
-                    len(seqs),
-                    klass.value,
-                )
-        self._refresh_size()
-        if self.stats.over_cap:
-            self._log.warning(
-                "full",
-                "journal still over its cap at %.1f MB with only alarms and undelivered records;"
-                " nothing more will be evicted",
-                self.stats.size_bytes / 1e6,
-            )
-
-    def _eviction_round(self, low_water: float) -> int:
-        """How many records one round deletes: the excess over ``low_water`` in average records."""
-        rows = self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        per_row = self._pages_bytes / max(rows, 1)
-        wanted = (self._pages_bytes - low_water) / max(per_row, 1.0)
-        return int(min(EVICT_ROUND_MAX, max(EVICT_ROUND_MIN, wanted * 1.1)))
 
     # --- reads --------------------------------------------------------------------------
 

@@ -3,10 +3,11 @@
 An SD card fills (a log, a copied file, a broker backlog). The gateway keeps
 a preallocated ballast file in its state directory; when SQLite reports the
 disk full, the ballast is deleted, and the room it held takes the alarms and
-the gateway's own trouble events while events that someone else keeps until
-acknowledged (a broker, a repeating device) are refused and wait there. Once
-the disk has room for the ballast again, with as much to spare, the ballast is
-made again and the shortage ends (decision 58).
+the gateway's own events while device events that someone else keeps until
+acknowledged (a broker, a repeating device) are refused and wait there: the
+intake asks ``refuses`` before the rules see the event. Once the disk has room
+for the ballast again, with as much to spare, the ballast is made again and the
+shortage ends (decision 69).
 """
 
 from __future__ import annotations
@@ -17,14 +18,20 @@ import errno
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 
+from gateway.events import EVENT_CLASS, EventClass, EventKind
 from gateway.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
 BALLAST_NAME = "reserve.ballast"
 _CHUNK = 1 << 20
+# Device events refused per storage shortage at most: each one holds a place in
+# its sender's window of unacknowledged messages (a broker's Receive Maximum), and
+# a full window would hold the alarms behind it. Past this, the reserve takes them.
+MAX_REFUSED_PER_SHORTAGE = 100
 
 
 class StorageReserve:
@@ -38,7 +45,12 @@ class StorageReserve:
         """True from the disk filling until the ballast is in place again."""
         self.reason = ""
         """Why storage is short, for the status."""
+        self.refused = 0
+        """Device events refused while storage was short (their senders keep them)."""
+        self._refused_in_shortage = 0
         self._waiting: list[asyncio.Future[None]] = []
+        # ``try_resume`` runs in a worker thread, the waiters in the event loop.
+        self._waiting_lock = threading.Lock()
         self._log = RateLimitedLog(logger, interval_s=300)
 
     def ensure(self) -> bool:
@@ -55,6 +67,22 @@ class StorageReserve:
             return False
         return True
 
+    def refuses(self, kind: EventKind) -> bool:
+        """Whether to refuse, now, a device event of ``kind`` that its sender keeps until acked.
+
+        True while storage is short, for a non-alarm, up to ``MAX_REFUSED_PER_SHORTAGE``
+        times per shortage; each True is counted. The event loop asks, before the rules.
+        """
+        if (
+            not self.short
+            or EVENT_CLASS[kind] is EventClass.ALARM
+            or self._refused_in_shortage >= MAX_REFUSED_PER_SHORTAGE
+        ):
+            return False
+        self._refused_in_shortage += 1
+        self.refused += 1
+        return True
+
     def release(self, reason: str) -> None:
         """The disk is full: free the ballast's room and start the shortage."""
         with contextlib.suppress(FileNotFoundError):
@@ -69,7 +97,11 @@ class StorageReserve:
         self.reason = reason
 
     def try_resume(self) -> bool:
-        """End the shortage if the disk has room for the ballast twice over; True if it ended."""
+        """End the shortage if the disk has room for the ballast twice over; True if it ended.
+
+        Blocking (it writes the ballast): call it from a worker thread. The waiters
+        of ``shortage_ended`` are woken in their own event loop.
+        """
         if not self.short:
             return False
         try:
@@ -79,25 +111,28 @@ class StorageReserve:
         except OSError as exc:  # a failing card: stay short, say so now and then
             self._log.warning("resume", "cannot make the storage reserve %s: %s", self.path, exc)
             return False
+        self._refused_in_shortage = 0
         self.short = False
         self.reason = ""
         logger.info(
             "storage back (%d MB free): reserve made again; all events journalled", free >> 20
         )
-        for waiter in self._waiting:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiting.clear()
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            # A future may only be touched in its loop's thread, and this is a worker's.
+            waiter.get_loop().call_soon_threadsafe(_wake, waiter)
         return True
 
     async def shortage_ended(self) -> None:
         """Return when the next shortage (or the one under way) ends."""
         waiter = asyncio.get_running_loop().create_future()
-        self._waiting.append(waiter)
+        with self._waiting_lock:
+            self._waiting.append(waiter)
         try:
             await waiter
         finally:
-            with contextlib.suppress(ValueError):
+            with self._waiting_lock, contextlib.suppress(ValueError):
                 self._waiting.remove(waiter)
 
     def _complete(self) -> bool:
@@ -105,6 +140,11 @@ class StorageReserve:
             return self.path.stat().st_size >= self.size_bytes
         except FileNotFoundError:
             return False
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _preallocate(path: Path, size: int) -> None:

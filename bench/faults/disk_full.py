@@ -70,6 +70,10 @@ async def _measure(work: Path, state: Path) -> FaultRow:
                 lost = sum(k not in panics for k in sent) + len(everything - set(troubles))
                 duplicated = sum(n - 1 for n in (panics + troubles).values())
                 alive = gw.process is not None and gw.process.poll() is None
+                # A planned reconnect (to fetch what was refused) is no link fault.
+                link_troubles = sum(
+                    d.body["device_id"].startswith("link:") for d in platform.unique
+                )
                 return FaultRow(
                     FAULT,
                     during.sent + after.sent,
@@ -78,7 +82,8 @@ async def _measure(work: Path, state: Path) -> FaultRow:
                     p99_ms(platform, during.panics),
                     p99_ms(platform, after.panics),
                     round(recovered, 2),
-                    "daemon up throughout" if alive else "daemon died",
+                    ("daemon up throughout" if alive else "daemon died")
+                    + f"; {link_troubles} link troubles at the police",
                 )
         finally:
             gw.stop()

@@ -1,7 +1,10 @@
 """The SD card fills: alarms still go out and are journalled, the rest waits at the broker.
 
 The state directory is a real 16 MB tmpfs; a filler file takes every free
-byte while the panels publish, as a runaway log would.
+byte while the panels publish, as a runaway log would. Nothing the gateway
+says itself is refused (shops' answers, command answers), a refused device
+event has no effect until it comes back, and the reconnect that fetches it
+again is no link fault.
 """
 
 from __future__ import annotations
@@ -12,14 +15,18 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import time
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 
+from firmware_stubs.police_commands import command_body, new_key, send, sign
+from firmware_stubs.police_platform import PolicePlatform
+from gateway.mqtt.client import BrokerConfig
 from lab.disk import MountUnavailableError, fill, small_tmpfs
-from tests.clients import expected_nearest, running, wait_until
+from tests.clients import expected_nearest, local_moments, running, wait_until
 
 STATE_FS_MB = 16
 RESERVE_MB = 2
@@ -28,6 +35,7 @@ TROUBLE_SHOPS = ["S00002", "S00008"]
 TROUBLES_PER_SHOP = 20
 # Counted exactly: no area alerts or intrusions raised by the rules themselves.
 DEVICE_EVENTS_ONLY = {"rules": {"disable": ["intrusion-when-armed", "robbery-area-alert"]}}
+CMD_TOPIC = "police/v1/L1/GW-001/cmd"
 
 
 @contextlib.contextmanager
@@ -38,6 +46,19 @@ def small_filesystem(where: Path, size_mb: int) -> Iterator[Path]:
             yield mounted
     except MountUnavailableError as exc:
         pytest.skip(f"{exc} (needs root or CAP_SYS_ADMIN)")
+
+
+def link_troubles(platform: PolicePlatform) -> list[tuple[str, str]]:
+    """The gateway's own link faults and restores the police have received."""
+    return [
+        (d.body["device_id"], d.body["kind"])
+        for d in platform.unique
+        if d.body["device_id"].startswith("link:")
+    ]
+
+
+def kinds_of(platform: PolicePlatform, shop: str) -> list[str]:
+    return sorted(d.body["kind"] for d in platform.unique if d.body["shop_id"] == shop)
 
 
 async def short_status(port: int) -> dict[str, Any]:
@@ -162,6 +183,8 @@ def test_a_full_disk_keeps_alarms_flowing_and_the_rest_waits_at_the_broker(
                 assert sorted(troubles) == sorted(sent)
                 restores = [d.body for d in platform.unique if d.body["device_id"] == "storage"]
                 assert [b["kind"] for b in restores] == ["storage_full", "restore"]
+                # The ingest reconnected on purpose to fetch them: no block-link fault.
+                assert link_troubles(platform) == []
                 assert platform.duplicates == 0
                 await wait_until(lambda: not gw.status()["storage"]["short"], 5, "status clear")
 
@@ -223,6 +246,89 @@ def test_restarted_on_a_full_disk_with_a_backlog_the_gateway_stays_up(
                     30,
                     "the whole backlog delivered once space is back",
                 )
+                assert platform.duplicates == 0
+
+        asyncio.run(scenario())
+        assert gw.stop() == 0
+
+
+def test_answers_and_commands_in_a_shortage_count_once_and_a_refused_door_acts_once_later(
+    tmp_path, block_broker, police_broker, start_gateway
+):
+    """Disk full: a neighbour's "coming" and a command's ack reach the police at once, once.
+
+    A door opening in an armed shop is refused with no effect (no intrusion, no siren);
+    once storage is back the broker sends it again and it raises one intrusion, and
+    its siren report, then. No link fault at the police across the shortage.
+    """
+    key, public = new_key()
+    door_shop, trouble_shop = "S00040", TROUBLE_SHOPS[0]
+    neighbour = expected_nearest("S00011")[0]
+    with small_filesystem(tmp_path / "state-fs", STATE_FS_MB) as state_dir:
+        gw = start_gateway(
+            state_dir=str(state_dir),
+            journal={"reserve_mb": RESERVE_MB},
+            status_interval_s=0.2,
+            commands={"keys": {"platform-1": public}},
+            rules={"timezone": "Asia/Shanghai", "disable": ["robbery-area-alert"]},
+        )
+        filler = state_dir / "runaway.log"
+
+        async def scenario() -> None:
+            shops = ["S00011", *expected_nearest("S00011"), door_shop, trouble_shop]
+            async with running(
+                block_url=block_broker.url, police_url=police_broker.url, shops=shops
+            ) as (panels, platform):
+                assert platform is not None
+                await panels["S00011"].send("panic")
+                await wait_until(lambda: panels[neighbour].notices, 10, "the neighbour alert")
+                alert_id = panels[neighbour].notices[0].body["alert_id"]
+
+                await asyncio.to_thread(fill, filler)
+                await panels[trouble_shop].send("low_battery")
+                await wait_until(
+                    lambda: any(d.body["kind"] == "storage_full" for d in platform.unique),
+                    15,
+                    "storage_full at the police",
+                )
+                # The block's closed night: the shop is armed by its hours.
+                [night] = local_moments(time(23, 30), time(8, 0), 1)
+                await panels[door_shop].send("door_open", ts=night)
+                await panels[neighbour].respond(alert_id, "coming")
+                command = command_body("GW-001", "set_level", level="heightened")
+                await send(
+                    BrokerConfig(url=police_broker.url),
+                    CMD_TOPIC,
+                    sign(key, "platform-1", command),
+                )
+                await wait_until(
+                    lambda: (
+                        {"response", "command_ack"} <= {d.body["kind"] for d in platform.unique}
+                    ),
+                    15,
+                    "the answer and the command's ack while the disk is full",
+                )
+                await wait_until(
+                    lambda: gw.status()["storage"]["refused"] == 1, 10, "the door refused"
+                )
+                assert gw.status()["storage"]["short"]
+                assert gw.status()["level"] == "heightened"
+
+                filler.unlink()
+                await wait_until(
+                    lambda: (
+                        kinds_of(platform, door_shop) == ["action_failed", "door_open", "intrusion"]
+                    ),
+                    30,
+                    "the door, its intrusion and siren report once storage is back",
+                )
+                await wait_until(lambda: not gw.status()["storage"]["short"], 5, "status clear")
+                [answer] = [d.body for d in platform.unique if d.body["kind"] == "response"]
+                assert answer["attrs"]["alert_id"] == alert_id
+                assert (answer["attrs"]["alerted"], answer["attrs"]["coming"]) == (True, 1)
+                [ack] = [d.body for d in platform.unique if d.body["kind"] == "command_ack"]
+                assert ack["attrs"]["level"] == "heightened"
+                assert link_troubles(platform) == []
                 assert platform.duplicates == 0
 
         asyncio.run(scenario())

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 
+import aiomqtt
 from paho.mqtt.client import MQTTMessage
 
 from drivers.base import DriverContext
-from drivers.mqtt_ingest import MqttIngestConfig, MqttIngestDriver
+from drivers.mqtt_ingest import MqttIngestConfig, MqttIngestDriver, PanelMessage
+from gateway.events import Event, utc_now
 from gateway.mqtt.client import BrokerConfig
 from gateway.mqtt.link import Lane, MessageLanes
 from gateway.ratelimit import WindowCap
+from gateway.storage import StorageReserve
+from tests.clients import wait_until
 
 CAP = 3
 
@@ -90,3 +95,73 @@ def test_urgent_messages_overtake_routine_ones_in_arrival_order() -> None:
 def test_one_filter_per_shop_served() -> None:
     """The gateway subscribes to its own shops' event topics, not the whole block's wildcard."""
     assert driver().filters() == ["lianfang/v1/shop/S1/event", "lianfang/v1/shop/S2/event"]
+
+
+def test_each_message_is_validated_once_and_a_copy_sent_again_is_not_counted_again(
+    tmp_path, block_broker, monkeypatch
+) -> None:
+    """Over a real broker: the screen's event is the one emitted (one validation a message).
+
+    Two doors are refused during a storage shortage (never acknowledged); its end
+    reconnects on purpose (the driver keeps running: no link fault), and the broker's
+    second copies pass a cap of 2 that they already counted against. A third door is over it.
+    """
+    validations = Counter[str]()
+    validate = PanelMessage.model_validate_json
+
+    def counted(payload: bytes) -> PanelMessage:
+        validations[payload.decode()] += 1
+        return validate(payload)
+
+    monkeypatch.setattr(PanelMessage, "model_validate_json", counted)
+    storage = StorageReserve(tmp_path, 64 * 1024)
+    assert storage.ensure()
+    context = DriverContext(
+        "GW-T",
+        BrokerConfig(url=block_broker.url),
+        {"S1": frozenset({"panel-1"})},
+        storage=storage,
+    )
+    config = MqttIngestConfig(
+        kind="mqtt_ingest", name="shops", shop_event_cap=2, shop_event_window_s=3600
+    )
+    ingest = MqttIngestDriver(config, context=context)
+    emitted: list[tuple[int, bool]] = []
+
+    async def emit(event: Event, *, on_durable=None, origin_key=None) -> None:
+        assert origin_key is not None
+        emitted.append((event.attrs["seq"], storage.short))
+        if not storage.short:  # refused while short, as the intake does
+            on_durable()
+
+    def door(seq: int) -> bytes:
+        body = {
+            "device_id": "panel-1",
+            "kind": "door_open",
+            "seq": seq,
+            "ts": utc_now().isoformat(),
+        }
+        return json.dumps(body).encode()
+
+    async def scenario() -> None:
+        async with asyncio.TaskGroup() as tg:
+            running = tg.create_task(ingest.run(emit), name="ingest")
+            await asyncio.wait_for(ingest.link_up.wait(), 10)
+            storage.release("a test says the disk is full")
+            async with aiomqtt.Client("127.0.0.1", block_broker.port, identifier="panel") as panel:
+                first, second = door(1), door(2)
+                await panel.publish("lianfang/v1/shop/S1/event", first, qos=1)
+                await panel.publish("lianfang/v1/shop/S1/event", second, qos=1)
+                await wait_until(lambda: len(emitted) == 2, 10, "two refused doors")
+                assert await asyncio.to_thread(storage.try_resume)
+                await wait_until(lambda: len(emitted) == 4, 10, "the broker's second copies")
+                third = door(3)
+                await panel.publish("lianfang/v1/shop/S1/event", third, qos=1)
+                await wait_until(lambda: ingest.rejected["throttled"] == 1, 10, "the third door")
+            assert not running.done()
+            running.cancel()
+
+        assert emitted == [(1, True), (2, True), (1, False), (2, False)]
+        assert validations == {first.decode(): 2, second.decode(): 2, third.decode(): 1}
+
+    asyncio.run(scenario())

@@ -1,56 +1,159 @@
-"""The journal while storage is short: what it refuses, what the reserve takes, and resuming."""
+"""Storage short: what the intake refuses (before the rules), what the reserve takes, resuming."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import pytest
 
-from gateway.events import EventKind
-from gateway.journal import MAX_REFUSED_PER_SHORTAGE, Journal
+from gateway.events import EventKind, utc_now
+from gateway.intake import Intake
+from gateway.journal import Journal
+from gateway.journal_reader import JournalReader
+from gateway.rule_engine import rule_engine
+from gateway.storage import MAX_REFUSED_PER_SHORTAGE, StorageReserve
 from lab.disk import MountUnavailableError, fill, small_tmpfs
 from tests.clients import wait_until
 from tests.events import make_event
+from tests.harness import init_config
+from tests.unit.test_rules import acting, load
 
 RESERVE = 256 * 1024
 
 
-def test_while_short_only_kept_non_alarms_are_refused_and_only_up_to_the_bound(tmp_path):
-    """Refused: non-alarms with a sender that keeps them, 100 at most; taken: everything else."""
+@pytest.fixture(scope="module")
+def config_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cfg")
+    init_config(folder, block_url="mqtt://127.0.0.1:1", police_url="mqtt://127.0.0.1:2")
+    return folder
+
+
+def short_intake(config_dir: Path, journal_path: Path) -> tuple[Intake, Journal, list[str]]:
+    """An intake over the default rules and a real journal whose disk has just filled.
+
+    Sirens are recorded in the list returned; the journal's routes send everything
+    to the police.
+    """
+    cfg = load(config_dir, {"disable": ["robbery-area-alert"]})
+    engine = rule_engine(cfg)
+    actions, _ = acting(cfg, engine)
+    sirens: list[str] = []
+
+    async def siren(shop: str, _seconds: float) -> bool:
+        sirens.append(shop)
+        return True
+
+    actions.siren = siren
     journal = Journal(
-        tmp_path / "j.db", route=lambda _e: ["police"], max_size_bytes=10**9, reserve_bytes=RESERVE
+        journal_path, route=lambda _e: ["police"], max_size_bytes=10**9, reserve_bytes=RESERVE
     )
-    ballast = tmp_path / "reserve.ballast"
-    assert ballast.stat().st_size == RESERVE
+    intake = Intake(journal, engine, actions)
+    actions.emit = intake.gateway_event
     journal.reserve.release("a test says the disk is full")
-    assert not ballast.exists()
+    return intake, journal, sirens
+
+
+def journalled_kinds(path: Path) -> list[str]:
+    reader = JournalReader(path)
+    rows = reader.pending("police", after=0, limit=1000)
+    reader.close()
+    return [json.loads(row.body)["kind"] for row in rows]
+
+
+def test_while_short_device_events_are_refused_up_to_the_bound_and_nothing_else_is(
+    config_dir, tmp_path
+):
+    """Refused: a device's non-alarms that its sender keeps, 100 at most; taken: the rest.
+
+    Alarms, the gateway's own events (a shop's answer too: the police must see it)
+    and events no one keeps come out of the reserve.
+    """
+    intake, journal, _ = short_intake(config_dir, tmp_path / "j.db")
+    assert not (tmp_path / "reserve.ballast").exists()
     durable: list[str] = []
 
     async def scenario() -> None:
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(journal.run(), name="journal")
+            answer = intake.actions.response_event("S00012", "A-1", "coming")
+            await intake.gateway_event(answer, on_durable=lambda: durable.append("R"))
             for n in range(MAX_REFUSED_PER_SHORTAGE + 1):
-                await journal.append(
-                    make_event(EventKind.LOW_BATTERY),
+                await intake(
+                    make_event(EventKind.LOW_BATTERY, shop="S00012"),
                     on_durable=lambda n=n: durable.append(f"B{n}"),
                 )
-            await journal.append(
-                make_event(EventKind.PANIC), on_durable=lambda: durable.append("P")
-            )
-            await journal.append(make_event(EventKind.DEVICE_FAULT))  # the gateway's own
-            await wait_until(lambda: journal.stats.appended == 3, 5, "three appended")
-            assert journal.stats.refused == MAX_REFUSED_PER_SHORTAGE
-            assert durable == [f"B{MAX_REFUSED_PER_SHORTAGE}", "P"]
+            await intake(make_event(EventKind.PANIC), on_durable=lambda: durable.append("P"))
+            await intake(make_event(EventKind.TAMPER))  # no sender keeps it: from the reserve
+            await wait_until(lambda: len(durable) == 3, 5, "three durable")
+            assert journal.reserve.refused == MAX_REFUSED_PER_SHORTAGE
+            assert sorted(durable) == sorted([f"B{MAX_REFUSED_PER_SHORTAGE}", "P", "R"])
+            await wait_until(lambda: journal.stats.appended >= 4, 5, "the tamper too")
 
-            assert journal.try_resume()  # the disk has room: the ballast is made again
-            assert ballast.stat().st_size == RESERVE
-            await journal.append(
+            assert await asyncio.to_thread(journal.reserve.try_resume)
+            assert (tmp_path / "reserve.ballast").stat().st_size == RESERVE
+            await intake(
                 make_event(EventKind.LOW_BATTERY), on_durable=lambda: durable.append("after")
             )
             await wait_until(lambda: "after" in durable, 5, "an event taken after the shortage")
             writer.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_refused_door_raises_its_intrusion_and_siren_once_when_it_comes_back(
+    config_dir, tmp_path
+):
+    """A door opening in an armed shop while storage is short is refused with no effect at all.
+
+    Sent again after the shortage, it is journalled and raises one intrusion and one siren.
+    """
+    intake, journal, sirens = short_intake(config_dir, tmp_path / "j.db")
+    intake.engine.schedule.set("S00011", armed=True, at=utc_now())
+    acked: list[str] = []
+
+    async def scenario() -> None:
+        async with asyncio.TaskGroup() as tg:
+            writer = tg.create_task(journal.run(), name="journal")
+            acting_ = tg.create_task(intake.actions.run(), name="actions")
+            door = make_event(EventKind.DOOR_OPEN, seq=7)
+            await intake(door, on_durable=lambda: acked.append("first"), origin_key="S00011/7")
+            assert journal.reserve.refused == 1
+            assert journal.queued == 0  # nothing derived: no intrusion waits for the writer
+
+            assert await asyncio.to_thread(journal.reserve.try_resume)
+            again = make_event(EventKind.DOOR_OPEN, seq=7)  # the broker's second copy
+            await intake(again, on_durable=lambda: acked.append("again"), origin_key="S00011/7")
+            await wait_until(lambda: sirens and journal.stats.appended == 2, 5, "door, intrusion")
+            await wait_until(lambda: journal.queued == 0, 5, "the writer idle")
+            writer.cancel()
+            acting_.cancel()
+
+    asyncio.run(scenario())
+    journal.close()
+    assert acked == ["again"]
+    assert sirens == ["S00011"]
+    assert sorted(journalled_kinds(tmp_path / "j.db")) == ["door_open", "intrusion"]
+
+
+def test_the_end_of_a_shortage_wakes_its_waiters_in_their_own_loop(tmp_path):
+    """``try_resume`` runs in a worker thread; the futures it wakes belong to the loop.
+
+    asyncio's debug mode raises when a future's callbacks are scheduled from another thread.
+    """
+    reserve = StorageReserve(tmp_path, RESERVE)
+    assert reserve.ensure()
+    reserve.release("a test says the disk is full")
+
+    async def scenario() -> None:
+        waiter = asyncio.create_task(reserve.shortage_ended(), name="waiter")
+        await asyncio.sleep(0)  # the waiter registers
+        assert await asyncio.to_thread(reserve.try_resume)
+        await asyncio.wait_for(waiter, 5)
+        assert not reserve.short
+
+    asyncio.run(scenario(), debug=True)
 
 
 def test_a_disk_full_past_the_reserve_holds_the_batch_and_commits_it_once_room_is_back(
