@@ -72,7 +72,7 @@ class ShopResponses:
         """Journal one answer; ``done`` once it is durable.
 
         Never refused, while storage is short too: the police must see every answer
-        (decision 900).
+        (decision 82).
         """
         parts = topic.split("/")
         shop_id = parts[3] if len(parts) == 5 else ""
