@@ -35,6 +35,7 @@ from gateway.events import (
 from gateway.mqtt.notify import BlockPublisher
 from gateway.ratelimit import RateLimitedLog
 from gateway.rule_engine import notice_places
+from gateway.state_file import write_atomically
 from protocols.mesh_message import MeshMessage
 from rules.area import AreaTrigger, AreaWatch
 from rules.arming import ArmSchedule
@@ -688,10 +689,3 @@ class RuleActions:
                 {"after_s": action.after_s, "alert_id": alert_id, "unacknowledged": True},
             )
             await self.emit(escalation, routes=tuple(action.to or ()))
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that a reader never sees half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
