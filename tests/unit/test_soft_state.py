@@ -24,11 +24,12 @@ ESCALATE_S = 60
 PANIC_RULES = ["panic-neighbours", "alarms-forward", "robbery-area-alert", "panic-escalates"]
 
 
-def configured(folder: Path):
+def configured(folder: Path, rules: list[dict] | None = None):
     path = init_config(folder, block_url="mqtt://127.0.0.1:1", police_url="mqtt://127.0.0.1:2")
     data = yaml.safe_load(path.read_text())
     data["rules"] = {
-        "rules": [
+        "rules": rules
+        or [
             {
                 "name": "panic-escalates",
                 "when": {"kinds": ["panic"]},
@@ -158,3 +159,32 @@ def test_a_first_start_without_a_journal_rebuilds_nothing(tmp_path):
     config = configured(tmp_path)
     actions, engine = fresh_actions(config)
     assert not rebuild(actions, config, engine.rules)
+
+
+def test_a_walk_test_panic_is_not_escalated_or_counted_after_a_restart(tmp_path):
+    """A walk-test panic whose rules forward and escalate and count: after a restart, nothing."""
+    forward = {"action": "forward"}
+    rules = [
+        {
+            "name": "panic-reported-and-escalated",
+            "when": {"kinds": ["panic"]},
+            "do": [forward, {"action": "escalate", "after_s": ESCALATE_S}],
+        },
+        {
+            "name": "panic-reported-and-counted",
+            "when": {"kinds": ["panic"]},
+            "do": [forward, {"action": "area_alert", "alarms": 2}],
+        },
+    ]
+    config = configured(tmp_path, rules)
+    # As the intake journals it: only its forwarding rules fired, and it is marked a test.
+    test_panic = journalled(
+        "panic", "S00011", timedelta(seconds=5), rules=[r["name"] for r in rules], test=True
+    )
+    journal_of(config, [test_panic])
+    actions, engine = fresh_actions(config)
+
+    assert not rebuild(actions, config, engine.rules)
+    assert actions._resumed == []
+    panic = make_event("panic", shop="S00050", gateway_id="GW-001")
+    assert actions.apply(panic, engine.evaluate(panic)).derived == []
