@@ -563,8 +563,10 @@ class RuleActions:
     def reopen(self, event: Event, age_s: float) -> None:
         """Reopen the alert ``event`` sent ``age_s`` ago: cancel window, cool-down, shops told.
 
-        Its notices to other gateways' shops go out again while it has not expired
-        (a mesh queue is memory only; the receiving gateway relays an alert once).
+        While it has not expired, its notices go out again to the shops that may
+        not have had them: other gateways' shops (a mesh queue is memory only; the
+        receiving gateway relays an alert once) and own shops the block broker
+        never confirmed (the gateway died before their PUBACKs).
         """
         alert_id, shop = event.attrs.get("alert_id"), event.shop_id
         notify = self.fired(event, NotifyNearest)
@@ -576,12 +578,17 @@ class RuleActions:
         self._remember(_OpenAlert(alert_id, event.id, shop, at, alerted))
         self.alerts.alerted_at(shop, at)
         left_s = self._alert_config.expires_s - age_s
-        away = [n for n in neighbours if self._gateway_of[n.shop_id] != self._gid]
-        if left_s > 0 and away and self.mesh is not None:
+        mine = [n for n in neighbours if self._gateway_of[n.shop_id] == self._gid]
+        away = [n for n in neighbours if n not in mine] if self.mesh is not None else []
+        # Own shops told by SMS only are not owed anything: a restart never texts again.
+        confirmed = self._publisher.confirmed(alert_id) if self._notices_by_mqtt else alerted
+        owed = [*away, *(n for n in mine if n.shop_id not in confirmed)]
+        if left_s > 0 and owed:
             expires = self._wall_clock() + timedelta(seconds=left_s)
-            notices = self.alerts.notices(event, away, alert_id, expires)
+            notices = self.alerts.notices(event, owed, alert_id, expires)
             self._send(NeighbourAlert(alert_id, event.id, notices, self._clock() + left_s))
-            self.mesh_resent += len(notices)
+            self.mesh_resent += len(away)
+            logger.info("alert %s: %d notices owed from before the restart", alert_id, len(owed))
 
     def reanswer(self, response: Event) -> None:
         """Count a journalled answer to a reopened alert again."""

@@ -83,6 +83,7 @@ class Gateway:
             gateway_id=gid,
             status=self.snapshot,
             status_interval_s=config.status_interval_s,
+            confirmed_file=config.state_dir / "notices-confirmed.json",
         )
         engine = rule_engine(config)
         self.clock = GatewayClock()
