@@ -290,5 +290,5 @@ def inboxes(
         handle=mesh.handle,
     )
     found.append(mesh.inbox)
-    actions.mesh = mesh
+    actions.notices.mesh = mesh
     return found
