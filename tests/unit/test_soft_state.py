@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -63,9 +65,11 @@ def journal_of(config, events: list[Event]) -> None:
     journal.close()
 
 
-def fresh_actions(config) -> tuple[RuleActions, object]:
+def fresh_actions(config, publisher: BlockPublisher | None = None) -> tuple[RuleActions, object]:
     engine = rule_engine(config)
-    publisher = BlockPublisher(config.broker, gateway_id="GW-001", status=dict, status_interval_s=1)
+    publisher = publisher or BlockPublisher(
+        config.broker, gateway_id="GW-001", status=dict, status_interval_s=1
+    )
     actions = RuleActions(
         config,
         engine.rules,
@@ -188,3 +192,34 @@ def test_a_walk_test_panic_is_not_escalated_or_counted_after_a_restart(tmp_path)
     assert actions._resumed == []
     panic = make_event("panic", shop="S00050", gateway_id="GW-001")
     assert actions.apply(panic, engine.evaluate(panic)).derived == []
+
+
+def test_a_reopened_alert_is_sent_again_to_own_shops_the_broker_never_confirmed(tmp_path):
+    """Four of S00011's 10 nearest confirmed before the restart: the other six are told again."""
+    config = configured(tmp_path)
+    near = expected_nearest("S00011")
+    confirmed_file = config.state_dir / "notices-confirmed.json"
+    confirmed_file.parent.mkdir(parents=True, exist_ok=True)
+    confirmed_file.write_text(
+        json.dumps({"A-open": [time.time() + 60, near[:4]], "A-gone": [time.time() - 1, near]})
+    )
+    panic = journalled(
+        "panic", "S00011", timedelta(seconds=10), rules=PANIC_RULES, alert_id="A-open"
+    )
+    journal_of(config, [panic])
+    publisher = BlockPublisher(
+        config.broker,
+        gateway_id="GW-001",
+        status=dict,
+        status_interval_s=1,
+        confirmed_file=confirmed_file,
+    )
+    actions, engine = fresh_actions(config, publisher)
+
+    assert rebuild(actions, config, engine.rules).alerts == 1
+    [again] = publisher._pending
+    assert again.alert_id == "A-open"
+    assert [n.shop_id for n in again.notices] == near[4:]
+    body = json.loads(again.notices[0].payload)
+    assert (body["event_id"], body["from_shop_id"]) == (panic.id, "S00011")
+    assert publisher.confirmed("A-gone") == frozenset()  # expired: forgotten
