@@ -26,6 +26,9 @@ MAX_PENDING_ALERTS = 10_000
 # Alerts published and awaiting their PUBACKs at most (a 20-nearest rule makes 2,000 notices
 # in flight), so that a broker that stops answering holds a bounded number in the link.
 MAX_ALERTS_UNCONFIRMED = 100
+CONFIRMED_SAVE_INTERVAL_S = 0.5
+"""Confirmations are written at most this often: a flood of alerts makes a write or two a
+second, and a restart repeats only notices confirmed in the last moments (alert ids dedup)."""
 
 
 def notify_topic(shop_id: str) -> str:
@@ -185,7 +188,7 @@ class BlockPublisher:
         self._confirmed_changed.set()
 
     async def _keep_confirmed(self) -> None:
-        """Write the confirmations after each change, off the hot path."""
+        """Write the confirmations after changes, off the hot path and at a bounded rate."""
         file = self._confirmed_file
         if file is None:
             return
@@ -200,6 +203,7 @@ class BlockPublisher:
                 await file.save_in_thread(text)
             except OSError as exc:  # notices still go out; a restart may repeat some
                 self._log.warning("confirmed", "cannot write %s: %s", file.path, exc)
+            await asyncio.sleep(CONFIRMED_SAVE_INTERVAL_S)
 
     def _load_confirmed(self) -> dict[str, tuple[float, set[str]]]:
         if self._confirmed_file is None:
