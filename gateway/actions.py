@@ -34,6 +34,7 @@ from gateway.events import (
 )
 from gateway.mqtt.notify import BlockPublisher
 from gateway.notice_sender import NoticeSender
+from gateway.open_alerts import RECENT_ALERTS, OpenAlert, OpenAlerts
 from gateway.ratelimit import RateLimitedLog
 from gateway.rule_engine import notice_places
 from gateway.state_file import write_atomically
@@ -48,7 +49,6 @@ from rules.neighbour_alert import NeighbourAlert, NeighbourAlerts, Notice
 logger = logging.getLogger(__name__)
 
 PRIORITY_ORDER = (EventClass.ROUTINE, EventClass.STATUS, EventClass.TROUBLE, EventClass.ALARM)
-RECENT_ALERTS = 10_000
 ALWAYS_FORWARDED = frozenset(
     {kind for kind, cls in EVENT_CLASS.items() if cls is EventClass.ALARM}
     | {EventKind.CANCEL, EventKind.RESPONSE}
@@ -98,16 +98,6 @@ class _Outcome:
         return Applied(event, tuple(self.routes), self.derived)
 
 
-@dataclass
-class _OpenAlert:
-    alert_id: str
-    event_id: str
-    shop_id: str
-    at: float
-    alerted: frozenset[str]
-    responses: dict[str, str] = field(default_factory=dict)
-
-
 class RuleActions:
     """Carries out the actions of fired rules for one gateway."""
 
@@ -152,8 +142,7 @@ class RuleActions:
         )
         self.reconfigure(config, rules, schedule=schedule)
         self._area = AreaWatch()
-        self._open: dict[str, _OpenAlert] = {}  # latest alert per origin shop
-        self._by_alert: OrderedDict[str, _OpenAlert] = OrderedDict()
+        self.open_alerts = OpenAlerts()
         # Per (gateway, alert): the own shops already told, so an alert the sender's cap
         # split over several messages reaches every shop, and each shop once.
         self._relayed: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
@@ -232,7 +221,7 @@ class RuleActions:
             outcome.forward(self._routes[event.kind], None, event.kind)
         if not test:
             outcome.extra.update(self._state_change(event))
-        alert = self._by_alert.get(str(outcome.extra.get("alert_id")))
+        alert = self.open_alerts.get(str(outcome.extra.get("alert_id")))
         if alert is not None:
             # Journalled and forwarded with the event: who was told, for `lianfang events`
             # and for the police (a capped notice still counts: it goes out as room comes).
@@ -275,14 +264,10 @@ class RuleActions:
         self.notices.send_capped(alert)
         alerted = frozenset(n.shop_id for n in alert.notices)
         origin = event.shop_id or ""
-        self._remember(_OpenAlert(alert.alert_id, event.id, origin, self._clock(), alerted))
+        self.open_alerts.remember(
+            OpenAlert(alert.alert_id, event.id, origin, self._clock(), alerted)
+        )
         return alert.alert_id
-
-    def _remember(self, alert: _OpenAlert) -> None:
-        self._open[alert.shop_id] = alert
-        self._by_alert[alert.alert_id] = alert
-        if len(self._by_alert) > RECENT_ALERTS:
-            self._by_alert.popitem(last=False)
 
     def _made(
         self, kind: EventKind, cause: Event, rule: str, attrs: dict[str, Any] | None = None
@@ -369,7 +354,7 @@ class RuleActions:
         return {}
 
     def _cancel_attrs(self, shop_id: str) -> dict[str, Any]:
-        alert = self._open.get(shop_id)
+        alert = self.open_alerts.latest(shop_id)
         if alert is None:
             return {"alert_id": None, "within_cancel_window": False}
         within = self._clock() - alert.at <= self._cancel_window_s
@@ -381,7 +366,7 @@ class RuleActions:
         """The journalled form of a shop's answer to an alert (counted per alert)."""
         now = utc_now()
         attrs: dict[str, Any] = {"alert_id": alert_id, "response": response}
-        alert = self._by_alert.get(alert_id)
+        alert = self.open_alerts.get(alert_id)
         if alert is not None:
             attrs["origin_shop_id"] = alert.shop_id
             attrs["alert_event_id"] = alert.event_id
@@ -411,7 +396,7 @@ class RuleActions:
 
     def acknowledge(self, event_or_alert_id: str) -> bool:
         """Stop the escalation of an event (by its id or its alert's id); whether one ran."""
-        alert = self._by_alert.get(event_or_alert_id)
+        alert = self.open_alerts.get(event_or_alert_id)
         task = self._escalations.pop(alert.event_id if alert else event_or_alert_id, None)
         if task is None:
             return False
@@ -471,7 +456,7 @@ class RuleActions:
         neighbours = self._table(notify[0][1]).get(shop, [])
         at = self._clock() - age_s
         alerted = frozenset(n.shop_id for n in neighbours)
-        self._remember(_OpenAlert(alert_id, event.id, shop, at, alerted))
+        self.open_alerts.remember(OpenAlert(alert_id, event.id, shop, at, alerted))
         self.alerts.alerted_at(shop, at)
         left_s = self._alert_config.expires_s - age_s
         mine = [n for n in neighbours if self._gateway_of[n.shop_id] == self._gid]
@@ -485,12 +470,6 @@ class RuleActions:
             self.notices.send(NeighbourAlert(alert_id, event.id, notices, self._clock() + left_s))
             self.mesh_resent += len(away)
             logger.info("alert %s: %d notices owed from before the restart", alert_id, len(owed))
-
-    def reanswer(self, response: Event) -> None:
-        """Count a journalled answer to a reopened alert again."""
-        alert = self._by_alert.get(str(response.attrs.get("alert_id")))
-        if alert is not None and response.shop_id and response.attrs.get("alerted") is True:
-            alert.responses[response.shop_id] = str(response.attrs.get("response"))
 
     def resume_escalation(self, event: Event, rule: str, action: Escalate, left_s: float) -> None:
         """Escalate ``event`` in ``left_s`` (at least at once) when the actions start."""

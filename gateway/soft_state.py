@@ -95,7 +95,7 @@ def _replay(actions: RuleActions, events: list[Event], now: datetime, alert_s: f
         if event.attrs.get(TEST_ATTR) is True:
             continue  # a walk test alerted no one, escalates nothing and counts in no area
         if event.kind is EventKind.RESPONSE:
-            actions.reanswer(event)
+            actions.open_alerts.reanswer(event)
             rebuilt.answers += 1
         elif event.kind not in ANSWER_KINDS:
             age_s = (now - event.received_at).total_seconds()
