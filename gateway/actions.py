@@ -14,12 +14,12 @@ import asyncio
 import json
 import logging
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from gateway.config.model import GatewayConfig
 from gateway.events import (
@@ -33,8 +33,11 @@ from gateway.events import (
     utc_now,
 )
 from gateway.mqtt.notify import BlockPublisher
+from gateway.notice_sender import NoticeSender
+from gateway.open_alerts import RECENT_ALERTS, OpenAlert, OpenAlerts
 from gateway.ratelimit import RateLimitedLog
 from gateway.rule_engine import notice_places
+from gateway.state_file import write_atomically
 from protocols.mesh_message import MeshMessage
 from rules.area import AreaTrigger, AreaWatch
 from rules.arming import ArmSchedule
@@ -46,7 +49,6 @@ from rules.neighbour_alert import NeighbourAlert, NeighbourAlerts, Notice
 logger = logging.getLogger(__name__)
 
 PRIORITY_ORDER = (EventClass.ROUTINE, EventClass.STATUS, EventClass.TROUBLE, EventClass.ALARM)
-RECENT_ALERTS = 10_000
 ALWAYS_FORWARDED = frozenset(
     {kind for kind, cls in EVENT_CLASS.items() if cls is EventClass.ALARM}
     | {EventKind.CANCEL, EventKind.RESPONSE}
@@ -57,22 +59,6 @@ Emit = Callable[..., Awaitable[None]]
 """``emit(event, routes=...)``: hand a gateway-made event to the intake."""
 SoundSiren = Callable[[str, float], Awaitable[bool]]
 ActionT = TypeVar("ActionT")
-
-
-class MeshOut(Protocol):
-    """Carries notices for shops of other gateways through the police broker."""
-
-    def submit(self, gateway_id: str, large_grid: str, message: bytes) -> None:
-        """Queue ``message`` for ``gateway_id``; never waits."""
-        ...
-
-
-class SmsOut(Protocol):
-    """Texts alerted shops' phones (``gateway/sms``)."""
-
-    def submit(self, alert: NeighbourAlert) -> None:
-        """Queue one SMS per notice of ``alert`` (this gateway's shops only); never waits."""
-        ...
 
 
 @dataclass
@@ -112,43 +98,6 @@ class _Outcome:
         return Applied(event, tuple(self.routes), self.derived)
 
 
-@dataclass
-class _OpenAlert:
-    alert_id: str
-    event_id: str
-    shop_id: str
-    at: float
-    alerted: frozenset[str]
-    responses: dict[str, str] = field(default_factory=dict)
-
-
-class TokenBucket:
-    """A rate cap: ``rate`` tokens a second, at most ``burst`` (default ``rate``) saved up."""
-
-    def __init__(
-        self,
-        rate: float,
-        clock: Callable[[], float] = time.monotonic,
-        *,
-        burst: float | None = None,
-    ) -> None:
-        """Start full."""
-        self.rate = rate
-        self._burst = rate if burst is None else burst
-        self._tokens = self._burst
-        self._clock = clock
-        self._last = clock()
-
-    def take(self, wanted: int) -> int:
-        """Take up to ``wanted`` tokens; how many were given."""
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        given = min(wanted, int(self._tokens))
-        self._tokens -= given
-        return given
-
-
 class RuleActions:
     """Carries out the actions of fired rules for one gateway."""
 
@@ -183,11 +132,17 @@ class RuleActions:
             clock=clock,
             wall=wall_clock,
         )
-        self._bucket = TokenBucket(config.rules.max_notices_per_s, clock)
+        self.notices = NoticeSender(
+            self._gid,
+            publisher,
+            rate=config.rules.max_notices_per_s,
+            by_mqtt="mqtt" in alert.channels,
+            spawn=self._spawn,
+            clock=clock,
+        )
         self.reconfigure(config, rules, schedule=schedule)
         self._area = AreaWatch()
-        self._open: dict[str, _OpenAlert] = {}  # latest alert per origin shop
-        self._by_alert: OrderedDict[str, _OpenAlert] = OrderedDict()
+        self.open_alerts = OpenAlerts()
         # Per (gateway, alert): the own shops already told, so an alert the sender's cap
         # split over several messages reaches every shop, and each shop once.
         self._relayed: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
@@ -198,14 +153,9 @@ class RuleActions:
         self._arming_changed = asyncio.Event()
         if arming_file is not None:
             self._restore_arming(arming_file)
-        self.mesh: MeshOut | None = None
-        self.sms: SmsOut | None = None
-        self._notices_by_mqtt = "mqtt" in alert.channels
         self.emit: Emit | None = None
         self.siren: SoundSiren | None = None
         self._log = RateLimitedLog(logger, interval_s=10)
-        self.notices_capped = 0
-        self.notices_cap_expired = 0
         self.area_alerts = 0
         self.relayed = 0
         self.mesh_resent = 0
@@ -225,7 +175,7 @@ class RuleActions:
         self._gateway_of = {s.id: self._gid for s in config.shops} | {
             o.id: o.gateway_id for o in config.other_shops
         }
-        self._large_of = {p.id: p.grid.large for p in self._places}
+        self.notices.reach(self._gateway_of, {p.id: p.grid.large for p in self._places})
         self.alerts.names = {p.id: p.name for p in self._places}
         self._nearest: dict[tuple[int, float, bool], dict[str, list[Neighbour]]] = {}
         notify = [a for rule in rules for a in rule.do if isinstance(a, NotifyNearest)]
@@ -271,7 +221,7 @@ class RuleActions:
             outcome.forward(self._routes[event.kind], None, event.kind)
         if not test:
             outcome.extra.update(self._state_change(event))
-        alert = self._by_alert.get(str(outcome.extra.get("alert_id")))
+        alert = self.open_alerts.get(str(outcome.extra.get("alert_id")))
         if alert is not None:
             # Journalled and forwarded with the event: who was told, for `lianfang events`
             # and for the police (a capped notice still counts: it goes out as room comes).
@@ -311,81 +261,13 @@ class RuleActions:
         alert = self.alerts.alert_for(event, neighbours)
         if alert is None:
             return None
-        self._send_capped(alert)
+        self.notices.send_capped(alert)
         alerted = frozenset(n.shop_id for n in alert.notices)
         origin = event.shop_id or ""
-        self._remember(_OpenAlert(alert.alert_id, event.id, origin, self._clock(), alerted))
+        self.open_alerts.remember(
+            OpenAlert(alert.alert_id, event.id, origin, self._clock(), alerted)
+        )
         return alert.alert_id
-
-    def _send(self, alert: NeighbourAlert) -> None:
-        """Own shops through the block broker; other gateways' shops through the mesh."""
-        own: list[Notice] = []
-        away: dict[str, list[Notice]] = defaultdict(list)
-        for notice in alert.notices:
-            gateway = self._gateway_of.get(notice.shop_id)
-            if gateway is None:
-                continue  # a reload removed the shop while its notice waited for the cap
-
-            (own if gateway == self._gid else away[gateway]).append(notice)
-        if own:
-            own_alert = replace(alert, notices=tuple(own))
-            if self._notices_by_mqtt:
-                self._publisher.submit(own_alert)
-            if self.sms is not None:  # after the MQTT notices: SMS never delays them
-                self.sms.submit(own_alert)
-        if self.mesh is None:
-            return
-        for gateway, notices in away.items():
-            body = ",".join(
-                f'{{"shop_id":{json.dumps(n.shop_id)},"notice":{n.payload.decode()}}}'
-                for n in notices
-            )
-            message = (
-                f'{{"alert_id":{json.dumps(alert.alert_id)},"from_gateway":'
-                f'{json.dumps(self._gid)},"notices":[{body}]}}'
-            )
-            self.mesh.submit(gateway, self._large_of[notices[0].shop_id], message.encode())
-
-    def _send_capped(self, alert: NeighbourAlert) -> None:
-        """Send what the global cap allows now; the rest as it gives room (never dropped)."""
-        given = self._bucket.take(len(alert.notices))
-        self._send(replace(alert, notices=alert.notices[:given]))
-        if given < len(alert.notices):
-            # Delayed, not dropped: the origin's cool-down is spent, its alert will not come again.
-            self.notices_capped += len(alert.notices) - given
-            self._log.warning(
-                "cap",
-                "notice rate cap: alert %s reaches %d of %d shops now, the rest as the cap allows",
-                alert.alert_id,
-                given,
-                len(alert.notices),
-            )
-            rest = replace(alert, notices=alert.notices[given:])
-            self._spawn(self._send_when_allowed(rest), f"capped[{alert.alert_id}]")
-
-    async def _send_when_allowed(self, alert: NeighbourAlert) -> None:
-        """Send ``alert``'s notices as the global cap gives room, until the alert expires."""
-        waiting = alert.notices
-        while waiting:
-            await asyncio.sleep(len(waiting) / self._bucket.rate)
-            if self._clock() >= alert.expires_at_monotonic:
-                self.notices_cap_expired += len(waiting)
-                self._log.warning(
-                    "cap-expired",
-                    "notice rate cap: alert %s expired with %d shops not told",
-                    alert.alert_id,
-                    len(waiting),
-                )
-                return
-            given = self._bucket.take(len(waiting))
-            self._send(replace(alert, notices=waiting[:given]))
-            waiting = waiting[given:]
-
-    def _remember(self, alert: _OpenAlert) -> None:
-        self._open[alert.shop_id] = alert
-        self._by_alert[alert.alert_id] = alert
-        if len(self._by_alert) > RECENT_ALERTS:
-            self._by_alert.popitem(last=False)
 
     def _made(
         self, kind: EventKind, cause: Event, rule: str, attrs: dict[str, Any] | None = None
@@ -439,7 +321,7 @@ class RuleActions:
         payload = json.dumps(body, separators=(",", ":")).encode()
         members = [p.id for p in self._places if getattr(p.grid, action.grid.value) == cell]
         notices = tuple(Notice(sid, payload) for sid in members)
-        self._send(
+        self.notices.send(
             NeighbourAlert(
                 alert_id, event.id, notices, self._clock() + self._alert_config.expires_s
             )
@@ -472,7 +354,7 @@ class RuleActions:
         return {}
 
     def _cancel_attrs(self, shop_id: str) -> dict[str, Any]:
-        alert = self._open.get(shop_id)
+        alert = self.open_alerts.latest(shop_id)
         if alert is None:
             return {"alert_id": None, "within_cancel_window": False}
         within = self._clock() - alert.at <= self._cancel_window_s
@@ -484,7 +366,7 @@ class RuleActions:
         """The journalled form of a shop's answer to an alert (counted per alert)."""
         now = utc_now()
         attrs: dict[str, Any] = {"alert_id": alert_id, "response": response}
-        alert = self._by_alert.get(alert_id)
+        alert = self.open_alerts.get(alert_id)
         if alert is not None:
             attrs["origin_shop_id"] = alert.shop_id
             attrs["alert_event_id"] = alert.event_id
@@ -514,7 +396,7 @@ class RuleActions:
 
     def acknowledge(self, event_or_alert_id: str) -> bool:
         """Stop the escalation of an event (by its id or its alert's id); whether one ran."""
-        alert = self._by_alert.get(event_or_alert_id)
+        alert = self.open_alerts.get(event_or_alert_id)
         task = self._escalations.pop(alert.event_id if alert else event_or_alert_id, None)
         if task is None:
             return False
@@ -543,7 +425,7 @@ class RuleActions:
         if notices:
             event_id = str(message.notices[0].notice.get("event_id", ""))
             expires = self._clock() + self._alert_config.expires_s
-            self._send_capped(NeighbourAlert(message.alert_id, event_id, notices, expires))
+            self.notices.send_capped(NeighbourAlert(message.alert_id, event_id, notices, expires))
             self.relayed += len(notices)
         return len(notices)
 
@@ -562,8 +444,10 @@ class RuleActions:
     def reopen(self, event: Event, age_s: float) -> None:
         """Reopen the alert ``event`` sent ``age_s`` ago: cancel window, cool-down, shops told.
 
-        Its notices to other gateways' shops go out again while it has not expired
-        (a mesh queue is memory only; the receiving gateway relays an alert once).
+        While it has not expired, its notices go out again to the shops that may
+        not have had them: other gateways' shops (a mesh queue is memory only; the
+        receiving gateway relays an alert once) and own shops the block broker
+        never confirmed (the gateway died before their PUBACKs).
         """
         alert_id, shop = event.attrs.get("alert_id"), event.shop_id
         notify = self.fired(event, NotifyNearest)
@@ -572,21 +456,20 @@ class RuleActions:
         neighbours = self._table(notify[0][1]).get(shop, [])
         at = self._clock() - age_s
         alerted = frozenset(n.shop_id for n in neighbours)
-        self._remember(_OpenAlert(alert_id, event.id, shop, at, alerted))
+        self.open_alerts.remember(OpenAlert(alert_id, event.id, shop, at, alerted))
         self.alerts.alerted_at(shop, at)
         left_s = self._alert_config.expires_s - age_s
-        away = [n for n in neighbours if self._gateway_of[n.shop_id] != self._gid]
-        if left_s > 0 and away and self.mesh is not None:
+        mine = [n for n in neighbours if self._gateway_of[n.shop_id] == self._gid]
+        away = [n for n in neighbours if n not in mine] if self.notices.mesh is not None else []
+        # Own shops told by SMS only are not owed anything: a restart never texts again.
+        confirmed = self._publisher.confirmed(alert_id) if self.notices.by_mqtt else alerted
+        owed = [*away, *(n for n in mine if n.shop_id not in confirmed)]
+        if left_s > 0 and owed:
             expires = self._wall_clock() + timedelta(seconds=left_s)
-            notices = self.alerts.notices(event, away, alert_id, expires)
-            self._send(NeighbourAlert(alert_id, event.id, notices, self._clock() + left_s))
-            self.mesh_resent += len(notices)
-
-    def reanswer(self, response: Event) -> None:
-        """Count a journalled answer to a reopened alert again."""
-        alert = self._by_alert.get(str(response.attrs.get("alert_id")))
-        if alert is not None and response.shop_id and response.attrs.get("alerted") is True:
-            alert.responses[response.shop_id] = str(response.attrs.get("response"))
+            notices = self.alerts.notices(event, owed, alert_id, expires)
+            self.notices.send(NeighbourAlert(alert_id, event.id, notices, self._clock() + left_s))
+            self.mesh_resent += len(away)
+            logger.info("alert %s: %d notices owed from before the restart", alert_id, len(owed))
 
     def resume_escalation(self, event: Event, rule: str, action: Escalate, left_s: float) -> None:
         """Escalate ``event`` in ``left_s`` (at least at once) when the actions start."""
@@ -688,10 +571,3 @@ class RuleActions:
                 {"after_s": action.after_s, "alert_id": alert_id, "unacknowledged": True},
             )
             await self.emit(escalation, routes=tuple(action.to or ()))
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that a reader never sees half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -83,6 +83,7 @@ class Gateway:
             gateway_id=gid,
             status=self.snapshot,
             status_interval_s=config.status_interval_s,
+            confirmed_file=config.state_dir / "notices-confirmed.json",
         )
         engine = rule_engine(config)
         self.clock = GatewayClock()
@@ -109,7 +110,7 @@ class Gateway:
             logger.info("rebuilt from the journal: %s", rebuilt)
         # After the rebuild: shops already texted before a restart are not texted again.
         self.sms = SmsService(config, self.intake, self.actions) if config.sms else None
-        self.actions.sms = self.sms
+        self.actions.notices.sms = self.sms
         self.device_states = DeviceStates(config.journal_path)
         self.walk_test = WalkTest(config, emit=self._tell_police, device_states=self.device_states)
         self.intake.mark = self.walk_test.mark
@@ -222,8 +223,8 @@ class Gateway:
             "acknowledged": js.acked,
             "alerts_suppressed": self.actions.alerts.suppressed,
             "level": self.intake.engine.level.value,
-            "notices_capped": self.actions.notices_capped,
-            "notices_cap_expired": self.actions.notices_cap_expired,
+            "notices_capped": self.actions.notices.capped,
+            "notices_cap_expired": self.actions.notices.cap_expired,
             "area_alerts": self.actions.area_alerts,
             "mesh_notices_relayed": self.actions.relayed,
             "forged_kinds_refused": self.intake.refused,

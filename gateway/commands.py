@@ -13,10 +13,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.actions import RuleActions, TokenBucket, write_atomically
+from gateway.actions import RuleActions
 from gateway.clock import GatewayClock
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
 from gateway.intake import Intake
+from gateway.notice_sender import TokenBucket
+from gateway.state_file import write_atomically
 from rules.commands import Command, CommandVerifier, Refusal
 from rules.models import Level
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.actions import RuleActions, write_atomically
+from gateway.actions import RuleActions
 from gateway.clock import GatewayClock
 from gateway.commands import PoliceCommands
 from gateway.config.model import GatewayConfig
@@ -30,6 +30,7 @@ from gateway.forwarders.mqtt_police import PoliceMqttConfig
 from gateway.intake import Intake
 from gateway.mqtt.inbox import Inbox, Rejected
 from gateway.mqtt.notify import TOPIC_ROOT
+from gateway.state_file import write_atomically
 from protocols.mesh_message import (
     MeshRefused,
     MeshVerifier,
@@ -293,5 +294,5 @@ def inboxes(
         handle=mesh.handle,
     )
     found.append(mesh.inbox)
-    actions.mesh = mesh
+    actions.notices.mesh = mesh
     return found

@@ -5,7 +5,8 @@ escalation timers, area-alert windows and the notices for other gateways'
 shops live in memory. The journal already holds every event with the rules it
 fired (``attrs.rules``) and the alert it sent (``attrs.alert_id``), so they are
 read back from it rather than kept in a file of their own: a restart in the
-middle of an escalation still escalates, at the original deadline.
+middle of an escalation still escalates, at the original deadline. Walk-test
+events are skipped: they had no local effect to rebuild.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ulid import ULID
 from gateway.actions import RuleActions
 from gateway.config.model import GatewayConfig
 from gateway.errors import JournalError
-from gateway.events import Event, EventKind, utc_now
+from gateway.events import TEST_ATTR, Event, EventKind, utc_now
 from gateway.journal_schema import connect
 from rules.models import AreaAlert, Escalate, NotifyNearest, Rule
 
@@ -91,8 +92,10 @@ def _replay(actions: RuleActions, events: list[Event], now: datetime, alert_s: f
     # An escalation is over once it went out, or an alerted shop or the police acknowledged.
     closed = {str(e.attrs.get(attr)) for e in events if (attr := _closes(e)) is not None}
     for event in events:
+        if event.attrs.get(TEST_ATTR) is True:
+            continue  # a walk test alerted no one, escalates nothing and counts in no area
         if event.kind is EventKind.RESPONSE:
-            actions.reanswer(event)
+            actions.open_alerts.reanswer(event)
             rebuilt.answers += 1
         elif event.kind not in ANSWER_KINDS:
             age_s = (now - event.received_at).total_seconds()

@@ -21,7 +21,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway.actions import write_atomically
 from gateway.config.model import GatewayConfig
 from gateway.control import CommandError
 from gateway.device_state import DeviceStates
@@ -36,6 +35,7 @@ from gateway.events import (
     utc_now,
 )
 from gateway.ratelimit import RateLimitedLog
+from gateway.state_file import StateFile
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class WalkTest:
     ) -> None:
         """Test ``config``'s shops; tell the police through ``emit``; resume a saved test."""
         self._gid = config.gateway.id
-        self._file = config.state_dir / STATE_FILE
+        self._file = StateFile(config.state_dir / STATE_FILE)
         self._emit = emit
         self._device_states = device_states
         self._now = now
@@ -91,7 +91,7 @@ class WalkTest:
         self._log = RateLimitedLog(logger, interval_s=300)
         self.configure(config)
         self.last_result: dict[str, Any] | None = None
-        self._running = self._load(self._file)
+        self._running = self._load(self._file.path)
 
     def configure(self, config: GatewayConfig) -> None:
         """Take the shops and devices of ``config`` (at start and on reload)."""
@@ -242,7 +242,7 @@ class WalkTest:
                 if self._now() >= running.ends_at:
                     await self.stop("time up")
                     continue
-                await asyncio.to_thread(self._write, self._state_text())
+                await self._save_in_thread()
             wait = None if running is None else (running.ends_at - self._now()).total_seconds()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(None if wait is None else max(wait, 0.05)):
@@ -265,7 +265,16 @@ class WalkTest:
         )
 
     def _save(self) -> None:
-        self._write(self._state_text())
+        try:
+            self._file.save(self._state_text())
+        except OSError as exc:
+            self._cannot_save(exc)
+
+    async def _save_in_thread(self) -> None:
+        try:
+            await self._file.save_in_thread(self._state_text())
+        except OSError as exc:
+            self._cannot_save(exc)
 
     def _state_text(self) -> str:
         running = self._running
@@ -281,11 +290,9 @@ class WalkTest:
             }
         return json.dumps(data)
 
-    def _write(self, text: str) -> None:
-        try:
-            write_atomically(self._file, text)
-        except OSError as exc:  # the test goes on; only its memory across a restart is lost
-            self._log.warning("save", "cannot write %s: %s", self._file, exc)
+    def _cannot_save(self, exc: OSError) -> None:
+        # The test goes on; only its memory across a restart is lost.
+        self._log.warning("save", "cannot write %s: %s", self._file.path, exc)
 
     def _load(self, path: Path) -> _Running | None:
         try:

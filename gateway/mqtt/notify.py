@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from collections import deque
+from pathlib import Path
 
 from gateway.errors import DriverUnavailable, PlatformNak
 from gateway.mqtt.client import BrokerConfig, first_leaf
 from gateway.mqtt.limits import LinkDown
 from gateway.mqtt.link import MqttLink
 from gateway.mqtt.status import StatusSnapshot, keep_status, offline_will
+from gateway.ratelimit import RateLimitedLog
+from gateway.state_file import StateFile
 from rules.neighbour_alert import NeighbourAlert
 
 logger = logging.getLogger(__name__)
@@ -22,6 +26,9 @@ MAX_PENDING_ALERTS = 10_000
 # Alerts published and awaiting their PUBACKs at most (a 20-nearest rule makes 2,000 notices
 # in flight), so that a broker that stops answering holds a bounded number in the link.
 MAX_ALERTS_UNCONFIRMED = 100
+CONFIRMED_SAVE_INTERVAL_S = 0.5
+"""Confirmations are written at most this often: a flood of alerts makes a write or two a
+second, and a restart repeats only notices confirmed in the last moments (alert ids dedup)."""
 
 
 def notify_topic(shop_id: str) -> str:
@@ -46,6 +53,10 @@ class BlockPublisher:
     decision 81); it is confirmed once the broker has answered for all its
     notices, and a link lost before that publishes it again (``alert_id``
     dedups), in submission order.
+
+    With a ``confirmed_file``, the shops each unexpired alert was confirmed for
+    are kept there, so that a restart sends an alert again only to the shops the
+    broker never answered for (``confirmed``).
     """
 
     def __init__(
@@ -55,8 +66,9 @@ class BlockPublisher:
         gateway_id: str,
         status: StatusSnapshot,
         status_interval_s: float,
+        confirmed_file: Path | None = None,
     ) -> None:
-        """Publish on ``broker`` as ``gateway_id``."""
+        """Publish on ``broker`` as ``gateway_id``; keep confirmations in ``confirmed_file``."""
         self._broker = broker
         self._gateway_id = gateway_id
         self._status = status
@@ -67,6 +79,11 @@ class BlockPublisher:
         self._unconfirmed: dict[int, NeighbourAlert] = {}
         self._submissions = itertools.count()
         self._wakeup = asyncio.Event()
+        self._confirmed_file = None if confirmed_file is None else StateFile(confirmed_file)
+        # Alert id -> the wall time it expires and the shops the broker answered for.
+        self._confirmed: dict[str, tuple[float, set[str]]] = self._load_confirmed()
+        self._confirmed_changed = asyncio.Event()
+        self._log = RateLimitedLog(logger, interval_s=60)
         self.link_up = asyncio.Event()
         self.notices_sent = 0
         self.notices_refused = 0
@@ -81,6 +98,11 @@ class BlockPublisher:
             logger.error("neighbour alert queue full: dropped the oldest alert")
         self._pending.append(alert)
         self._wakeup.set()
+
+    def confirmed(self, alert_id: str) -> frozenset[str]:
+        """The shops the broker confirmed ``alert_id``'s notices for, here or before a restart."""
+        confirmed = self._confirmed.get(alert_id)
+        return frozenset(confirmed[1]) if confirmed else frozenset()
 
     @property
     def alerts_unconfirmed(self) -> int:
@@ -106,6 +128,7 @@ class BlockPublisher:
                     name="block.status",
                 )
                 tg.create_task(self._publish_alerts(link), name="block.alerts")
+                tg.create_task(self._keep_confirmed(), name="block.confirmed")
         except* (LinkDown, PlatformNak, OSError) as group:
             detail = first_leaf(group)
             raise DriverUnavailable(f"block broker {self._broker.url}: {detail}") from None
@@ -144,6 +167,7 @@ class BlockPublisher:
             raise lost[0]  # the alert stays unconfirmed: the next link publishes it again
         del self._unconfirmed[key]
         self._wakeup.set()
+        self._note_confirmed(alert)
         refused = sum(isinstance(o, PlatformNak) for o in outcomes)
         if refused:
             self.notices_refused += refused
@@ -153,3 +177,44 @@ class BlockPublisher:
                 alert.alert_id,
             )
         self.notices_sent += len(outcomes) - refused
+
+    def _note_confirmed(self, alert: NeighbourAlert) -> None:
+        """Remember the shops ``alert`` reached (a refused notice too: again would not help)."""
+        if self._confirmed_file is None:
+            return
+        expires = time.time() + alert.expires_at_monotonic - time.monotonic()
+        _, shops = self._confirmed.setdefault(alert.alert_id, (expires, set()))
+        shops.update(n.shop_id for n in alert.notices)
+        self._confirmed_changed.set()
+
+    async def _keep_confirmed(self) -> None:
+        """Write the confirmations after changes, off the hot path and at a bounded rate."""
+        file = self._confirmed_file
+        if file is None:
+            return
+        while True:
+            await self._confirmed_changed.wait()
+            self._confirmed_changed.clear()
+            now = time.time()
+            for alert_id in [a for a, (expires, _) in self._confirmed.items() if expires < now]:
+                del self._confirmed[alert_id]
+            text = json.dumps({a: [e, sorted(s)] for a, (e, s) in self._confirmed.items()})
+            try:
+                await file.save_in_thread(text)
+            except OSError as exc:  # notices still go out; a restart may repeat some
+                self._log.warning("confirmed", "cannot write %s: %s", file.path, exc)
+            await asyncio.sleep(CONFIRMED_SAVE_INTERVAL_S)
+
+    def _load_confirmed(self) -> dict[str, tuple[float, set[str]]]:
+        if self._confirmed_file is None:
+            return {}
+        path = self._confirmed_file.path
+        try:
+            saved = json.loads(path.read_text())
+            now = time.time()
+            return {a: (float(e), set(s)) for a, (e, s) in saved.items() if float(e) >= now}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            logger.warning("ignoring %s: %s", path, exc)
+            return {}

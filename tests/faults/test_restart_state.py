@@ -7,12 +7,17 @@ and started again on the same journal; the brokers and the shops stay up.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime
+from pathlib import Path
+
+import yaml
 
 from firmware_stubs.mqtt_panel import ShopPanel
 from gateway.mqtt.client import BrokerConfig
 from lab.broker import Mosquitto
 from tests.clients import expected_nearest, running, wait_until
+from tests.field import stub
 from tests.integration.test_mesh import make_mesh_keys, split_gateway, split_survey
 
 AFTER_S = 6.0
@@ -195,5 +200,85 @@ def test_notices_queued_for_another_gateway_survive_a_kill_9(
                 assert {far[s].notices[0].body["from_shop_id"] for s in south} == {"S00011"}
                 for t in tasks:
                     t.cancel()
+
+        asyncio.run(scenario())
+
+
+def confirmed_shops(gw, alert_id: str) -> set[str]:
+    """The shops the gateway's state says the block broker confirmed ``alert_id`` for."""
+    state = Path(gw.config.parent, yaml.safe_load(gw.config.read_text())["state_dir"])
+    try:
+        saved = json.loads((state / "notices-confirmed.json").read_text())
+    except FileNotFoundError:
+        return set()
+    return set(saved.get(alert_id, [0, []])[1])
+
+
+def test_own_neighbours_not_yet_told_are_told_after_a_kill_9_and_only_once(
+    block_broker, police_broker, start_field_gateway
+):
+    """Block broker down: a wired panic is journalled, its 10 notices wait in memory; kill -9.
+
+    The broker comes back, the gateway restarts: each of the 10 nearest shops is told,
+    once. Killed and restarted again once they were confirmed: nobody is told again.
+    """
+    shop, other = "S00011", "S00013"  # S00013 is one of the 10 nearest
+    near = expected_nearest(shop)
+    both = sorted(set(near) & set(expected_nearest(other)))
+    assert both
+    driver = {
+        "kind": "line_serial",
+        "name": "bus-1",
+        "port": "",
+        "devices": [{"address": 3, "shop_id": shop, "device_id": "pb-1"}],
+    }
+    with stub("panic_button", "--address", "3", "--heartbeat-s", "0") as bus:
+        gw = start_field_gateway(
+            {shop: [("pb-1", "panic_button")]},
+            [{**driver, "port": bus.port}],
+            rules={"disable": ["robbery-area-alert"]},  # the later panic is in the same cell
+        )
+
+        async def scenario() -> None:
+            async with running(police_url=police_broker.url) as (_, platform):
+                assert platform is not None
+                await asyncio.to_thread(block_broker.stop)
+                bus.send("press 3 1")
+                await wait_until(lambda: bodies(platform, "panic"), 10, "the panic at the police")
+                [panic] = bodies(platform, "panic")
+                alert_id = panic["attrs"]["alert_id"]
+                await asyncio.to_thread(gw.kill)
+                await asyncio.to_thread(block_broker.start)
+                async with running(block_url=block_broker.url, shops=near) as (
+                    panels,
+                    _,
+                ):
+                    await asyncio.to_thread(gw.start)
+                    await wait_until(
+                        lambda: all(panels[s].notices for s in near), 20, "the 10 nearest told"
+                    )
+                    for s in near:
+                        [notice] = panels[s].notices
+                        assert notice.body["alert_id"] == alert_id
+                        assert notice.body["from_shop_id"] == shop
+                    await wait_until(
+                        lambda: confirmed_shops(gw, alert_id) == set(near),
+                        10,
+                        "the notices confirmed",
+                    )
+
+                    await asyncio.to_thread(gw.kill)
+                    await asyncio.to_thread(gw.start)
+                    # A later alert to shops of both: anything repeated would come before it.
+                    await panels[other].send("panic")
+                    await wait_until(
+                        lambda: all(
+                            panels[s].notices[-1].body["from_shop_id"] == other for s in both
+                        ),
+                        20,
+                        "the later alert",
+                    )
+                    told = {s: [n.body["from_shop_id"] for n in panels[s].notices] for s in near}
+                    assert told == {s: [shop, other] if s in both else [shop] for s in near}
 
         asyncio.run(scenario())

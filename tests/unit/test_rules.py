@@ -313,8 +313,8 @@ def test_storm_control_one_alert_per_shop_per_cooldown_and_a_global_cap(config_d
 
     asyncio.run(storm())
     assert actions.alerts.suppressed == 1
-    assert actions.notices_capped == 5
-    assert actions.notices_cap_expired == 0
+    assert actions.notices.capped == 5
+    assert actions.notices.cap_expired == 0
     assert publisher._pending[-1].alert_id == publisher._pending[-2].alert_id
     now[0] += 1.0
     panic("S00060")

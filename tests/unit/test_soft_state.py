@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,11 +26,12 @@ ESCALATE_S = 60
 PANIC_RULES = ["panic-neighbours", "alarms-forward", "robbery-area-alert", "panic-escalates"]
 
 
-def configured(folder: Path):
+def configured(folder: Path, rules: list[dict] | None = None):
     path = init_config(folder, block_url="mqtt://127.0.0.1:1", police_url="mqtt://127.0.0.1:2")
     data = yaml.safe_load(path.read_text())
     data["rules"] = {
-        "rules": [
+        "rules": rules
+        or [
             {
                 "name": "panic-escalates",
                 "when": {"kinds": ["panic"]},
@@ -62,9 +65,11 @@ def journal_of(config, events: list[Event]) -> None:
     journal.close()
 
 
-def fresh_actions(config) -> tuple[RuleActions, object]:
+def fresh_actions(config, publisher: BlockPublisher | None = None) -> tuple[RuleActions, object]:
     engine = rule_engine(config)
-    publisher = BlockPublisher(config.broker, gateway_id="GW-001", status=dict, status_interval_s=1)
+    publisher = publisher or BlockPublisher(
+        config.broker, gateway_id="GW-001", status=dict, status_interval_s=1
+    )
     actions = RuleActions(
         config,
         engine.rules,
@@ -158,3 +163,63 @@ def test_a_first_start_without_a_journal_rebuilds_nothing(tmp_path):
     config = configured(tmp_path)
     actions, engine = fresh_actions(config)
     assert not rebuild(actions, config, engine.rules)
+
+
+def test_a_walk_test_panic_is_not_escalated_or_counted_after_a_restart(tmp_path):
+    """A walk-test panic whose rules forward and escalate and count: after a restart, nothing."""
+    forward = {"action": "forward"}
+    rules = [
+        {
+            "name": "panic-reported-and-escalated",
+            "when": {"kinds": ["panic"]},
+            "do": [forward, {"action": "escalate", "after_s": ESCALATE_S}],
+        },
+        {
+            "name": "panic-reported-and-counted",
+            "when": {"kinds": ["panic"]},
+            "do": [forward, {"action": "area_alert", "alarms": 2}],
+        },
+    ]
+    config = configured(tmp_path, rules)
+    # As the intake journals it: only its forwarding rules fired, and it is marked a test.
+    test_panic = journalled(
+        "panic", "S00011", timedelta(seconds=5), rules=[r["name"] for r in rules], test=True
+    )
+    journal_of(config, [test_panic])
+    actions, engine = fresh_actions(config)
+
+    assert not rebuild(actions, config, engine.rules)
+    assert actions._resumed == []
+    panic = make_event("panic", shop="S00050", gateway_id="GW-001")
+    assert actions.apply(panic, engine.evaluate(panic)).derived == []
+
+
+def test_a_reopened_alert_is_sent_again_to_own_shops_the_broker_never_confirmed(tmp_path):
+    """Four of S00011's 10 nearest confirmed before the restart: the other six are told again."""
+    config = configured(tmp_path)
+    near = expected_nearest("S00011")
+    confirmed_file = config.state_dir / "notices-confirmed.json"
+    confirmed_file.parent.mkdir(parents=True, exist_ok=True)
+    confirmed_file.write_text(
+        json.dumps({"A-open": [time.time() + 60, near[:4]], "A-gone": [time.time() - 1, near]})
+    )
+    panic = journalled(
+        "panic", "S00011", timedelta(seconds=10), rules=PANIC_RULES, alert_id="A-open"
+    )
+    journal_of(config, [panic])
+    publisher = BlockPublisher(
+        config.broker,
+        gateway_id="GW-001",
+        status=dict,
+        status_interval_s=1,
+        confirmed_file=confirmed_file,
+    )
+    actions, engine = fresh_actions(config, publisher)
+
+    assert rebuild(actions, config, engine.rules).alerts == 1
+    [again] = publisher._pending
+    assert again.alert_id == "A-open"
+    assert [n.shop_id for n in again.notices] == near[4:]
+    body = json.loads(again.notices[0].payload)
+    assert (body["event_id"], body["from_shop_id"]) == (panic.id, "S00011")
+    assert publisher.confirmed("A-gone") == frozenset()  # expired: forgotten

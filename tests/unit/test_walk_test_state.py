@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from gateway.config.file import load_config
 from gateway.device_state import DeviceStates
 from gateway.events import Event, EventKind
 from gateway.walk_test import WalkTest
+from tests.events import make_event
 
 CONFIG = """\
 gateway: {id: GW-007, large_grid: L1}
@@ -41,6 +44,12 @@ def walk_test(tmp_path, told: list[Event], state: str) -> WalkTest:
     config = load_config(path)
     config.state_dir.mkdir()
     (config.state_dir / "walktest.json").write_text(state)
+    return walk_test_from(tmp_path, told)
+
+
+def walk_test_from(tmp_path, told: list[Event]) -> WalkTest:
+    """A walk test of the gateway in ``tmp_path``, as a (re)start makes it."""
+    config = load_config(tmp_path / "lianfang.yaml")
 
     async def emit(event: Event) -> None:
         told.append(event)
@@ -93,3 +102,54 @@ def test_a_test_with_time_left_is_resumed_with_its_end(tmp_path):
     assert walk.mark(press).attrs == {"test": True}
     assert walk.mark(press.model_copy(update={"shop_id": "S9"})).attrs == {}
     assert told == []
+
+
+class SlowDisk(ThreadPoolExecutor):
+    """The loop's worker thread, holding every job until released: a disk that takes its time."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.jobs = 0
+        self.finished = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        def held():
+            self.held.set()
+            self.release.wait(10)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.finished += 1
+
+        self.jobs += 1
+        return super().submit(held)
+
+
+def test_a_slow_device_heard_save_cannot_bring_a_stopped_test_back(tmp_path):
+    """A "device heard" save still on its way when the test stops lands last: still stopped."""
+    told: list[Event] = []
+    walk = walk_test(tmp_path, told, saved(datetime.now(UTC) + timedelta(minutes=10)))
+    disk = SlowDisk()
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_default_executor(disk)
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(walk.run(), name="walk-test")
+            walk.mark(make_event(EventKind.DOOR_OPEN, shop="S1", gateway_id="GW-007"))
+            async with asyncio.timeout(5):
+                while not disk.held.is_set():
+                    await asyncio.sleep(0.01)
+            await walk.stop("stopped")
+            disk.release.set()
+            async with asyncio.timeout(5):
+                while disk.finished < disk.jobs:
+                    await asyncio.sleep(0.01)
+            task.cancel()
+
+    asyncio.run(scenario())
+    disk.shutdown()
+    again = walk_test_from(tmp_path, told)
+    assert again.status()["running"] is False
+    assert again.status()["ended_because"] == "stopped"
