@@ -22,6 +22,7 @@ import yaml
 from pydantic import ValidationError
 from yaml.constructor import SafeConstructor
 
+from gateway.config.event_loader import quick_load
 from gateway.config.model import GatewayConfig, Loc
 from gateway.config.problems import Locate, Spot, explain_errors, path_text, value_kind
 from gateway.errors import ConfigError, ConfigProblem
@@ -68,13 +69,18 @@ def load_config(path: Path) -> GatewayConfig:
         ConfigError: with every problem found, each with its file, key path and line.
     """
     file = str(path)
-    data, lines, problems = _parse(_read_text(path), file)
-    locate = _yaml_locator(file, lines)
+    text = _read_text(path)
+    data = quick_load(text, _Loader)
+    if isinstance(data, dict):
+        # Lines are only for problems: the file is parsed again, with marks, once one is told.
+        problems: list[ConfigProblem] = []
+        locate = _text_locator(text, file)
+    else:
+        data, lines, problems = _parse(text, file)
+        locate = _yaml_locator(file, lines)
     rules_file = path.parent / RULES_FILE
     if rules_file.is_file():
-        locate = _with_rules_file(
-            data, rules_file, locate, problems=problems, file=file, lines=lines
-        )
+        locate = _with_rules_file(data, rules_file, locate, problems=problems, file=file)
     locate = _naming_rules(locate, data)
     try:
         config = GatewayConfig.model_validate(data)
@@ -187,13 +193,12 @@ def _with_rules_file(
     *,
     problems: list[ConfigProblem],
     file: str,
-    lines: dict[Loc, int],
 ) -> Locate:
     """Take the ``rules`` section from ``rules.yaml``; problems in it point into that file."""
     rfile = str(rules_file)
     if "rules" in data:
         message = f"rules are given here and in {rfile}; keep them in one place"
-        problems.append(ConfigProblem(file, "rules", message, lines.get(("rules",))))
+        problems.append(ConfigProblem(file, "rules", message, locate(("rules",)).line))
         return locate
     try:
         doc = _compose(_read_text(rules_file), rfile)
@@ -249,8 +254,23 @@ def file_locator(path: Path) -> Locate:
     # so reading it again here cannot fail in a new way.
     @functools.cache
     def located() -> Locate:
-        _, lines, _ = _parse(_read_text(path), str(path))
-        return _yaml_locator(str(path), lines)
+        return _text_locator(_read_text(path), str(path))
+
+    def locate(loc: Loc) -> Spot:
+        return located()(loc)
+
+    return locate
+
+
+def _text_locator(text: str, file: str) -> Locate:
+    """Where each key path of ``text`` is; the lines are indexed when a first spot is asked for."""
+
+    @functools.cache
+    def located() -> Locate:
+        lines: dict[Loc, int] = {}
+        if quick_load(text, _Loader, lines=lines) is None:
+            _, lines, _ = _parse(text, file)
+        return _yaml_locator(file, lines)
 
     def locate(loc: Loc) -> Spot:
         return located()(loc)
