@@ -48,7 +48,7 @@ class _Unusual(Exception):  # noqa: N818 - a signal to take the full loader, not
 class _Open:
     """A mapping or sequence being filled, with its key path and anchor."""
 
-    __slots__ = ("anchor", "container", "key", "path")
+    __slots__ = ("anchor", "container", "key", "key_text", "path")
 
     def __init__(
         self, container: dict[Any, Any] | list[Any], path: Loc, anchor: str | None
@@ -57,6 +57,7 @@ class _Open:
         self.path = path
         self.anchor = anchor
         self.key: Any = _NO_KEY
+        self.key_text = ""  # the key as written: key paths name keys so (as pydantic does)
 
 
 _NO_KEY = object()
@@ -178,17 +179,18 @@ class _Builder:
                 lines[path] = _line(event)
             container.append(value)
             return path
-        key = parent.key
-        if key is _NO_KEY:
-            if type(value) not in _KEY_TYPES or value in container:
-                raise _Unusual  # a repeated or non-scalar key: the full loader explains
-            parent.key = value
+        if parent.key is _NO_KEY:
+            if not isinstance(event, ScalarEvent) or type(value) not in _KEY_TYPES:
+                raise _Unusual  # a key that is a collection or an alias
+            if value in container:
+                raise _Unusual  # a repeated key: the full loader reports both lines
+            parent.key, parent.key_text = value, event.value
             if lines is not None:
-                lines[(*parent.path, value)] = _line(event)  # type: ignore[arg-type]
+                lines[(*parent.path, event.value)] = _line(event)
             return parent.path
-        container[key] = value
+        container[parent.key] = value
         parent.key = _NO_KEY
-        return (*parent.path, key)
+        return (*parent.path, parent.key_text)
 
 
 def _line(event: NodeEvent) -> int:
