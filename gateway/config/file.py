@@ -1,4 +1,4 @@
-"""Read ``lianfang.yaml``: parse it keeping line numbers, validate it, explain every problem.
+"""Read ``lianfang.yaml``: parse it, validate it, explain every problem by its line.
 
 ``load_config`` returns a ready ``GatewayConfig`` or raises ``ConfigError`` with
 every problem found, each located by file, key path (``shops[3].lat``) and line,
@@ -6,7 +6,9 @@ and worded for an installer (``lianfang check --online`` then tries the brokers)
 
 The YAML is read as YAML 1.1 (PyYAML's safe loader) with one change: base-60
 numbers are not numbers, so ``closes: 23:30`` stays the text ``"23:30"`` instead
-of becoming 1410 and, silently, 00:23:30.
+of becoming 1410 and, silently, 00:23:30. A file that parses plainly is read
+from libyaml's events (``event_loader``); its lines are indexed only once a
+problem or warning is to be located.
 """
 
 from __future__ import annotations
