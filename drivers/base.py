@@ -46,7 +46,7 @@ class Emit(Protocol):
 class DriverConfig(BaseModel):
     """Settings every driver has; each driver module subclasses it with a ``kind`` literal."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # as the config's own sections
 
     name: str = Field(
         pattern=r"^[a-z0-9][a-z0-9_.-]{0,39}$",

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import serial
-import serial_asyncio_fast
-
 from gateway.errors import DriverUnavailable
 
 READ_SIZE = 512
@@ -19,6 +16,9 @@ async def open_serial(url: str, baudrate: int) -> tuple[asyncio.StreamReader, as
     bytes between them, so ``lianfang learn`` beside a hung gateway would take half of
     a panic button's frames. The second opener is refused instead.
     """
+    import serial  # noqa: PLC0415 - pyserial only for a gateway with a serial driver
+    import serial_asyncio_fast  # noqa: PLC0415
+
     try:
         return await serial_asyncio_fast.open_serial_connection(
             url=url, baudrate=baudrate, exclusive=True
@@ -29,6 +29,8 @@ async def open_serial(url: str, baudrate: int) -> tuple[asyncio.StreamReader, as
 
 async def read_some(reader: asyncio.StreamReader, url: str) -> bytes:
     """The next bytes from the port; raise ``DriverUnavailable`` once it is closed or fails."""
+    import serial  # noqa: PLC0415 - loaded by open_serial already
+
     try:
         data = await reader.read(READ_SIZE)
     except (serial.SerialException, OSError) as exc:

@@ -1,5 +1,5 @@
 """Allow ``python -m gateway``, the same as the ``lianfang`` console script."""
 
-from gateway.cli.main import main
+from gateway.cli.launch import main
 
 main()

@@ -38,9 +38,7 @@ from gateway.mqtt.notify import BlockPublisher
 from gateway.outbox import OutboxCursor
 from gateway.ratelimit import RateLimitedLog
 from gateway.rule_engine import rule_engine
-from gateway.sms.service import SmsService
 from gateway.state_lock import StateDirError, lock_state_dir
-from gateway.status_page import StatusPage
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier, pet_watchdog, process_age_s
 from gateway.waiting_alarms import WaitingAlarms
@@ -109,6 +107,8 @@ class Gateway:
         if rebuilt:
             logger.info("rebuilt from the journal: %s", rebuilt)
         # After the rebuild: shops already texted before a restart are not texted again.
+        if config.sms:
+            from gateway.sms.service import SmsService  # noqa: PLC0415 - only with a modem
         self.sms = SmsService(config, self.intake, self.actions) if config.sms else None
         self.actions.notices.sms = self.sms
         self.device_states = DeviceStates(config.journal_path)
@@ -160,6 +160,8 @@ class Gateway:
         self.links: dict[str, bool] = {}
         self.link_errors: dict[str, str] = {}
         self._status_changed = asyncio.Event()
+        if config.status_page:
+            from gateway.status_page import StatusPage  # noqa: PLC0415 - only when it is served
         self.status_page = (
             StatusPage(config, config.status_page, self.snapshot) if config.status_page else None
         )

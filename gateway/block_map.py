@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from html import escape
 
 from gateway.config.model import GatewayConfig, ShopPlace
 from rules.geo import nearest_shops
@@ -38,6 +37,8 @@ def block_map_svg(config: GatewayConfig, *, links_of: str | None = None) -> str:
     projection about the block's centre, exact enough over a street). The
     gateway is drawn at the centre of its shops: the config holds no position for it.
     """
+    from html import escape  # noqa: PLC0415 - html's entity table only for a gateway that draws
+
     shops = config.shops
     lat0, lon0, per_lon, scale, height = _projection(shops)
 

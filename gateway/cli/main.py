@@ -78,5 +78,5 @@ def _options(
 
 
 def main() -> None:
-    """Entry point of the ``lianfang`` console script."""
+    """The typer app: every command but the daemon's plain ``run`` (see ``gateway.cli.launch``)."""
     app()

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from gateway.config.location import config_path
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
     from gateway.config.model import GatewayConfig
+
+__all__ = ["ConfigOption", "config_path", "fail", "load_or_exit"]
 
 ConfigOption = Annotated[
     Path | None,
@@ -22,14 +24,6 @@ ConfigOption = Annotated[
         show_default=False,
     ),
 ]
-
-
-def config_path(option: Path | None) -> Path:
-    """Where the config file is: --config, else $LIANFANG_CONFIG, else ./lianfang.yaml."""
-    if option is not None:
-        return option
-    env = os.environ.get("LIANFANG_CONFIG")
-    return Path(env) if env else Path("lianfang.yaml")
 
 
 def fail(error: ConfigError, code: int = 1) -> NoReturn:

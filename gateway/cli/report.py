@@ -20,18 +20,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
 
 from gateway import __version__
-from gateway.block_map import block_map_svg
-from gateway.cli.online_check import reach_brokers
 from gateway.cli.options import ConfigOption, config_path, load_or_exit
-from gateway.config.model import GatewayConfig
 from gateway.errors import JournalError
-from gateway.journal_schema import connect
+
+if TYPE_CHECKING:
+    from gateway.config.model import GatewayConfig
 
 app = typer.Typer()
 
@@ -60,6 +59,8 @@ class JournalFacts:
 
 def try_links(config: GatewayConfig) -> list[LinkResult]:
     """The brokers as ``check --online`` tries them; DC-09 and webhook receivers by TCP connect."""
+    from gateway.cli.online_check import reach_brokers  # noqa: PLC0415 - keep `lianfang --help` fast
+
     found = [
         LinkResult(
             report.path,
@@ -104,6 +105,8 @@ def _connect(name: str, url: str) -> LinkResult:
 
 def read_journal(path: Path) -> JournalFacts:
     """Device states and walk-test times from the journal, read-only; empty if there is none."""
+    from gateway.journal_schema import connect  # noqa: PLC0415 - keep `lianfang --help` fast
+
     if not path.exists():
         return JournalFacts({}, {})
     try:
@@ -174,6 +177,8 @@ def render_report(
     links_of: str,
 ) -> str:
     """The report as one HTML page, with nothing to fetch."""
+    from gateway.block_map import block_map_svg  # noqa: PLC0415 - keep `lianfang --help` fast
+
     digest = hashlib.sha256(config_bytes).hexdigest()[:16]
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     link_rows = "".join(

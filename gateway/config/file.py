@@ -1,4 +1,4 @@
-"""Read ``lianfang.yaml``: parse it keeping line numbers, validate it, explain every problem.
+"""Read ``lianfang.yaml``: parse it, validate it, explain every problem by its line.
 
 ``load_config`` returns a ready ``GatewayConfig`` or raises ``ConfigError`` with
 every problem found, each located by file, key path (``shops[3].lat``) and line,
@@ -6,7 +6,9 @@ and worded for an installer (``lianfang check --online`` then tries the brokers)
 
 The YAML is read as YAML 1.1 (PyYAML's safe loader) with one change: base-60
 numbers are not numbers, so ``closes: 23:30`` stays the text ``"23:30"`` instead
-of becoming 1410 and, silently, 00:23:30.
+of becoming 1410 and, silently, 00:23:30. A file that parses plainly is read
+from libyaml's events (``event_loader``); its lines are indexed only once a
+problem or warning is to be located.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import yaml
 from pydantic import ValidationError
 from yaml.constructor import SafeConstructor
 
+from gateway.config.event_loader import quick_load
 from gateway.config.model import GatewayConfig, Loc
 from gateway.config.problems import Locate, Spot, explain_errors, path_text, value_kind
 from gateway.errors import ConfigError, ConfigProblem
@@ -68,13 +71,18 @@ def load_config(path: Path) -> GatewayConfig:
         ConfigError: with every problem found, each with its file, key path and line.
     """
     file = str(path)
-    data, lines, problems = _parse(_read_text(path), file)
-    locate = _yaml_locator(file, lines)
+    text = _read_text(path)
+    data = quick_load(text, _Loader)
+    if isinstance(data, dict):
+        # Lines are only for problems: the file is parsed again, with marks, once one is told.
+        problems: list[ConfigProblem] = []
+        locate = _text_locator(text, file)
+    else:
+        data, lines, problems = _parse(text, file)
+        locate = _yaml_locator(file, lines)
     rules_file = path.parent / RULES_FILE
     if rules_file.is_file():
-        locate = _with_rules_file(
-            data, rules_file, locate, problems=problems, file=file, lines=lines
-        )
+        locate = _with_rules_file(data, rules_file, locate, problems=problems, file=file)
     locate = _naming_rules(locate, data)
     try:
         config = GatewayConfig.model_validate(data)
@@ -187,13 +195,12 @@ def _with_rules_file(
     *,
     problems: list[ConfigProblem],
     file: str,
-    lines: dict[Loc, int],
 ) -> Locate:
     """Take the ``rules`` section from ``rules.yaml``; problems in it point into that file."""
     rfile = str(rules_file)
     if "rules" in data:
         message = f"rules are given here and in {rfile}; keep them in one place"
-        problems.append(ConfigProblem(file, "rules", message, lines.get(("rules",))))
+        problems.append(ConfigProblem(file, "rules", message, locate(("rules",)).line))
         return locate
     try:
         doc = _compose(_read_text(rules_file), rfile)
@@ -249,8 +256,23 @@ def file_locator(path: Path) -> Locate:
     # so reading it again here cannot fail in a new way.
     @functools.cache
     def located() -> Locate:
-        _, lines, _ = _parse(_read_text(path), str(path))
-        return _yaml_locator(str(path), lines)
+        return _text_locator(_read_text(path), str(path))
+
+    def locate(loc: Loc) -> Spot:
+        return located()(loc)
+
+    return locate
+
+
+def _text_locator(text: str, file: str) -> Locate:
+    """Where each key path of ``text`` is; the lines are indexed when a first spot is asked for."""
+
+    @functools.cache
+    def located() -> Locate:
+        lines: dict[Loc, int] = {}
+        if quick_load(text, _Loader, lines=lines) is None:
+            _, lines, _ = _parse(text, file)
+        return _yaml_locator(file, lines)
 
     def locate(loc: Loc) -> Spot:
         return located()(loc)

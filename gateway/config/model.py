@@ -54,7 +54,9 @@ def _duplicate_error(repeats: list[dict[str, Any]]) -> PydanticCustomError:
 class Strict(BaseModel):
     """Base of every config section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Built at the first validation, not at import: the daemon validates its config in a
+    # forked child (``load_config_apart``) and never needs these validators itself.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class GridCells(Strict):

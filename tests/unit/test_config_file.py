@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from gateway.cli.main import app
 from gateway.cli.online_check import check_online
-from gateway.config.file import load_config
+from gateway.config.event_loader import quick_load
+from gateway.config.file import _compose, _Loader, load_config
 from gateway.errors import ConfigError, ConfigProblem
 from lab.broker import Mosquitto, free_port
 
@@ -502,3 +503,85 @@ def test_random_text_raises_only_config_errors(tmp_path_factory, text: str) -> N
     path = tmp_path_factory.getbasetemp() / "text.yaml"
     path.write_text(text, encoding="utf-8")
     assert all(p.file == str(path) and p.message for p in found_problems(path))
+
+
+# --- the quick loader (libyaml's events straight to data) builds what the full loader builds ---
+
+TRICKY_TEXT = st.sampled_from(
+    ["yes", "No", "on", "OFF", "~", "null", "", "1_000", "0x1F", "012", "0b101", "23:30",
+     "1:2:3", "2026-01-01", "2026-01-01 10:00:00", "1e3", "1.5e+3", ".inf", "-.NaN", "<<",
+     "=", "True", "S00011", "panel-1", "a: b", "- x", "#x", "'q'", "多"]
+)  # fmt: skip
+SCALARS = st.one_of(
+    TRICKY_TEXT,
+    st.text(max_size=8),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+    st.dates(),
+)
+DOCUMENTS = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.one_of(TRICKY_TEXT, st.text(max_size=6), st.integers()), inner, max_size=4
+        ),
+    ),
+    max_leaves=20,
+)
+
+
+@given(DOCUMENTS, st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_the_quick_loader_builds_the_full_loaders_data_and_lines(value: object, flow: bool) -> None:
+    text = yaml.safe_dump(
+        {"top": value}, default_flow_style=flow, allow_unicode=True, sort_keys=False
+    )
+    full = _compose(text, "lianfang.yaml")
+    lines: dict[tuple[str | int, ...], int] = {}
+    quick = quick_load(text, _Loader, lines=lines)
+    assert quick is not None  # nothing unusual in what safe_dump writes
+    assert repr(quick) == repr(full.data)  # the same values of the same types (1, 1.0, True)
+    assert lines == full.lines
+
+
+def test_the_quick_loader_shares_anchored_values_as_the_full_loader_does() -> None:
+    text = "a: &x {k: [1, 2]}\nb: *x\nc: &s 23:30\nd: *s\n"
+    quick = quick_load(text, _Loader)
+    assert (
+        quick
+        == _compose(text, "f").data
+        == {"a": {"k": [1, 2]}, "b": {"k": [1, 2]}, "c": "23:30", "d": "23:30"}
+    )
+    assert isinstance(quick, dict)
+    assert quick["a"] is quick["b"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: 1\na: 2\n",  # a repeated key: the full loader reports it with both lines
+        "base: &b {x: 1}\nuse:\n  <<: *b\n  y: 2\n",  # a merge key
+        "a: !!str 12\n",  # an explicit tag
+        "? [1, 2]\n: x\n",  # a key that is not a scalar
+        "a: 1\n---\nb: 2\n",  # two documents
+        "",  # no document
+        "a: [1, 2\n",  # a syntax error
+        "a: &x [1, *x]\n",  # an alias inside its own anchor
+    ],
+)
+def test_the_quick_loader_leaves_what_is_unusual_to_the_full_loader(text: str) -> None:
+    assert quick_load(text, _Loader) is None
+
+
+def test_a_problem_in_a_quickly_loaded_file_still_has_its_line(tmp_path: Path) -> None:
+    """The lines are indexed only once a problem is found, from the same text."""
+    path = tmp_path / "lianfang.yaml"
+    path.write_text(BASE_ALONE.replace("lat: 23.3591232", "lat: 123.3591232"))
+    assert isinstance(quick_load(path.read_text(), _Loader), dict)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    [problem] = raised.value.problems
+    assert (problem.file, problem.path, problem.line) == (str(path), "shops[1].lat", 19)

@@ -1,0 +1,47 @@
+"""`lianfang run` keeps in memory only what the running gateway uses.
+
+The real daemon is started with ``PYTHONPROFILEIMPORTTIME`` set: Python then
+writes every module it imports to stderr (the gateway's log), so the test reads
+what a started gateway imported, not what a test process happens to hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.harness import TestGateway
+
+COMMAND_LINE = ("typer", "click", "rich", "gateway.cli.main", "gateway.cli.options")
+"""The installer's command line: not the daemon's business."""
+NOT_CONFIGURED = (
+    "pymodbus",  # Modbus driver
+    "serial",  # serial drivers (433 MHz receiver, line protocol, modem)
+    "serial_asyncio_fast",
+    "httpx",  # webhook forwarder
+    "gateway.sms.service",  # SMS to shops
+    "gateway.status_page",  # local status page
+    "html",
+)
+"""What only a driver, forwarder or service that Changping Road's default config has not uses."""
+
+
+def imported_modules(log: str) -> set[str]:
+    """Modules named by ``-X importtime`` lines (``import time: self | total | name``)."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in log.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
+
+
+def test_the_daemon_imports_neither_the_command_line_nor_what_its_config_does_not_use(
+    start_gateway: Callable[..., TestGateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+    gw = start_gateway()
+    modules = imported_modules(gw.log_text())
+    assert {"gateway.app", "drivers.mqtt_ingest", "gateway.forwarders.mqtt_police"} <= modules
+    assert modules.isdisjoint(COMMAND_LINE), modules & set(COMMAND_LINE)
+    assert modules.isdisjoint(NOT_CONFIGURED), modules & set(NOT_CONFIGURED)
