@@ -31,6 +31,7 @@ from drivers.base import DriverConfig, DriverContext, Emit
 from gateway.errors import DriverUnavailable
 from gateway.events import (
     EVENT_CLASS,
+    ORDER_BOUND_KINDS,
     Event,
     EventClass,
     EventKind,
@@ -39,8 +40,9 @@ from gateway.events import (
     utc_now,
 )
 from gateway.mqtt.client import first_leaf
+from gateway.mqtt.lanes import Lane
 from gateway.mqtt.limits import UNLIMITED_RECEIVE_MAXIMUM, LinkDown
-from gateway.mqtt.link import Lane, MqttLink
+from gateway.mqtt.link import MqttLink
 from gateway.mqtt.retained import replayed
 from gateway.ratelimit import RateLimitedLog, WindowCap
 from gateway.storage import StorageReserve
@@ -204,7 +206,7 @@ class MqttIngestDriver:
         if event_class is EventClass.ALARM:
             return Lane.URGENT
         if event_class in UNCAPPED_CLASSES or self._shop_cap.allow(shop_id):
-            return Lane.ROUTINE
+            return Lane.BOUND if panel.kind in ORDER_BOUND_KINDS else Lane.ROUTINE
         self.rejected["throttled"] += 1
         self._log.warning(
             f"throttled/{shop_id}",
