@@ -115,8 +115,9 @@ class OutboxCursor:
         )
         if not read and overflows == self._overflows:
             self._from_disk = False
+        rows = [row for row in read if row.seq not in self._carried]
         self._handed_out(read)
-        return [row for row in read if row.seq not in self._carried]
+        return rows
 
     def take_alarms(self) -> list[OutboxRow]:
         """Alarms committed since the last batch, each after its shop's earlier rows.
