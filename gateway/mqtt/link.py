@@ -12,13 +12,11 @@ three things it cannot give.
   into memory; with it TCP keeps the backlog in the broker.
 - Manual acknowledgements (``ack``) once an event is durable.
 - Every limit the broker announces in its CONNACK is honoured on the live
-  connection (``BrokerLimits``): its Receive Maximum caps our publishes in
-  flight (a stock Mosquitto says 20, HiveMQ 10, EMQX 32), a publish over its
-  Maximum Packet Size fails with ``PacketTooLarge`` instead of getting us
-  disconnected, no retained message or will is sent to a broker without
-  retain, and a broker that allows only QoS 0 or speaks only MQTT 3.1.1 is
-  refused with one sentence (``BrokerUnsuitable``): an alarm needs a PUBACK
-  that can say no.
+  connection (``BrokerLimits``, in ``limits``): Receive Maximum, Maximum
+  Packet Size, retain, QoS; a broker unfit for alarms is refused in one sentence.
+
+Received messages wait for their reader in ``lanes``; publishes wait for the
+broker's window in ``window``: in both, alarms go first.
 
 Use it as ``async with link:`` (connect, and subscribe if asked) and run
 ``link.watch()`` beside the work in the same TaskGroup; ``watch`` raises
@@ -45,7 +43,6 @@ from gateway.errors import PlatformNak
 from gateway.mqtt.client import BrokerConfig, connect_properties
 from gateway.mqtt.lanes import Lane, MessageLanes, Screen
 from gateway.mqtt.limits import (
-    RC_PACKET_TOO_LARGE,
     RETAIN_ADVICE,
     BrokerLimits,
     BrokerUnsuitable,
@@ -309,14 +306,8 @@ class MqttLink:
             future.set_exception(LinkDown("not connected"))
             return future
         if not self.fits(topic, payload):
-            size = publish_packet_size(topic, payload)
-            future.set_exception(
-                PacketTooLarge(
-                    f"a {size}-byte message to {topic} exceeds the broker's maximum "
-                    f"packet size of {self.limits.maximum_packet_size} bytes",
-                    code=RC_PACKET_TOO_LARGE,
-                )
-            )
+            limit = self.limits.maximum_packet_size
+            future.set_exception(PacketTooLarge.for_message(topic, payload, limit))
             return future
         if retain and not self.limits.retain_available:
             retain = False
