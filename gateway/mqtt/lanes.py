@@ -54,14 +54,15 @@ class MessageLanes:
         """Queue ``item`` behind the others of its lane (an urgent one behind what it carries)."""
         message, generation = item
         if lane is Lane.URGENT:
-            if self._bound[message.topic]:
+            # A counter look-up only when something bound waits: topic decoding costs.
+            if self._bound and self._bound[message.topic]:
                 self._carry(message.topic)
             self._urgent.append(item)
+        elif lane is Lane.BOUND:
+            self._routine.append((message, generation, True))
+            self._bound[message.topic] += 1
         else:
-            bound = lane is Lane.BOUND
-            self._routine.append((message, generation, bound))
-            if bound:
-                self._bound[message.topic] += 1
+            self._routine.append((message, generation, False))
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
