@@ -38,9 +38,7 @@ class PublishWindow:
 
     def __init__(self, size: int) -> None:
         """A window of ``size`` publishes in flight."""
-        self.size = size
-        self.in_flight = 0
-        self.routine_in_flight = 0
+        self.resize(size)
         self._urgent: deque[Waiting] = deque()
         self._routine: deque[Waiting] = deque()
         # Bound publishes waiting, per key: only then does an urgent one scan the lane.
@@ -51,11 +49,8 @@ class PublishWindow:
         self.size = size
         self.in_flight = 0
         self.routine_in_flight = 0
-
-    @property
-    def reserve(self) -> int:
-        """Slots routine publishes may not take."""
-        return max(1, self.size // RESERVE_SHARE) if self.size > 1 else 0
+        # Slots routine publishes may take; the rest are kept for urgent ones.
+        self.routine_share = size - (max(1, size // RESERVE_SHARE) if size > 1 else 0)
 
     def queue(self, waiting: Waiting) -> None:
         """Queue ``waiting`` behind the others of its lane (urgent: behind what it carries)."""
@@ -100,7 +95,7 @@ class PublishWindow:
         while self.in_flight < self.size:
             if self._urgent:
                 waiting = self._urgent.popleft()
-            elif self._routine and self.routine_in_flight < self.size - self.reserve:
+            elif self._routine and self.routine_in_flight < self.routine_share:
                 waiting = self._routine.popleft()
                 self._count_bound(waiting, -1)
             else:
