@@ -235,11 +235,15 @@ class OutboxCursor:
                 for unsent in rows[i:]:
                     rank = unsent.priority
                     sent_upto[rank] = min(sent_upto[rank], unsent.seq - 1)
+                unsent_seqs = {unsent.seq for unsent in rows[i:]}
+                carried = {s: r for s, r in self._carried.items() if s not in unsent_seqs}
                 self.rewind(rows[i:], repr(exc))
                 # Every row handed out before this one is closed, though its ack
                 # may still be on its way to disk: read each rank again from its
-                # first unsent row, or those would be read as pending and sent twice.
+                # first unsent row, and skip the closed rows sent ahead of their
+                # rank, or those would be read as pending and sent twice.
                 self._sent_upto = sent_upto
+                self._carried = carried
                 raise
 
     def give_up(self, row: OutboxRow, error: str) -> None:
@@ -250,8 +254,8 @@ class OutboxCursor:
         """Sent rows were not acknowledged (link lost): send them again, from the journal."""
         if unacked:
             self._journal.failed(self.name, (r.seq for r in unacked), error)
-        for row in unacked:
-            self._carried.pop(row.seq, None)
+        # Rows sent ahead of their rank may be unsent still: read them all again.
+        self._carried = {}
         self._sent_upto = dict.fromkeys(RANKS, 0)
         self._from_disk = True
         self._clear_live()

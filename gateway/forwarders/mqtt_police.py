@@ -98,8 +98,8 @@ class PoliceMqttForwarder:
         """Keep up to ``window`` routine events in flight; acknowledge each on its own PUBACK.
 
         Alarms take no routine room and never wait for it: one committed while
-        a routine row waits for room goes first, after its shop's earlier rows
-        (decision 901).
+        a routine row waits for room goes first (decision 901), after its own
+        shop's earlier cancel, restore or disarm (decision 900).
         """
         flight = _Flight(self, link)
         try:
@@ -207,7 +207,7 @@ def _alarms_first(fresh: list[OutboxRow], batch: deque[OutboxRow]) -> list[Outbo
     bound_upto: dict[str | None, int] = {}
     for row in batch:
         if row.priority != ALARM_RANK and row.seq < latest.get(row.shop_id, 0) and order_bound(row):
-            bound_upto[row.shop_id] = row.seq
+            bound_upto[row.shop_id] = max(row.seq, bound_upto.get(row.shop_id, 0))
     taken = [
         row
         for row in batch

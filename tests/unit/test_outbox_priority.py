@@ -433,3 +433,29 @@ def test_a_row_sent_ahead_with_its_shops_alarm_is_not_sent_again_from_disk(tmp_p
     seqs = [r.seq for r in got]
     assert seqs[:2] == [101, 102]
     assert sorted(seqs) == list(range(1, 103 + LIVE_BUFFER + 1))
+
+
+def test_a_row_sent_ahead_with_its_shops_alarm_comes_again_after_a_rewind(tmp_path):
+    """The link goes before the batch with a carried cancel was sent: the cancel is read again."""
+    journal = open_journal(tmp_path / "j.db")
+    cursor = OutboxCursor(journal, "police")
+    got: list[OutboxRow] = []
+
+    async def body() -> None:
+        waiting = asyncio.create_task(cursor.next_batch(), name="next")
+        await wait_until(lambda: not cursor._from_disk, 10, "the cursor on its live path")
+        doors = [forwarded(EventKind.DOOR_OPEN, shop="S1") for _ in range(100)]
+        for ev in [
+            *doors,
+            forwarded(EventKind.CANCEL, shop="S2"),
+            forwarded(EventKind.PANIC, shop="S2"),
+        ]:
+            await journal.append(ev)
+        assert [r.seq for r in (await asyncio.wait_for(waiting, 5))[:2]] == [101, 102]
+        cursor.rewind([], "link lost before the batch went out")
+        while len(got) < 102:
+            got.extend(await asyncio.wait_for(cursor.next_batch(), 5))
+
+    asyncio.run(run_journal(journal, body))
+    cursor.close()
+    assert [r.seq for r in got] == [101, 102, *range(1, 101)]
