@@ -40,9 +40,8 @@ from gateway.events import (
     utc_now,
 )
 from gateway.mqtt.client import first_leaf
-from gateway.mqtt.lanes import Lane
 from gateway.mqtt.limits import UNLIMITED_RECEIVE_MAXIMUM, LinkDown
-from gateway.mqtt.link import MqttLink
+from gateway.mqtt.link import Lane, MqttLink
 from gateway.mqtt.retained import replayed
 from gateway.ratelimit import RateLimitedLog, WindowCap
 from gateway.storage import StorageReserve

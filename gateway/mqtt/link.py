@@ -53,6 +53,8 @@ from gateway.mqtt.limits import (
 )
 from gateway.mqtt.window import PublishWindow, Waiting
 
+__all__ = ["READ_BATCH", "Lane", "MessageLanes", "MqttLink", "Screen"]
+
 logger = logging.getLogger(__name__)
 
 MISC_INTERVAL_S = 1.0

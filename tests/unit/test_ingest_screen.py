@@ -10,7 +10,7 @@ from paho.mqtt.client import MQTTMessage
 from drivers.base import DriverContext
 from drivers.mqtt_ingest import MqttIngestConfig, MqttIngestDriver
 from gateway.mqtt.client import BrokerConfig
-from gateway.mqtt.lanes import Lane, MessageLanes
+from gateway.mqtt.link import Lane, MessageLanes
 from gateway.ratelimit import WindowCap
 
 CAP = 3
