@@ -38,6 +38,7 @@ from drivers.base import DriverConfig, DriverContext, Emit
 from gateway.errors import DriverUnavailable
 from gateway.events import (
     EVENT_CLASS,
+    ORDER_BOUND_KINDS,
     Event,
     EventClass,
     EventKind,
@@ -261,15 +262,17 @@ class MqttIngestDriver:
         event_class = EVENT_CLASS[event.kind]
         if event_class is EventClass.ALARM:
             return Lane.URGENT
+        # Cancels, restores, arming: their shop's later alarm takes them along, in order.
+        routine = Lane.BOUND if event.kind in ORDER_BOUND_KINDS else Lane.ROUTINE
         if event_class in UNCAPPED_CLASSES or origin_key in self._counted:
-            return Lane.ROUTINE
+            return routine
         shop_id = str(event.shop_id)
         if self._shop_cap.allow(shop_id):
             if origin_key is not None:
                 self._counted[origin_key] = None
                 if len(self._counted) > RECENT_ORIGIN_KEYS:
                     self._counted.popitem(last=False)
-            return Lane.ROUTINE
+            return routine
         self.rejected["throttled"] += 1
         self._log.warning(
             f"throttled/{shop_id}",

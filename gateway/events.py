@@ -89,6 +89,13 @@ EVENT_CLASS: dict[EventKind, EventClass] = {
     EventKind.WALK_TEST_ENDED: EventClass.TROUBLE,
 }
 
+# Kinds whose place among a shop's events is part of their meaning (an alarm's
+# cancel or restore, the shop's answer, its arm state): a later alarm of the same
+# shop never overtakes one of them on its way out (decision 87).
+ORDER_BOUND_KINDS = frozenset(
+    {EventKind.CANCEL, EventKind.RESTORE, EventKind.RESPONSE, EventKind.ARM, EventKind.DISARM}
+)
+
 # Kinds only the gateway itself makes (rules, commands, responses); never taken from a device.
 GATEWAY_MADE_KINDS = frozenset(
     {

@@ -5,16 +5,19 @@ on the hot path). After a restart, a reconnect or when the receiver falls far
 behind, the cursor reads the journal instead until it has caught up. A
 backlog, on disk or in memory, drains highest priority first and in journal
 order within a priority (decision 42); a caught-up cursor keeps journal order.
+An alarm overtakes other shops' rows only: its own shop's earlier rows go out
+before it, in their order (decision 87).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from gateway.events import EventClass
+from gateway.events import ORDER_BOUND_KINDS, EventClass
 from gateway.journal import Journal
 from gateway.journal_reader import JournalReader, OutboxRow
 from gateway.journal_schema import PRIORITY_RANK, RANKS
@@ -26,6 +29,8 @@ LIVE_BUFFER = 2000
 # so a fresh alarm waits for at most this many routine rows handed out before it.
 LIVE_BATCH = 32
 ALARM_RANK = PRIORITY_RANK[EventClass.ALARM]
+ORDER_BOUND_VALUES = frozenset(kind.value for kind in ORDER_BOUND_KINDS)
+KIND_FIELD = '"kind":"'
 
 
 class OutboxCursor:
@@ -44,7 +49,12 @@ class OutboxCursor:
         self._from_disk = True  # first catch up on whatever the journal holds
         # Per rank, the last seq handed out: each rank is read in seq order.
         self._sent_upto: dict[int, int] = dict.fromkeys(RANKS, 0)
+        # Rows handed out ahead of their rank's watermark (with their shop's alarm):
+        # seq -> rank, until the watermark passes them.
+        self._carried: dict[int, int] = {}
         self._wakeup = asyncio.Event()
+        self.alarm_ready = asyncio.Event()
+        """Set when an alarm is committed; ``take_alarms`` clears it."""
         journal.on_commit(self._committed)
 
     def _committed(self, rows: list[OutboxRow], forwarder: str) -> None:
@@ -52,6 +62,8 @@ class OutboxCursor:
             return
         for row in rows:
             self._live[row.priority].append(row)
+            if row.priority == ALARM_RANK:
+                self.alarm_ready.set()
         self._live_count += len(rows)
         if self._live_count > LIVE_BUFFER:
             # Too far behind to keep in memory: drop the buffer, read the journal.
@@ -66,21 +78,14 @@ class OutboxCursor:
         self._live_count = 0
 
     async def next_batch(self) -> list[OutboxRow]:
-        """Wait for and return the next events to send: highest priority first, then oldest."""
+        """Wait for and return the next events to send: highest priority first, then oldest.
+
+        A shop's rows older than its alarm come before that alarm, in journal order.
+        """
         while True:
             if self._from_disk:
-                overflows = self._overflows
-                rows = await asyncio.to_thread(
-                    self._reader.pending,
-                    self.name,
-                    after=dict(self._sent_upto),
-                    limit=self._batch,
-                )
-                if rows:
-                    self._handed_out(rows)
-                    return rows
-                if overflows == self._overflows:
-                    self._from_disk = False
+                if rows := await self._read_disk():
+                    return self._in_shop_order(rows)
                 continue
             # Caught up (everything buffered fits one batch): journal order, as
             # committed. A backlog in memory: highest priority first.
@@ -98,13 +103,109 @@ class OutboxCursor:
                 rows.sort(key=lambda r: r.seq)
             if rows:
                 self._handed_out(rows)
-                return rows
+                return rows if caught_up else self._in_shop_order(rows)
             self._wakeup.clear()
             await self._wakeup.wait()
+
+    async def _read_disk(self) -> list[OutboxRow]:
+        """The next batch from disk; none when caught up (or all handed out already)."""
+        overflows = self._overflows
+        read = await asyncio.to_thread(
+            self._reader.pending, self.name, after=dict(self._sent_upto), limit=self._batch
+        )
+        if not read and overflows == self._overflows:
+            self._from_disk = False
+        rows = [row for row in read if row.seq not in self._carried]
+        self._handed_out(read)
+        return rows
+
+    def take_alarms(self) -> list[OutboxRow]:
+        """Alarms committed since the last batch, each after its shop's earlier rows.
+
+        For a forwarder still working through a batch: these go ahead of its
+        rest. Only while caught up on the journal; from disk the next batch has them.
+        """
+        self.alarm_ready.clear()
+        queue, upto = self._live[ALARM_RANK], self._sent_upto[ALARM_RANK]
+        if self._from_disk or not queue:
+            return []
+        rows = [row for row in queue if row.seq > upto]
+        self._live_count -= len(queue)
+        queue.clear()
+        self._handed_out(rows)
+        return self._in_shop_order(rows)
+
+    def _in_shop_order(self, rows: list[OutboxRow]) -> list[OutboxRow]:
+        """``rows`` (alarms first) with no alarm ahead of its shop's earlier order-bound rows.
+
+        A shop's rows up to its last order-bound one (cancel, restore, disarm...)
+        before its alarm go first, taken from ``rows`` and from the rows still
+        buffered; the rest keep their order. A shop's earlier rows still on disk
+        only are not looked for (decision 87).
+        """
+        bound_upto = self._last_bound_before_alarms(rows)
+        if not bound_upto:
+            return rows
+
+        def earlier(row: OutboxRow) -> bool:
+            return row.priority != ALARM_RANK and row.seq <= bound_upto.get(row.shop_id, 0)
+
+        before = sorted(
+            [row for row in rows if earlier(row)] + self._carry(earlier), key=lambda r: r.seq
+        )
+        ordered: list[OutboxRow] = []
+        for alarm in (row for row in rows if row.priority == ALARM_RANK):
+            while before and before[0].seq < alarm.seq:
+                ordered.append(before.pop(0))
+            ordered.append(alarm)
+        taken = {row.seq for row in ordered}
+        ordered.extend(row for row in rows if row.seq not in taken)
+        return ordered
+
+    def _last_bound_before_alarms(self, rows: list[OutboxRow]) -> dict[str | None, int]:
+        """Per shop with an alarm in ``rows``: its last order-bound row's seq before that alarm."""
+        latest_alarm: dict[str, int] = {}
+        for row in rows:
+            if row.priority == ALARM_RANK and row.shop_id is not None:
+                latest_alarm[row.shop_id] = row.seq
+        bound_upto: dict[str | None, int] = {}
+        if not latest_alarm:
+            return bound_upto
+        buffered = (
+            row for rank in RANKS[1:] for row in self._live[rank] if row.seq > self._sent_upto[rank]
+        )
+        for row in itertools.chain(rows, buffered):
+            alarm = latest_alarm.get(row.shop_id) if row.shop_id is not None else None
+            before_alarm = alarm is not None and row.priority != ALARM_RANK and row.seq < alarm
+            if before_alarm and order_bound(row):
+                bound_upto[row.shop_id] = max(row.seq, bound_upto.get(row.shop_id, 0))
+        return bound_upto
+
+    def _carry(self, earlier: Callable[[OutboxRow], bool]) -> list[OutboxRow]:
+        """Take the ``earlier`` rows out of the buffer, to go with their shop's alarm."""
+        carried: list[OutboxRow] = []
+        for rank in RANKS[1:]:
+            queue = self._live[rank]
+            if not any(earlier(row) for row in queue):
+                continue
+            kept: deque[OutboxRow] = deque()
+            for row in queue:
+                if not earlier(row):
+                    kept.append(row)
+                elif row.seq > self._sent_upto[rank]:
+                    carried.append(row)
+                    self._carried[row.seq] = rank
+            self._live_count -= len(queue) - len(kept)
+            self._live[rank] = kept
+        return carried
 
     def _handed_out(self, rows: list[OutboxRow]) -> None:
         for row in rows:
             self._sent_upto[row.priority] = row.seq
+        if self._carried:
+            self._carried = {
+                seq: rank for seq, rank in self._carried.items() if seq > self._sent_upto[rank]
+            }
 
     def ack(self, row: OutboxRow) -> None:
         """The receiver acknowledged ``row``: record it, one row at a time."""
@@ -131,13 +232,18 @@ class OutboxCursor:
                 await send(row)
             except BaseException as exc:
                 sent_upto = dict(self._sent_upto)
-                for unsent in reversed(rows[i:]):
-                    sent_upto[unsent.priority] = unsent.seq - 1
+                for unsent in rows[i:]:
+                    rank = unsent.priority
+                    sent_upto[rank] = min(sent_upto[rank], unsent.seq - 1)
+                unsent_seqs = {unsent.seq for unsent in rows[i:]}
+                carried = {s: r for s, r in self._carried.items() if s not in unsent_seqs}
                 self.rewind(rows[i:], repr(exc))
                 # Every row handed out before this one is closed, though its ack
                 # may still be on its way to disk: read each rank again from its
-                # first unsent row, or those would be read as pending and sent twice.
+                # first unsent row, and skip the closed rows sent ahead of their
+                # rank, or those would be read as pending and sent twice.
                 self._sent_upto = sent_upto
+                self._carried = carried
                 raise
 
     def give_up(self, row: OutboxRow, error: str) -> None:
@@ -148,6 +254,8 @@ class OutboxCursor:
         """Sent rows were not acknowledged (link lost): send them again, from the journal."""
         if unacked:
             self._journal.failed(self.name, (r.seq for r in unacked), error)
+        # Rows sent ahead of their rank may be unsent still: read them all again.
+        self._carried = {}
         self._sent_upto = dict.fromkeys(RANKS, 0)
         self._from_disk = True
         self._clear_live()
@@ -155,3 +263,14 @@ class OutboxCursor:
     def close(self) -> None:
         """Release the reading connection."""
         self._reader.close()
+
+
+def order_bound(row: OutboxRow) -> bool:
+    """Whether ``row``'s kind is one a later alarm of its shop must not overtake.
+
+    Read off the journalled JSON without parsing it: ``kind`` comes before
+    ``attrs`` (the only free-form object) and a JSON string cannot hold ``"``
+    unescaped, so the first ``"kind":"`` is the event's own.
+    """
+    start = row.body.index(KIND_FIELD) + len(KIND_FIELD)
+    return row.body[start : row.body.index('"', start)] in ORDER_BOUND_VALUES

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import deque
 from pathlib import Path
 from typing import ClassVar, Literal, Self
 
@@ -18,12 +19,11 @@ from gateway.forwarders.base import (
     upstream_payload,
 )
 from gateway.journal_reader import OutboxRow
-from gateway.journal_schema import RANKS
 from gateway.mqtt.client import BrokerConfig, first_leaf
 from gateway.mqtt.limits import LinkDown, PacketTooLarge
 from gateway.mqtt.link import MqttLink
 from gateway.mqtt.status import keep_status, offline_will
-from gateway.outbox import OutboxCursor
+from gateway.outbox import ALARM_RANK, OutboxCursor, order_bound
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class PoliceMqttForwarder:
         """Forward rows from ``cursor`` as ``config`` says."""
         self.config = config
         self._context = context
-        self._cursor = cursor
+        self.cursor = cursor
         base = f"{config.topic_root}/{context.large_grid}/{context.gateway_id}"
         self.events_topic = f"{base}/events"
         self.status_topic = f"{base}/status"
@@ -95,47 +95,128 @@ class PoliceMqttForwarder:
             ) from None
 
     async def _forward(self, link: MqttLink) -> None:
-        """Keep up to ``window`` events in flight; acknowledge each on its own PUBACK."""
-        window = asyncio.Semaphore(self.config.window)
-        in_flight: dict[int, OutboxRow] = {}
+        """Keep up to ``window`` routine events in flight; acknowledge each on its own PUBACK.
 
-        def settled(row: OutboxRow, outcome: asyncio.Future[None]) -> None:
-            window.release()
-            error = outcome.exception()
-            if error is None:
-                del in_flight[row.seq]
-                self._cursor.ack(row)
-            elif isinstance(error, PacketTooLarge):
-                # Even trimmed it cannot go there, now or later: give it up, visibly.
-                del in_flight[row.seq]
-                logger.error("%s: event %s given up: %s", self.config.name, row.event.id, error)
-                self._cursor.give_up(row, str(error))
-            elif isinstance(error, PlatformNak):
-                # Never mark a refused alarm delivered: drop the link, retry later.
-                link.fail(f"refused event {row.seq}: {error}")
-
+        Alarms take no routine room and never wait for it: one committed while
+        a routine row waits for room goes first (decision 88), after its own
+        shop's earlier cancel, restore or disarm (decision 87).
+        """
+        flight = _Flight(self, link)
         try:
             while True:
-                for row in await self._cursor.next_batch():
-                    await window.acquire()
-                    in_flight[row.seq] = row
-                    payload = upstream_payload(row, self._context.shops)
-                    if not link.fits(self.events_topic, payload):
-                        # Over the broker's size limit: the event without its free-form
-                        # attrs rather than no event (in its place, so order holds).
-                        payload = trimmed_payload(row, self._context.shops)
-                        logger.warning(
-                            "%s: event %s sent without its attrs: %d bytes is over the "
-                            "broker's maximum packet size",
-                            self.config.name,
-                            row.event.id,
-                            len(row.body),
-                        )
-                    # The link sends in call order (alarms ahead of rows waiting for the
-                    # broker's window): rows go on the wire in the cursor's order.
-                    urgent = row.priority == RANKS[0]
-                    outcome = link.publish(self.events_topic, payload, urgent=urgent)
-                    outcome.add_done_callback(functools.partial(settled, row))
+                batch = deque(await self.cursor.next_batch())
+                while batch:
+                    if batch[0].priority == ALARM_RANK or flight.room:
+                        flight.send(batch.popleft())
+                    elif urgent := _alarms_first(self.cursor.take_alarms(), batch):
+                        # No room for routine rows: alarms, in the batch or fresh, go
+                        # now, each after its shop's order-bound rows.
+                        for row in urgent:
+                            flight.send(row, urgent=True)
+                    else:
+                        await flight.freed_or(self.cursor.alarm_ready)
         except BaseException as exc:
-            self._cursor.rewind(sorted(in_flight.values(), key=lambda r: r.seq), repr(exc))
+            self.cursor.rewind(sorted(flight.rows.values(), key=lambda r: r.seq), repr(exc))
             raise
+
+    def payload(self, link: MqttLink, row: OutboxRow) -> bytes:
+        """``row`` as the police get it: trimmed of its attrs if too big for ``link``."""
+        payload = upstream_payload(row, self._context.shops)
+        if link.fits(self.events_topic, payload):
+            return payload
+        # Over the broker's size limit: the event without its free-form attrs
+        # rather than no event (in its place, so order holds).
+        logger.warning(
+            "%s: event %s sent without its attrs: %d bytes is over the broker's maximum "
+            "packet size",
+            self.config.name,
+            row.event.id,
+            len(row.body),
+        )
+        return trimmed_payload(row, self._context.shops)
+
+
+class _Flight:
+    """One link's events awaiting their PUBACK, and the room left for routine ones."""
+
+    def __init__(self, forwarder: PoliceMqttForwarder, link: MqttLink) -> None:
+        self._forwarder = forwarder
+        self._link = link
+        self.rows: dict[int, OutboxRow] = {}
+        self.room = forwarder.config.window
+        self._freed = asyncio.Event()
+
+    def send(self, row: OutboxRow, *, urgent: bool | None = None) -> None:
+        """Publish ``row`` (urgent if an alarm, unless told); routine takes room till its PUBACK."""
+        if urgent is None:
+            urgent = row.priority == ALARM_RANK
+        self.rows[row.seq] = row
+        if not urgent:
+            self.room -= 1
+        # The link sends in call order within a lane, and one shop's rows (its
+        # key) in call order whatever their lane: the cursor's order holds.
+        outcome = self._link.publish(
+            self._forwarder.events_topic,
+            self._forwarder.payload(self._link, row),
+            urgent=urgent,
+            key=row.shop_id,
+            bound=order_bound(row),
+        )
+        outcome.add_done_callback(functools.partial(self._settled, row, urgent=urgent))
+
+    async def freed_or(self, alarm_ready: asyncio.Event) -> None:
+        """Wait for a routine PUBACK, or for ``alarm_ready``."""
+        self._freed.clear()
+        waits = {
+            asyncio.ensure_future(self._freed.wait()),
+            asyncio.ensure_future(alarm_ready.wait()),
+        }
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    def _settled(self, row: OutboxRow, outcome: asyncio.Future[None], *, urgent: bool) -> None:
+        if not urgent:
+            self.room += 1
+            self._freed.set()
+        name, cursor = self._forwarder.config.name, self._forwarder.cursor
+        error = outcome.exception()
+        if error is None:
+            del self.rows[row.seq]
+            cursor.ack(row)
+        elif isinstance(error, PacketTooLarge):
+            # Even trimmed it cannot go there, now or later: give it up, visibly.
+            del self.rows[row.seq]
+            logger.error("%s: event %s given up: %s", name, row.event.id, error)
+            cursor.give_up(row, str(error))
+        elif isinstance(error, PlatformNak):
+            # Never mark a refused alarm delivered: drop the link, retry later.
+            self._link.fail(f"refused event {row.seq}: {error}")
+
+
+def _alarms_first(fresh: list[OutboxRow], batch: deque[OutboxRow]) -> list[OutboxRow]:
+    """``fresh`` alarms and the batch's own, taken out of it with each shop's rows to go first.
+
+    Those are a shop's rows in the batch up to its last order-bound one before
+    its latest alarm; all in journal order.
+    """
+    alarms = [*(row for row in batch if row.priority == ALARM_RANK), *fresh]
+    latest = {row.shop_id: row.seq for row in sorted(alarms, key=lambda r: r.seq)}
+    bound_upto: dict[str | None, int] = {}
+    for row in batch:
+        if row.priority != ALARM_RANK and row.seq < latest.get(row.shop_id, 0) and order_bound(row):
+            bound_upto[row.shop_id] = max(row.seq, bound_upto.get(row.shop_id, 0))
+    taken = [
+        row
+        for row in batch
+        if row.priority == ALARM_RANK or row.seq <= bound_upto.get(row.shop_id, 0)
+    ]
+    if not taken and not fresh:
+        return []
+    seqs = {row.seq for row in taken}
+    kept = [row for row in batch if row.seq not in seqs]
+    batch.clear()
+    batch.extend(kept)
+    return sorted([*taken, *fresh], key=lambda r: r.seq)

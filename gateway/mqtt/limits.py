@@ -44,6 +44,15 @@ class BrokerUnsuitable(LinkDown):
 class PacketTooLarge(PlatformNak):
     """A message is bigger than the broker's Maximum Packet Size: it can never be sent there."""
 
+    @classmethod
+    def for_message(cls, topic: str, payload: bytes, limit: int | None) -> PacketTooLarge:
+        """The refusal of ``payload`` to ``topic`` by a broker whose limit is ``limit`` bytes."""
+        return cls(
+            f"a {publish_packet_size(topic, payload)}-byte message to {topic} exceeds "
+            f"the broker's maximum packet size of {limit} bytes",
+            code=RC_PACKET_TOO_LARGE,
+        )
+
 
 @dataclass(frozen=True)
 class BrokerLimits:

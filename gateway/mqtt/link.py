@@ -12,13 +12,11 @@ three things it cannot give.
   into memory; with it TCP keeps the backlog in the broker.
 - Manual acknowledgements (``ack``) once an event is durable.
 - Every limit the broker announces in its CONNACK is honoured on the live
-  connection (``BrokerLimits``): its Receive Maximum caps our publishes in
-  flight (a stock Mosquitto says 20, HiveMQ 10, EMQX 32), a publish over its
-  Maximum Packet Size fails with ``PacketTooLarge`` instead of getting us
-  disconnected, no retained message or will is sent to a broker without
-  retain, and a broker that allows only QoS 0 or speaks only MQTT 3.1.1 is
-  refused with one sentence (``BrokerUnsuitable``): an alarm needs a PUBACK
-  that can say no.
+  connection (``BrokerLimits``, in ``limits``): Receive Maximum, Maximum
+  Packet Size, retain, QoS; a broker unfit for alarms is refused in one sentence.
+
+Received messages wait for their reader in ``lanes``; publishes wait for the
+broker's window in ``window``: in both, alarms go first.
 
 Use it as ``async with link:`` (connect, and subscribe if asked) and run
 ``link.watch()`` beside the work in the same TaskGroup; ``watch`` raises
@@ -29,13 +27,11 @@ disconnects cleanly, so a final status publish inside the block still goes out.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import socket
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -45,8 +41,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import PlatformNak
 from gateway.mqtt.client import BrokerConfig, connect_properties
+from gateway.mqtt.lanes import Lane, MessageLanes, Screen
 from gateway.mqtt.limits import (
-    RC_PACKET_TOO_LARGE,
     RETAIN_ADVICE,
     BrokerLimits,
     BrokerUnsuitable,
@@ -55,6 +51,9 @@ from gateway.mqtt.limits import (
     publish_packet_size,
     refusal,
 )
+from gateway.mqtt.window import PublishWindow, Waiting
+
+__all__ = ["READ_BATCH", "Lane", "MessageLanes", "MqttLink", "Screen"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,49 +65,6 @@ READ_BATCH = 64
 # Topic filters per SUBSCRIBE packet: a district gateway's thousands of shop topics go
 # in a few packets, each far below any broker's Maximum Packet Size.
 FILTERS_PER_SUBSCRIBE = 500
-
-
-class Lane(enum.IntEnum):
-    """Where a received message waits: urgent ones are taken before any routine one."""
-
-    URGENT = 0
-    ROUTINE = 1
-
-
-# Judges a message as it is read: its lane, or None to acknowledge and drop it at once.
-Screen = Callable[[paho.MQTTMessage], Lane | None]
-
-Received = tuple[paho.MQTTMessage, int]  # (message, connection generation)
-
-
-class MessageLanes:
-    """Received messages for one reader: urgent first, each lane in arrival order."""
-
-    def __init__(self) -> None:
-        """Start empty."""
-        self._lanes: tuple[deque[Received], deque[Received]] = (deque(), deque())
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put_nowait(self, item: Received, lane: Lane = Lane.ROUTINE) -> None:
-        """Queue ``item`` behind the others of its lane."""
-        self._lanes[lane].append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def get(self) -> Received:
-        """The oldest urgent message, else the oldest routine one; waits for one."""
-        urgent, routine = self._lanes
-        while not (urgent or routine):
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return (urgent or routine).popleft()
-
-    def qsize(self) -> int:
-        """Messages waiting in both lanes."""
-        return len(self._lanes[0]) + len(self._lanes[1])
 
 
 class MqttLink:
@@ -177,10 +133,7 @@ class MqttLink:
         if will is not None:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
         self.limits = BrokerLimits()
-        self._window = max_inflight
-        self._in_flight = 0
-        self._waiting: deque[tuple[str, bytes, bool, asyncio.Future[None]]] = deque()
-        self._waiting_urgent: deque[tuple[str, bytes, bool, asyncio.Future[None]]] = deque()
+        self._window = PublishWindow(max_inflight)
         self._retain_warned = False
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -197,7 +150,7 @@ class MqttLink:
         self._connected: asyncio.Future[None] | None = None
         self._subscribed: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] | None = None
-        self._publishes: dict[int, asyncio.Future[None]] = {}
+        self._publishes: dict[int, Waiting] = {}
         self._generation = 0
         self._last_read = 0.0
         self._qos0_queued = 0
@@ -228,7 +181,7 @@ class MqttLink:
         self._generation += 1
         self.unacked = 0
         self.paused = False
-        self._in_flight = 0
+        self._window.resize(self._max_inflight)
         self._connected = loop.create_future()
         self._subscribed = loop.create_future()
         self._lost = loop.create_future()
@@ -330,14 +283,24 @@ class MqttLink:
     # --- publishing ------------------------------------------------------------------
 
     def publish(
-        self, topic: str, payload: bytes, *, retain: bool = False, urgent: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        urgent: bool = False,
+        key: str | None = None,
+        bound: bool = False,
     ) -> asyncio.Future[None]:
         """Publish at QoS 1 now; the future resolves on a successful PUBACK.
 
         It fails with ``PlatformNak`` when the broker's PUBACK says no, and with
         ``LinkDown`` when the link goes before the PUBACK comes. An ``urgent``
         publish (an alarm) that must wait for the broker's window goes ahead of
-        every routine one waiting; urgent ones keep their call order.
+        every routine one waiting, and has window slots routine ones cannot
+        take; urgent ones keep their call order. An urgent publish does not
+        overtake a ``bound`` one with the same ``key`` (one shop's cancel
+        before its panic): the broker gets those in call order.
         """
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
@@ -345,14 +308,8 @@ class MqttLink:
             future.set_exception(LinkDown("not connected"))
             return future
         if not self.fits(topic, payload):
-            size = publish_packet_size(topic, payload)
-            future.set_exception(
-                PacketTooLarge(
-                    f"a {size}-byte message to {topic} exceeds the broker's maximum "
-                    f"packet size of {self.limits.maximum_packet_size} bytes",
-                    code=RC_PACKET_TOO_LARGE,
-                )
-            )
+            limit = self.limits.maximum_packet_size
+            future.set_exception(PacketTooLarge.for_message(topic, payload, limit))
             return future
         if retain and not self.limits.retain_available:
             retain = False
@@ -364,7 +321,9 @@ class MqttLink:
                     topic,
                 )
         # Behind any that wait in its lane, so the broker gets them in call order.
-        (self._waiting_urgent if urgent else self._waiting).append((topic, payload, retain, future))
+        self._window.queue(
+            Waiting(topic, payload, retain, future, urgent=urgent, key=key, bound=bound)
+        )
         self._send_waiting()
         return future
 
@@ -375,39 +334,36 @@ class MqttLink:
 
     def _send_waiting(self) -> None:
         """Send waiting publishes while the window allows."""
-        while (self._waiting_urgent or self._waiting) and self._in_flight < self._window:
-            lane = self._waiting_urgent or self._waiting
-            topic, payload, retain, future = lane.popleft()
-            if future.done():  # its owner gave up on it (cancelled)
-                continue
-            info = self._client.publish(topic, payload, qos=1, retain=retain)
+        while (waiting := self._window.next()) is not None:
+            info = self._client.publish(
+                waiting.topic, waiting.payload, qos=1, retain=waiting.retain
+            )
             if info.rc != paho.MQTT_ERR_SUCCESS:
                 # The connection cannot carry it: fail it with every other, not alone
                 # (an owner waiting on the link would never learn of this one).
-                lane.appendleft((topic, payload, retain, future))
+                self._window.requeue(waiting)
                 self._fail(f"publish failed: {paho.error_string(info.rc)}")
                 return
-            self._in_flight += 1
-            self._publishes[info.mid] = future
+            self._publishes[info.mid] = waiting
 
     @property
     def waiting(self) -> int:
         """Publishes held back by the broker's Receive Maximum."""
-        return len(self._waiting_urgent) + len(self._waiting)
+        return self._window.waiting
 
     @property
     def in_flight(self) -> int:
         """Publishes sent and awaiting their PUBACK."""
-        return self._in_flight
+        return self._window.in_flight
 
     def _on_publish(
         self, _c: paho.Client, _u: object, mid: int, reason: ReasonCode, _p: object
     ) -> None:
-        future = self._publishes.pop(mid, None)
-        if future is None:
+        sent = self._publishes.pop(mid, None)
+        if sent is None:
             return
-        self._in_flight -= 1
-        self._settle(future, mid, reason)
+        self._window.settled(urgent=sent.urgent)
+        self._settle(sent.future, mid, reason)
         self._send_waiting()
 
     def _settle(self, future: asyncio.Future[None], mid: int, reason: ReasonCode) -> None:
@@ -494,7 +450,7 @@ class MqttLink:
             )
             return
         # Never more in flight than the broker said it can take (spec 4.9).
-        self._window = min(self._max_inflight, self.limits.receive_maximum)
+        self._window.resize(min(self._max_inflight, self.limits.receive_maximum))
         self._connected.set_result(None)
 
     def _send_subscribes(self) -> None:
@@ -583,9 +539,13 @@ class MqttLink:
         try:
             for _ in range(READ_BATCH):
                 if self._client.loop_read() != paho.MQTT_ERR_SUCCESS or self.paused:
-                    break
+                    return
                 if not _more_to_read(self._client.socket()):
-                    break
+                    return
+            # Cut at READ_BATCH: select() will report what the kernel still holds,
+            # but not what TLS has already decrypted; read that after the loop's turn.
+            if _tls_pending(self._client.socket()) and self._loop is not None:
+                self._loop.call_soon(self._read)
         except Exception as exc:  # noqa: BLE001 - any failure here means the link is unusable
             self._fail(f"read failed: {exc!r}")
 
@@ -609,19 +569,22 @@ class MqttLink:
         if self._lost is not None and not self._lost.done():
             self._lost.set_exception(error)
         publishes, self._publishes = self._publishes, {}
-        waiting = [f for *_, f in (*self._waiting_urgent, *self._waiting)]
-        self._waiting_urgent, self._waiting = deque(), deque()
-        for future in [*publishes.values(), *waiting]:
+        for future in [*(p.future for p in publishes.values()), *self._window.drop_all()]:
             if not future.done():
                 future.set_exception(LinkDown(str(error)))
                 future.add_done_callback(_retrieve)
 
 
+def _tls_pending(sock: object) -> bool:
+    """Whether TLS holds decrypted bytes not yet read: select() cannot see them."""
+    pending = getattr(sock, "pending", None)
+    return pending is not None and bool(pending())
+
+
 def _more_to_read(sock: object) -> bool:
     """Whether the socket holds more bytes now (paho reads one packet per call)."""
-    pending = getattr(sock, "pending", None)
-    if pending is not None:  # TLS: decoded bytes select() cannot see (and no peeking)
-        return bool(pending())
+    if hasattr(sock, "pending"):  # TLS: no peeking at the kernel's bytes under it
+        return _tls_pending(sock)
     if not isinstance(sock, socket.socket):
         return False
     try:

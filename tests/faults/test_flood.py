@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from lab.flood import JUNK_KINDS, RatePublisher, junk
+from lab.flood import JUNK_KINDS, RatePublisher, door_events, junk
 from tests.clients import expected_nearest, open_police_session, running, wait_until
 
 FLOODER = "S00080"
@@ -96,3 +96,49 @@ def test_panics_overtake_a_junk_flood_and_the_junk_is_counted(
 
     asyncio.run(scenario())
     assert "Traceback" not in gw.log_text()
+
+
+ORDER_SHOPS = ("S00011", "S00030", "S00050", "S00064")
+UNCAPPED = {"drivers": [{"kind": "mqtt_ingest", "name": "shops", "shop_event_cap": 10**6}]}
+
+
+def test_a_shops_cancel_stays_before_its_next_panic_under_another_shops_flood(
+    block_broker, police_broker, start_gateway
+):
+    """Shop A floods door events; shops B send cancel, then panic: the police see that order.
+
+    The flood is routine work the gateway cannot keep up with, so each cancel
+    waits in the routine lane when its panic is read; the panic may overtake
+    the flood, not its own shop's cancel.
+    """
+    start_gateway(**UNCAPPED)
+    open_police_session(police_broker.url)
+
+    async def scenario() -> list[dict[str, object]]:
+        async with running(
+            block_url=block_broker.url, police_url=police_broker.url, shops=list(ORDER_SHOPS)
+        ) as (panels, platform):
+            assert platform is not None
+            flood = RatePublisher(
+                block_broker.url, "flood", RATE, round(RATE * FLOOD_S), door_events([FLOODER])
+            ).start()
+            await wait_until(lambda: flood.published >= RATE // 4, 10, "the flood under way")
+            for shop in ORDER_SHOPS:
+                await panels[shop].send("cancel")
+                await panels[shop].send("panic")
+            assert flood.published < flood.count, "the presses must land during the flood"
+
+            def theirs() -> list[dict[str, object]]:
+                return [
+                    d.body
+                    for d in platform.unique
+                    if d.body["shop_id"] in ORDER_SHOPS and d.body["kind"] in {"cancel", "panic"}
+                ]
+
+            await wait_until(lambda: len(theirs()) == 2 * len(ORDER_SHOPS), 30, "every press")
+            await asyncio.to_thread(flood.join, 30)
+            return theirs()
+
+    arrived = asyncio.run(scenario())
+    for shop in ORDER_SHOPS:
+        assert [e["kind"] for e in arrived if e["shop_id"] == shop] == ["cancel", "panic"], shop

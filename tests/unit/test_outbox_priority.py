@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.events import EventClass, EventKind
+from gateway.events import Event, EventClass, EventKind
 from gateway.journal import Journal
 from gateway.journal_reader import JournalReader, OutboxRow
 from gateway.journal_schema import delivery_priority
-from gateway.outbox import OutboxCursor
+from gateway.outbox import LIVE_BUFFER, OutboxCursor
 from tests.clients import wait_until
 from tests.unit.test_journal import event, open_journal, run_journal
 
@@ -351,3 +351,111 @@ def test_rows_an_older_gateway_wrote_after_the_migration_are_ranked_again(tmp_pa
     assert [r.seq for r in reader.pending("police", after=0, limit=10)] == [2, 1]
     indexes = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert "deliveries_pending" not in indexes
+
+
+def test_an_alarm_never_overtakes_its_own_shops_earlier_cancel(tmp_path):
+    """From memory: S2's rows up to its cancel go just before S2's panic; S1's flood waits.
+
+    S2's door event after the cancel changes no meaning and keeps its place.
+    """
+    journal = open_journal(tmp_path / "j.db")
+    cursor = OutboxCursor(journal, "police", batch=50)
+    got: list[OutboxRow] = []
+
+    def flood() -> list[Event]:
+        return [forwarded(EventKind.DOOR_CLOSE, shop="S1") for _ in range(100)]
+
+    evs = [
+        *flood(),
+        forwarded(EventKind.DOOR_OPEN, shop="S2"),  # 101
+        forwarded(EventKind.CANCEL, shop="S2"),  # 102
+        *flood(),  # 103-202
+        forwarded(EventKind.DOOR_CLOSE, shop="S2"),  # 203
+        forwarded(EventKind.PANIC, shop="S2"),  # 204
+    ]
+
+    async def body() -> None:
+        waiting = asyncio.create_task(cursor.next_batch(), name="next")
+        await wait_until(lambda: not cursor._from_disk, 10, "the cursor on its live path")
+        for ev in evs:
+            await journal.append(ev)  # never suspends: one group commit, one live hand-over
+        got.extend(await asyncio.wait_for(waiting, 5))
+        while len(got) < len(evs):
+            got.extend(await asyncio.wait_for(cursor.next_batch(), 5))
+
+    asyncio.run(run_journal(journal, body))
+    cursor.close()
+    assert [r.seq for r in got] == [101, 102, 204, *range(1, 101), *range(103, 204)]
+
+
+def test_a_backlog_on_disk_keeps_a_shops_cancel_before_its_panic(tmp_path):
+    """After a restart the panic still leads, but only behind its own shop's earlier cancel."""
+    path = tmp_path / "j.db"
+    evs = [
+        forwarded(EventKind.DOOR_OPEN, shop="S1"),
+        forwarded(EventKind.RESTORE, shop="S2"),
+        forwarded(EventKind.DOOR_OPEN, shop="S1"),
+        forwarded(EventKind.INTRUSION, shop="S2"),
+    ]
+    append_all(open_journal(path), evs)
+    cursor = OutboxCursor(open_journal(path), "police")
+    got = drain(cursor, len(evs), ack=False)
+    cursor.close()
+    assert [r.seq for r in got] == [2, 4, 1, 3]
+
+
+def test_a_row_sent_ahead_with_its_shops_alarm_is_not_sent_again_from_disk(tmp_path):
+    """A cancel carried ahead of its rank, then an overflow sends the cursor to disk: no repeats."""
+    journal = open_journal(tmp_path / "j.db")
+    cursor = OutboxCursor(journal, "police", batch=500)
+    got: list[OutboxRow] = []
+
+    async def body() -> None:
+        waiting = asyncio.create_task(cursor.next_batch(), name="next")
+        await wait_until(lambda: not cursor._from_disk, 10, "the cursor on its live path")
+        doors = [forwarded(EventKind.DOOR_OPEN, shop="S1") for _ in range(100)]
+        for ev in [
+            *doors,
+            forwarded(EventKind.CANCEL, shop="S2"),
+            forwarded(EventKind.PANIC, shop="S2"),
+        ]:
+            await journal.append(ev)
+        got.extend(await asyncio.wait_for(waiting, 5))  # the cancel, the panic, 30 doors
+        overflow = [forwarded(EventKind.DOOR_CLOSE, shop="S1") for _ in range(LIVE_BUFFER + 1)]
+        for ev in overflow:
+            await journal.append(ev)
+        await wait_until(lambda: cursor._from_disk, 10, "the cursor sent to disk")
+        while len(got) < 102 + len(overflow):
+            got.extend(await asyncio.wait_for(cursor.next_batch(), 5))
+
+    asyncio.run(run_journal(journal, body))
+    cursor.close()
+    seqs = [r.seq for r in got]
+    assert seqs[:2] == [101, 102]
+    assert sorted(seqs) == list(range(1, 103 + LIVE_BUFFER + 1))
+
+
+def test_a_row_sent_ahead_with_its_shops_alarm_comes_again_after_a_rewind(tmp_path):
+    """The link goes before the batch with a carried cancel was sent: the cancel is read again."""
+    journal = open_journal(tmp_path / "j.db")
+    cursor = OutboxCursor(journal, "police")
+    got: list[OutboxRow] = []
+
+    async def body() -> None:
+        waiting = asyncio.create_task(cursor.next_batch(), name="next")
+        await wait_until(lambda: not cursor._from_disk, 10, "the cursor on its live path")
+        doors = [forwarded(EventKind.DOOR_OPEN, shop="S1") for _ in range(100)]
+        for ev in [
+            *doors,
+            forwarded(EventKind.CANCEL, shop="S2"),
+            forwarded(EventKind.PANIC, shop="S2"),
+        ]:
+            await journal.append(ev)
+        assert [r.seq for r in (await asyncio.wait_for(waiting, 5))[:2]] == [101, 102]
+        cursor.rewind([], "link lost before the batch went out")
+        while len(got) < 102:
+            got.extend(await asyncio.wait_for(cursor.next_batch(), 5))
+
+    asyncio.run(run_journal(journal, body))
+    cursor.close()
+    assert [r.seq for r in got] == [101, 102, *range(1, 101)]

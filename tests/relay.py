@@ -1,0 +1,94 @@
+"""A loopback relay in front of a broker that can hold back what the broker sends.
+
+While ``held``, the broker's bytes to each client (PUBACKs, delivered messages)
+collect in the relay; ``release`` writes each connection's whole store in one
+write, so many MQTT packets arrive together (in one TLS record when the relay
+speaks TLS, as a TLS-terminating proxy in front of a broker does). What the
+clients send always goes straight through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass, field
+from typing import Self
+
+from lab.broker import free_port
+
+
+@dataclass
+class _Connection:
+    to_client: asyncio.StreamWriter
+    held: bytearray = field(default_factory=bytearray)
+
+
+class HoldingRelay:
+    """Relays loopback connections to ``upstream_port``; TLS towards clients with ``tls``."""
+
+    def __init__(self, upstream_port: int, *, tls: ssl.SSLContext | None = None) -> None:
+        self.port = free_port()
+        self.held = False
+        self._upstream_port = upstream_port
+        self._tls = tls
+        self._connections: list[_Connection] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self._tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes from the broker not yet passed on."""
+        return sum(len(c.held) for c in self._connections)
+
+    def release(self) -> None:
+        """Stop holding: pass on each connection's held bytes in one write."""
+        self.held = False
+        for connection in self._connections:
+            if connection.held:
+                connection.to_client.write(bytes(connection.held))
+                connection.held.clear()
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", self.port, ssl=self._tls
+        )
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        for connection in self._connections:
+            connection.to_client.close()
+
+    async def _serve(
+        self, from_client: asyncio.StreamReader, to_client: asyncio.StreamWriter
+    ) -> None:
+        from_broker, to_broker = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        connection = _Connection(to_client)
+        self._connections.append(connection)
+        up = asyncio.create_task(self._pipe(from_client, to_broker), name="relay-up")
+        self._tasks.add(up)
+        try:
+            while data := await from_broker.read(65536):
+                if self.held:
+                    connection.held.extend(data)
+                else:
+                    to_client.write(data)
+        finally:
+            up.cancel()
+            to_broker.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                to_client.close()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
