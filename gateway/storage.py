@@ -21,7 +21,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from gateway.events import EVENT_CLASS, EventClass, EventKind
+from gateway.events import EVENT_CLASS, ORDER_BOUND_KINDS, EventClass, EventKind
 from gateway.ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -72,10 +72,13 @@ class StorageReserve:
 
         True while storage is short, for a non-alarm, up to ``MAX_REFUSED_PER_SHORTAGE``
         times per shortage; each True is counted. The event loop asks, before the rules.
+        A cancel, restore, arm or disarm is never refused: sent again after the
+        shortage it would land after the shop's later alarm and close that one.
         """
         if (
             not self.short
             or EVENT_CLASS[kind] is EventClass.ALARM
+            or kind in ORDER_BOUND_KINDS
             or self._refused_in_shortage >= MAX_REFUSED_PER_SHORTAGE
         ):
             return False

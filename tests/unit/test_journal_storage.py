@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,37 @@ def test_a_refused_door_raises_its_intrusion_and_siren_once_when_it_comes_back(
     assert acked == ["again"]
     assert sirens == ["S00011"]
     assert sorted(journalled_kinds(tmp_path / "j.db")) == ["door_open", "intrusion"]
+
+
+def test_a_cancel_sent_while_short_is_taken_and_never_lands_after_the_next_panic(
+    config_dir, tmp_path
+):
+    """A shop cancels a false alarm while storage is short, then presses panic.
+
+    Were the cancel refused, the broker would send it again after the shortage,
+    after the panic, and it would cancel the real alarm: it is taken at once.
+    """
+    intake, journal, _ = short_intake(config_dir, tmp_path / "j.db")
+    acked: list[str] = []
+
+    async def scenario() -> None:
+        async with asyncio.TaskGroup() as tg:
+            writer = tg.create_task(journal.run(), name="journal")
+            acting_ = tg.create_task(intake.actions.run(), name="actions")
+            await intake(make_event(EventKind.PANIC, seq=1), on_durable=lambda: acked.append("p1"))
+            await intake(make_event(EventKind.CANCEL, seq=2), on_durable=lambda: acked.append("c"))
+            await intake(make_event(EventKind.PANIC, seq=3), on_durable=lambda: acked.append("p2"))
+            await wait_until(lambda: len(acked) == 3, 5, "all three durable")
+            writer.cancel()
+            acting_.cancel()
+
+    asyncio.run(scenario())
+    journal.close()
+    assert journal.reserve.refused == 0
+    assert acked == ["p1", "c", "p2"]
+    with sqlite3.connect(tmp_path / "j.db") as db:
+        kinds = [kind for (kind,) in db.execute("SELECT kind FROM events ORDER BY seq")]
+    assert [k for k in kinds if k in ("panic", "cancel")] == ["panic", "cancel", "panic"]
 
 
 def test_the_end_of_a_shortage_wakes_its_waiters_in_their_own_loop(tmp_path):
