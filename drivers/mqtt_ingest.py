@@ -52,7 +52,7 @@ from gateway.mqtt.limits import UNLIMITED_RECEIVE_MAXIMUM, LinkDown
 from gateway.mqtt.link import Lane, MqttLink
 from gateway.mqtt.retained import replayed
 from gateway.ratelimit import RateLimitedLog, WindowCap
-from gateway.storage import StorageReserve
+from gateway.storage import MAX_REFUSED_PER_SHORTAGE, StorageReserve
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ MAX_CLOCK_BEHIND = timedelta(hours=24)
 GATEWAY_KINDS = frozenset({EventKind.SUPERVISION_LOST})
 # Never throttled, whatever the shop sends besides.
 UNCAPPED_CLASSES = frozenset({EventClass.ALARM, EventClass.TROUBLE})
+# Refused messages may hold a quarter of the window at most: reading pauses at the
+# full window and resumes at half, so more would stop the reading for the shortage.
+MIN_RECEIVE_MAXIMUM = 4 * MAX_REFUSED_PER_SHORTAGE
 
 
 class MqttIngestConfig(DriverConfig):
@@ -82,10 +85,13 @@ class MqttIngestConfig(DriverConfig):
     )
     receive_maximum: int = Field(
         default=500,
-        ge=2,
+        ge=MIN_RECEIVE_MAXIMUM,
         le=65535,
         description="Unacknowledged messages at most; past it the gateway stops reading "
-        "and the broker keeps the rest (memory stays flat under any backlog).",
+        "and the broker keeps the rest (memory stays flat under any backlog). At least "
+        f"{MIN_RECEIVE_MAXIMUM}: during a storage shortage up to "
+        f"{MAX_REFUSED_PER_SHORTAGE} refused messages stay unacknowledged, and reading "
+        "resumes only at half the window.",
     )
     shop_event_cap: int = Field(
         default=300,

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from drivers.base import DriverContext
 from drivers.mqtt_ingest import MqttIngestConfig, MqttIngestDriver, Rejected
@@ -123,3 +124,18 @@ def test_without_a_device_clock_only_a_broker_redelivery_is_compared_by_seq(driv
     body = json.dumps({"device_id": "panel-1", "kind": "panic", "seq": 5}).encode()
     assert driver.parse(TOPIC, body)[1] is None
     assert driver.parse(TOPIC, body, redelivered=True)[1] == "shops/S00001/panel-1/5/"
+
+
+def test_a_receive_window_a_storage_shortage_could_stop_is_refused_with_its_reason():
+    """Refused messages stay unacked through a shortage; reading resumes at half the window."""
+    with pytest.raises(ValidationError) as caught:
+        MqttIngestConfig.model_validate(
+            {"kind": "mqtt_ingest", "name": "shops", "receive_maximum": 150}
+        )
+    [error] = caught.value.errors()
+    assert error["loc"] == ("receive_maximum",)
+    assert "400" in error["msg"]
+    taken = MqttIngestConfig.model_validate(
+        {"kind": "mqtt_ingest", "name": "shops", "receive_maximum": 400}
+    )
+    assert taken.receive_maximum == 400
