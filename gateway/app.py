@@ -38,6 +38,7 @@ from gateway.mqtt.notify import BlockPublisher
 from gateway.outbox import OutboxCursor
 from gateway.ratelimit import RateLimitedLog
 from gateway.rule_engine import rule_engine
+from gateway.state_file import write_atomically
 from gateway.state_lock import StateDirError, lock_state_dir
 from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier, pet_watchdog, process_age_s
@@ -542,7 +543,7 @@ class Gateway:
         limited = RateLimitedLog(logger, interval_s=300)
         while True:
             try:
-                _write_atomically(status_file, json.dumps(self.snapshot(), indent=2))
+                write_atomically(status_file, json.dumps(self.snapshot(), indent=2), durable=False)
             except OSError as exc:  # a full or read-only disk must not stop the alarms
                 limited.warning("status-file", "cannot write %s: %s", status_file, exc)
             self._status_changed.clear()
@@ -644,12 +645,6 @@ def _checked_config(path: Path) -> GatewayConfig:
     if errors:
         raise ConfigError(errors)
     return config
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 async def _serve(config: GatewayConfig, config_path: Path | None = None) -> int:

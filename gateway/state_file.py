@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import threading
 from pathlib import Path
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that a reader never sees half a file."""
+def write_atomically(path: Path, text: str, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``text`` so that a reader never sees half a file.
+
+    ``durable``: the text is on the card, and the rename too, before this returns
+    (a power cut right after would otherwise leave an empty or older file); off
+    for what is rewritten every few seconds anyway (the status file).
+    """
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
+    with tmp.open("w") as file:
+        file.write(text)
+        if durable:
+            file.flush()
+            os.fsync(file.fileno())
     tmp.replace(path)
+    if durable:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            with contextlib.suppress(OSError):  # some filesystems cannot sync a directory
+                os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 class StateFile:

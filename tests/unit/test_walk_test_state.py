@@ -7,6 +7,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from gateway.config.file import load_config
 from gateway.device_state import DeviceStates
@@ -153,3 +154,26 @@ def test_a_slow_device_heard_save_cannot_bring_a_stopped_test_back(tmp_path):
     again = walk_test_from(tmp_path, told)
     assert again.status()["running"] is False
     assert again.status()["ended_because"] == "stopped"
+
+
+def test_a_state_file_is_synced_to_the_card_before_it_replaces_the_old(tmp_path, monkeypatch):
+    """The new text and the rename reach the card: fsync of the file, then of its folder."""
+    import os  # noqa: PLC0415
+
+    from gateway.state_file import write_atomically  # noqa: PLC0415
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("dir" if Path(f"/proc/self/fd/{fd}").is_dir() else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    target = tmp_path / "walktest.json"
+    write_atomically(target, '{"a": 1}')
+    assert target.read_text() == '{"a": 1}'
+    assert synced == ["file", "dir"]
+    synced.clear()
+    write_atomically(target, '{"a": 2}', durable=False)
+    assert (target.read_text(), synced) == ('{"a": 2}', [])
