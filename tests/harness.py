@@ -17,11 +17,11 @@ REPO = Path(__file__).resolve().parent.parent
 SURVEY = REPO / "gateway" / "data" / "changping-road.csv"
 
 READY_S = READY_WAIT_S + 50.0
-"""How long a test waits for a gateway's ``READY=1``.
+"""How long a test waits for a process it starts to say it is ready (gateway, receiver, stub).
 
-The gateway itself waits up to ``READY_WAIT_S`` for a field link that is down
-(a test's missing serial port), after a start that takes seconds on a CI
-runner with more pytest workers than cores; a failed start still fails at once.
+A start takes 1 to 2 s of CPU, 15 s on a CI runner with more pytest workers than
+cores; a gateway then waits up to ``READY_WAIT_S`` more for a field link that is
+down (a test's missing serial port). A start that fails still fails at once.
 """
 
 
