@@ -15,6 +15,7 @@ import yaml
 
 from firmware_stubs.process import StubProcess
 from gateway.device_state import DeviceStates
+from tests.harness import READY_S
 
 
 def bind_field_devices(
@@ -34,7 +35,7 @@ def stub(name: str, *args: str, log: Path | None = None) -> Iterator[StubProcess
     """A running stub on a fresh pty; stopped (by its PID) on the way out."""
     process = StubProcess(name, "--pty", *args, log=log)
     try:
-        process.start()
+        process.start(READY_S)
         yield process
     finally:
         process.stop()

@@ -10,10 +10,19 @@ from typing import Any
 
 import yaml
 
+from gateway.app import READY_WAIT_S
 from lab.process import GatewayProcess
 
 REPO = Path(__file__).resolve().parent.parent
 SURVEY = REPO / "gateway" / "data" / "changping-road.csv"
+
+READY_S = READY_WAIT_S + 50.0
+"""How long a test waits for a process it starts to say it is ready (gateway, receiver, stub).
+
+A start takes 1 to 2 s of CPU, 15 s on a CI runner with more pytest workers than
+cores; a gateway then waits up to ``READY_WAIT_S`` more for a field link that is
+down (a test's missing serial port). A start that fails still fails at once.
+"""
 
 
 def init_config(
@@ -69,6 +78,10 @@ class TestGateway(GatewayProcess):
     """The real daemon, plus a look at its status.json."""
 
     __test__ = False
+
+    def start(self, timeout_s: float = READY_S) -> float:
+        """Start and wait for ``READY=1`` as long as a loaded CI machine needs (``READY_S``)."""
+        return super().start(timeout_s)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

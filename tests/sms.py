@@ -15,7 +15,7 @@ from pathlib import Path
 
 from firmware_stubs.process import StubProcess
 from tests.clients import survey_rows, wait_until
-from tests.harness import TestGateway
+from tests.harness import READY_S, TestGateway
 
 GSM7 = (
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
@@ -91,7 +91,7 @@ def gsm_modem(tmp_path: Path, *args: str) -> Iterator[tuple[StubProcess, Path]]:
         "gsm_modem", "--pty", "--link", str(link), *args, log=tmp_path / "modem.log"
     )
     try:
-        modem.start()
+        modem.start(READY_S)
         yield modem, link
     finally:
         modem.stop()

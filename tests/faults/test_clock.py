@@ -23,7 +23,7 @@ from firmware_stubs.police_commands import command_body, new_key, send, sign
 from gateway.mqtt.client import BrokerConfig
 from lab.process import ReceiverProcess
 from tests.clients import expected_nearest, running, wait_until
-from tests.harness import TestGateway, init_config
+from tests.harness import READY_S, TestGateway, init_config
 
 BEHIND = timedelta(hours=2)
 CMD_TOPIC = "police/v1/L1/GW-001/cmd"
@@ -160,7 +160,7 @@ def test_an_alarm_centres_nak_time_makes_the_clock_suspect_and_the_centre_is_tol
     """
     db = tmp_path / "centre.sqlite3"
     receiver = ReceiverProcess(db)
-    receiver.start()
+    receiver.start(READY_S)
     try:
         config = init_config(
             tmp_path,

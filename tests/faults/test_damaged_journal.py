@@ -94,6 +94,9 @@ def write_journal(
     return asyncio.run(scenario())
 
 
+# Two gateway starts and three CLI runs, one after another: each takes 1 to 2 s of
+# CPU, over 10 s on a CI runner with more workers than cores.
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("damage", [truncate, garble_header, garble_middle])
 def test_a_damaged_journal_is_moved_aside_salvaged_and_the_gateway_serves(
     damage, block_broker, police_broker, start_gateway

@@ -31,6 +31,7 @@ from lab.process import ReceiverProcess
 from protocols.dc09 import Message, Token, decode, encode
 from tests.clients import wait_until
 from tests.forwarder_rig import aio, centre
+from tests.harness import READY_S
 
 PER_SOURCE = 16
 """The receiver's documented default (docs/dc09.md)."""
@@ -47,7 +48,7 @@ def receiver(tmp_path: Path):
             pytest.fail(f"RLIMIT_NOFILE hard limit {hard} < {wanted}: raise it to run this test")
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     process = ReceiverProcess(tmp_path / "centre.sqlite3")
-    process.start()
+    process.start(READY_S)
     yield process
     process.stop()
     if soft < wanted:

@@ -36,7 +36,7 @@ from gateway.mqtt.client import BrokerConfig
 from lab.broker import Mosquitto, free_port
 from tests.certs import make_pki
 from tests.clients import expected_nearest, running, survey_rows, wait_until
-from tests.harness import TestGateway, init_config
+from tests.harness import READY_S, TestGateway, init_config
 from tests.integration.test_mesh import make_mesh_keys, signed, split_survey
 
 NOT_AUTHORIZED = 0x87
@@ -71,18 +71,35 @@ def passwords(out: Path) -> dict[str, str]:
         return {row["username"]: row["password"] for row in csv.DictReader(f)}
 
 
+RELOADED = "Reloading config."
+
+
 class Broker(Mosquitto):
     """Mosquitto running exactly the files in ``out`` (``include_dir``), started at once."""
 
     def __init__(self, out: Path, port: int) -> None:
-        super().__init__(port=port, workdir=out.parent / f"mosquitto-{out.name}", include_dir=out)
+        super().__init__(
+            port=port,
+            workdir=out.parent / f"mosquitto-{out.name}",
+            include_dir=out,
+            settings=("log_type information",),  # says "Reloading config." on SIGHUP
+        )
         self.start()
 
     def reload(self) -> None:
-        """SIGHUP: Mosquitto rereads its password file and ACL."""
+        """SIGHUP: Mosquitto rereads its password file and ACL; wait until it has.
+
+        It logs the reload from its one loop before it takes a connection again,
+        so a client that connects after the line sees the new files.
+        """
         assert self.process is not None
+        log = self.workdir / "mosquitto.log"
+        before = log.read_text(errors="replace").count(RELOADED)
         os.kill(self.process.pid, signal.SIGHUP)
-        time.sleep(0.5)  # the reload is asynchronous; nothing to wait on but time
+        deadline = time.monotonic() + READY_S
+        while log.read_text(errors="replace").count(RELOADED) == before:
+            assert time.monotonic() < deadline, f"no {RELOADED!r} from Mosquitto in {READY_S} s"
+            time.sleep(0.02)
 
 
 class Probe:

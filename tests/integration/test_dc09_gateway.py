@@ -8,6 +8,7 @@ from datetime import time
 
 from lab.process import ReceiverProcess
 from tests.clients import local_moments, running, wait_until
+from tests.harness import READY_S
 
 
 def centre_at(url: str, **extra: object) -> dict[str, object]:
@@ -18,7 +19,7 @@ def test_panic_reaches_the_alarm_receiving_centre(tmp_path, block_broker, start_
     """A panic at S00011 (zone 1) arrives at the centre as Contact ID 1120, account 00011, zone 001."""
     db = tmp_path / "centre.sqlite3"
     receiver = ReceiverProcess(db)
-    receiver.start()
+    receiver.start(READY_S)
     try:
         gateway = start_gateway(
             forwarders=[centre_at(receiver.url, ack_timeout_s=3)],
@@ -54,7 +55,7 @@ def test_centre_killed_and_restarted_loses_nothing(tmp_path, block_broker, start
     """The centre process is SIGKILLed while panics come in: after its restart each is stored once, in order."""
     db = tmp_path / "centre.sqlite3"
     receiver = ReceiverProcess(db)
-    receiver.start()
+    receiver.start(READY_S)
     try:
         gateway = start_gateway(forwarders=[centre_at(receiver.url, ack_timeout_s=1, attempts=2)])
 
@@ -79,7 +80,7 @@ def test_centre_killed_and_restarted_loses_nothing(tmp_path, block_broker, start
                 await wait_until(
                     lambda: "forwarder[centre] down" in gateway.log_text(), 20, "link down"
                 )
-                receiver.start()
+                receiver.start(READY_S)
                 await wait_until(lambda: len(zones()) >= 6, 60, "all six panics stored")
                 await wait_until(
                     lambda: len(alarms("9999")) >= 2, 20, "the link trouble and restore"

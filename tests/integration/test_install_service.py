@@ -30,7 +30,7 @@ from packaging.utils import canonicalize_name
 
 from lab.broker import Mosquitto, free_port, terminate
 from tests.clients import running, wait_until
-from tests.harness import REPO, SURVEY
+from tests.harness import READY_S, REPO, SURVEY
 
 USER = "lianfang"
 KEY = "000102030405060708090a0b0c0d0e0f"
@@ -291,7 +291,7 @@ def test_installed_service_runs_as_its_user_and_forwards_a_panic(
 
 def wait_ready(notify: socket.socket, daemon: subprocess.Popen[bytes], log: Path) -> None:
     """Wait for READY=1 on ``notify``, as systemd does for Type=notify."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + READY_S
     while time.monotonic() < deadline:
         assert daemon.poll() is None, f"the service exited: {log.read_text()}"
         try:
@@ -299,7 +299,7 @@ def wait_ready(notify: socket.socket, daemon: subprocess.Popen[bytes], log: Path
                 return
         except TimeoutError:
             continue
-    raise AssertionError(f"the service was not ready in 30 s: {log.read_text()}")
+    raise AssertionError(f"the service was not ready in {READY_S} s: {log.read_text()}")
 
 
 def forward_a_panic(block_url: str, police_url: str) -> None:

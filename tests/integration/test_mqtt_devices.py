@@ -21,7 +21,7 @@ from firmware_stubs.zigbee2mqtt import Zigbee2Mqtt
 from gateway.mqtt.client import BrokerConfig
 from tests.clients import expected_nearest, running, wait_until
 from tests.field import bind_field_devices, start_learn
-from tests.harness import TestGateway, init_config
+from tests.harness import READY_S, TestGateway, init_config
 
 SHOP = "S00030"
 DEVICES = {
@@ -298,7 +298,7 @@ def test_simulate_plays_zigbee2mqtt_and_the_rf_bridge(tmp_path):
                 seen.append(lines.get(timeout=left))
 
     try:
-        expect("READY", 60)
+        expect("READY", READY_S)
         assert proc.stdin is not None
         proc.stdin.write(f"zigbee sos {SHOP}-sos\nrfbridge press A1B2C3 6\n")
         proc.stdin.flush()

@@ -18,6 +18,7 @@ from gateway.events import utc_now
 from lab.process import ReceiverProcess
 from protocols.dc09 import Message, Token, decode, encode
 from tests.clients import wait_until
+from tests.harness import READY_S
 
 
 def test_receiver_command_acks_and_shows_alarms(tmp_path: Path) -> None:
@@ -66,7 +67,7 @@ def test_receiver_stores_the_mqtt_feed_once_per_event(tmp_path: Path, police_bro
     """With --mqtt the receiver stores police-feed events, each id once however often it comes."""
     db = tmp_path / "feed.sqlite3"
     receiver = ReceiverProcess(db, mqtt=police_broker.url)
-    receiver.start()
+    receiver.start(READY_S)
     try:
         body = {
             "id": "01J00000000000000000000001",

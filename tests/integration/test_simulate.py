@@ -8,7 +8,7 @@ import threading
 import time
 
 from tests.field import bind_field_devices
-from tests.harness import init_config
+from tests.harness import READY_S, init_config
 
 DRIVERS = [
     {
@@ -68,7 +68,7 @@ def test_simulate_drives_every_kind_of_field_device_to_the_police(tmp_path):
             time.sleep(0.05)
 
     try:
-        wait_for("READY", 60)
+        wait_for("READY", READY_S)
         assert proc.stdin is not None
         for command in (
             "bus-1 press 3 2",

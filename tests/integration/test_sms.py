@@ -15,7 +15,7 @@ import yaml
 
 from tests.clients import expected_nearest, haversine_m, running, survey_rows, wait_until
 from tests.field import cli_json
-from tests.harness import SURVEY, init_config
+from tests.harness import READY_S, SURVEY, init_config
 from tests.sms import given, gsm_modem, modem_registered, sent_messages, sms_overrides, survey_phone
 
 FAST = ("--send-s", "0.02", "--send-s-max", "0.05")
@@ -246,7 +246,7 @@ def test_simulate_gives_the_config_s_modem_an_emulator(tmp_path):
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # type: ignore[arg-type]
 
     async def wait_for(text: str) -> None:
-        await wait_until(lambda: any(text in line for line in list(lines)), 60, repr(text))
+        await wait_until(lambda: any(text in line for line in list(lines)), READY_S, repr(text))
 
     try:
         asyncio.run(wait_for("READY"))

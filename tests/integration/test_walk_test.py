@@ -19,7 +19,7 @@ from lab.broker import Mosquitto
 from lab.process import ReceiverProcess
 from tests.clients import expected_nearest, running, wait_until
 from tests.field import start_learn, stub
-from tests.harness import TestGateway, init_config
+from tests.harness import READY_S, TestGateway, init_config
 from tests.integration.test_rf433 import SHOP, rf_config
 from tests.integration.test_rules import CMD_TOPIC
 
@@ -330,7 +330,7 @@ def test_a_walk_test_at_the_alarm_receiving_centre(tmp_path, block_broker, start
     """At a DC-09 centre: 607 opens the test, the panic is a 601 test report, 607 restore closes it."""
     db = tmp_path / "centre.sqlite3"
     receiver = ReceiverProcess(db)
-    receiver.start()
+    receiver.start(READY_S)
     try:
         gw = start_gateway(
             forwarders=[{"kind": "dc09", "name": "centre", "url": receiver.url, "account": "9999"}]
