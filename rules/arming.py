@@ -7,7 +7,10 @@ the next opening or closing time; from then on the hours rule again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, time, timedelta, tzinfo
+
+# An override read from a file that did not keep its start: it held from ever.
+_EVER = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +38,11 @@ class OpeningHours:
 
 @dataclass(frozen=True, slots=True)
 class Override:
-    """An early arm (True) or disarm (False), valid until ``until``."""
+    """An early arm (True) or disarm (False), valid from ``since`` until ``until``."""
 
     armed: bool
     until: datetime
+    since: datetime = _EVER
 
 
 class ArmSchedule:
@@ -60,10 +64,10 @@ class ArmSchedule:
             return False
         local = at.astimezone(self.zone)
         override = self.overrides.get(shop_id)
-        if override is not None:
-            if local < override.until:
-                return override.armed
-            del self.overrides[shop_id]
+        # Kept past its end: an event stamped inside it may still arrive late (a
+        # retransmission) and must be judged by it, not by the opening hours.
+        if override is not None and override.since <= local < override.until:
+            return override.armed
         hours = self._hours[shop_id]
         return hours is not None and not hours.is_open(local.time())
 
@@ -74,13 +78,13 @@ class ArmSchedule:
         local = at.astimezone(self.zone)
         hours = self._hours[shop_id]
         until = hours.next_change(local) if hours else datetime.max.replace(tzinfo=self.zone)
-        self.overrides[shop_id] = Override(armed, until)
+        self.overrides[shop_id] = Override(armed, until, since=local)
         return True
 
     def saved(self) -> dict[str, dict[str, object]]:
         """The early arm/disarm overrides as JSON-ready data, to keep across a restart."""
         return {
-            shop: {"armed": o.armed, "until": o.until.isoformat()}
+            shop: {"armed": o.armed, "until": o.until.isoformat(), "since": o.since.isoformat()}
             for shop, o in self.overrides.items()
         }
 
@@ -95,4 +99,9 @@ class ArmSchedule:
                 armed, until = o["armed"], o["until"]
                 if not isinstance(armed, bool) or not isinstance(until, str):
                     raise ValueError(f"bad override for {shop}")
-                self.overrides[shop] = Override(armed, datetime.fromisoformat(until))
+                since = o.get("since")  # files written before it was kept have none
+                self.overrides[shop] = Override(
+                    armed,
+                    datetime.fromisoformat(until),
+                    since=datetime.fromisoformat(since) if isinstance(since, str) else _EVER,
+                )

@@ -101,6 +101,25 @@ def test_arming_follows_opening_hours_and_early_codes(config_dir):
     assert not schedule.armed("S99999", local(3))
 
 
+def test_an_early_disarm_judges_an_event_stamped_inside_it_whenever_it_arrives(config_dir):
+    """Disarmed at 07:00 until opening (08:30): judged by the moment an event is stamped.
+
+    A door stamped 08:10 that arrives late (a retransmission, after an event of
+    08:45 was judged) is still no intrusion; one stamped 06:00, before the disarm, is.
+    """
+    schedule = rule_engine(load(config_dir)).schedule
+    schedule.set("S00011", armed=False, at=local(7))
+    assert not schedule.armed("S00011", local(8, 45))  # open by then
+    assert not schedule.armed("S00011", local(8, 10))
+    assert schedule.armed("S00011", local(6))
+    again = rule_engine(load(config_dir)).schedule
+    again.restore(schedule.saved())
+    assert (again.armed("S00011", local(8, 10)), again.armed("S00011", local(6))) == (False, True)
+    old_file = {"S00011": {"armed": False, "until": local(8, 30).isoformat()}}
+    again.restore(old_file)  # written before overrides kept their start: held from ever
+    assert not again.armed("S00011", local(6))
+
+
 def test_own_rules_replace_defaults_and_use_conditions_windows_and_cells(config_dir):
     cfg = load(
         config_dir,
