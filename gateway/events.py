@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from ulid import ULID
 
 
 class EventKind(StrEnum):
@@ -120,55 +118,9 @@ TEST_ATTR = "test"
 """``attrs.test`` is true on an event from a shop under walk test: it alerts nobody."""
 
 
-CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-"""The ULID alphabet (Crockford's base 32): ids sort as text in the order of their values."""
-RANDOM_BITS = 80
-
-
-class _EventIds:
-    """ULIDs: 48 bits of Unix milliseconds, then 80 bits random, as 26 characters.
-
-    Made here rather than by ``python-ulid``, whose import brings
-    ``importlib.metadata`` and with it ``email``, ``zipfile`` and ``csv`` into the
-    daemon for good (decision 900). As that library did, an id made in the same
-    millisecond as the one before is that one plus one, so ids of one gateway
-    sort in the order they were made.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # safe from any thread, as the library's was
-        self._last = 0
-
-    def new(self, ms: int) -> str:
-        """The next id of millisecond ``ms``."""
-        with self._lock:
-            if self._last >> RANDOM_BITS == ms:
-                value = self._last + 1
-            else:
-                value = ms << RANDOM_BITS | int.from_bytes(os.urandom(RANDOM_BITS // 8))
-            self._last = value
-        return _text(value)
-
-
-def _text(value: int) -> str:
-    return "".join(CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
-
-
-_IDS = _EventIds()
-
-
-def new_event_id(moment: datetime | None = None) -> str:
-    """A new time-sortable event id (ULID, 26 characters), of now or of ``moment``."""
-    return _IDS.new(time.time_ns() // 1_000_000 if moment is None else _milliseconds(moment))
-
-
-def first_event_id(moment: datetime) -> str:
-    """The smallest event id ``moment``'s millisecond can have: ids from then on sort after it."""
-    return _text(_milliseconds(moment) << RANDOM_BITS)
-
-
-def _milliseconds(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+def new_event_id() -> str:
+    """A new time-sortable event id (ULID, 26 characters)."""
+    return str(ULID())
 
 
 def utc_now() -> datetime:

@@ -19,11 +19,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydantic import ValidationError
+from ulid import ULID
 
 from gateway.actions import RuleActions
 from gateway.config.model import GatewayConfig
 from gateway.errors import JournalError
-from gateway.events import TEST_ATTR, Event, EventKind, first_event_id, utc_now
+from gateway.events import TEST_ATTR, Event, EventKind, utc_now
 from gateway.journal_schema import connect
 from rules.models import AreaAlert, Escalate, NotifyNearest, Rule
 
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 MAX_LATE_ESCALATION_S = 3600.0
 """An escalation whose deadline passed while the gateway was down goes out at once
 if it is at most this late; an older one would only confuse the police."""
+ULID_CHARS = 26
+ULID_TIME_CHARS = 10
+"""A ULID's first ten characters are its millisecond timestamp, so ids sort by time."""
 ANSWER_KINDS = (EventKind.RESPONSE, EventKind.COMMAND_ACK, EventKind.ESCALATION)
 
 
@@ -141,7 +145,7 @@ def journalled_since(path: Path, since: datetime, kinds: set[EventKind]) -> Iter
     The start is found through the ids' index (ULIDs sort by time), so a large
     journal costs only the rows of the window.
     """
-    first_id = first_event_id(since)
+    first_id = str(ULID.from_datetime(since))[:ULID_TIME_CHARS].ljust(ULID_CHARS, "0")
     conn = connect(path, readonly=True)
     try:
         first = conn.execute(

@@ -9,10 +9,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import yaml
+from ulid import ULID
 
 from gateway.actions import RuleActions
 from gateway.config.file import load_config
-from gateway.events import Event, EventKind, new_event_id, utc_now
+from gateway.events import Event, EventKind, utc_now
 from gateway.journal import Journal
 from gateway.mqtt.notify import BlockPublisher
 from gateway.rule_engine import rule_engine
@@ -46,7 +47,7 @@ def journalled(kind: str, shop: str, age: timedelta, **attrs: object) -> Event:
     """An event as the gateway journalled it ``age`` ago, with an id of that time."""
     at = utc_now() - age
     return make_event(
-        kind, shop=shop, at=at, event_id=new_event_id(at), gateway_id="GW-001", **attrs
+        kind, shop=shop, at=at, event_id=str(ULID.from_datetime(at)), gateway_id="GW-001", **attrs
     )
 
 
