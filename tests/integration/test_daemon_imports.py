@@ -25,7 +25,6 @@ NOT_CONFIGURED = (
     "gateway.sms.service",  # SMS to shops
     "gateway.status_page",  # local status page
     "html",
-    "ulid",  # event ids are made in gateway/events.py (decision 900)
 )
 """What only a driver, forwarder or service that Changping Road's default config has not uses."""
 
