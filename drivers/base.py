@@ -106,7 +106,9 @@ class DriverContext:
 class DeviceBinding(BaseModel):
     """Which shop's device a bus address, code or unit is."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, defer_build=True
+    )  # built at first use (decision 86)
 
     shop_id: str = Field(description="Shop the device belongs to (one of 'shops').")
     device_id: str = Field(description="Device id within that shop (one of its 'devices').")

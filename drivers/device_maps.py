@@ -52,7 +52,9 @@ def _placeholders(template: str) -> list[str]:
 class Match(BaseModel):
     """One test of a value: exactly one of the fields."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, defer_build=True
+    )  # built at first use (decision 86)
 
     equals: Scalar | None = Field(default=None, description="The value is exactly this.")
     one_of: list[Scalar] | None = Field(

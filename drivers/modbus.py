@@ -54,7 +54,9 @@ T = TypeVar("T")
 class ModbusInputConfig(BaseModel):
     """One contact on a module: a zone."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, defer_build=True
+    )  # built at first use (decision 86)
 
     zone: str = Field(min_length=1, max_length=20, description="Zone name or number.")
     table: Literal["discrete_input", "input_register", "holding_register"] = Field(

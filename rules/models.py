@@ -41,7 +41,9 @@ class GridLevel(StrEnum):
 class Strict(BaseModel):
     """Unknown keys are errors; values never change after validation."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, defer_build=True
+    )  # built at first use (decision 86)
 
 
 class TimeWindow(Strict):
@@ -186,7 +188,7 @@ class Rule(Strict):
 class RulesConfig(BaseModel):
     """The rules section (or ``rules.yaml``): settings and the installer's own rules."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built at first use (decision 86)
 
     defaults: bool = Field(default=True, description="Use the built-in default rules.")
     disable: list[RuleName] = Field(
@@ -236,7 +238,7 @@ class RulesConfig(BaseModel):
 class CommandsConfig(BaseModel):
     """Signed commands from the police platform."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built at first use (decision 86)
 
     keys: dict[str, str] = Field(
         default_factory=dict,

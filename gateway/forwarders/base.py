@@ -20,7 +20,7 @@ from gateway.mqtt.status import StatusSnapshot
 class ForwarderConfig(BaseModel):
     """Settings every forwarder has."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built at first use (decision 86)
 
     name: str = Field(
         pattern=r"^[a-z0-9][a-z0-9_.-]{0,39}$",

@@ -39,7 +39,7 @@ BrokerUrl = Annotated[str, AfterValidator(_check_url)]
 class TlsConfig(BaseModel):
     """TLS for a broker link; the link fails closed, never falls back to plain text."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built at first use (decision 86)
 
     ca_file: Path = Field(description="CA certificate (PEM) that signed the broker's certificate.")
     cert_file: Path | None = Field(default=None, description="Client certificate (PEM).")
@@ -73,7 +73,7 @@ class TlsConfig(BaseModel):
 class BrokerConfig(BaseModel):
     """How to reach one MQTT broker."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built at first use (decision 86)
 
     url: BrokerUrl = Field(description="mqtt://HOST:PORT, or mqtts://HOST:PORT with 'tls'.")
     username: str | None = Field(default=None, description="User name, if the broker wants one.")
