@@ -108,8 +108,10 @@ def write_config(
     police_url: str,
     *,
     uncapped: bool = False,
-) -> Path:
-    """``lianfang init`` for ``survey``; no neighbour cool-down; journal in ``state``.
+) -> tuple[Path, float]:
+    """``lianfang init`` for ``survey``, and its wall seconds; no neighbour cool-down.
+
+    The journal goes in ``state``.
 
     ``uncapped`` lifts the per-shop cap on routine events: the sustained steps
     send many events per shop to measure throughput, not the cap that protects a
@@ -120,7 +122,7 @@ def write_config(
         "python", "-m", "gateway", "init", "--survey", str(survey), "--gateway", GATEWAY_ID,
         "--broker", block_url, "--police", police_url, "--dir", str(directory),
     ]  # fmt: skip
-    run_module(cmd)
+    init_s = run_module(cmd)
     path = directory / "lianfang.yaml"
     data = yaml.safe_load(path.read_text())
     data["state_dir"] = "state"
@@ -129,7 +131,7 @@ def write_config(
         if driver["kind"] == "mqtt_ingest":
             driver["shop_event_cap"] = 10**9
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    return path
+    return path, init_s
 
 
 def run_module(cmd: list[str]) -> float:
@@ -171,8 +173,9 @@ def startup_row(shops: int, s: Settings, work: Path) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     with Mosquitto(workdir=work / "block") as block, Mosquitto(workdir=work / "police") as police:
         survey = write_survey(shops, work / "survey.csv")
-        config = write_config(work / "gateway", survey, block.url, police.url)
+        config, init_s = write_config(work / "gateway", survey, block.url, police.url)
         out: dict[str, Any] = {"shops": len(yaml.safe_load(config.read_text())["shops"])}
+        out["init_s"] = round(init_s, 3)
         out["check_s"] = round(
             run_module(["python", "-m", "gateway", "check", "--config", str(config)]), 3
         )
@@ -273,7 +276,7 @@ def rate_row(s: Settings, work: Path) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     with Mosquitto(workdir=work / "block") as block, Mosquitto(workdir=work / "police") as police:
         survey = write_survey(CHANGPING_SHOPS, work / "survey.csv")
-        config = write_config(work / "gateway", survey, block.url, police.url, uncapped=True)
+        config, _ = write_config(work / "gateway", survey, block.url, police.url, uncapped=True)
         shops = [x["id"] for x in yaml.safe_load(config.read_text())["shops"]]
         relay = RelayProcess(
             block_url=block.url, police_url=police.url,
@@ -304,7 +307,7 @@ def report(result: dict[str, Any]) -> None:
             f"{row['shops']:>5} shops: ready {gw['ready_s']} s (floor {fl['ready_s']} s, "
             f"x{ratio(gw['ready_s'], fl['ready_s'])}); idle RSS {gw['rss_idle_mb']} MB "
             f"(floor {fl['rss_idle_mb']} MB, x{ratio(gw['rss_idle_mb'], fl['rss_idle_mb'])}); "
-            f"check {row['check_s']} s, neighbours {row['neighbours_s']} s"
+            f"init {row['init_s']} s, check {row['check_s']} s, neighbours {row['neighbours_s']} s"
         )
     rates = result.get("rates")
     if rates:
