@@ -138,14 +138,17 @@ def proc_status(pid: int) -> dict[str, int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds used so far by ``pid`` (all its threads); 0 if gone."""
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User plus system CPU seconds used so far by ``pid`` (all its threads); 0 if gone.
+
+    ``children`` adds those of its children it has waited for.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return sum(int(f) for f in fields[11 : 15 if children else 13]) / CLOCK_TICKS
 
 
 @dataclass

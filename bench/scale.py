@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -108,8 +109,10 @@ def write_config(
     police_url: str,
     *,
     uncapped: bool = False,
-) -> Path:
-    """``lianfang init`` for ``survey``; no neighbour cool-down; journal in ``state``.
+) -> tuple[Path, tuple[float, float]]:
+    """``lianfang init`` for ``survey``, and its wall and CPU seconds; no neighbour cool-down.
+
+    The journal goes in ``state``.
 
     ``uncapped`` lifts the per-shop cap on routine events: the sustained steps
     send many events per shop to measure throughput, not the cap that protects a
@@ -120,7 +123,7 @@ def write_config(
         "python", "-m", "gateway", "init", "--survey", str(survey), "--gateway", GATEWAY_ID,
         "--broker", block_url, "--police", police_url, "--dir", str(directory),
     ]  # fmt: skip
-    run_module(cmd)
+    init_s = run_module(cmd)
     path = directory / "lianfang.yaml"
     data = yaml.safe_load(path.read_text())
     data["state_dir"] = "state"
@@ -129,14 +132,19 @@ def write_config(
         if driver["kind"] == "mqtt_ingest":
             driver["shop_event_cap"] = 10**9
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    return path
+    return path, init_s
 
 
-def run_module(cmd: list[str]) -> float:
-    """Run ``python -m ...`` with this interpreter; its wall seconds (raises on failure)."""
-    started = time.monotonic()
+def run_module(cmd: list[str]) -> tuple[float, float]:
+    """Run ``python -m ...`` with this interpreter; its wall and CPU seconds (raises on failure)."""
+    started, cpu = time.monotonic(), _children_cpu_s()
     subprocess.run([sys.executable, *cmd[1:]], check=True, capture_output=True, timeout=600)
-    return time.monotonic() - started
+    return time.monotonic() - started, _children_cpu_s() - cpu
+
+
+def _children_cpu_s() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def neighbours_file(config: Path, path: Path) -> Path:
@@ -149,15 +157,21 @@ def neighbours_file(config: Path, path: Path) -> Path:
 
 
 def start_and_idle(process: NotifyingProcess, idle_s: float) -> dict[str, float]:
-    """Spawn -> READY=1 seconds and VmRSS (MB) after ``idle_s`` idle; stopped after."""
+    """Spawn -> READY=1 seconds (and CPU seconds), VmRSS (MB) after ``idle_s`` idle; stopped.
+
+    The CPU seconds (its own and its config child's) hold still on a shared
+    machine, where the wall seconds wait for a core.
+    """
     try:
         ready_s = process.start(timeout_s=READY_TIMEOUT_S)
-        time.sleep(idle_s)  # idle memory is what is left once start-up work has settled
         pid = process.pid
         assert pid is not None
+        ready_cpu_s = cpu_seconds(pid, children=True)
+        time.sleep(idle_s)  # idle memory is what is left once start-up work has settled
         status = proc_status(pid)
         return {
             "ready_s": round(ready_s, 3),
+            "ready_cpu_s": round(ready_cpu_s, 3),
             "rss_idle_mb": round(status.get("VmRSS", 0) * 1024 / 1e6, 1),
             "rss_peak_mb": round(status.get("VmHWM", 0) * 1024 / 1e6, 1),
         }
@@ -171,15 +185,14 @@ def startup_row(shops: int, s: Settings, work: Path) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     with Mosquitto(workdir=work / "block") as block, Mosquitto(workdir=work / "police") as police:
         survey = write_survey(shops, work / "survey.csv")
-        config = write_config(work / "gateway", survey, block.url, police.url)
+        config, init_s = write_config(work / "gateway", survey, block.url, police.url)
         out: dict[str, Any] = {"shops": len(yaml.safe_load(config.read_text())["shops"])}
-        out["check_s"] = round(
-            run_module(["python", "-m", "gateway", "check", "--config", str(config)]), 3
-        )
+        out["init_s"], out["init_cpu_s"] = (round(x, 3) for x in init_s)
+        check = ["python", "-m", "gateway", "check", "--config", str(config)]
+        out["check_s"], out["check_cpu_s"] = (round(x, 3) for x in run_module(check))
         first = yaml.safe_load(config.read_text())["shops"][0]["id"]
-        out["neighbours_s"] = round(
-            run_module(["python", "-m", "gateway", "neighbours", first, "--config", str(config)]), 3
-        )
+        nearest = ["python", "-m", "gateway", "neighbours", first, "--config", str(config)]
+        out["neighbours_s"], out["neighbours_cpu_s"] = (round(x, 3) for x in run_module(nearest))
         table = neighbours_file(config, work / "neighbours.json")
         relay = RelayProcess(
             block_url=block.url, police_url=police.url, neighbours=table,
@@ -273,7 +286,7 @@ def rate_row(s: Settings, work: Path) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     with Mosquitto(workdir=work / "block") as block, Mosquitto(workdir=work / "police") as police:
         survey = write_survey(CHANGPING_SHOPS, work / "survey.csv")
-        config = write_config(work / "gateway", survey, block.url, police.url, uncapped=True)
+        config, _ = write_config(work / "gateway", survey, block.url, police.url, uncapped=True)
         shops = [x["id"] for x in yaml.safe_load(config.read_text())["shops"]]
         relay = RelayProcess(
             block_url=block.url, police_url=police.url,
@@ -302,9 +315,13 @@ def report(result: dict[str, Any]) -> None:
         gw, fl = row["gateway"], row["floor"]
         console.print(
             f"{row['shops']:>5} shops: ready {gw['ready_s']} s (floor {fl['ready_s']} s, "
-            f"x{ratio(gw['ready_s'], fl['ready_s'])}); idle RSS {gw['rss_idle_mb']} MB "
+            f"x{ratio(gw['ready_s'], fl['ready_s'])}; CPU {gw['ready_cpu_s']} s, floor "
+            f"{fl['ready_cpu_s']} s, x{ratio(gw['ready_cpu_s'], fl['ready_cpu_s'])}); "
+            f"idle RSS {gw['rss_idle_mb']} MB "
             f"(floor {fl['rss_idle_mb']} MB, x{ratio(gw['rss_idle_mb'], fl['rss_idle_mb'])}); "
-            f"check {row['check_s']} s, neighbours {row['neighbours_s']} s"
+            f"init {row['init_s']} s (CPU {row['init_cpu_s']} s), check {row['check_s']} s "
+            f"(CPU {row['check_cpu_s']} s), neighbours {row['neighbours_s']} s "
+            f"(CPU {row['neighbours_cpu_s']} s)"
         )
     rates = result.get("rates")
     if rates:

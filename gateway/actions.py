@@ -179,9 +179,11 @@ class RuleActions:
         self.alerts.names = {p.id: p.name for p in self._places}
         self._nearest: dict[tuple[int, float, bool], dict[str, list[Neighbour]]] = {}
         notify = [a for rule in rules for a in rule.do if isinstance(a, NotifyNearest)]
-        # Widest first: the 10 nearest are the first 10 of the 20 nearest, so smaller
-        # counts slice the widest table instead of searching again.
-        for action in sorted(notify, key=lambda a: -(a.count or self._alert_config.count)):
+        self._widest: dict[bool, tuple[int, float]] = {}
+        for count, radius_m, other_gateways in map(self._reach, notify):
+            widest = self._widest.get(other_gateways, (0, 0.0))
+            self._widest[other_gateways] = (max(widest[0], count), max(widest[1], radius_m))
+        for action in notify:
             self._table(action)  # computed now, not on the first panic
         self._rules = {rule.name: rule for rule in rules}
 
@@ -237,21 +239,32 @@ class RuleActions:
             )
         return outcome.applied(event)
 
-    def _table(self, action: NotifyNearest) -> dict[str, list[Neighbour]]:
-        key = (
+    def _reach(self, action: NotifyNearest) -> tuple[int, float, bool]:
+        """How many shops ``action`` alerts, how far, and whether other gateways' shops count."""
+        return (
             action.count or self._alert_config.count,
             action.radius_m or self._alert_config.radius_m,
             action.other_gateways,
         )
+
+    def _table(self, action: NotifyNearest) -> dict[str, list[Neighbour]]:
+        key = self._reach(action)
         table = self._nearest.get(key)
         if table is None:
             count, radius_m, other_gateways = key
-            wider = [k for k in self._nearest if k[0] > count and k[1:] == key[1:]]
-            if wider:
-                table = {shop: found[:count] for shop, found in self._nearest[wider[0]].items()}
-            else:
+            # One search per place set, at the most shops and the farthest any rule asks:
+            # the shops within a smaller radius are the first of those within a larger one,
+            # so every rule's table is a filtered, sliced copy of the widest.
+            most, farthest = self._widest.get(other_gateways, (count, radius_m))
+            widest = (max(most, count), max(farthest, radius_m), other_gateways)
+            full = self._nearest.get(widest)
+            if full is None:
                 places = notice_places(self._config, other_gateways=other_gateways)
-                table = neighbour_table(self._own.values(), places, count=count, radius_m=radius_m)
+                full = neighbour_table(
+                    self._own.values(), places, count=widest[0], radius_m=widest[1]
+                )
+                self._nearest[widest] = full
+            table = full if widest == key else _narrowed(full, count, radius_m)
             self._nearest[key] = table
         return table
 
@@ -571,3 +584,13 @@ class RuleActions:
                 {"after_s": action.after_s, "alert_id": alert_id, "unacknowledged": True},
             )
             await self.emit(escalation, routes=tuple(action.to or ()))
+
+
+def _narrowed(
+    table: dict[str, list[Neighbour]], count: int, radius_m: float
+) -> dict[str, list[Neighbour]]:
+    """The first ``count`` of each shop's neighbours within ``radius_m``, from a wider table."""
+    return {
+        shop: [n for n in found if n.distance_m <= radius_m][:count]
+        for shop, found in table.items()
+    }

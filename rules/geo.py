@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import heapq
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -44,18 +43,36 @@ class Place(Protocol):
 
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Great-circle (haversine) distance in metres."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+    return _distance(_spot(lat1, lon1), _spot(lat2, lon2))
 
 
 def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Initial great-circle bearing from point 1 to point 2, degrees clockwise from north."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dl = math.radians(lon2 - lon1)
-    y = math.sin(dl) * math.cos(p2)
-    x = math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
+    return _bearing(_spot(lat1, lon1), _spot(lat2, lon2))
+
+
+_Spot = tuple[float, float, float, float]
+"""A position as the formulas take it: latitude in radians, longitude in degrees, and the
+latitude's cosine and sine, worked out once per place rather than once per pair."""
+
+
+def _spot(lat: float, lon: float) -> _Spot:
+    p = math.radians(lat)
+    return (p, lon, math.cos(p), math.sin(p))
+
+
+def _distance(a: _Spot, b: _Spot) -> float:
+    """Haversine distance in metres."""
+    dp, dl = b[0] - a[0], math.radians(b[1] - a[1])
+    h = math.sin(dp / 2) ** 2 + a[2] * b[2] * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+def _bearing(a: _Spot, b: _Spot) -> float:
+    """Initial bearing from ``a`` to ``b``, degrees clockwise from north."""
+    dl = math.radians(b[1] - a[1])
+    y = math.sin(dl) * b[2]
+    x = a[2] * b[3] - a[3] * b[2] * math.cos(dl)
     return math.degrees(math.atan2(y, x)) % 360
 
 
@@ -87,37 +104,38 @@ class Neighbour:
 # anything within this much more chord than the last kept candidate is ranked too, so the
 # rounding of the two formulas can never let a shop the brute force keeps slip out.
 _CHORD_SLACK_M = 0.01
-# Shops per grid cell on average (on the sphere's surface): a few, so that a search
-# visits few empty cells and few far shops.
-_SHOPS_PER_CELL = 6
+# Shops in a shop's own grid cell on average: a few, so that a search visits few empty
+# cells and few far shops.
+_SHOPS_PER_CELL = 4
+# Passes that shrink the cells where shops crowd (along streets) more than the average says.
+_CELL_PASSES = 4
 
 
 class NeighbourIndex:
-    """Nearest places in O(log n)-ish per query: grid buckets over 3-D unit-sphere points.
+    """Nearest places in O(log n)-ish per query: grid buckets over a plane through the earth.
 
-    Chord length through the sphere grows with great-circle distance, so a cube of
-    grid cells around an origin bounds what can be nearer; only those candidates
-    get the exact haversine distance, and ranking is the brute force's own
-    ``(distance, shop id)``, so results are identical to comparing every pair.
+    Each place is a 3-D point on the sphere, projected onto the plane through the
+    earth's centre square to the places' mean direction (flat over a city). A
+    projection never lengthens a distance, and chord length through the sphere
+    grows with great-circle distance, so a square of grid cells around an origin
+    bounds what can be nearer; only those candidates get the exact haversine
+    distance, and ranking is the brute force's own ``(distance, shop id)``, so
+    results are identical to comparing every pair.
     """
 
     def __init__(self, places: Sequence[Place]) -> None:
         """Bucket ``places`` (built once, O(n))."""
-        self._points = [(p.id, p.lat, p.lon, _unit_point(p.lat, p.lon)) for p in places]
-        self._cell_m = _cell_size_m([xyz for *_, xyz in self._points])
-        self._cells: dict[tuple[int, int, int], list[int]] = {}
-        for i, (*_, xyz) in enumerate(self._points):
-            self._cells.setdefault(self._cell_of(xyz), []).append(i)
+        self._ids = [p.id for p in places]
+        self._spots = [_spot(p.lat, p.lon) for p in places]
+        self._points = [_unit_point(p.lat, p.lon) for p in places]
+        self._plane = _plane_through(self._points)
+        flat = [self._flat(xyz) for xyz in self._points]
+        self._cell_m, self._cells = _buckets(flat)
 
-    def _cell_of(self, xyz: tuple[float, float, float]) -> tuple[int, int, int]:
-        size = self._cell_m
-        return (math.floor(xyz[0] / size), math.floor(xyz[1] / size), math.floor(xyz[2] / size))
-
-    def _chords(
-        self, centre: tuple[float, float, float], origin_id: str, members: Iterable[int]
-    ) -> list[tuple[float, int]]:
-        points = self._points
-        return [(math.dist(centre, points[i][3]), i) for i in members if points[i][0] != origin_id]
+    def _flat(self, xyz: tuple[float, float, float]) -> tuple[float, float]:
+        (ax, ay, az), (bx, by, bz) = self._plane
+        x, y, z = xyz
+        return (ax * x + ay * y + az * z, bx * x + by * y + bz * z)
 
     def nearest(
         self, origin: Place, *, count: int, radius_m: float | None = None
@@ -126,45 +144,54 @@ class NeighbourIndex:
         if count <= 0 or not self._points:
             return []
         centre = _unit_point(origin.lat, origin.lon)
-        cx, cy, cz = self._cell_of(centre)
+        u, v = self._flat(centre)
+        size = self._cell_m
+        cu, cv = math.floor(u / size), math.floor(v / size)
         # No search needs to reach past the radius, nor past the whole set.
         reach_m = 2 * EARTH_RADIUS_M if radius_m is None else min(radius_m, 2 * EARTH_RADIUS_M)
+        points, cells, dist = self._points, self._cells, math.dist
         chords: list[tuple[float, int]] = []
         ring = 0
         while True:
-            if len(_shell_cells(ring)) > len(self._points):
+            if 8 * ring > len(points):
                 # Sparse or lopsided places: ranking them all is cheaper than more cells.
-                chords = self._chords(centre, origin.id, range(len(self._points)))
+                chords = [(dist(centre, xyz), i) for i, xyz in enumerate(points)]
                 break
-            for cell in _shell_cells(ring):
-                members = self._cells.get((cx + cell[0], cy + cell[1], cz + cell[2]))
+            for du, dv in _ring_cells(ring):
+                members = cells.get((cu + du, cv + dv))
                 if members:
-                    chords += self._chords(centre, origin.id, members)
-            # Everything outside the searched cube is more than ring * cell away.
-            searched_m = ring * self._cell_m
+                    chords += [(dist(centre, points[i]), i) for i in members]
+            # Everything outside the searched square is more than ring * cell away.
+            searched_m = ring * size
             if searched_m >= reach_m + _CHORD_SLACK_M:
                 break
-            if len(chords) >= count:
-                kth = heapq.nsmallest(count, chords)[-1][0]
-                if kth + _CHORD_SLACK_M <= searched_m:
+            # One more than count: the origin itself may be among them.
+            if len(chords) > count:
+                chords.sort()  # mostly sorted already after the first ring: cheap
+                if chords[count][0] + _CHORD_SLACK_M <= searched_m:
                     break
             ring += 1
+        return self._ranked(origin, chords, count, radius_m)
+
+    def _ranked(
+        self, origin: Place, chords: list[tuple[float, int]], count: int, radius_m: float | None
+    ) -> list[Neighbour]:
+        """The brute force's ranking of the candidates that can be among the ``count`` nearest."""
+        ids, spots = self._ids, self._spots
+        own_id, here = origin.id, _spot(origin.lat, origin.lon)
         chords.sort()
-        limit = chords[count - 1][0] if len(chords) >= count else math.inf
-        found = [
-            Neighbour(
-                shop_id=shop_id,
-                distance_m=distance_m(origin.lat, origin.lon, lat, lon),
-                bearing_deg=bearing_deg(origin.lat, origin.lon, lat, lon),
-            )
-            for chord, i in chords
-            if chord <= limit + _CHORD_SLACK_M
-            for shop_id, lat, lon, _ in (self._points[i],)
+        kept = [(c, i) for c, i in chords if ids[i] != own_id]
+        limit = kept[count - 1][0] if len(kept) >= count else math.inf
+        reach = math.inf if radius_m is None else radius_m
+        ranked = sorted(
+            (d, ids[i], i)
+            for c, i in kept
+            if c <= limit + _CHORD_SLACK_M and (d := _distance(here, spots[i])) <= reach
+        )
+        return [
+            Neighbour(shop_id=shop_id, distance_m=d, bearing_deg=_bearing(here, spots[i]))
+            for d, shop_id, i in ranked[:count]
         ]
-        if radius_m is not None:
-            found = [n for n in found if n.distance_m <= radius_m]
-        found.sort(key=lambda n: (n.distance_m, n.shop_id))
-        return found[:count]
 
 
 def _unit_point(lat: float, lon: float) -> tuple[float, float, float]:
@@ -177,27 +204,65 @@ def _unit_point(lat: float, lon: float) -> tuple[float, float, float]:
     )
 
 
-def _cell_size_m(points: Sequence[tuple[float, float, float]]) -> float:
-    """A cell edge giving a few places per cell, whatever the spread (never below 1 m)."""
-    if len(points) < 2:
-        return 2 * EARTH_RADIUS_M
-    spans = sorted(max(c) - min(c) for c in zip(*points, strict=True))
-    # Shops lie on a surface: the two widest spans of the box hold them.
-    area = max(spans[1], 1.0) * max(spans[2], 1.0)
-    return max(1.0, math.sqrt(area * _SHOPS_PER_CELL / len(points)))
+Vector = tuple[float, float, float]
+
+
+def _plane_through(points: Sequence[Vector]) -> tuple[Vector, Vector]:
+    """Two unit vectors square to each other and to the points' mean direction.
+
+    Any plane would keep the search exact; this one, tangent where the places
+    are, keeps a city's shops as far apart as they are, so cells stay small.
+    """
+    n = len(points) or 1
+    mean = [sum(c) / n for c in zip(*points, strict=True)] if points else [0.0, 0.0, 1.0]
+    norm = math.hypot(*mean)
+    normal = (0.0, 0.0, 1.0) if norm < 1.0 else (mean[0] / norm, mean[1] / norm, mean[2] / norm)
+    # The axis least along the normal gives a first direction that is never degenerate.
+    axis = min(range(3), key=lambda k: abs(normal[k]))
+    along = [1.0 if k == axis else 0.0 for k in range(3)]
+    first = _unit(_cross(normal, (along[0], along[1], along[2])))
+    return first, _cross(normal, first)
+
+
+def _cross(a: Vector, b: Vector) -> Vector:
+    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+
+
+def _unit(a: Vector) -> Vector:
+    norm = math.hypot(*a)
+    return (a[0] / norm, a[1] / norm, a[2] / norm)
+
+
+def _buckets(
+    flat: Sequence[tuple[float, float]],
+) -> tuple[float, dict[tuple[int, int], list[int]]]:
+    """A cell edge giving a few places in each place's cell, and the places of each cell.
+
+    The first guess spreads the places evenly over their bounding box; shops
+    crowd along streets, so cells shrink while a place's cell holds many more
+    than the average (never below 1 m).
+    """
+    if len(flat) < 2:
+        return 2 * EARTH_RADIUS_M, {(0, 0): list(range(len(flat)))}
+    us, vs = [u for u, _ in flat], [v for _, v in flat]
+    area = max(max(us) - min(us), 1.0) * max(max(vs) - min(vs), 1.0)
+    size = max(1.0, math.sqrt(area * _SHOPS_PER_CELL / len(flat)))
+    for attempt in range(_CELL_PASSES):
+        cells: dict[tuple[int, int], list[int]] = {}
+        for i, (u, v) in enumerate(flat):
+            cells.setdefault((math.floor(u / size), math.floor(v / size)), []).append(i)
+        crowd = sum(len(members) ** 2 for members in cells.values()) / len(flat)
+        if crowd <= 2 * _SHOPS_PER_CELL or size <= 1.0 or attempt == _CELL_PASSES - 1:
+            break
+        size = max(1.0, size * math.sqrt(_SHOPS_PER_CELL / crowd))
+    return size, cells
 
 
 @functools.cache
-def _shell_cells(ring: int) -> tuple[tuple[int, int, int], ...]:
+def _ring_cells(ring: int) -> tuple[tuple[int, int], ...]:
     """Offsets of the cells at Chebyshev distance exactly ``ring`` from a centre cell."""
     span = range(-ring, ring + 1)
-    return tuple(
-        (dx, dy, dz)
-        for dx in span
-        for dy in span
-        for dz in span
-        if max(abs(dx), abs(dy), abs(dz)) == ring
-    )
+    return tuple((du, dv) for du in span for dv in span if max(abs(du), abs(dv)) == ring)
 
 
 def nearest_shops(

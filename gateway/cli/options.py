@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 
@@ -11,9 +11,14 @@ from gateway.config.location import config_path
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
-    from gateway.config.model import GatewayConfig
+    from collections.abc import Callable
 
-__all__ = ["ConfigOption", "config_path", "fail", "load_or_exit"]
+    from gateway.config.model import GatewayConfig
+    from gateway.config.problems import Locate
+
+__all__ = ["ConfigOption", "config_path", "fail", "load_located_or_exit", "load_or_exit"]
+
+Loaded = TypeVar("Loaded")
 
 ConfigOption = Annotated[
     Path | None,
@@ -39,7 +44,18 @@ def load_or_exit(path: Path) -> GatewayConfig:
     """The config at ``path``, or exit: 2 when there is no such file, 1 when it is wrong."""
     from gateway.config.file import load_config  # noqa: PLC0415 - keep `lianfang --help` fast
 
+    return _or_exit(path, load_config)
+
+
+def load_located_or_exit(path: Path) -> tuple[GatewayConfig, Locate]:
+    """``load_or_exit``, and where each key path of the file is (for findings after it)."""
+    from gateway.config.file import load_config_located  # noqa: PLC0415
+
+    return _or_exit(path, load_config_located)
+
+
+def _or_exit(path: Path, load: Callable[[Path], Loaded]) -> Loaded:
     try:
-        return load_config(path)
+        return load(path)
     except ConfigError as exc:
         fail(exc, 1 if path.exists() else 2)

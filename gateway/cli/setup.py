@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gateway.cli.options import ConfigOption, config_path, fail, load_or_exit
+from gateway.cli.options import (
+    ConfigOption,
+    config_path,
+    fail,
+    load_located_or_exit,
+)
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -155,12 +160,11 @@ def check(
 ) -> None:
     """Validate the config (like nginx -t); exit 0 only when it is valid (and, online, reached)."""
     from gateway.cli.online_check import reach_brokers  # noqa: PLC0415 - keep `lianfang --help` fast
-    from gateway.config.file import file_locator  # noqa: PLC0415
     from gateway.config.preflight import preflight  # noqa: PLC0415
 
     path = config_path(config)
-    cfg = load_or_exit(path)
-    findings = preflight(cfg, file_locator(path))
+    cfg, locate = load_located_or_exit(path)
+    findings = preflight(cfg, locate)
     for finding in findings:
         if finding.warning:
             typer.echo(str(finding), err=True)

@@ -97,6 +97,9 @@ class _Builder:
         self.constructors = loader.yaml_constructors
         self.lines = lines
         self.anchors: dict[str, object] = {}
+        # Keys and many values repeat shop after shop; every value a resolver makes
+        # (number, boolean, null, date) is immutable, so one may be shared.
+        self.resolved: dict[str, object] = {}
         self.stack: list[_Open] = []
         self.root: object = None
 
@@ -133,13 +136,19 @@ class _Builder:
 
     def _resolved(self, text: str) -> object:
         """A plain scalar's value: its tag found as the loader's resolver finds it."""
+        value = self.resolved.get(text, _NO_KEY)
+        if value is not _NO_KEY:
+            return value
+        value = text
         for tag, pattern in self.resolvers.get(text[:1], ()):
             if pattern.match(text):
                 construct = self.constructors.get(tag)
                 if construct is None or tag in _NOT_DATA:
                     raise _Unusual
-                return construct(self.parser, yaml.ScalarNode(tag, text))
-        return text
+                value = construct(self.parser, yaml.ScalarNode(tag, text))
+                break
+        self.resolved[text] = value
+        return value
 
     def _mapping(self, event: MappingStartEvent) -> None:
         self._open({}, event)
@@ -150,7 +159,8 @@ class _Builder:
     def _open(self, container: dict[Any, Any] | list[Any], event: CollectionStartEvent) -> None:
         if event.tag is not None and event.tag != "!":
             raise _Unusual
-        path = self._place(container, event)
+        path = self._next_path()
+        self._place(container, event)
         self.stack.append(_Open(container, path, event.anchor))
 
     def _alias(self, event: AliasEvent) -> None:
@@ -163,22 +173,21 @@ class _Builder:
         if done.anchor is not None:
             self.anchors[done.anchor] = done.container
 
-    def _place(self, value: object, event: NodeEvent) -> Loc:
-        """Put ``value`` where the document is at; its key path."""
+    def _place(self, value: object, event: NodeEvent) -> None:
+        """Put ``value`` where the document is at."""
         lines = self.lines
         if not self.stack:
             self.root = value
             if lines is not None:
                 lines[()] = _line(event)
-            return ()
+            return
         parent = self.stack[-1]
         container = parent.container
         if isinstance(container, list):
-            path = (*parent.path, len(container))
             if lines is not None:
-                lines[path] = _line(event)
+                lines[(*parent.path, len(container))] = _line(event)
             container.append(value)
-            return path
+            return
         if parent.key is _NO_KEY:
             if not isinstance(event, ScalarEvent) or type(value) not in _KEY_TYPES:
                 raise _Unusual  # a key that is a collection or an alias
@@ -187,9 +196,17 @@ class _Builder:
             parent.key, parent.key_text = value, event.value
             if lines is not None:
                 lines[(*parent.path, event.value)] = _line(event)
-            return parent.path
+            return
         container[parent.key] = value
         parent.key = _NO_KEY
+
+    def _next_path(self) -> Loc:
+        """The key path of the next value placed (only a collection needs its own)."""
+        if not self.stack:
+            return ()
+        parent = self.stack[-1]
+        if isinstance(parent.container, list):
+            return (*parent.path, len(parent.container))
         return (*parent.path, parent.key_text)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.actions import _narrowed
 from rules.geo import Neighbour, NeighbourIndex, bearing_deg, distance_m, neighbour_table
 
 CITY = Path(__file__).resolve().parents[1] / "fixtures" / "city-60-blocks.csv"
@@ -82,3 +83,66 @@ def test_whole_city_matches_brute_force_on_a_sample() -> None:
     for origin in city[::97]:
         assert table[origin.id] == brute_force(origin, city, count=20, radius_m=300)
     assert sum(len(found) == 20 for found in table.values()) > len(city) // 2  # a real city
+
+
+# Shops along streets: rows a few metres apart (some on the same spot), a few streets
+# crossing, and a far cluster, as a city's survey has them; a uniform grid over the
+# bounding box would put dozens in a cell.
+streets = st.lists(
+    st.tuples(
+        st.floats(-0.02, 0.02),  # where the street starts
+        st.floats(-0.02, 0.02),
+        st.sampled_from([(0.0, 1.0), (1.0, 0.0), (0.7, 0.7), (0.0, 0.0)]),  # its direction
+        st.lists(st.sampled_from([0.0, 0.00005, 0.0001, 0.00013, 0.0002]), min_size=1, max_size=30),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=streets,
+    base=st.tuples(st.floats(-80, 80), st.floats(-179.9, 179.9)),
+    count=st.integers(1, 25),
+    radius_m=st.one_of(st.none(), st.floats(1, 600)),
+)
+def test_clustered_places_match_brute_force(
+    rows: list[tuple[float, float, tuple[float, float], list[float]]],
+    base: tuple[float, float],
+    count: int,
+    radius_m: float | None,
+) -> None:
+    """Shops packed along streets give the every-pair scan's neighbours, in its order."""
+    places: list[Shop] = []
+    for lat0, lon0, (dlat, dlon), gaps in rows:
+        along = 0.0
+        for gap in gaps:
+            along += gap
+            spot = (base[0] + lat0 + dlat * along, base[1] + lon0 + dlon * along)
+            places.append(Shop(f"S{len(places):04d}", *spot))
+    table = neighbour_table(places, places, count=count, radius_m=radius_m or 1e7)
+    for origin in places:
+        expected = brute_force(origin, places, count=count, radius_m=radius_m or 1e7)
+        assert table[origin.id] == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    spots=shops,
+    count=st.integers(1, 25),
+    narrower=st.integers(1, 25),
+    radius_m=st.floats(1, 6000),
+    nearer_m=st.floats(1, 6000),
+)
+def test_a_narrower_rule_is_the_widest_table_filtered_and_sliced(
+    spots: list[tuple[float, float]], count: int, narrower: int, radius_m: float, nearer_m: float
+) -> None:
+    """One table at the most shops and the farthest radius serves every rule's own."""
+    places = [Shop(f"S{i:04d}", 30 + dlat, 120 + dlon) for i, (dlat, dlon) in enumerate(spots)]
+    most, fewest = max(count, narrower), min(count, narrower)
+    widest = neighbour_table(places, places, count=most, radius_m=max(radius_m, nearer_m))
+    narrowed = _narrowed(widest, fewest, min(radius_m, nearer_m))
+    for origin in places:
+        expected = brute_force(origin, places, count=fewest, radius_m=min(radius_m, nearer_m))
+        assert narrowed[origin.id] == expected
