@@ -48,7 +48,7 @@ class _Unusual(Exception):  # noqa: N818 - a signal to take the full loader, not
 class _Open:
     """A mapping or sequence being filled, with its key path and anchor."""
 
-    __slots__ = ("anchor", "container", "key", "key_text", "path")
+    __slots__ = ("anchor", "container", "key", "key_text", "key_texts", "path")
 
     def __init__(
         self, container: dict[Any, Any] | list[Any], path: Loc, anchor: str | None
@@ -58,6 +58,7 @@ class _Open:
         self.anchor = anchor
         self.key: Any = _NO_KEY
         self.key_text = ""  # the key as written: key paths name keys so (as pydantic does)
+        self.key_texts: set[str] = set()  # '1' and 1 are one key to the full loader
 
 
 _NO_KEY = object()
@@ -75,7 +76,9 @@ def quick_load(
     parser = loader(text)
     try:
         return _Builder(parser, loader, lines).build()
-    except (_Unusual, yaml.YAMLError):
+    except (_Unusual, yaml.YAMLError, ValueError, TypeError, OverflowError):
+        # A constructor's own error too (``installed: 2024-02-30``): the full loader
+        # turns it into a problem with its line, instead of a traceback.
         return None
     finally:
         parser.dispose()
@@ -132,6 +135,7 @@ class _Builder:
         value = self._resolved(event.value) if event.implicit[0] else event.value
         self._place(value, event)
         if event.anchor is not None:
+            self._anchor(event.anchor)
             self.anchors[event.anchor] = value
 
     def _resolved(self, text: str) -> object:
@@ -161,7 +165,14 @@ class _Builder:
             raise _Unusual
         path = self._next_path()
         self._place(container, event)
+        if event.anchor is not None:
+            self._anchor(event.anchor)
         self.stack.append(_Open(container, path, event.anchor))
+
+    def _anchor(self, name: str) -> None:
+        """A new anchor's name; one used before is the full loader's to refuse."""
+        if name in self.anchors or any(o.anchor == name for o in self.stack):
+            raise _Unusual
 
     def _alias(self, event: AliasEvent) -> None:
         if event.anchor not in self.anchors:
@@ -191,8 +202,9 @@ class _Builder:
         if parent.key is _NO_KEY:
             if not isinstance(event, ScalarEvent) or type(value) not in _KEY_TYPES:
                 raise _Unusual  # a key that is a collection or an alias
-            if value in container:
+            if value in container or event.value in parent.key_texts:
                 raise _Unusual  # a repeated key: the full loader reports both lines
+            parent.key_texts.add(event.value)
             parent.key, parent.key_text = value, event.value
             if lines is not None:
                 lines[(*parent.path, event.value)] = _line(event)

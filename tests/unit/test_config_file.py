@@ -570,10 +570,27 @@ def test_the_quick_loader_shares_anchored_values_as_the_full_loader_does() -> No
         "",  # no document
         "a: [1, 2\n",  # a syntax error
         "a: &x [1, *x]\n",  # an alias inside its own anchor
+        "a: &x 1\nb: &x 2\nc: *x\n",  # an anchor named twice
+        "a: &x [1]\nb: &x {k: 2}\n",  # an anchor named twice, on collections
+        "'1': a\n1: b\n",  # one key to the full loader, written twice
+        "installed: 2024-02-30\n",  # a date the constructor refuses
+        "x: 0b_\n",  # a number the constructor refuses
     ],
 )
 def test_the_quick_loader_leaves_what_is_unusual_to_the_full_loader(text: str) -> None:
     assert quick_load(text, _Loader) is None
+
+
+@pytest.mark.parametrize("line", ["installed: 2024-02-30", "x: 0b_"])
+def test_a_value_the_constructor_refuses_is_a_problem_not_a_traceback(
+    tmp_path: Path, line: str
+) -> None:
+    """The daemon refuses the file with a problem instead of crashing (a restart loop)."""
+    path = tmp_path / "lianfang.yaml"
+    path.write_text(f"{BASE_ALONE}{line}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert "not valid YAML" in str(raised.value)
 
 
 def test_a_problem_in_a_quickly_loaded_file_still_has_its_line(tmp_path: Path) -> None:
