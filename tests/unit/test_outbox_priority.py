@@ -518,3 +518,20 @@ def test_an_alarm_committed_while_the_cursor_reads_the_journal_is_taken_at_once(
     asyncio.run(run_journal(journal, body))
     cursor.close()
     assert [r.seq for r in got] == [*range(1, 501), 601, 602, *range(501, 601), 603]
+
+
+def test_a_shops_lower_ranked_row_before_its_cancel_in_the_read_comes_from_disk_first(tmp_path):
+    """S2's cancel is in the read, its earlier test row (routine) not yet: both lead its panic."""
+    path = tmp_path / "j.db"
+    evs = [
+        forwarded(EventKind.DOOR_OPEN, shop="S1"),
+        forwarded(EventKind.TEST, shop="S2"),
+        forwarded(EventKind.DOOR_OPEN, shop="S1"),
+        forwarded(EventKind.CANCEL, shop="S2"),
+        forwarded(EventKind.PANIC, shop="S2"),
+    ]
+    append_all(open_journal(path), evs)
+    cursor = OutboxCursor(open_journal(path), "police", batch=4)
+    got = drain(cursor, len(evs), ack=False)
+    cursor.close()
+    assert [r.seq for r in got] == [2, 4, 5, 1, 3]
