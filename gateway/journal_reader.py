@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,25 +41,31 @@ class JournalReader:
         self._lock = threading.Lock()
 
     def pending(
-        self, forwarder: str, *, after: int | Mapping[int, int], limit: int
+        self,
+        forwarder: str,
+        *,
+        after: int | Mapping[int, int],
+        limit: int,
+        ranks: Collection[int] = RANKS,
     ) -> list[OutboxRow]:
         """Unacknowledged events for ``forwarder``, highest priority first, then in journal order.
 
         ``after`` is the last ``seq`` already handed out, per priority rank (a
-        rank it does not name starts at 0) or one number for every rank.
+        rank it does not name starts at 0) or one number for every rank; only
+        the priority ``ranks`` named are read.
         """
         with self._lock:
-            return self._pending(forwarder, after=after, limit=limit)
+            return self._pending(forwarder, after=after, limit=limit, ranks=sorted(ranks))
 
     def _pending(
-        self, forwarder: str, *, after: int | Mapping[int, int], limit: int
+        self, forwarder: str, *, after: int | Mapping[int, int], limit: int, ranks: list[int]
     ) -> list[OutboxRow]:
         rows: list[OutboxRow] = []
         # One snapshot for every rank: a commit landing between two rank queries
         # would hand out a restore (status rank) without the alarm committed before it.
         self._conn.execute("BEGIN")
         try:
-            for rank in RANKS:
+            for rank in ranks:
                 if len(rows) >= limit:
                     break
                 since = after if isinstance(after, int) else after.get(rank, 0)
@@ -75,6 +82,35 @@ class JournalReader:
         finally:
             self._conn.execute("COMMIT")
         return rows
+
+    def shop_pending(
+        self,
+        forwarder: str,
+        shop_id: str,
+        *,
+        after: int,
+        before: int,
+        kinds: Collection[str] | None = None,
+    ) -> list[OutboxRow]:
+        """``shop_id``'s unacknowledged events for ``forwarder`` between two seqs, in order.
+
+        Those after ``after`` and before ``before``; only those of ``kinds`` when
+        given. Read through the ``events(shop_id, seq)`` index: one shop's rows,
+        however long the backlog of the others.
+        """
+        kind_list = None if kinds is None else json.dumps(sorted(kinds))
+        with self._lock:
+            return [
+                OutboxRow(seq, shop_id, body, rank)
+                for seq, body, rank in self._conn.execute(
+                    "SELECT e.seq, e.body, d.priority FROM events e JOIN deliveries d"
+                    " ON d.seq = e.seq AND d.forwarder=?1 WHERE e.shop_id=?2"
+                    " AND e.seq>?3 AND e.seq<?4 AND d.acked_at IS NULL"
+                    " AND (?5 IS NULL OR e.kind IN (SELECT value FROM json_each(?5)))"
+                    " ORDER BY e.seq",
+                    (forwarder, shop_id, after, before, kind_list),
+                )
+            ]
 
     def pending_counts(self) -> dict[str, int]:
         """Unacknowledged events per forwarder."""

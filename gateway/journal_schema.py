@@ -4,7 +4,9 @@ Tables: ``events`` (one row per event, ``seq`` is journal order) and
 ``deliveries`` (one row per event and forwarder; ``acked_at`` is set one row at
 a time when that receiver acknowledges that event, never by range; ``priority``
 is the rank the outbox drains it by, alarms first). Journals made before
-priorities are migrated when opened (decision 42).
+priorities are migrated when opened (decision 42); the ``events(shop_id, seq)``
+index, for a shop's rows that must go before its alarm (decision 87), is made
+on the first open of a journal without it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_class ON events(class, seq);
+CREATE INDEX IF NOT EXISTS events_shop ON events(shop_id, seq);
 CREATE TABLE IF NOT EXISTS deliveries (
     forwarder TEXT NOT NULL,
     seq INTEGER NOT NULL,

@@ -12,7 +12,6 @@ before it, in their order (decision 87).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -85,25 +84,25 @@ class OutboxCursor:
         while True:
             if self._from_disk:
                 if rows := await self._read_disk():
-                    return self._in_shop_order(rows)
+                    return await self._in_shop_order(rows)
                 continue
             # Caught up (everything buffered fits one batch): journal order, as
             # committed. A backlog in memory: highest priority first.
             caught_up = self._live_count <= LIVE_BATCH
             rows = []
             for rank in RANKS:
-                queue, upto = self._live[rank], self._sent_upto[rank]
+                queue = self._live[rank]
                 while queue and len(rows) < LIVE_BATCH:
                     row = queue.popleft()
                     self._live_count -= 1
                     # Rows the disk read already handed out come again here: skip them.
-                    if row.seq > upto:
+                    if self._waiting(row):
                         rows.append(row)
             if caught_up:
                 rows.sort(key=lambda r: r.seq)
             if rows:
                 self._handed_out(rows)
-                return rows if caught_up else self._in_shop_order(rows)
+                return rows if caught_up else await self._in_shop_order(rows)
             self._wakeup.clear()
             await self._wakeup.wait()
 
@@ -119,85 +118,104 @@ class OutboxCursor:
         self._handed_out(read)
         return rows
 
-    def take_alarms(self) -> list[OutboxRow]:
+    async def take_alarms(self) -> list[OutboxRow]:
         """Alarms committed since the last batch, each after its shop's earlier rows.
 
         For a forwarder still working through a batch: these go ahead of its
-        rest. Only while caught up on the journal; from disk the next batch has them.
+        rest. Read from the buffer while caught up on the journal, else from the
+        journal (only when ``alarm_ready`` says an alarm came).
         """
+        alarm_came = self.alarm_ready.is_set()
         self.alarm_ready.clear()
-        queue, upto = self._live[ALARM_RANK], self._sent_upto[ALARM_RANK]
-        if self._from_disk or not queue:
+        if self._from_disk:
+            if not alarm_came:
+                return []
+            rows = await asyncio.to_thread(
+                self._reader.pending,
+                self.name,
+                after=dict(self._sent_upto),
+                limit=self._batch,
+                ranks=(ALARM_RANK,),
+            )
+        else:
+            queue = self._live[ALARM_RANK]
+            rows = [row for row in queue if self._waiting(row)]
+            self._live_count -= len(queue)
+            queue.clear()
+        if not rows:
             return []
-        rows = [row for row in queue if row.seq > upto]
-        self._live_count -= len(queue)
-        queue.clear()
         self._handed_out(rows)
-        return self._in_shop_order(rows)
+        return await self._in_shop_order(rows)
 
-    def _in_shop_order(self, rows: list[OutboxRow]) -> list[OutboxRow]:
+    def _waiting(self, row: OutboxRow) -> bool:
+        """Whether ``row`` is still to be handed out."""
+        return row.seq > self._sent_upto[row.priority] and row.seq not in self._carried
+
+    async def _in_shop_order(self, rows: list[OutboxRow]) -> list[OutboxRow]:
         """``rows`` (alarms first) with no alarm ahead of its shop's earlier order-bound rows.
 
         A shop's rows up to its last order-bound one (cancel, restore, disarm...)
         before its alarm go first, taken from ``rows`` and from the rows still
-        buffered; the rest keep their order. A shop's earlier rows still on disk
-        only are not looked for (decision 87).
+        waiting: in the buffer while caught up, else in the journal (decision 87).
         """
-        bound_upto = self._last_bound_before_alarms(rows)
-        if not bound_upto:
-            return rows
-
-        def earlier(row: OutboxRow) -> bool:
-            return row.priority != ALARM_RANK and row.seq <= bound_upto.get(row.shop_id, 0)
-
-        before = sorted(
-            [row for row in rows if earlier(row)] + self._carry(earlier), key=lambda r: r.seq
-        )
-        ordered: list[OutboxRow] = []
-        for alarm in (row for row in rows if row.priority == ALARM_RANK):
-            while before and before[0].seq < alarm.seq:
-                ordered.append(before.pop(0))
-            ordered.append(alarm)
-        taken = {row.seq for row in ordered}
-        ordered.extend(row for row in rows if row.seq not in taken)
-        return ordered
-
-    def _last_bound_before_alarms(self, rows: list[OutboxRow]) -> dict[str | None, int]:
-        """Per shop with an alarm in ``rows``: its last order-bound row's seq before that alarm."""
         latest_alarm: dict[str, int] = {}
         for row in rows:
             if row.priority == ALARM_RANK and row.shop_id is not None:
                 latest_alarm[row.shop_id] = row.seq
-        bound_upto: dict[str | None, int] = {}
         if not latest_alarm:
-            return bound_upto
-        buffered = (
-            row for rank in RANKS[1:] for row in self._live[rank] if row.seq > self._sent_upto[rank]
+            return rows
+        bound_upto = _last_bound_before(latest_alarm, rows)
+        if self._from_disk:
+            waiting = await asyncio.to_thread(self._waiting_on_disk, latest_alarm, bound_upto)
+        else:
+            waiting = [row for rank in RANKS[1:] for row in self._live[rank] if self._waiting(row)]
+        bound_upto.update(
+            (shop, max(seq, bound_upto.get(shop, 0)))
+            for shop, seq in _last_bound_before(latest_alarm, waiting).items()
         )
-        for row in itertools.chain(rows, buffered):
-            alarm = latest_alarm.get(row.shop_id) if row.shop_id is not None else None
-            before_alarm = alarm is not None and row.priority != ALARM_RANK and row.seq < alarm
-            if before_alarm and order_bound(row):
-                bound_upto[row.shop_id] = max(row.seq, bound_upto.get(row.shop_id, 0))
-        return bound_upto
+        if not bound_upto:
+            return rows
 
-    def _carry(self, earlier: Callable[[OutboxRow], bool]) -> list[OutboxRow]:
-        """Take the ``earlier`` rows out of the buffer, to go with their shop's alarm."""
-        carried: list[OutboxRow] = []
+        def earlier(row: OutboxRow) -> bool:
+            return row.priority != ALARM_RANK and row.seq <= bound_upto.get(row.shop_id or "", 0)
+
+        carried = [row for row in waiting if earlier(row)]
+        for row in carried:
+            self._carried[row.seq] = row.priority
+        if not self._from_disk:
+            self._drop_buffered(earlier)
+        return _each_alarm_after(rows, [row for row in rows if earlier(row)] + carried)
+
+    def _waiting_on_disk(
+        self, latest_alarm: dict[str, int], bound_upto: dict[str, int]
+    ) -> list[OutboxRow]:
+        """Per shop with an alarm: its waiting rows on disk up to its last order-bound one.
+
+        That is the last one before its alarm, on disk or in ``bound_upto`` (the
+        batch's). Runs in a worker thread while the forwarder awaits it: the
+        cursor's state holds still meanwhile.
+        """
+        # Every rank has handed out every row up to here: no need to read them.
+        after = min(self._sent_upto[rank] for rank in RANKS[1:])
+        waiting: list[OutboxRow] = []
+        for shop, alarm in latest_alarm.items():
+            bound = self._reader.shop_pending(
+                self.name, shop, after=after, before=alarm, kinds=ORDER_BOUND_VALUES
+            )
+            upto = max([bound_upto.get(shop, 0), *(r.seq for r in bound if self._waiting(r))])
+            if upto:
+                shop_rows = self._reader.shop_pending(self.name, shop, after=after, before=upto + 1)
+                waiting += (r for r in shop_rows if r.priority != ALARM_RANK and self._waiting(r))
+        return waiting
+
+    def _drop_buffered(self, earlier: Callable[[OutboxRow], bool]) -> None:
+        """Take the ``earlier`` rows, carried with their shop's alarm, out of the buffer."""
         for rank in RANKS[1:]:
             queue = self._live[rank]
-            if not any(earlier(row) for row in queue):
-                continue
-            kept: deque[OutboxRow] = deque()
-            for row in queue:
-                if not earlier(row):
-                    kept.append(row)
-                elif row.seq > self._sent_upto[rank]:
-                    carried.append(row)
-                    self._carried[row.seq] = rank
-            self._live_count -= len(queue) - len(kept)
-            self._live[rank] = kept
-        return carried
+            if any(earlier(row) for row in queue):
+                kept = deque(row for row in queue if not earlier(row))
+                self._live_count -= len(queue) - len(kept)
+                self._live[rank] = kept
 
     def _handed_out(self, rows: list[OutboxRow]) -> None:
         for row in rows:
@@ -263,6 +281,31 @@ class OutboxCursor:
     def close(self) -> None:
         """Release the reading connection."""
         self._reader.close()
+
+
+def _each_alarm_after(rows: list[OutboxRow], earlier: list[OutboxRow]) -> list[OutboxRow]:
+    """``rows`` with the ``earlier`` rows, in journal order, each just ahead of the next alarm."""
+    before = sorted(earlier, key=lambda r: r.seq)
+    ordered: list[OutboxRow] = []
+    for alarm in (row for row in rows if row.priority == ALARM_RANK):
+        while before and before[0].seq < alarm.seq:
+            ordered.append(before.pop(0))
+        ordered.append(alarm)
+    taken = {row.seq for row in ordered}
+    ordered.extend(row for row in rows if row.seq not in taken)
+    return ordered
+
+
+def _last_bound_before(latest_alarm: dict[str, int], rows: list[OutboxRow]) -> dict[str, int]:
+    """Per shop in ``latest_alarm``: its last order-bound row's seq in ``rows`` before its alarm."""
+    bound_upto: dict[str, int] = {}
+    for row in rows:
+        shop = row.shop_id
+        if shop is None or row.priority == ALARM_RANK or row.seq >= latest_alarm.get(shop, 0):
+            continue
+        if order_bound(row):
+            bound_upto[shop] = max(row.seq, bound_upto.get(shop, 0))
+    return bound_upto
 
 
 def order_bound(row: OutboxRow) -> bool:

@@ -108,7 +108,7 @@ class PoliceMqttForwarder:
                 while batch:
                     if batch[0].priority == ALARM_RANK or flight.room:
                         flight.send(batch.popleft())
-                    elif urgent := _alarms_first(self.cursor.take_alarms(), batch):
+                    elif urgent := _alarms_first(await self.cursor.take_alarms(), batch):
                         # No room for routine rows: alarms, in the batch or fresh, go
                         # now, each after its shop's order-bound rows.
                         for row in urgent:

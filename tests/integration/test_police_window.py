@@ -3,7 +3,8 @@
 A real Mosquitto behind a relay that holds every reply to the forwarder: the
 routine rows fill the forwarder's room and the link's routine share. An alarm
 committed then still reaches the broker, after its own shop's cancel and
-before every other routine row waiting.
+before every other routine row waiting: with the backlog in the cursor's
+buffer, and with one too big for it (the cursor reads the journal).
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 
 from gateway.events import EventKind
+from gateway.outbox import LIVE_BUFFER
 from lab.broker import Mosquitto
 from tests.clients import wait_until
 from tests.forwarder_rig import event, forwarding
 from tests.relay import HoldingRelay
 
 WINDOW = 16
-DOORS = 3 * WINDOW
 
 
 async def _police(port: int, received: list[dict[str, Any]], ready: asyncio.Event) -> None:
@@ -33,8 +35,9 @@ async def _police(port: int, received: list[dict[str, Any]], ready: asyncio.Even
             received.append(json.loads(bytes(message.payload)))  # noqa: PERF401 - read while it grows
 
 
+@pytest.mark.parametrize("doors", [3 * WINDOW, LIVE_BUFFER + 100], ids=["buffered", "from_disk"])
 def test_an_alarm_and_its_shops_cancel_overtake_routine_rows_whose_pubacks_are_held(
-    tmp_path: Path, block_broker: Mosquitto
+    tmp_path: Path, block_broker: Mosquitto, doors: int
 ) -> None:
     """Door rows of one shop fill the window; another shop's cancel and panic still go, in order."""
 
@@ -49,8 +52,12 @@ def test_an_alarm_and_its_shops_cancel_overtake_routine_rows_whose_pubacks_are_h
             ) as rig:
                 await asyncio.wait_for(rig.forwarder.link_up.wait(), 10)
                 relay.held = True
-                await rig.send(*(event(EventKind.DOOR_OPEN, shop="S00011") for _ in range(DOORS)))
+                await rig.send(*(event(EventKind.DOOR_OPEN, shop="S00011") for _ in range(doors)))
                 await wait_until(lambda: len(received) >= WINDOW // 2, 10, "the window filling")
+                cursor = rig.forwarder.cursor
+                await wait_until(
+                    lambda: cursor._from_disk == (doors > LIVE_BUFFER), 10, "the cursor's mode"
+                )
                 await rig.send(
                     event(EventKind.CANCEL, shop="S00012"), event(EventKind.PANIC, shop="S00012")
                 )
@@ -60,7 +67,7 @@ def test_an_alarm_and_its_shops_cancel_overtake_routine_rows_whose_pubacks_are_h
                     "the panic, with every routine PUBACK held",
                 )
                 relay.release()
-                await wait_until(lambda: len(received) == DOORS + 2, 10, "every row")
+                await wait_until(lambda: len(received) == doors + 2, 30, "every row")
             police.cancel()
         return received
 
@@ -68,4 +75,4 @@ def test_an_alarm_and_its_shops_cancel_overtake_routine_rows_whose_pubacks_are_h
     kinds = [e["kind"] for e in received]
     assert kinds.index("cancel") + 1 == kinds.index("panic")
     assert kinds.index("panic") < WINDOW
-    assert kinds.count("door_open") == DOORS
+    assert kinds.count("door_open") == doors

@@ -278,6 +278,14 @@ def test_a_journal_from_before_priorities_is_migrated_and_keeps_working(tmp_path
     )
     assert "deliveries_pending_priority" in plan, plan
     assert "TEMP B-TREE" not in plan, plan
+    shop_plan = " ".join(
+        str(r[3])
+        for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT e.seq FROM events e JOIN deliveries d ON d.seq = e.seq"
+            " AND d.forwarder='police' WHERE e.shop_id='S5' AND e.seq<250 ORDER BY e.seq"
+        )
+    )
+    assert "events_shop" in shop_plan, shop_plan
 
     pending_before = [
         seq
@@ -459,3 +467,71 @@ def test_a_row_sent_ahead_with_its_shops_alarm_comes_again_after_a_rewind(tmp_pa
     asyncio.run(run_journal(journal, body))
     cursor.close()
     assert [r.seq for r in got] == [101, 102, *range(1, 101)]
+
+
+def test_a_disk_backlog_larger_than_one_read_keeps_a_shops_cancel_before_its_panic(tmp_path):
+    """S2's cancel and its earlier door row lie beyond the first read: they still lead its panic."""
+    path = tmp_path / "j.db"
+    evs = [forwarded(EventKind.DOOR_OPEN, shop="S1") for _ in range(600)]
+    evs[549] = forwarded(EventKind.DOOR_OPEN, shop="S2")  # seq 550
+    evs += [forwarded(EventKind.CANCEL, shop="S2"), forwarded(EventKind.PANIC, shop="S2")]
+    append_all(open_journal(path), evs)
+    cursor = OutboxCursor(open_journal(path), "police", batch=500)
+    got = drain(cursor, len(evs))
+    cursor.close()
+    assert [r.seq for r in got] == [550, 601, 602, *range(1, 550), *range(551, 601)]
+
+
+def test_an_alarm_committed_while_the_cursor_reads_the_journal_is_taken_at_once(tmp_path):
+    """From disk mid-backlog: the panic and its shop's cancel are taken ahead of the unread rows.
+
+    Nothing repeats afterwards, from disk or from the buffer, though the cancel
+    was taken ahead of its rank and acknowledged before the disk read reached it.
+    """
+    journal = open_journal(tmp_path / "j.db")
+    cursor = OutboxCursor(journal, "police", batch=500)
+    got: list[OutboxRow] = []
+
+    def hand_on(rows: list[OutboxRow]) -> None:
+        got.extend(rows)
+        for row in rows:
+            cursor.ack(row)
+
+    async def body() -> None:
+        for _ in range(600):
+            await journal.append(forwarded(EventKind.DOOR_OPEN, shop="S1"))
+        await wait_until(lambda: journal.stats.appended == 600, 10, "the backlog committed")
+        hand_on(await asyncio.wait_for(cursor.next_batch(), 5))
+        assert cursor._from_disk
+        await journal.append(forwarded(EventKind.CANCEL, shop="S2"))
+        await journal.append(forwarded(EventKind.PANIC, shop="S2"))
+        await wait_until(cursor.alarm_ready.is_set, 10, "the panic committed")
+        taken = await cursor.take_alarms()
+        assert [r.seq for r in taken] == [601, 602]
+        hand_on(taken)
+        await wait_until(lambda: journal.stats.acked == len(got), 10, "acks committed")
+        while len(got) < 602:
+            hand_on(await asyncio.wait_for(cursor.next_batch(), 5))
+        await journal.append(forwarded(EventKind.DOOR_CLOSE, shop="S1"))
+        hand_on(await asyncio.wait_for(cursor.next_batch(), 5))
+
+    asyncio.run(run_journal(journal, body))
+    cursor.close()
+    assert [r.seq for r in got] == [*range(1, 501), 601, 602, *range(501, 601), 603]
+
+
+def test_a_shops_lower_ranked_row_before_its_cancel_in_the_read_comes_from_disk_first(tmp_path):
+    """S2's cancel is in the read, its earlier test row (routine) not yet: both lead its panic."""
+    path = tmp_path / "j.db"
+    evs = [
+        forwarded(EventKind.DOOR_OPEN, shop="S1"),
+        forwarded(EventKind.TEST, shop="S2"),
+        forwarded(EventKind.DOOR_OPEN, shop="S1"),
+        forwarded(EventKind.CANCEL, shop="S2"),
+        forwarded(EventKind.PANIC, shop="S2"),
+    ]
+    append_all(open_journal(path), evs)
+    cursor = OutboxCursor(open_journal(path), "police", batch=4)
+    got = drain(cursor, len(evs), ack=False)
+    cursor.close()
+    assert [r.seq for r in got] == [2, 4, 5, 1, 3]
