@@ -412,6 +412,25 @@ def test_a_backlog_on_disk_keeps_a_shops_cancel_before_its_panic(tmp_path):
     assert [r.seq for r in got] == [2, 4, 1, 3]
 
 
+async def doors_then_a_cancel_and_a_panic(
+    journal: Journal, cursor: OutboxCursor
+) -> list[OutboxRow]:
+    """On the cursor's live path: 100 doors of S1, then S2's cancel and panic; the first batch.
+
+    The batch holds the cancel, the panic (carried ahead with it) and 30 doors.
+    """
+    waiting = asyncio.create_task(cursor.next_batch(), name="next")
+    await wait_until(lambda: not cursor._from_disk, 10, "the cursor on its live path")
+    doors = [forwarded(EventKind.DOOR_OPEN, shop="S1") for _ in range(100)]
+    for ev in [
+        *doors,
+        forwarded(EventKind.CANCEL, shop="S2"),
+        forwarded(EventKind.PANIC, shop="S2"),
+    ]:
+        await journal.append(ev)
+    return await asyncio.wait_for(waiting, 5)
+
+
 def test_a_row_sent_ahead_with_its_shops_alarm_is_not_sent_again_from_disk(tmp_path):
     """A cancel carried ahead of its rank, then an overflow sends the cursor to disk: no repeats."""
     journal = open_journal(tmp_path / "j.db")
@@ -419,16 +438,7 @@ def test_a_row_sent_ahead_with_its_shops_alarm_is_not_sent_again_from_disk(tmp_p
     got: list[OutboxRow] = []
 
     async def body() -> None:
-        waiting = asyncio.create_task(cursor.next_batch(), name="next")
-        await wait_until(lambda: not cursor._from_disk, 10, "the cursor on its live path")
-        doors = [forwarded(EventKind.DOOR_OPEN, shop="S1") for _ in range(100)]
-        for ev in [
-            *doors,
-            forwarded(EventKind.CANCEL, shop="S2"),
-            forwarded(EventKind.PANIC, shop="S2"),
-        ]:
-            await journal.append(ev)
-        got.extend(await asyncio.wait_for(waiting, 5))  # the cancel, the panic, 30 doors
+        got.extend(await doors_then_a_cancel_and_a_panic(journal, cursor))
         overflow = [forwarded(EventKind.DOOR_CLOSE, shop="S1") for _ in range(LIVE_BUFFER + 1)]
         for ev in overflow:
             await journal.append(ev)
@@ -450,16 +460,8 @@ def test_a_row_sent_ahead_with_its_shops_alarm_comes_again_after_a_rewind(tmp_pa
     got: list[OutboxRow] = []
 
     async def body() -> None:
-        waiting = asyncio.create_task(cursor.next_batch(), name="next")
-        await wait_until(lambda: not cursor._from_disk, 10, "the cursor on its live path")
-        doors = [forwarded(EventKind.DOOR_OPEN, shop="S1") for _ in range(100)]
-        for ev in [
-            *doors,
-            forwarded(EventKind.CANCEL, shop="S2"),
-            forwarded(EventKind.PANIC, shop="S2"),
-        ]:
-            await journal.append(ev)
-        assert [r.seq for r in (await asyncio.wait_for(waiting, 5))[:2]] == [101, 102]
+        first = await doors_then_a_cancel_and_a_panic(journal, cursor)
+        assert [r.seq for r in first[:2]] == [101, 102]
         cursor.rewind([], "link lost before the batch went out")
         while len(got) < 102:
             got.extend(await asyncio.wait_for(cursor.next_batch(), 5))
