@@ -6,7 +6,10 @@ Runs the 87-shop Changping Road gateway twice on a private Mosquitto, each time
 with a shop panel sending ``rate`` events/s: once without ``status_page``, once
 with it and ``pages`` clients polling ``/api/view?limit=30`` every 0.5 s, as
 the page in a browser does. Samples the gateway's VmRSS and reads its CPU
-seconds over ``seconds``; writes ``bench/results/status-page-<UTC>.json``.
+seconds over ``seconds``. With the page on, then presses panic at ``presses``
+shops one after the other and times panic -> ``/api/shops`` showing the shop in
+alarm (polled every 20 ms; a page in a browser adds up to its own 0.5 s poll).
+Writes ``bench/results/status-page-<UTC>.json``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ SURVEY = REPO / "gateway" / "data" / "changping-road.csv"
 RESULTS = REPO / "bench" / "results"
 POLL_S = 0.5
 """The page's own polling period (gateway/data/status-page.html)."""
+WATCH_S = 0.02
+"""How often the bench asks whether a pressed shop shows red."""
 
 
 def write_config(work: Path, block_url: str, page_port: int | None) -> Path:
@@ -101,6 +106,36 @@ async def measure(
     }
 
 
+async def panic_to_page(block_url: str, shops_url: str, presses: int) -> list[float]:
+    """Seconds from each panic to ``/api/shops`` showing its shop in alarm, one shop per press."""
+    shop_ids = [s["id"] for s in await asyncio.to_thread(_shops_at, shops_url)]
+    took = []
+    for shop_id in shop_ids[:presses]:
+        panel = ShopPanel(BrokerConfig(url=block_url), shop_id)
+        async with asyncio.TaskGroup() as tg:
+            panel_task = tg.create_task(panel.run(), name=f"panel[{shop_id}]")
+            await asyncio.wait_for(panel.ready.wait(), 10)
+            started = time.monotonic()
+            await panel.send("panic", zone="1")
+            took.append(await asyncio.to_thread(_wait_red, shops_url, shop_id, started))
+            panel_task.cancel()
+    return took
+
+
+def _wait_red(shops_url: str, shop_id: str, started: float, timeout_s: float = 10.0) -> float:
+    while time.monotonic() - started < timeout_s:
+        if any(s["id"] == shop_id and s["state"] == "alarm" for s in _shops_at(shops_url)):
+            return time.monotonic() - started
+        time.sleep(WATCH_S)
+    raise TimeoutError(f"{shop_id} not shown in alarm {timeout_s} s after its panic")
+
+
+def _shops_at(url: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        shops: list[dict[str, Any]] = json.loads(answer.read())
+        return shops
+
+
 def one_run(work: Path, *, page: bool, args: argparse.Namespace) -> dict[str, Any]:
     """The gateway with the page on or off, on a broker of its own."""
     with Mosquitto(workdir=work / "broker") as broker:
@@ -110,7 +145,16 @@ def one_run(work: Path, *, page: bool, args: argparse.Namespace) -> dict[str, An
         gateway.start()
         try:
             url = f"http://127.0.0.1:{port}/api/view?limit=30" if port else None
-            return asyncio.run(measure(gateway, broker.url, url, args))
+            figures = asyncio.run(measure(gateway, broker.url, url, args))
+            if port:
+                shops_url = f"http://127.0.0.1:{port}/api/shops"
+                took = asyncio.run(panic_to_page(broker.url, shops_url, args.presses))
+                figures["panic_to_api_ms"] = {
+                    "p50": round(1000 * statistics.median(took), 1),
+                    "max": round(1000 * max(took), 1),
+                    "presses": len(took),
+                }
+            return figures
         finally:
             gateway.stop()
 
@@ -121,6 +165,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--pages", type=int, default=5, help="Open pages polling the gateway.")
     parser.add_argument("--rate", type=float, default=20.0, help="Events/s from a shop panel.")
+    parser.add_argument("--presses", type=int, default=10, help="Panics timed to the page.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-status-page-") as tmp:
         off = one_run(Path(tmp) / "off", page=False, args=args)
@@ -141,6 +186,11 @@ def main() -> None:
             f" max {run['rss_max_mb']:5.1f} MB  ({run['events_sent']} events,"
             f" {run['page_answers']} page answers in {run['seconds']} s)"
         )
+    shown = on["panic_to_api_ms"]
+    print(
+        f"panic -> shop in alarm at /api/shops: p50 {shown['p50']} ms, max {shown['max']} ms"
+        f" over {shown['presses']} presses (a page adds up to {POLL_S * 1000:.0f} ms, its poll)"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"status-page-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

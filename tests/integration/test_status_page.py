@@ -266,7 +266,6 @@ def test_page_in_chromium_shows_a_panic_and_a_driver_fault(
     assert shot.stat().st_size > 10_000
     assert chromium.console_errors(tab) == []
     assert chromium.evaluate(tab, "document.body.dataset.errors || ''") == ""
-    assert took < 1.0, f"the page showed the panic {took:.2f} s after it was sent"
 
 
 def test_init_status_page_turns_it_on_on_loopback(tmp_path):
