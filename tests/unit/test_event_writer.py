@@ -28,9 +28,7 @@ SCALARS = st.one_of(
 KEYS = st.one_of(TRICKY_TEXT, st.text(max_size=6), st.integers(), st.booleans(), st.none())
 DOCUMENTS = st.recursive(
     SCALARS,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(KEYS, inner, max_size=4)
-    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(KEYS, inner, max_size=4)),
     max_leaves=25,
 )
 DUMPERS = [yaml.SafeDumper, *([yaml.CSafeDumper] if hasattr(yaml, "CSafeDumper") else [])]
