@@ -58,6 +58,8 @@ class _Events:
     """The serializer's events for one document, sent to the dumper's emitter as they come."""
 
     def __init__(self, dumper: yaml.CSafeDumper) -> None:
+        if dumper.yaml_path_resolvers:
+            raise _Unusual  # a tag that depends on where a node is: the serializer's to find
         self.dumper = dumper
         self.emit = dumper.emit
         # (tag, text) -> whether the text reads back as that tag plain, and quoted

@@ -47,3 +47,13 @@ def test_a_dict_given_twice_is_anchored_as_yaml_dump_anchors_it() -> None:
     text = dump(value, yaml.CSafeDumper)
     assert "&id001" in text
     assert text == yaml.dump(value, Dumper=yaml.CSafeDumper, sort_keys=False, allow_unicode=True)
+
+
+def test_a_dumper_with_path_resolvers_is_left_to_yaml_dump() -> None:
+    class Tagging(yaml.SafeDumper):
+        """Writes the text under ``code`` as an int's tag would have it read."""
+
+    Tagging.add_path_resolver("tag:yaml.org,2002:int", ["code"], str)
+    value = {"code": "12", "name": "12"}
+    expected = yaml.dump(value, Dumper=Tagging, sort_keys=False, allow_unicode=True)
+    assert dump(value, Tagging) == expected
