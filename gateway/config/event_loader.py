@@ -109,7 +109,6 @@ class _Builder:
     def build(self) -> object:
         """The document's data; raises ``_Unusual`` for what the full loader must read."""
         handlers: dict[object, Callable[[Any], None]] = {
-            ScalarEvent: self._scalar,
             MappingStartEvent: self._mapping,
             SequenceStartEvent: self._sequence,
             AliasEvent: self._alias,
@@ -120,8 +119,12 @@ class _Builder:
         next_event()  # the stream's start
         if not isinstance(next_event(), DocumentStartEvent):
             raise _Unusual  # no document
-        while not isinstance(event := next_event(), DocumentEndEvent):
-            handler = handlers.get(type(event))
+        scalar: Callable[[Any], None] = self._scalar  # most events: tried first
+        while (kind := type(event := next_event())) is not DocumentEndEvent:
+            if kind is ScalarEvent:
+                scalar(event)
+                continue
+            handler = handlers.get(kind)
             if handler is None:
                 raise _Unusual
             handler(event)
@@ -132,18 +135,20 @@ class _Builder:
     def _scalar(self, event: ScalarEvent) -> None:
         if event.tag is not None and event.tag != "!":
             raise _Unusual
-        value = self._resolved(event.value) if event.implicit[0] else event.value
+        text = event.value
+        value: object = text
+        if event.implicit[0]:  # plain: each text is resolved once
+            value = self.resolved.get(text, _NO_KEY)
+            if value is _NO_KEY:
+                value = self._resolved(text)
         self._place(value, event)
         if event.anchor is not None:
             self._anchor(event.anchor)
             self.anchors[event.anchor] = value
 
     def _resolved(self, text: str) -> object:
-        """A plain scalar's value: its tag found as the loader's resolver finds it."""
-        value = self.resolved.get(text, _NO_KEY)
-        if value is not _NO_KEY:
-            return value
-        value = text
+        """A plain scalar's value, first met: its tag found as the loader's resolver finds it."""
+        value: object = text
         for tag, pattern in self.resolvers.get(text[:1], ()):
             if pattern.match(text):
                 construct = self.constructors.get(tag)
@@ -186,31 +191,33 @@ class _Builder:
 
     def _place(self, value: object, event: NodeEvent) -> None:
         """Put ``value`` where the document is at."""
-        lines = self.lines
-        if not self.stack:
+        stack = self.stack
+        if not stack:
             self.root = value
-            if lines is not None:
-                lines[()] = _line(event)
+            if self.lines is not None:
+                self.lines[()] = _line(event)
             return
-        parent = self.stack[-1]
+        parent = stack[-1]
         container = parent.container
-        if isinstance(container, list):
+        if parent.key is not _NO_KEY:  # a mapping's value (only a mapping has a key)
+            container[parent.key] = value
+            parent.key = _NO_KEY
+            return
+        lines = self.lines
+        if type(container) is list:
             if lines is not None:
                 lines[(*parent.path, len(container))] = _line(event)
             container.append(value)
             return
-        if parent.key is _NO_KEY:
-            if not isinstance(event, ScalarEvent) or type(value) not in _KEY_TYPES:
-                raise _Unusual  # a key that is a collection or an alias
-            if value in container or event.value in parent.key_texts:
-                raise _Unusual  # a repeated key: the full loader reports both lines
-            parent.key_texts.add(event.value)
-            parent.key, parent.key_text = value, event.value
-            if lines is not None:
-                lines[(*parent.path, event.value)] = _line(event)
-            return
-        container[parent.key] = value
-        parent.key = _NO_KEY
+        if type(event) is not ScalarEvent or type(value) not in _KEY_TYPES:
+            raise _Unusual  # a key that is a collection or an alias
+        text = event.value
+        if value in container or text in parent.key_texts:
+            raise _Unusual  # a repeated key: the full loader reports both lines
+        parent.key_texts.add(text)
+        parent.key, parent.key_text = value, text
+        if lines is not None:
+            lines[(*parent.path, text)] = _line(event)
 
     def _next_path(self) -> Loc:
         """The key path of the next value placed (only a collection needs its own)."""

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import ValidationError
 
+from gateway.config import event_writer
 from gateway.config.model import GatewayConfig, Loc, NeighbourAlertConfig, StatusPageConfig
 from gateway.config.preflight import Finding, map_findings
 from gateway.config.problems import Locate, Spot, explain_errors, path_text
@@ -459,9 +459,7 @@ def _render(data: dict[str, Any], *, survey: Path, nearby_m: float) -> str:
     parts = [header]
     for key, value in data.items():
         parts.append("\n" + notes.get(key, ""))
-        parts.append(
-            yaml.dump({key: value}, Dumper=_SafeDumper, sort_keys=False, allow_unicode=True)
-        )
+        parts.append(event_writer.dump({key: value}, _SafeDumper))
     return "".join(parts)
 
 
