@@ -150,7 +150,10 @@ class BlockPublisher:
                     )
                     continue
                 # Every neighbour at once, each publish resolving on its own PUBACK.
-                outcomes = [link.publish(notify_topic(n.shop_id), n.payload) for n in alert.notices]
+                outcomes = [
+                    link.publish(notify_topic(n.shop_id), n.payload, urgent=True)
+                    for n in alert.notices
+                ]
                 key = next(self._submissions)
                 self._unconfirmed[key] = alert
                 tg.create_task(
