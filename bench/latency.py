@@ -920,7 +920,8 @@ async def measure_on(
     broker: str, s: Settings, workdir: Path, started: Started, *, profile: bool
 ) -> dict[str, Any]:
     """Every phase against one pair of ``broker`` Mosquittos, floor then gateway."""
-    out: dict[str, Any] = {"settings_added": broker_settings(broker)}
+    # Other work on the machine shows in every figure: say how busy it was.
+    out: dict[str, Any] = {"settings_added": broker_settings(broker), "loadavg_before": load()}
     with broker_pair(broker, workdir) as (block_broker, police_broker):
         block_url, police_url = block_broker.url, police_broker.url
         config, source = write_config(workdir / "gateway", block_url, police_url)
@@ -949,7 +950,13 @@ async def measure_on(
             out["gateway"] = await measure_gateway(b)
         finally:
             await b.block.close()
+    out["loadavg_after"] = load()
     return out
+
+
+def load() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 async def measure_floor(b: Bench) -> dict[str, Any]:
@@ -1173,7 +1180,10 @@ def main() -> None:
         ("background_rate", args.background_rate),
         ("background_shops", args.background_shops),
     )
-    overrides = {k: v for k, v in given if v}
+    overrides: dict[str, float] = {k: v for k, v in given if v}
+    if args.backlog:
+        # A drain at the gateway's rate of about 3,000 events/s on a busy machine, and more.
+        overrides["drain_timeout_s"] = max(s.drain_timeout_s, args.backlog / 1000)
     if overrides:
         s = Settings(**{**asdict(s), **overrides})
     logging.basicConfig(level=logging.WARNING)
