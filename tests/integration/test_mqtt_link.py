@@ -15,6 +15,15 @@ from gateway.mqtt.link import MqttLink
 from lab.broker import Mosquitto
 
 
+async def queue_backlog(link: MqttLink, port: int) -> None:
+    """Make ``link``'s persistent session, then queue 3,000 messages on ``backlog/#`` for it."""
+    async with link:
+        pass
+    async with aiomqtt.Client("127.0.0.1", port, identifier="producer") as p:
+        for i in range(3000):
+            await p.publish(f"backlog/{i % 7}", str(i).encode(), qos=1)
+
+
 @pytest.mark.tuned_broker("3,000 queued messages: stock Mosquitto keeps 1,000 per client")
 def test_a_backlog_arrives_complete_without_more_than_max_unacked_outstanding(block_broker):
     """3,000 queued messages reach a slow consumer in full while at most ~50 are ever unacknowledged."""
@@ -26,11 +35,7 @@ def test_a_backlog_arrives_complete_without_more_than_max_unacked_outstanding(bl
         )
 
     async def scenario() -> tuple[int, int]:
-        async with link():
-            pass  # the persistent session now exists
-        async with aiomqtt.Client("127.0.0.1", block_broker.port, identifier="producer") as p:
-            for i in range(3000):
-                await p.publish(f"backlog/{i % 7}", str(i).encode(), qos=1)
+        await queue_backlog(link(), block_broker.port)
         got: list[int] = []
         peak_unacked = peak_queued = 0
         paced = link()
@@ -71,11 +76,7 @@ def test_a_resumed_sessions_backlog_is_read_as_it_is_taken_not_before_the_link_i
         )  # fmt: skip
 
     async def scenario() -> tuple[int, list[str]]:
-        async with link():
-            pass  # the persistent session now exists
-        async with aiomqtt.Client("127.0.0.1", block_broker.port, identifier="producer") as p:
-            for i in range(3000):
-                await p.publish(f"backlog/{i % 7}", str(i).encode(), qos=1)
+        await queue_backlog(link(), block_broker.port)
         topics: list[str] = []
         resumed = link()
         async with resumed, asyncio.TaskGroup() as tg:
