@@ -49,7 +49,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -92,6 +92,7 @@ RADIUS_M = 300.0
 GATEWAY_SEQ_BASE = 1_000_000_000  # backlog sequence numbers: never seen by the gateway before
 RELAY_SEQ_BASE = 2_000_000_000
 SETTLE_S = 5.0
+BACKLOG_SENT_PER_S = 1000  # the pace the backlog's events were sent at, by their device times
 PER_CLIENT_RATE = 250  # background events/s per publishing client
 DRAIN_BROKER = "tuned"
 DRAIN_SKIPPED = (
@@ -339,11 +340,14 @@ def publish_backlog(url: str, shops: list[str], count: int, seq_base: int) -> di
     try:
         if not connected.wait(10):
             raise RuntimeError("backlog publisher could not connect")
-        ts = datetime.now(UTC).isoformat()
+        # Device times as if the events had been sent during the outage at issue 14's
+        # rate, as a real backlog's are (the gateway's shop cap reads them, decision 944).
+        sent_from = datetime.now(UTC) - timedelta(seconds=count / BACKLOG_SENT_PER_S)
         started = time.perf_counter()
         for i in range(count):
             if not window.acquire(timeout=30):
                 break
+            ts = (sent_from + timedelta(seconds=i / BACKLOG_SENT_PER_S)).isoformat()
             body = (
                 f'{{"device_id":"panel-1","kind":"{BACKGROUND_KINDS[i % 3]}",'
                 f'"seq":{seq_base + i},"ts":"{ts}"}}'
