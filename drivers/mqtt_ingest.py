@@ -143,6 +143,8 @@ class MqttIngestDriver:
         self.link_up = asyncio.Event()
         self._source_prefix, _, self._source_suffix = config.topic.partition("+")
         self._shop_cap = WindowCap(config.shop_event_cap, config.shop_event_window_s)
+        # The same cap counted in the devices' own time (decision 97).
+        self._shop_cap_device_time = WindowCap(config.shop_event_cap, config.shop_event_window_s)
         # Origin keys of the messages the screen let through under the cap: a copy the
         # broker sends again (after a reconnect, or after a shortage refused it) is not
         # a new event of its shop and does not count again.
@@ -273,7 +275,13 @@ class MqttIngestDriver:
         if event_class in UNCAPPED_CLASSES or origin_key in self._counted:
             return routine
         shop_id = str(event.shop_id)
-        if self._shop_cap.allow(shop_id):
+        # Each cap counts every event, and either lets it pass: a backlog the broker
+        # kept while we were down is read far faster than it was sent, and its device
+        # times show the pace it was sent at; a clock that stands still passes only
+        # the count by arrival (decision 97).
+        by_arrival = self._shop_cap.allow(shop_id)
+        by_device_time = self._shop_cap_device_time.allow(shop_id, event.occurred_at.timestamp())
+        if by_arrival or by_device_time:
             if origin_key is not None:
                 self._counted[origin_key] = None
                 if len(self._counted) > RECENT_ORIGIN_KEYS:

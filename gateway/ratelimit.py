@@ -50,9 +50,9 @@ class WindowCap:
         self._clock = clock
         self._windows: dict[str, tuple[float, int]] = {}  # key -> (window start, passes)
 
-    def allow(self, key: str) -> bool:
-        """Count one pass for ``key``; False once its window's cap is used up."""
-        now = self._clock()
+    def allow(self, key: str, at: float | None = None) -> bool:
+        """Count one pass for ``key`` at ``at`` (else now); False once its window is used up."""
+        now = self._clock() if at is None else at
         start, passes = self._windows.get(key, (now, 0))
         if now - start >= self._window:
             start, passes = now, 0

@@ -9,20 +9,26 @@ rate), events of a device the shop does not have, and events on the topic of
 a shop no gateway serves. ``door_events`` is the sustained-rate load.
 
     python -m lab.flood --url mqtt://127.0.0.1:PORT --shop S00080 --rate 5000 --count 30000
+    python -m lab.flood --url mqtt://127.0.0.1:PORT --doors S00001,S00002 --rate 250 --count 60000
 
-runs one flood in its own process (so that a benchmark's clocks are not held
-up by the flood's publishing) and prints its figures as JSON when done.
+runs one flood (junk from ``--shop``, or doors opening and closing at
+``--doors``) in its own process, so that a benchmark's clocks are not held up
+by the flood's publishing, and prints its figures as JSON when done or on
+SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import FrameType
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -52,21 +58,28 @@ def junk(shop_id: str) -> Body:
     return body
 
 
-def door_events(shops: Sequence[str], seq_base: int = 0) -> Body:
-    """Well-formed door events from ``shops`` in turn, each with its own sequence number."""
+def door_events(
+    shops: Sequence[str], seq_base: int = 0, kinds: Sequence[str] = ("door_open",)
+) -> Body:
+    """Well-formed door events from ``shops`` in turn, each with its own sequence number.
+
+    Each shop's events go through ``kinds`` in turn: ``("door_open",
+    "door_close")`` is a door that really opens and closes.
+    """
 
     def body(i: int) -> tuple[str, bytes]:
-        return f"lianfang/v1/shop/{shops[i % len(shops)]}/event", door_event(
-            "panel-1", seq_base + i
+        shop, turn = shops[i % len(shops)], i // len(shops)
+        return f"lianfang/v1/shop/{shop}/event", door_event(
+            "panel-1", seq_base + i, kinds[turn % len(kinds)]
         )
 
     return body
 
 
-def door_event(device: str, seq: int) -> bytes:
-    """A door-open event of ``device`` as a panel sends it."""
+def door_event(device: str, seq: int, kind: str = "door_open") -> bytes:
+    """A door event of ``device`` as a panel sends it."""
     ts = datetime.now(UTC).isoformat()
-    return f'{{"device_id":"{device}","kind":"door_open","seq":{seq},"ts":"{ts}"}}'.encode()
+    return f'{{"device_id":"{device}","kind":"{kind}","seq":{seq},"ts":"{ts}"}}'.encode()
 
 
 @dataclass
@@ -150,20 +163,44 @@ class RatePublisher:
             return 0.0
         return self.published / max(self.ended_at - self.started_at, 1e-9)
 
+    def figures(self) -> dict[str, float]:
+        """Published, acknowledged, the rate achieved and the seconds it took."""
+        seconds = (self.ended_at or 0.0) - (self.started_at or 0.0)
+        return {
+            "published": self.published,
+            "acked": self.acked,
+            "rate": round(self.achieved_rate, 1),
+            "seconds": round(max(seconds, 0.0), 3),
+        }
+
 
 def main() -> None:
-    """Command line: one junk flood, its figures as JSON on stdout."""
+    """Command line: one flood, its figures as JSON on stdout (SIGTERM ends it early)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)
-    parser.add_argument("--shop", required=True)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--shop", help="junk from this shop's client")
+    which.add_argument("--doors", help="door events of these shops (comma-separated)")
+    parser.add_argument("--client-id", help="MQTT client id (default flood-SHOP or doors-PID)")
+    parser.add_argument("--seq-base", type=int, default=0, help="first door event's seq")
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--count", type=int, default=30000)
     args = parser.parse_args()
-    flood = RatePublisher(args.url, f"flood-{args.shop}", args.rate, args.count, junk(args.shop))
+    if args.shop:
+        body, client_id = junk(args.shop), f"flood-{args.shop}"
+    else:
+        shops = args.doors.split(",")
+        body = door_events(shops, args.seq_base, ("door_open", "door_close"))
+        client_id = f"doors-{os.getpid()}"
+    flood = RatePublisher(args.url, args.client_id or client_id, args.rate, args.count, body)
+
+    def end_early(_signum: int, _frame: FrameType | None) -> None:
+        flood.stop()
+
+    signal.signal(signal.SIGTERM, end_early)
     flood.start()
     flood.join(args.count / args.rate + 60)
-    figures = {"published": flood.published, "acked": flood.acked, "rate": flood.achieved_rate}
-    print(json.dumps(figures), flush=True)  # noqa: T201 - the command's output
+    print(json.dumps(flood.figures()), flush=True)  # noqa: T201 - the command's output
 
 
 if __name__ == "__main__":

@@ -201,7 +201,12 @@ class MqttLink:
                 await self._first_of(self._connected)
                 if self._filters:
                     self._send_subscribes()
-                    await self._first_of(self._subscribed)
+                    # A resumed session is subscribed already, and its backlog comes
+                    # before the SUBACK: waiting for that would read the whole
+                    # backlog into memory first (decision 95). The SUBACK is read
+                    # in its turn; a refusal then fails the link as before.
+                    if not self.limits.session_present:
+                        await self._first_of(self._subscribed)
                     self._maybe_pause()
         except TimeoutError as exc:
             self._close(clean=False)
@@ -325,6 +330,10 @@ class MqttLink:
             Waiting(topic, payload, retain, future, urgent=urgent, key=key, bound=bound)
         )
         self._send_waiting()
+        if urgent:
+            # paho only asks the loop to write (a writer callback); an alarm's bytes
+            # go now, not after whatever else the loop's turn holds (decision 96).
+            self._write()
         return future
 
     def fits(self, topic: str, payload: bytes) -> bool:
@@ -411,9 +420,11 @@ class MqttLink:
         else:
             self._qos0_queued += 1
         self.messages.put_nowait((message, self._generation), lane)
-        # A resumed session's backlog arrives before the SUBACK: keep reading until
-        # the SUBACK is in, or we would never see it.
-        if self._subscribed is not None and self._subscribed.done():
+        # Messages before the SUBACK while ``_open`` waits for it (retained ones of a
+        # fresh session): keep reading until it is in, or we would never see it.
+        if self.limits.session_present or (
+            self._subscribed is not None and self._subscribed.done()
+        ):
             self._maybe_pause()
 
     def _maybe_pause(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -150,7 +151,10 @@ class BlockPublisher:
                     )
                     continue
                 # Every neighbour at once, each publish resolving on its own PUBACK.
-                outcomes = [link.publish(notify_topic(n.shop_id), n.payload) for n in alert.notices]
+                outcomes = [
+                    link.publish(notify_topic(n.shop_id), n.payload, urgent=True)
+                    for n in alert.notices
+                ]
                 key = next(self._submissions)
                 self._unconfirmed[key] = alert
                 tg.create_task(
@@ -192,18 +196,31 @@ class BlockPublisher:
         file = self._confirmed_file
         if file is None:
             return
-        while True:
-            await self._confirmed_changed.wait()
-            self._confirmed_changed.clear()
-            now = time.time()
-            for alert_id in [a for a, (expires, _) in self._confirmed.items() if expires < now]:
-                del self._confirmed[alert_id]
-            text = json.dumps({a: [e, sorted(s)] for a, (e, s) in self._confirmed.items()})
-            try:
-                await file.save_in_thread(text)
-            except OSError as exc:  # notices still go out; a restart may repeat some
-                self._log.warning("confirmed", "cannot write %s: %s", file.path, exc)
-            await asyncio.sleep(CONFIRMED_SAVE_INTERVAL_S)
+        saved = ""
+        try:
+            while True:
+                await self._confirmed_changed.wait()
+                self._confirmed_changed.clear()
+                text = self._confirmed_text()
+                try:
+                    await file.save_in_thread(text)
+                    saved = text
+                except OSError as exc:  # notices still go out; a restart may repeat some
+                    self._log.warning("confirmed", "cannot write %s: %s", file.path, exc)
+                await asyncio.sleep(CONFIRMED_SAVE_INTERVAL_S)
+        finally:
+            # Stopping (a restart): what was confirmed since the last finished write
+            # is written now, or the restart would tell those shops again.
+            if (text := self._confirmed_text()) != saved:
+                with contextlib.suppress(OSError):
+                    file.save(text)
+
+    def _confirmed_text(self) -> str:
+        """The unexpired confirmations as the file keeps them."""
+        now = time.time()
+        for alert_id in [a for a, (expires, _) in self._confirmed.items() if expires < now]:
+            del self._confirmed[alert_id]
+        return json.dumps({a: [e, sorted(s)] for a, (e, s) in self._confirmed.items()})
 
     def _load_confirmed(self) -> dict[str, tuple[float, set[str]]]:
         if self._confirmed_file is None:

@@ -10,9 +10,18 @@ import pytest
 
 from gateway.errors import PlatformNak
 from gateway.mqtt.client import BrokerConfig
-from gateway.mqtt.limits import LinkDown
+from gateway.mqtt.limits import UNLIMITED_RECEIVE_MAXIMUM, LinkDown
 from gateway.mqtt.link import MqttLink
 from lab.broker import Mosquitto
+
+
+async def queue_backlog(link: MqttLink, port: int) -> None:
+    """Make ``link``'s persistent session, then queue 3,000 messages on ``backlog/#`` for it."""
+    async with link:
+        pass
+    async with aiomqtt.Client("127.0.0.1", port, identifier="producer") as p:
+        for i in range(3000):
+            await p.publish(f"backlog/{i % 7}", str(i).encode(), qos=1)
 
 
 @pytest.mark.tuned_broker("3,000 queued messages: stock Mosquitto keeps 1,000 per client")
@@ -26,11 +35,7 @@ def test_a_backlog_arrives_complete_without_more_than_max_unacked_outstanding(bl
         )
 
     async def scenario() -> tuple[int, int]:
-        async with link():
-            pass  # the persistent session now exists
-        async with aiomqtt.Client("127.0.0.1", block_broker.port, identifier="producer") as p:
-            for i in range(3000):
-                await p.publish(f"backlog/{i % 7}", str(i).encode(), qos=1)
+        await queue_backlog(link(), block_broker.port)
         got: list[int] = []
         peak_unacked = peak_queued = 0
         paced = link()
@@ -51,6 +56,49 @@ def test_a_backlog_arrives_complete_without_more_than_max_unacked_outstanding(bl
     peak_unacked, peak_queued = asyncio.run(scenario())
     assert peak_unacked <= 60, peak_unacked
     assert peak_queued <= 60, peak_queued
+
+
+@pytest.mark.tuned_broker("3,000 queued messages: stock Mosquitto keeps 1,000 per client")
+def test_a_resumed_sessions_backlog_is_read_as_it_is_taken_not_before_the_link_is_up(
+    block_broker,
+):
+    """The ingest's case: the broker may send its whole backlog at once, before the SUBACK.
+
+    Before decision 95 the link read all 3,000 into memory (screening each)
+    while it waited for the SUBACK behind them, and only then was it up.
+    """
+    broker = BrokerConfig(url=block_broker.url)
+
+    def link() -> MqttLink:
+        return MqttLink(
+            broker, client_id="resumed", persistent=True, subscribe=["backlog/#", "later/#"],
+            max_unacked=50, receive_maximum=UNLIMITED_RECEIVE_MAXIMUM,
+        )  # fmt: skip
+
+    async def scenario() -> tuple[int, list[str]]:
+        await queue_backlog(link(), block_broker.port)
+        topics: list[str] = []
+        resumed = link()
+        async with resumed, asyncio.TaskGroup() as tg:
+            held_when_up = resumed.messages.qsize()
+            watch = tg.create_task(resumed.watch(), name="watch")
+            while len(topics) < 3000:
+                message, generation = await asyncio.wait_for(resumed.messages.get(), 10)
+                topics.append(message.topic)
+                resumed.ack(message, generation)
+            # The SUBACK came after the backlog; the link still works past it.
+            async with aiomqtt.Client("127.0.0.1", block_broker.port, identifier="late") as p:
+                await p.publish("later/1", b"after", qos=1)
+            message, generation = await asyncio.wait_for(resumed.messages.get(), 10)
+            topics.append(message.topic)
+            resumed.ack(message, generation)
+            watch.cancel()
+        return held_when_up, topics
+
+    held_when_up, topics = asyncio.run(scenario())
+    assert held_when_up <= 60, held_when_up
+    assert len(topics) == 3001
+    assert topics[-1] == "later/1"
 
 
 @pytest.fixture

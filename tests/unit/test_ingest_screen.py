@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from datetime import datetime, timedelta
 
 import aiomqtt
 from paho.mqtt.client import MQTTMessage
@@ -63,6 +64,33 @@ def test_alarms_are_urgent_and_never_throttled() -> None:
     assert ingest.screen(message("S1", event("duress"))) is Lane.URGENT
     assert ingest.screen(message("S1", event("tamper"))) is Lane.ROUTINE
     assert ingest.screen(message("S2", event("door_open"))) is Lane.ROUTINE  # another shop
+
+
+def door_at(when: datetime) -> bytes:
+    return json.dumps(
+        {"device_id": "panel-1", "kind": "door_open", "ts": when.isoformat()}
+    ).encode()
+
+
+def test_a_backlog_read_at_once_passes_whole_when_it_was_sent_at_a_fair_pace() -> None:
+    """The broker's backlog for a gateway that was down: sent over minutes, read in a burst.
+
+    Ten door events of one shop a minute apart all pass a cap of 3 per 10 s
+    (decision 97); counted by arrival alone, 7 were dropped as throttled.
+    """
+    ingest = driver()
+    start = utc_now() - timedelta(minutes=20)
+    lanes = [ingest.screen(message("S1", door_at(start + timedelta(minutes=i)))) for i in range(10)]
+    assert lanes == [Lane.ROUTINE] * 10
+    assert ingest.rejected["throttled"] == 0
+
+
+def test_a_device_whose_clock_stands_still_is_held_to_the_cap() -> None:
+    """A burst with one timestamp is a burst whatever the clock: the cap holds it."""
+    ingest = driver()
+    frozen = utc_now() - timedelta(minutes=20)
+    lanes = [ingest.screen(message("S1", door_at(frozen))) for _ in range(CAP + 2)]
+    assert lanes == [Lane.ROUTINE] * CAP + [None, None]
 
 
 def test_the_cap_opens_again_in_the_next_window() -> None:
