@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import os
 import pickle
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,11 +27,11 @@ from yaml.constructor import SafeConstructor
 from gateway.config.event_loader import path_at, quick_load
 from gateway.config.model import GatewayConfig, Loc
 from gateway.config.problems import (
-    MAX_SHOWN_VALUE,
     Locate,
     Spot,
     explain_errors,
     path_text,
+    unreadable,
     value_kind,
 )
 from gateway.errors import ConfigError, ConfigProblem
@@ -63,25 +62,7 @@ class _Loader(_SafeLoader):
         # PyYAML's constructors raise these with no mark: a date that does not exist,
         # too many digits, `!!bool maybe` (KeyError), `!!timestamp x` (AttributeError).
         except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as exc:
-            raise _UnreadableValue(problem=_unreadable(node), problem_mark=node.start_mark) from exc
-
-
-_TAG_NOUNS = {"int": "a whole number", "float": "a number", "timestamp": "a date",
-              "bool": "true or false", "binary": "base64 data"}  # fmt: skip
-
-
-def _unreadable(node: yaml.Node) -> str:
-    """What is wrong with a value the constructor refused, as an installer reads it."""
-    kind = node.tag.rsplit(":", 1)[-1]
-    noun = _TAG_NOUNS.get(kind, f"a {kind}")
-    if not isinstance(node, yaml.ScalarNode):
-        return f"is not {noun}"
-    text = str(node.value)
-    shown = text if len(text) <= MAX_SHOWN_VALUE else text[: MAX_SHOWN_VALUE - 3] + "..."
-    digits = sum(c.isdigit() for c in text)
-    if kind == "int" and digits > (limit := sys.get_int_max_str_digits()) > 0:
-        return f"{shown} is a number of {digits} digits; at most {limit} are read"
-    return f"{shown} is not {noun}"
+            raise _UnreadableValue(problem=unreadable(node), problem_mark=node.start_mark) from exc
 
 
 def _base60_as_text(
