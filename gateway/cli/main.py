@@ -1,60 +1,92 @@
 """The installer's command line: ``lianfang ...``, one module per command group.
 
-To add a command group, write its module in ``gateway/cli/`` with an ``app``
-(``typer.Typer()``; give it a ``name`` to make it a subcommand group) and add
-the module to ``GROUPS``.
+A command's module is imported only when that command runs (or ``--help``
+lists them all): typer turns every command's signature into options when its
+module's app is built, and the other thirty-odd commands' are no use to
+``lianfang check``. To add a command group, write its module in
+``gateway/cli/`` with an ``app`` (``typer.Typer()``; give it a ``name`` to make
+it a subcommand group) and add its commands to ``COMMANDS``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+import importlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from gateway.cli import (
-    broker_config,
-    deploy,
-    device_map,
-    field,
-    inspection,
-    keys,
-    report,
-    rules,
-    schema,
-    services,
-    setup,
-    simulation,
-    sms,
-    walktest,
-)
+if TYPE_CHECKING:
+    from typer import _click as click  # typer vendors click: its own types are only there
 
-GROUPS = (
-    setup,
-    inspection,
-    services,
-    deploy,
-    broker_config,
-    keys,
-    simulation,
-    field,
-    schema,
-    rules,
-    sms,
-    device_map,
-    walktest,
-    report,
-)
-"""The command groups, in the order ``lianfang --help`` lists them."""
+COMMANDS = {
+    "init": "setup",
+    "check": "setup",
+    "neighbours": "inspection",
+    "status": "inspection",
+    "events": "inspection",
+    "run": "services",
+    "receiver": "services",
+    "install-service": "deploy",
+    "backup": "deploy",
+    "broker-config": "broker_config",
+    "police-acl": "broker_config",
+    "keys": "keys",
+    "demo": "simulation",
+    "simulate": "simulation",
+    "learn": "field",
+    "scan": "field",
+    "config": "schema",
+    "rules": "rules",
+    "sms": "sms",
+    "map": "device_map",
+    "walktest": "walktest",
+    "reload": "walktest",
+    "report": "report",
+}
+"""Each command (or subcommand group) and its module, in ``lianfang --help``'s order."""
+
+
+@functools.cache
+def module_commands(module: str) -> dict[str, click.Command]:
+    """The commands that ``gateway.cli.<module>``'s app defines, by name."""
+    merged = typer.Typer()
+    merged.add_typer(importlib.import_module(f"gateway.cli.{module}").app)
+    return dict(typer.main.get_group(merged).commands)
+
+
+class _CommandTable(Mapping[str, "click.Command"]):
+    """Every command by name; looking one up imports its module and builds its commands."""
+
+    def __getitem__(self, name: str) -> click.Command:
+        return module_commands(COMMANDS[name])[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+
+class _Commands(TyperGroup):
+    """The top-level group, its commands in a ``_CommandTable``."""
+
+    def __init__(self, **attrs: Any) -> None:  # noqa: ANN401 - typer passes the group's settings
+        super().__init__(**attrs)
+        # Typer only reads the table (its names for "did you mean", a command by name).
+        self.commands = _CommandTable()  # type: ignore[assignment]
+
 
 app = typer.Typer(
     name="lianfang",
+    cls=_Commands,
     help="Lianfang edge gateway for shop-linked alarms.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for group in GROUPS:
-    app.add_typer(group.app)
 
 
 def _print_version(value: bool) -> None:

@@ -9,7 +9,7 @@ constructors, so the data is the loader's. Anything it does not take on (an
 explicit tag, a merge key, a repeated key, a key that is not a scalar, an alias
 to an unfinished anchor, more or less than one document, a syntax error) gives
 ``None``: the caller then parses with the full loader, which says what is wrong
-and where.
+and where; ``path_at`` names the key path at the line and column it gives.
 """
 
 from __future__ import annotations
@@ -233,3 +233,59 @@ def _line(event: NodeEvent) -> int:
     """The line an event starts on (the parser marks every event)."""
     mark = event.start_mark
     return 0 if mark is None else mark.line + 1
+
+
+def path_at(text: str, loader: type[yaml.CSafeLoader], line: int, column: int) -> Loc | None:
+    """The key path of the key or value written at ``line``, ``column`` (from 0, as marks count).
+
+    The full loader names a mark for a value it cannot read, an alias to nothing or
+    an anchor named twice; the parser's events still flow there, and give its key
+    path. None if no key or value starts there (or the text does not parse up to it).
+    """
+    parser = loader(text)
+    open_: list[_Place] = []
+    try:
+        while not isinstance(event := parser.get_event(), StreamEndEvent):
+            if isinstance(event, CollectionEndEvent):
+                open_.pop()
+            elif isinstance(event, NodeEvent):
+                path = _path_of_next(open_, event)
+                mark = event.start_mark
+                if mark is not None and (mark.line, mark.column) == (line, column):
+                    return path
+                if isinstance(event, CollectionStartEvent):
+                    open_.append(_Place(path, mapping=isinstance(event, MappingStartEvent)))
+    except yaml.YAMLError:
+        return None
+    finally:
+        parser.dispose()
+    return None
+
+
+class _Place:
+    """A mapping or sequence ``path_at`` is in: how far it is."""
+
+    __slots__ = ("items", "key", "mapping", "path")
+
+    def __init__(self, path: Loc, *, mapping: bool) -> None:
+        self.path = path
+        self.mapping = mapping
+        self.items = 0
+        self.key: str | None = None  # the key whose value is next, in a mapping
+
+
+def _path_of_next(open_: list[_Place], event: NodeEvent) -> Loc:
+    if not open_:
+        return ()
+    place = open_[-1]
+    if not place.mapping:
+        place.items += 1
+        return (*place.path, place.items - 1)
+    if place.key is None:  # a key: named by its own path, as its value is
+        if not isinstance(event, ScalarEvent):
+            place.key = "?"  # a key that is a list or mapping: the mapping's own path names it
+            return place.path
+        place.key = event.value
+        return (*place.path, place.key)
+    path, place.key = (*place.path, place.key), None
+    return path

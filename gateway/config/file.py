@@ -24,9 +24,16 @@ import yaml
 from pydantic import ValidationError
 from yaml.constructor import SafeConstructor
 
-from gateway.config.event_loader import quick_load
+from gateway.config.event_loader import path_at, quick_load
 from gateway.config.model import GatewayConfig, Loc
-from gateway.config.problems import Locate, Spot, explain_errors, path_text, value_kind
+from gateway.config.problems import (
+    Locate,
+    Spot,
+    explain_errors,
+    path_text,
+    unreadable,
+    value_kind,
+)
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.mqtt.client import BrokerConfig
 
@@ -41,8 +48,21 @@ if TYPE_CHECKING:
 RULES_FILE = "rules.yaml"
 
 
+class _UnreadableValue(yaml.constructor.ConstructorError):
+    """A value the loader's constructor refused, marked where it is written."""
+
+
 class _Loader(_SafeLoader):
     """The safe loader, reading base-60 numbers (``23:30``) as text."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> object:
+        """The value of ``node``; one it cannot read raises ``_UnreadableValue`` at its mark."""
+        try:
+            return super().construct_object(node, deep)
+        # PyYAML's constructors raise these with no mark: a date that does not exist,
+        # too many digits, `!!bool maybe` (KeyError), `!!timestamp x` (AttributeError).
+        except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as exc:
+            raise _UnreadableValue(problem=unreadable(node), problem_mark=node.start_mark) from exc
 
 
 def _base60_as_text(
@@ -217,10 +237,11 @@ def _with_rules_file(
         message = f"rules are given here and in {rfile}; keep them in one place"
         problems.append(ConfigProblem(file, "rules", message, locate(("rules",)).line))
         return locate
+    text = _read_text(rules_file)
     try:
-        doc = _compose(_read_text(rules_file), rfile)
+        doc = _compose(text, rfile)
     except yaml.MarkedYAMLError as exc:
-        problems.append(_syntax_problem(exc, rfile))
+        problems.append(_syntax_problem(exc, rfile, text, within=("rules",)))
         return locate
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
         problems.append(ConfigProblem(rfile, "", f"not valid YAML: {exc}"))
@@ -328,7 +349,7 @@ def _parse(text: str, file: str) -> tuple[dict[Any, Any], dict[Loc, int], list[C
     try:
         doc = _compose(text, file)
     except yaml.MarkedYAMLError as exc:
-        raise ConfigError([_syntax_problem(exc, file)]) from None
+        raise ConfigError([_syntax_problem(exc, file, text)]) from None
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
         message = f"not valid YAML: character {chr(exc.character)!r} is not allowed"
@@ -361,8 +382,21 @@ def _compose(text: str, file: str) -> _Document:
         loader.dispose()
 
 
-def _syntax_problem(exc: yaml.MarkedYAMLError, file: str) -> ConfigProblem:
+def _syntax_problem(
+    exc: yaml.MarkedYAMLError, file: str, text: str, *, within: Loc = ()
+) -> ConfigProblem:
+    """The parser's, composer's or constructor's error at its line; ``within`` the file's path."""
     mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else None
+    path = ""
+    # A syntax error has no key path to trust; the others stop at a key or value.
+    if mark is not None and isinstance(
+        exc, yaml.composer.ComposerError | yaml.constructor.ConstructorError
+    ):
+        at = path_at(text, _Loader, mark.line, mark.column)
+        path = path_text((*within, *at)) if at is not None else ""
+    if isinstance(exc, _UnreadableValue):
+        return ConfigProblem(file, path, str(exc.problem), line)
     constructing = isinstance(exc, yaml.constructor.ConstructorError)
     kind = "unsupported YAML" if constructing else "YAML syntax error"
     context = exc.context
@@ -373,7 +407,7 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, file: str) -> ConfigProblem:
     ):
         context += f" (from line {exc.context_mark.line + 1})"
     what = "; ".join(str(part) for part in (context, exc.problem) if part)
-    return ConfigProblem(file, "", f"{kind}: {what}", mark.line + 1 if mark is not None else None)
+    return ConfigProblem(file, path, f"{kind}: {what}", line)
 
 
 def _required_keys() -> list[str]:

@@ -7,11 +7,13 @@ a ``Locate`` (the YAML file's lines, or a survey sheet's rows and columns).
 from __future__ import annotations
 
 import difflib
+import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
+import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from gateway.config.model import GatewayConfig, Loc
@@ -297,5 +299,25 @@ def _shown(error: ErrorDetails, where: _Where) -> str | None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = repr(value) if isinstance(value, str) else str(value)
+    return _clipped(repr(value) if isinstance(value, str) else str(value))
+
+
+def _clipped(text: str) -> str:
     return text if len(text) <= MAX_SHOWN_VALUE else text[: MAX_SHOWN_VALUE - 3] + "..."
+
+
+_TAG_NOUNS = {"int": "a whole number", "float": "a number", "timestamp": "a date",
+              "bool": "true or false", "binary": "base64 data"}  # fmt: skip
+
+
+def unreadable(node: yaml.Node) -> str:
+    """What is wrong with a value YAML's constructor refused: ``2024-02-30 is not a date``."""
+    kind = node.tag.rsplit(":", 1)[-1]
+    noun = _TAG_NOUNS.get(kind, f"a {kind}")
+    if not isinstance(node, yaml.ScalarNode):
+        return f"is not {noun}"
+    text = str(node.value)
+    digits = sum(c.isdigit() for c in text)
+    if kind == "int" and digits > (limit := sys.get_int_max_str_digits()) > 0:
+        return f"{_clipped(text)} is a number of {digits} digits; at most {limit} are read"
+    return f"{_clipped(text)} is not {noun}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import time
 from pathlib import Path
@@ -581,16 +583,120 @@ def test_the_quick_loader_leaves_what_is_unusual_to_the_full_loader(text: str) -
     assert quick_load(text, _Loader) is None
 
 
-@pytest.mark.parametrize("line", ["installed: 2024-02-30", "x: 0b_"])
-def test_a_value_the_constructor_refuses_is_a_problem_not_a_traceback(
-    tmp_path: Path, line: str
+class Unreadable(NamedTuple):
+    """BASE_ALONE with one text replaced, and the problem line that must name it."""
+
+    name: str
+    old: str
+    new: str
+    said: str  # after "FILE:"
+
+
+SHOP_LAT = "  lat: 23.359106\n"
+UNREADABLE = [
+    Unreadable(
+        "a date that does not exist",
+        SHOP_LAT,
+        SHOP_LAT + "  installed: 2024-02-30\n",
+        "13: shops[0].installed: 2024-02-30 is not a date",
+    ),
+    Unreadable(
+        "a number with too many digits",
+        "lat: 23.359106",
+        "lat: " + "9" * 5000,
+        "12: shops[0].lat: " + "9" * 57 + "... is a number of 5000 digits; at most 4300 are read",
+    ),
+    Unreadable(
+        "a binary number with no digits",
+        SHOP_LAT,
+        SHOP_LAT + "  number: 0b_\n",
+        "13: shops[0].number: 0b_ is not a whole number",
+    ),
+    Unreadable(
+        "an explicit tag on a value it does not fit",
+        "lat: 23.359106",
+        "lat: !!float north",
+        "12: shops[0].lat: north is not a number",
+    ),
+    Unreadable(
+        "a boolean tag on another word",
+        "lat: 23.359106",
+        "lat: !!bool maybe",
+        "12: shops[0].lat: maybe is not true or false",
+    ),
+    Unreadable(
+        "a date tag on another word",
+        "lat: 23.359106",
+        "lat: !!timestamp today",
+        "12: shops[0].lat: today is not a date",
+    ),
+    Unreadable(
+        "a tag PyYAML does not know",
+        "lat: 23.359106",
+        "lat: !secret here",
+        "12: shops[0].lat: unsupported YAML: could not determine a constructor for the tag",
+    ),
+    Unreadable(
+        "a merge key on a number",
+        SHOP_LAT,
+        "  <<: 5\n" + SHOP_LAT,
+        "12: shops[0].<<: unsupported YAML: while constructing a mapping (from line 10);"
+        " expected a mapping or list of mappings for merging",
+    ),
+    Unreadable(
+        "an alias to no anchor",
+        "lat: 23.359106",
+        "lat: *north",
+        "12: shops[0].lat: YAML syntax error: found undefined alias",
+    ),
+    Unreadable(
+        "an anchor named twice",
+        "lat: 23.359106\n  lon: 116.6900737",
+        "lat: &p 23.359106\n  lon: &p 116.6900737",
+        "13: shops[0].lon: YAML syntax error: found duplicate anchor",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", UNREADABLE, ids=[case.name for case in UNREADABLE])
+def test_a_value_the_loader_cannot_read_is_named_by_line_and_key_path(
+    tmp_path: Path, case: Unreadable
 ) -> None:
-    """The daemon refuses the file with a problem instead of crashing (a restart loop)."""
-    path = tmp_path / "lianfang.yaml"
-    path.write_text(f"{BASE_ALONE}{line}\n")
-    with pytest.raises(ConfigError) as raised:
-        load_config(path)
-    assert "not valid YAML" in str(raised.value)
+    """`lianfang check` names the line and key path, and the daemon refuses with the same line.
+
+    Both run as processes, as the installer and systemd run them.
+    """
+    assert case.old in BASE_ALONE
+    file = write(tmp_path, BASE_ALONE.replace(case.old, case.new, 1))
+    said = f"{file}:{case.said}"
+    check = lianfang("check", "--config", str(file))
+    assert check.returncode == 1
+    assert check.stdout == ""
+    assert said in check.stderr
+    assert "Traceback" not in check.stderr
+    start = lianfang("run", "--config", str(file))
+    assert start.returncode == 2
+    assert said in start.stderr
+    assert "Traceback" not in start.stderr
+
+
+def lianfang(*args: str) -> subprocess.CompletedProcess[str]:
+    """`lianfang ARGS` in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_value_in_rules_yaml_is_named_under_rules(tmp_path: Path) -> None:
+    """A value the loader cannot read in rules.yaml names that file and the rules key path."""
+    write(tmp_path, "rules:\n- name: night\n  from: 2024-02-30\n", name="rules.yaml")
+    [problem] = problems_of(write(tmp_path, BASE_ALONE))
+    assert (problem.file, problem.line) == (str(tmp_path / "rules.yaml"), 3)
+    assert (problem.path, problem.message) == ("rules.rules[0].from", "2024-02-30 is not a date")
 
 
 def test_a_problem_in_a_quickly_loaded_file_still_has_its_line(tmp_path: Path) -> None:
