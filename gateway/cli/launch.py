@@ -3,15 +3,17 @@
 ``lianfang run`` (what systemd starts) goes straight to the gateway: typer, click,
 rich and every other command's module would otherwise stay in the daemon's memory
 for its whole life, unused. Every other command line, ``run`` with anything but
-``--config`` among them (``run --help``), goes through the typer app.
+``--config`` among them (``run --help``), goes through the typer app. A config
+that sets up no TLS runs without ``ssl`` (and OpenSSL's libssl) loaded.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-from gateway.config.location import config_path
+from gateway.config.location import WITH_SSL_ENV, config_path
 
 
 def main() -> None:
@@ -28,6 +30,28 @@ def main() -> None:
 
             command_line()
             return
+    path = config_path(option)
+    if os.environ.get(WITH_SSL_ENV) != "1" and not may_need_ssl(path):
+        # Before asyncio and paho are imported: both take ssl as missing (decision 921).
+        sys.modules["ssl"] = None  # type: ignore[assignment]  # None: `import ssl` fails
     from gateway.app import run_from_file  # noqa: PLC0415 - after the command line is read
 
-    sys.exit(run_from_file(config_path(option)))
+    sys.exit(run_from_file(path))
+
+
+SSL_WORDS = (b"mqtts", b"https", b"tls", b"ssl", b"webhook", b"status_page")
+"""Words, lower-cased, without which a config's text sets up no TLS, webhook or status page."""
+
+
+def may_need_ssl(path: Path) -> bool:
+    """Whether the config file's text names anything that uses ``ssl`` (unreadable: yes).
+
+    A quick look, before the config is read: a config that spells these words
+    with YAML escapes is caught after validation, and the daemon starts again
+    with ``ssl`` (``gateway.app.run_from_file``).
+    """
+    try:
+        text = path.read_bytes().lower()
+    except OSError:
+        return True
+    return any(word in text for word in SSL_WORDS)

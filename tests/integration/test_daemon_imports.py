@@ -25,6 +25,9 @@ NOT_CONFIGURED = (
     "gateway.sms.service",  # SMS to shops
     "gateway.status_page",  # local status page
     "html",
+    # TLS links, a webhook, the status page (decision 921). `ssl` itself is named: asyncio
+    # and paho try it, and a failed import is listed too; its C module and OpenSSL are not.
+    "_ssl",
 )
 """What only a driver, forwarder or service that Changping Road's default config has not uses."""
 

@@ -19,12 +19,13 @@ import pytest
 
 from firmware_stubs.mqtt_client import client_for
 from firmware_stubs.police_platform import PolicePlatform
+from gateway.cli.launch import SSL_WORDS, may_need_ssl
 from gateway.journal_reader import JournalReader
 from gateway.mqtt.client import BrokerConfig, TlsConfig
 from lab.broker import BrokerTls, Mosquitto, free_port
 from tests.certs import Pki, make_pki, server_certificate
 from tests.clients import running, wait_until
-from tests.harness import TestGateway, init_config
+from tests.harness import TestGateway, init_config, spelled_in_escapes
 
 TLS_HANDSHAKE = 0x16
 """First byte of a TLS record carrying a handshake (the ClientHello); plain MQTT starts 0x10."""
@@ -188,6 +189,31 @@ def test_events_reach_the_police_over_tls_with_a_client_certificate(
 
     asyncio.run(scenario())
     assert platform.unique[0].body["shop_id"] == "S00020"
+
+
+def test_a_config_whose_text_hides_its_tls_from_the_launcher_still_gets_it(
+    tmp_path, block_broker, tls_police, pki, gateway_process
+):
+    """The launcher starts without ssl; the validated config asks for it: the daemon starts again."""
+    config = tls_config(tmp_path, block_broker, tls_police.url, pki.ca, pki)
+    spelled_in_escapes(config, tuple(word.decode() for word in SSL_WORDS))
+    assert not may_need_ssl(config)
+    gw = TestGateway(config)
+    gateway_process.append(gw)
+    gw.start()
+    platform = platform_for(tls_police, pki)
+
+    async def scenario() -> None:
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(platform.run(), name="platform")
+            await asyncio.wait_for(platform.ready.wait(), 10)
+            await press_panic(block_broker.url)
+            await wait_until(lambda: platform.by_id, 10, "the panic over TLS")
+            task.cancel()
+
+    asyncio.run(scenario())
+    assert platform.unique[0].body["shop_id"] == "S00020"
+    assert "starting again with ssl" in gw.log_text()
 
 
 def _other_ca(tmp_path: Path, pki: Pki) -> BrokerTls:
