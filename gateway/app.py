@@ -694,7 +694,7 @@ async def _serve(config: GatewayConfig, config_path: Path | None = None) -> int:
 
 def run_from_file(path: Path) -> int:
     """Load ``path`` and run the gateway until SIGTERM; the process exit code."""
-    from gateway.config.file import load_config_apart  # noqa: PLC0415 - not for tests of Gateway
+    from gateway.config.apart import load_config_apart  # noqa: PLC0415 - not for tests of Gateway
 
     logging.basicConfig(
         level=os.environ.get("LIANFANG_LOG_LEVEL", "INFO"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -25,9 +26,6 @@ NOT_CONFIGURED = (
     "gateway.sms.service",  # SMS to shops
     "gateway.status_page",  # local status page
     "html",
-    # TLS links, a webhook, the status page (decision 921). `ssl` itself is named: asyncio
-    # and paho try it, and a failed import is listed too; its C module and OpenSSL are not.
-    "_ssl",
 )
 """What only a driver, forwarder or service that Changping Road's default config has not uses."""
 
@@ -50,6 +48,21 @@ def test_the_daemon_imports_neither_the_command_line_nor_what_its_config_does_no
     assert {"gateway.app", "drivers.mqtt_ingest", "gateway.forwarders.mqtt_police"} <= modules
     assert modules.isdisjoint(COMMAND_LINE), modules & set(COMMAND_LINE)
     assert modules.isdisjoint(NOT_CONFIGURED), modules & set(NOT_CONFIGURED)
+
+
+NOT_MAPPED = ("_ssl.", "libssl.", "_yaml.")
+"""Files of TLS (decision 921) and of the YAML parser, read in the config's child (decision 922)."""
+
+
+def test_the_running_daemon_has_neither_tls_nor_the_yaml_parser_in_memory(
+    start_gateway: Callable[..., TestGateway],
+) -> None:
+    # From the running process's mappings: the import log also holds the config's child.
+    gw = start_gateway()
+    maps = Path(f"/proc/{gw.pid}/maps").read_text()
+    files = {Path(line.split()[-1]).name for line in maps.splitlines() if "/" in line}
+    assert {f for f in files if f.startswith(NOT_MAPPED)} == set()
+    assert any(f.startswith("_pydantic_core.") for f in files)  # the mappings are all there
 
 
 UNBUILT_AFTER_IMPORT = """
