@@ -20,6 +20,10 @@ COMMAND_LINE = ("typer", "click", "rich", "gateway.cli.main", "gateway.cli.optio
 """The installer's command line: not the daemon's business."""
 NOT_CONFIGURED = (
     "pymodbus",  # Modbus driver
+    "drivers.modbus",  # the drivers themselves: only their settings (decision 923)
+    "drivers.line_serial",
+    "drivers.rf433",
+    "drivers.mqtt_devices",
     "serial",  # serial drivers (433 MHz receiver, line protocol, modem)
     "serial_asyncio_fast",
     "httpx",  # webhook forwarder
