@@ -32,11 +32,34 @@ def main() -> None:
             return
     path = config_path(option)
     if os.environ.get(WITH_SSL_ENV) != "1" and not may_need_ssl(path):
-        # Before asyncio and paho are imported: both take ssl as missing (decision 921).
-        sys.modules["ssl"] = None  # type: ignore[assignment]  # None: `import ssl` fails
+        leave_out_ssl()
     from gateway.app import run_from_file  # noqa: PLC0415 - after the command line is read
 
     sys.exit(run_from_file(path))
+
+
+def leave_out_ssl() -> None:
+    """Make ``import ssl`` fail in this process, before asyncio and paho are imported.
+
+    asyncio takes a missing ``ssl`` as a platform without TLS. So does paho, but for
+    the ``except ssl.SSLWantReadError`` clauses of its socket reads and writes, which
+    are looked up whenever a read or write raises (a read with nothing to read):
+    paho gets a stand-in with those two exceptions, raised by nothing (decision 921).
+    """
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # None: `import ssl` fails
+    import paho.mqtt.client as paho  # noqa: PLC0415 - after ssl is left out
+
+    paho.ssl = _NoTls  # type: ignore[attr-defined,assignment]
+
+
+class _NoTls:
+    """What paho's socket reads and writes name of ``ssl``, in a process without it."""
+
+    class SSLWantReadError(Exception):
+        """Never raised: there is no TLS."""
+
+    class SSLWantWriteError(Exception):
+        """Never raised: there is no TLS."""
 
 
 SSL_WORDS = (b"mqtts", b"https", b"tls", b"ssl", b"webhook", b"status_page")

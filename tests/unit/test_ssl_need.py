@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +66,28 @@ def test_words_in_escapes_hide_from_the_text_not_from_the_model(
 
 def test_an_unreadable_config_may_need_ssl(tmp_path: Path) -> None:
     assert may_need_ssl(tmp_path / "missing.yaml")
+
+
+WOULD_BLOCK_WITHOUT_SSL = """
+import socket, sys
+from gateway.cli.launch import leave_out_ssl
+leave_out_ssl()
+import paho.mqtt.client as mqtt
+assert "_ssl" not in sys.modules
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+client._sock, _ = socket.socketpair()
+client._sock.setblocking(False)
+try:
+    client._sock_recv(1)
+except BlockingIOError:
+    print("would block")
+"""
+
+
+def test_paho_without_ssl_reads_an_empty_socket_as_would_block() -> None:
+    # paho's read names ssl.SSLWantReadError in an except clause: looked up on every
+    # would-block, it made the link fail (and come back) without a stand-in.
+    out = subprocess.run(
+        [sys.executable, "-c", WOULD_BLOCK_WITHOUT_SSL], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "would block"
