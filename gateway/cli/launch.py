@@ -62,8 +62,9 @@ class _NoTls:
         """Never raised: there is no TLS."""
 
 
-SSL_WORDS = (b"mqtts", b"https", b"tls", b"ssl", b"webhook", b"status_page")
-"""Words, lower-cased, without which a config's text sets up no TLS, webhook or status page."""
+SSL_WORDS = (b"mqtts", b"https", b"tls", b"ssl", b"webhook", b"status_page", b"modbus")
+"""Words, lower-cased, without which a config's text sets up no TLS, webhook, status page or
+Modbus bus (pymodbus imports ``ssl``)."""
 
 
 def may_need_ssl(path: Path) -> bool:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
 from drivers import DriverConfigUnion
+from drivers.modbus_config import ModbusConfig
 from gateway.forwarders import ForwarderConfigUnion
 from gateway.mqtt.client import BrokerConfig, TlsConfig
 from rules.defaults import DEFAULT_RULES
@@ -413,10 +414,15 @@ class GatewayConfig(Strict):
     def needs_ssl(self) -> bool:
         """Whether running this config uses ``ssl``: a link with TLS, HTTPS, the status page.
 
-        The status page's module imports ``ssl`` whether it serves TLS or not.
+        The status page's module and pymodbus (a Modbus bus) import ``ssl`` whether
+        they use TLS or not.
         """
         links = (self.broker, self.drivers, self.forwarders)
-        return self.status_page is not None or any(_holds_tls(link) for link in links)
+        return (
+            self.status_page is not None
+            or any(isinstance(d, ModbusConfig) for d in self.drivers)
+            or any(_holds_tls(link) for link in links)
+        )
 
 
 def _holds_tls(value: object) -> bool:

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.cli.launch import SSL_WORDS, may_need_ssl
 from gateway.config.file import load_config
+from tests.field import bind_field_devices
 from tests.harness import init_config, spelled_in_escapes
 
 BLOCK = "mqtt://127.0.0.1:1883"
@@ -25,11 +26,26 @@ WEBHOOK = {
     "url": "https://platform.example/in",
     "secret": "0123456789abcdef",
 }
-USING_SSL = {
-    "a police broker over TLS": {"forwarders": [TLS_POLICE]},
-    "a webhook": {"forwarders": [WEBHOOK]},
-    "the status page": {"status_page": {"listen": "127.0.0.1:8080"}},
+MODBUS = {
+    "kind": "modbus",
+    "name": "io-1",
+    "host": "192.168.1.50:502",
+    "modules": [
+        {
+            "unit": 1,
+            "shop_id": "S00012",
+            "device_id": "io-1",
+            "inputs": [{"zone": "1", "address": 0}],
+        }
+    ],
 }
+USING_SSL: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
+    "a police broker over TLS": ({"forwarders": [TLS_POLICE]}, []),
+    "a webhook": ({"forwarders": [WEBHOOK]}, []),
+    "the status page": ({"status_page": {"listen": "127.0.0.1:8080"}}, []),
+    "a Modbus bus (pymodbus imports ssl)": ({}, [MODBUS]),
+}
+"""Overrides of the default config, and field drivers added to it."""
 
 
 def test_the_default_config_needs_no_ssl(tmp_path: Path) -> None:
@@ -38,27 +54,29 @@ def test_the_default_config_needs_no_ssl(tmp_path: Path) -> None:
     assert not load_config(path).needs_ssl()
 
 
-def config_using(tmp_path: Path, overrides: dict[str, Any]) -> Path:
+def config_using(tmp_path: Path, using: tuple[dict[str, Any], list[dict[str, Any]]]) -> Path:
+    overrides, drivers = using
     path = init_config(tmp_path, block_url=BLOCK, police_url=None, **overrides)
+    bind_field_devices(path, {"S00012": [("io-1", "io_module")]}, drivers)
     path.chmod(0o600)  # a webhook's secret is in it
     return path
 
 
-@pytest.mark.parametrize("overrides", USING_SSL.values(), ids=USING_SSL.keys())
+@pytest.mark.parametrize("using", USING_SSL.values(), ids=USING_SSL.keys())
 def test_a_config_using_ssl_says_so_in_its_text_and_its_model(
-    tmp_path: Path, overrides: dict[str, Any]
+    tmp_path: Path, using: tuple[dict[str, Any], list[dict[str, Any]]]
 ) -> None:
-    path = config_using(tmp_path, overrides)
+    path = config_using(tmp_path, using)
     assert may_need_ssl(path)
     assert load_config(path).needs_ssl()
 
 
-@pytest.mark.parametrize("overrides", USING_SSL.values(), ids=USING_SSL.keys())
+@pytest.mark.parametrize("using", USING_SSL.values(), ids=USING_SSL.keys())
 def test_words_in_escapes_hide_from_the_text_not_from_the_model(
-    tmp_path: Path, overrides: dict[str, Any]
+    tmp_path: Path, using: tuple[dict[str, Any], list[dict[str, Any]]]
 ) -> None:
     # What the daemon's second look, after validation, is for (decision 921).
-    path = config_using(tmp_path, overrides)
+    path = config_using(tmp_path, using)
     spelled_in_escapes(path, tuple(word.decode() for word in SSL_WORDS))
     assert not may_need_ssl(path)
     assert load_config(path).needs_ssl()
