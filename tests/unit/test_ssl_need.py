@@ -11,7 +11,7 @@ import pytest
 
 from gateway.cli.launch import SSL_WORDS, may_need_ssl
 from gateway.config.file import load_config
-from tests.field import bind_field_devices
+from tests.field import MODBUS_DOOR, bind_field_devices
 from tests.harness import init_config, spelled_in_escapes
 
 BLOCK = "mqtt://127.0.0.1:1883"
@@ -26,24 +26,11 @@ WEBHOOK = {
     "url": "https://platform.example/in",
     "secret": "0123456789abcdef",
 }
-MODBUS = {
-    "kind": "modbus",
-    "name": "io-1",
-    "host": "192.168.1.50:502",
-    "modules": [
-        {
-            "unit": 1,
-            "shop_id": "S00012",
-            "device_id": "io-1",
-            "inputs": [{"zone": "1", "address": 0}],
-        }
-    ],
-}
 USING_SSL: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
     "a police broker over TLS": ({"forwarders": [TLS_POLICE]}, []),
     "a webhook": ({"forwarders": [WEBHOOK]}, []),
     "the status page": ({"status_page": {"listen": "127.0.0.1:8080"}}, []),
-    "a Modbus bus (pymodbus imports ssl)": ({}, [MODBUS]),
+    "a Modbus bus (pymodbus imports ssl)": ({}, [MODBUS_DOOR]),
 }
 """Overrides of the default config, and field drivers added to it."""
 
