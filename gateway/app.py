@@ -23,7 +23,6 @@ from drivers.rf433_config import Rf433Config
 from gateway import __version__, soft_state
 from gateway.actions import RuleActions
 from gateway.clock import ClockJudgement, GatewayClock
-from gateway.config.location import WITH_SSL_ENV
 from gateway.config.model import GatewayConfig
 from gateway.control import CommandError, ControlServer
 from gateway.device_state import DeviceStates
@@ -711,10 +710,6 @@ def run_from_file(path: Path) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)  # noqa: T201 - the installer reads this
         return 2
-    if sys.modules.get("ssl", False) is None and config.needs_ssl():
-        # The launcher's look at the text missed the config's TLS (decision 921).
-        logger.info("the config uses TLS: starting again with ssl")
-        os.execve(sys.executable, sys.orig_argv, {**os.environ, WITH_SSL_ENV: "1"})  # noqa: S606
     try:
         lock = lock_state_dir(config.state_dir)
     except StateDirError as exc:

@@ -66,18 +66,6 @@ def init_config(
     return path
 
 
-def spelled_in_escapes(path: Path, words: tuple[str, ...]) -> Path:
-    r"""Rewrite the config at ``path`` as JSON (YAML too), each of ``words`` in ``\u`` escapes.
-
-    The same config to the YAML parser; not one of ``words`` left in the file's text.
-    """
-    text = json.dumps(yaml.safe_load(path.read_text()))
-    for word in words:
-        text = text.replace(word, "".join(f"\\u{ord(c):04x}" for c in word))
-    path.write_text(text)
-    return path
-
-
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):

@@ -7,8 +7,6 @@ from pathlib import Path
 
 CONFIG_ENV = "LIANFANG_CONFIG"
 DEFAULT_CONFIG = Path("lianfang.yaml")
-WITH_SSL_ENV = "LIANFANG_WITH_SSL"
-"""Set to 1, ``lianfang run`` loads ``ssl`` whatever its config's text says (decision 921)."""
 
 
 def config_path(option: Path | None) -> Path:

@@ -17,9 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
 from drivers import DriverConfigUnion
-from drivers.modbus_config import ModbusConfig
 from gateway.forwarders import ForwarderConfigUnion
-from gateway.mqtt.client import BrokerConfig, TlsConfig
+from gateway.mqtt.client import BrokerConfig
 from rules.defaults import DEFAULT_RULES
 from rules.models import CommandsConfig, Escalate, Forward, RulesConfig, Siren
 
@@ -410,38 +409,6 @@ class GatewayConfig(Strict):
     def journal_path(self) -> Path:
         """Path of the journal database."""
         return self.state_dir / "journal.sqlite3"
-
-    def needs_ssl(self) -> bool:
-        """Whether running this config uses ``ssl``: a link with TLS, HTTPS, the status page.
-
-        The status page's module and pymodbus (a Modbus bus) import ``ssl`` whether
-        they use TLS or not.
-        """
-        links = (self.broker, self.drivers, self.forwarders)
-        return (
-            self.status_page is not None
-            or any(isinstance(d, ModbusConfig) for d in self.drivers)
-            or any(_holds_tls(link) for link in links)
-        )
-
-
-def _holds_tls(value: object) -> bool:
-    """Whether ``value`` (a section, a list of them, a field) holds TLS settings or an https:// URL.
-
-    By field, so that a new driver's or forwarder's link is seen with no change here.
-    """
-    match value:
-        case TlsConfig():
-            return True
-        case str():
-            return value.lower().startswith("https://")
-        case BaseModel():
-            return any(_holds_tls(getattr(value, name)) for name in type(value).model_fields)
-        case list() | tuple():
-            return any(_holds_tls(item) for item in value)
-        case dict():
-            return any(_holds_tls(item) for item in value.values())
-    return False
 
 
 def _unknown_names(config: GatewayConfig) -> list[tuple[Loc, str]]:

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import hmac
 import logging
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Self
 from urllib.parse import urlsplit
@@ -91,9 +92,7 @@ class WebhookForwarder:
 
     async def run(self) -> None:
         """POST events until cancelled; raise when the platform fails, for a retry with backoff."""
-        # Imported here: only gateways with a webhook pay httpx's memory (and ssl's, decision 921).
-        import ssl  # noqa: PLC0415
-
+        # Imported here: only gateways with a webhook pay httpx's memory.
         import httpx  # noqa: PLC0415
 
         tls = ssl.create_default_context(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from paho.mqtt.packettypes import PacketTypes
@@ -11,9 +12,6 @@ from paho.mqtt.properties import Properties
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from gateway.errors import ConfigError, ConfigProblem
-
-if TYPE_CHECKING:
-    import ssl
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
@@ -65,8 +63,6 @@ class TlsConfig(BaseModel):
 
     def context(self) -> ssl.SSLContext:
         """A verifying client context: hostname checked, TLS 1.2 or later."""
-        import ssl  # noqa: PLC0415 - a gateway without TLS runs without ssl (decision 921)
-
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.cert_file and self.key_file:

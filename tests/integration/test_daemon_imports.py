@@ -54,11 +54,11 @@ def test_the_daemon_imports_neither_the_command_line_nor_what_its_config_does_no
     assert modules.isdisjoint(NOT_CONFIGURED), modules & set(NOT_CONFIGURED)
 
 
-NOT_MAPPED = ("_ssl.", "libssl.", "_yaml.")
-"""Files of TLS (decision 921) and of the YAML parser, read in the config's child (decision 922)."""
+NOT_MAPPED = ("_yaml.",)
+"""The YAML parser's extension: the config is read in the config's child (decision 922)."""
 
 
-def test_the_running_daemon_has_neither_tls_nor_the_yaml_parser_in_memory(
+def test_the_running_daemon_has_not_the_yaml_parser_in_memory(
     start_gateway: Callable[..., TestGateway],
 ) -> None:
     # From the running process's mappings: the import log also holds the config's child.

@@ -19,13 +19,12 @@ import pytest
 
 from firmware_stubs.mqtt_client import client_for
 from firmware_stubs.police_platform import PolicePlatform
-from gateway.cli.launch import SSL_WORDS, may_need_ssl
 from gateway.journal_reader import JournalReader
 from gateway.mqtt.client import BrokerConfig, TlsConfig
 from lab.broker import BrokerTls, Mosquitto, free_port
 from tests.certs import Pki, make_pki, server_certificate
 from tests.clients import running, wait_until
-from tests.harness import TestGateway, init_config, spelled_in_escapes
+from tests.harness import TestGateway, init_config
 
 TLS_HANDSHAKE = 0x16
 """First byte of a TLS record carrying a handshake (the ClientHello); plain MQTT starts 0x10."""
@@ -170,20 +169,11 @@ async def press_panic(block_url: str) -> None:
         await panels["S00020"].send("panic")
 
 
-@pytest.mark.parametrize("spelled", ["plainly", "in escapes"])
-def test_events_reach_the_police_over_tls_with_a_client_certificate(  # noqa: PLR0917 - fixtures
-    tmp_path, block_broker, tls_police, pki, gateway_process, spelled
+def test_events_reach_the_police_over_tls_with_a_client_certificate(
+    tmp_path, block_broker, tls_police, pki, gateway_process
 ):
-    """With the right CA and a client certificate the panic arrives over mqtts://.
-
-    A config whose words are escapes hides its TLS from the launcher's look at the
-    text (decision 921): the validated config asks for ssl, the daemon starts again.
-    """
-    config = tls_config(tmp_path, block_broker, tls_police.url, pki.ca, pki)
-    if spelled == "in escapes":
-        spelled_in_escapes(config, tuple(word.decode() for word in SSL_WORDS))
-        assert not may_need_ssl(config)
-    gw = TestGateway(config)
+    """With the right CA and a client certificate the panic arrives over mqtts://."""
+    gw = TestGateway(tls_config(tmp_path, block_broker, tls_police.url, pki.ca, pki))
     gateway_process.append(gw)
     gw.start()
     platform = platform_for(tls_police, pki)
@@ -198,7 +188,6 @@ def test_events_reach_the_police_over_tls_with_a_client_certificate(  # noqa: PL
 
     asyncio.run(scenario())
     assert platform.unique[0].body["shop_id"] == "S00020"
-    assert ("starting again with ssl" in gw.log_text()) == (spelled == "in escapes")
 
 
 def _other_ca(tmp_path: Path, pki: Pki) -> BrokerTls:
