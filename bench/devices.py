@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 
 from bench.stats import RESULTS, percentile
 from drivers.base import DriverContext
-from drivers.mqtt_devices import MqttDevicesConfig, MqttDevicesDriver
+from drivers.mqtt_devices import MqttDevicesDriver
+from drivers.mqtt_devices_config import MqttDevicesConfig
 from gateway.mqtt.client import BrokerConfig
 
 SHOP = "S00001"

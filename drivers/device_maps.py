@@ -24,7 +24,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -163,79 +162,198 @@ class _PresetData(BaseModel):
     mappings: list[Mapping] = Field(default_factory=list)
 
 
-PRESETS_YAML = """\
-# Shared parts, named with a leading underscore: not presets by themselves.
-_zigbee2mqtt.common:
-  description: Battery with hysteresis, tamper, and Zigbee2MQTT's device availability.
-  mappings:
-    - {key: battery, lt: 20, kind: low_battery, restore: {gt: 25}}
-    - {key: tamper, equals: true, kind: tamper, restore: {equals: false}}
-    # Availability is retained: JSON {"state": "offline"}, or plain text with the legacy payload.
-    - {topic: "{topic}/availability", key: /state, equals: offline, kind: supervision_lost,
-       restore: {equals: online}, state: availability}
-    - {topic: "{topic}/availability", key: "", equals: offline, kind: supervision_lost,
-       restore: {equals: online}, state: availability}
-zigbee2mqtt.contact:
-  description: Zigbee door/window contact (contact false = open).
-  include: [_zigbee2mqtt.common]
-  mappings:
-    - {key: contact, equals: false, kind: door_open}
-    - {key: contact, equals: true, kind: door_close}
-zigbee2mqtt.sos:
-  description: Zigbee SOS/emergency button (an 'emergency' action, or an 'sos' alarm state).
-  include: [_zigbee2mqtt.common]
-  mappings:
-    - {key: action, in: [emergency, sos, panic], kind: panic, when: every}
-    - {key: sos, equals: true, kind: panic}
-zigbee2mqtt.water_leak:
-  description: Zigbee water leak sensor.
-  include: [_zigbee2mqtt.common]
-  mappings:
-    - {key: water_leak, equals: true, kind: water_leak, restore: {equals: false}}
-zigbee2mqtt.smoke:
-  description: Zigbee smoke detector.
-  include: [_zigbee2mqtt.common]
-  mappings:
-    - {key: smoke, equals: true, kind: fire, restore: {equals: false}}
-tasmota.rf_bridge:
-  description: A 433 MHz button heard by a Sonoff RF Bridge running Tasmota; 'code' is its Data.
-  code_key: /RfReceived/Data
-  mappings:
-    - {key: /RfReceived/Data, present: true, kind: panic, when: every}
-tasmota.switch:
-  description: A contact on a Tasmota device's input or relay (ON = open); 'topic' is its Topic.
-  mappings:
-    - {topic: "stat/{topic}/POWER", key: "", equals: "ON", kind: door_open, state: power}
-    - {topic: "stat/{topic}/POWER", key: "", equals: "OFF", kind: door_close, state: power}
-    - {topic: "stat/{topic}/RESULT", key: /POWER, equals: "ON", kind: door_open, state: power}
-    - {topic: "stat/{topic}/RESULT", key: /POWER, equals: "OFF", kind: door_close, state: power}
-    - {topic: "stat/{topic}/RESULT", key: /Switch1/Action, equals: "ON", kind: door_open,
-       state: switch}
-    - {topic: "stat/{topic}/RESULT", key: /Switch1/Action, equals: "OFF", kind: door_close,
-       state: switch}
-    - {topic: "tele/{topic}/SENSOR", key: /Switch1, equals: "ON", kind: door_open, state: switch}
-    - {topic: "tele/{topic}/SENSOR", key: /Switch1, equals: "OFF", kind: door_close,
-       state: switch}
-    - {topic: "tele/{topic}/LWT", key: "", equals: Offline, kind: supervision_lost,
-       restore: {equals: Online}}
-shelly.door_window:
-  description: Shelly door/window sensor; 'topic' is its device id (Gen1 under shellies/,
-    Gen2 input status under the id as prefix).
-  mappings:
-    - {topic: "shellies/{topic}/sensor/state", key: "", equals: open, kind: door_open,
-       state: door}
-    - {topic: "shellies/{topic}/sensor/state", key: "", equals: close, kind: door_close,
-       state: door}
-    - {topic: "shellies/{topic}/sensor/battery", key: "", lt: 20, kind: low_battery,
-       restore: {gt: 25}}
-    - {topic: "{topic}/status/input:0", key: /state, equals: true, kind: door_open, state: door}
-    - {topic: "{topic}/status/input:0", key: /state, equals: false, kind: door_close,
-       state: door}
-"""
+# Shared parts, named with a leading underscore: not presets by themselves. Python data, not
+# YAML: the daemon imports this module and keeps no YAML parser (decision 101).
+_PRESETS: dict[str, dict[str, Any]] = {
+    "_zigbee2mqtt.common": {
+        "description": "Battery with hysteresis, tamper, and Zigbee2MQTT's device availability.",
+        "mappings": [
+            {"key": "battery", "lt": 20, "kind": "low_battery", "restore": {"gt": 25}},
+            {"key": "tamper", "equals": True, "kind": "tamper", "restore": {"equals": False}},
+            # Availability is retained: JSON {"state": "offline"}, or plain text with the
+            # legacy payload.
+            {
+                "topic": "{topic}/availability",
+                "key": "/state",
+                "equals": "offline",
+                "kind": "supervision_lost",
+                "restore": {"equals": "online"},
+                "state": "availability",
+            },
+            {
+                "topic": "{topic}/availability",
+                "key": "",
+                "equals": "offline",
+                "kind": "supervision_lost",
+                "restore": {"equals": "online"},
+                "state": "availability",
+            },
+        ],
+    },
+    "zigbee2mqtt.contact": {
+        "description": "Zigbee door/window contact (contact false = open).",
+        "include": ["_zigbee2mqtt.common"],
+        "mappings": [
+            {"key": "contact", "equals": False, "kind": "door_open"},
+            {"key": "contact", "equals": True, "kind": "door_close"},
+        ],
+    },
+    "zigbee2mqtt.sos": {
+        "description": "Zigbee SOS/emergency button (an 'emergency' action, or an 'sos' alarm "
+        "state).",
+        "include": ["_zigbee2mqtt.common"],
+        "mappings": [
+            {
+                "key": "action",
+                "in": ["emergency", "sos", "panic"],
+                "kind": "panic",
+                "when": "every",
+            },
+            {"key": "sos", "equals": True, "kind": "panic"},
+        ],
+    },
+    "zigbee2mqtt.water_leak": {
+        "description": "Zigbee water leak sensor.",
+        "include": ["_zigbee2mqtt.common"],
+        "mappings": [
+            {
+                "key": "water_leak",
+                "equals": True,
+                "kind": "water_leak",
+                "restore": {"equals": False},
+            }
+        ],
+    },
+    "zigbee2mqtt.smoke": {
+        "description": "Zigbee smoke detector.",
+        "include": ["_zigbee2mqtt.common"],
+        "mappings": [
+            {"key": "smoke", "equals": True, "kind": "fire", "restore": {"equals": False}}
+        ],
+    },
+    "tasmota.rf_bridge": {
+        "description": "A 433 MHz button heard by a Sonoff RF Bridge running Tasmota; 'code' is "
+        "its Data.",
+        "code_key": "/RfReceived/Data",
+        "mappings": [
+            {"key": "/RfReceived/Data", "present": True, "kind": "panic", "when": "every"}
+        ],
+    },
+    "tasmota.switch": {
+        "description": "A contact on a Tasmota device's input or relay (ON = open); 'topic' is "
+        "its Topic.",
+        "mappings": [
+            {
+                "topic": "stat/{topic}/POWER",
+                "key": "",
+                "equals": "ON",
+                "kind": "door_open",
+                "state": "power",
+            },
+            {
+                "topic": "stat/{topic}/POWER",
+                "key": "",
+                "equals": "OFF",
+                "kind": "door_close",
+                "state": "power",
+            },
+            {
+                "topic": "stat/{topic}/RESULT",
+                "key": "/POWER",
+                "equals": "ON",
+                "kind": "door_open",
+                "state": "power",
+            },
+            {
+                "topic": "stat/{topic}/RESULT",
+                "key": "/POWER",
+                "equals": "OFF",
+                "kind": "door_close",
+                "state": "power",
+            },
+            {
+                "topic": "stat/{topic}/RESULT",
+                "key": "/Switch1/Action",
+                "equals": "ON",
+                "kind": "door_open",
+                "state": "switch",
+            },
+            {
+                "topic": "stat/{topic}/RESULT",
+                "key": "/Switch1/Action",
+                "equals": "OFF",
+                "kind": "door_close",
+                "state": "switch",
+            },
+            {
+                "topic": "tele/{topic}/SENSOR",
+                "key": "/Switch1",
+                "equals": "ON",
+                "kind": "door_open",
+                "state": "switch",
+            },
+            {
+                "topic": "tele/{topic}/SENSOR",
+                "key": "/Switch1",
+                "equals": "OFF",
+                "kind": "door_close",
+                "state": "switch",
+            },
+            {
+                "topic": "tele/{topic}/LWT",
+                "key": "",
+                "equals": "Offline",
+                "kind": "supervision_lost",
+                "restore": {"equals": "Online"},
+            },
+        ],
+    },
+    "shelly.door_window": {
+        "description": "Shelly door/window sensor; 'topic' is its device id (Gen1 under "
+        "shellies/, Gen2 input status under the id as prefix).",
+        "mappings": [
+            {
+                "topic": "shellies/{topic}/sensor/state",
+                "key": "",
+                "equals": "open",
+                "kind": "door_open",
+                "state": "door",
+            },
+            {
+                "topic": "shellies/{topic}/sensor/state",
+                "key": "",
+                "equals": "close",
+                "kind": "door_close",
+                "state": "door",
+            },
+            {
+                "topic": "shellies/{topic}/sensor/battery",
+                "key": "",
+                "lt": 20,
+                "kind": "low_battery",
+                "restore": {"gt": 25},
+            },
+            {
+                "topic": "{topic}/status/input:0",
+                "key": "/state",
+                "equals": True,
+                "kind": "door_open",
+                "state": "door",
+            },
+            {
+                "topic": "{topic}/status/input:0",
+                "key": "/state",
+                "equals": False,
+                "kind": "door_close",
+                "state": "door",
+            },
+        ],
+    },
+}
 
 
-def _load_presets(text: str) -> dict[str, Preset]:
-    raw = TypeAdapter(dict[str, _PresetData]).validate_python(yaml.safe_load(text))
+def _load_presets(data: dict[str, dict[str, Any]]) -> dict[str, Preset]:
+    raw = TypeAdapter(dict[str, _PresetData]).validate_python(data)
 
     def mappings_of(name: str) -> Iterator[Mapping]:
         for part in raw[name].include:
@@ -249,7 +367,7 @@ def _load_presets(text: str) -> dict[str, Preset]:
     }
 
 
-PRESETS: dict[str, Preset] = _load_presets(PRESETS_YAML)
+PRESETS: dict[str, Preset] = _load_presets(_PRESETS)
 """The presets by name."""
 
 

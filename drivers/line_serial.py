@@ -19,11 +19,10 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from pydantic import ConfigDict, Field, model_validator
-
-from drivers.base import DeviceBinding, DriverConfig, DriverContext, Emit
+from drivers.base import DriverContext, Emit
+from drivers.line_serial_config import MAX_KEYS, LineDeviceConfig, LineSerialConfig
 from drivers.serial_port import open_serial, read_some
 from drivers.supervision import Supervision
 from gateway.events import EventKind
@@ -33,79 +32,12 @@ from protocols.line_frames import LineFrame, LineReader
 logger = logging.getLogger(__name__)
 
 KIND = "line_serial"
-MAX_KEYS = 16
 # RS-485 is half duplex: an ACK waits until the bus has been quiet for 3.5
 # character times (as Modbus RTU does), but no longer than this behind a chatty bus.
 MAX_ACK_WAIT_S = 0.5
 
 # Frame types that are one event each, and its kind.
 FRAME_KINDS = {"PANIC": EventKind.PANIC, "TAMPER": EventKind.TAMPER, "RESTORE": EventKind.RESTORE}
-
-
-class LineDeviceConfig(DeviceBinding):
-    """A device on the bus: its address and the shop device it is."""
-
-    address: int = Field(ge=1, le=247, description="Bus address set on the device (1-247).")
-    supervision_s: float | None = Field(
-        default=None,
-        ge=1,
-        le=86400,
-        description="Heartbeat supervision: silent this long raises supervision_lost. "
-        "None: not supervised.",
-    )
-
-
-class LineSerialConfig(DriverConfig):
-    """A serial bus of wired panic buttons and keypads speaking the line protocol."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["line_serial"] = Field(description="Driver type.")
-    port: str = Field(
-        min_length=1,
-        description="Serial device (/dev/ttyUSB0) or pyserial URL (socket://host:port).",
-    )
-    baudrate: int = Field(default=9600, ge=300, le=921600, description="Line speed, baud.")
-    devices: list[LineDeviceConfig] = Field(min_length=1, description="Devices on the bus.")
-    supervision_s: float | None = Field(
-        default=None,
-        ge=1,
-        le=86400,
-        description="Supervision interval of every device on the bus that sets none itself.",
-    )
-    key_sequences: dict[str, EventKind] = Field(
-        default_factory=lambda: {"9#": EventKind.PANIC},
-        description="Keypad sequences and the event kind each becomes (e.g. '9#': panic).",
-    )
-    sequence_timeout_s: float = Field(
-        default=4.0, gt=0, le=60, description="Keys further apart than this start a new sequence."
-    )
-    low_battery_v: float = Field(
-        default=2.6, gt=0, le=30, description="A heartbeat below this voltage raises low_battery."
-    )
-    repeat_window_s: float = Field(
-        default=10,
-        gt=0,
-        le=3600,
-        description="The last frame of an address, sent again this soon (s), is a "
-        "retransmission, not a new frame.",
-    )
-
-    @model_validator(mode="after")
-    def _unique_addresses(self) -> LineSerialConfig:
-        seen: set[int] = set()
-        for device in self.devices:
-            if device.address in seen:
-                raise ValueError(f"address {device.address} is used by two devices on {self.port}")
-            seen.add(device.address)
-        for sequence in self.key_sequences:
-            if not 1 <= len(sequence) <= MAX_KEYS:
-                raise ValueError(f"key sequence {sequence!r} must be 1 to {MAX_KEYS} keys")
-        return self
-
-    def bound_devices(self) -> list[tuple[str, str, tuple[str | int, ...]]]:
-        """Each device's shop and id, with where it is in this driver's config."""
-        return [(d.shop_id, d.device_id, ("devices", i)) for i, d in enumerate(self.devices)]
 
 
 @dataclass

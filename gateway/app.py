@@ -14,12 +14,12 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from drivers import DRIVERS
+from drivers import driver_class
 from drivers.base import RETRY_MAX_S, Driver, DriverConfig, DriverContext, SirenDriver
-from drivers.mqtt_ingest import MqttIngestDriver
-from drivers.rf433 import Rf433Config, Rf433Driver
+from drivers.mqtt_ingest_config import MqttIngestConfig
+from drivers.rf433_config import Rf433Config
 from gateway import __version__, soft_state
 from gateway.actions import RuleActions
 from gateway.clock import ClockJudgement, GatewayClock
@@ -46,6 +46,10 @@ from gateway.supervise import supervise
 from gateway.systemd import SystemdNotifier, pet_watchdog, process_age_s
 from gateway.waiting_alarms import WaitingAlarms
 from gateway.walk_test import WalkTest
+
+if TYPE_CHECKING:
+    from drivers.mqtt_ingest import MqttIngestDriver
+    from drivers.rf433 import Rf433Driver
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +144,7 @@ class Gateway:
             storage=self.journal.reserve,
         )
         self.drivers: dict[str, Driver] = {
-            c.name: DRIVERS[c.kind](c, context=context) for c in config.drivers
+            c.name: driver_class(c.kind)(c, context=context) for c in config.drivers
         }
         fcontext = ForwarderContext(
             gid, config.gateway.large_grid, self._cards, self.snapshot, config.status_interval_s
@@ -179,6 +183,12 @@ class Gateway:
 
     def _route(self, event: Event) -> tuple[str, ...]:
         return self._routes[event.kind]
+
+    def _running(self, settings: type[DriverConfig]) -> dict[str, Driver]:
+        """The drivers of one kind, told by their settings: their modules may not be imported."""
+        return {
+            c.name: self.drivers[c.name] for c in self.config.drivers if isinstance(c, settings)
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for status messages, ``status.json`` and ``lianfang status``."""
@@ -393,12 +403,11 @@ class Gateway:
         self._devices.clear()
         self._devices.update(_shop_devices(new))
         learned = {c.name: c for c in new.drivers if isinstance(c, Rf433Config)}
-        for driver in self.drivers.values():
-            if isinstance(driver, MqttIngestDriver):
-                driver.shops_changed()
-        for name, driver in self.drivers.items():
-            if isinstance(driver, Rf433Driver) and name in learned:
-                driver.relearn(learned[name])
+        for driver in self._running(MqttIngestConfig).values():
+            cast("MqttIngestDriver", driver).shops_changed()
+        for name, driver in self._running(Rf433Config).items():
+            if name in learned:
+                cast("Rf433Driver", driver).relearn(learned[name])
         self.config = new
         logger.info(
             "config reloaded: %d shops, %d rules, %d learned 433 MHz buttons",
@@ -505,11 +514,7 @@ class Gateway:
         """
         block: dict[str, Driver | BlockPublisher] = {
             "block-publisher": self.publisher,
-            **{
-                f"driver[{n}]": d
-                for n, d in self.drivers.items()
-                if isinstance(d, MqttIngestDriver)
-            },
+            **{f"driver[{n}]": d for n, d in self._running(MqttIngestConfig).items()},
         }
         started = time.monotonic()
         while waiting := [n for n, link in block.items() if not link.link_up.is_set()]:
@@ -693,7 +698,7 @@ async def _serve(config: GatewayConfig, config_path: Path | None = None) -> int:
 
 def run_from_file(path: Path) -> int:
     """Load ``path`` and run the gateway until SIGTERM; the process exit code."""
-    from gateway.config.file import load_config_apart  # noqa: PLC0415 - not for tests of Gateway
+    from gateway.config.apart import load_config_apart  # noqa: PLC0415 - not for tests of Gateway
 
     logging.basicConfig(
         level=os.environ.get("LIANFANG_LOG_LEVEL", "INFO"),

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 from lab.broker import terminate
@@ -21,10 +22,11 @@ from lab.broker import terminate
 class NotifyingProcess:
     """A child that says ``READY=1`` on ``$NOTIFY_SOCKET``; stopped or killed by its PID."""
 
-    def __init__(self, args: list[str], *, log: Path) -> None:
-        """Prepare to run ``args``; the child's stderr goes to ``log``."""
+    def __init__(self, args: list[str], *, log: Path, env: dict[str, str] | None = None) -> None:
+        """Prepare to run ``args``, ``env`` added to ours; the child's stderr goes to ``log``."""
         self.args = args
         self.log = log
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -40,7 +42,7 @@ class NotifyingProcess:
             name = f"lianfang-notify-{os.getpid()}-{secrets.token_hex(8)}"
             sock.bind(f"\0{name}")
             sock.settimeout(0.1)
-            env = {**os.environ, "NOTIFY_SOCKET": f"@{name}"}
+            env = {**os.environ, **self.env, "NOTIFY_SOCKET": f"@{name}"}
             started = time.monotonic()
             with self.log.open("ab") as log:
                 self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
@@ -85,8 +87,22 @@ class NotifyingProcess:
             self.process = None
 
 
+def service_environment() -> dict[str, str]:
+    """The variables the systemd unit (``gateway/data/lianfang.service``) sets, but the config's.
+
+    The config is given by ``--config`` here.
+    """
+    unit = resources.files("gateway").joinpath("data", "lianfang.service").read_text("utf-8")
+    pairs = (
+        line.removeprefix("Environment=").split("=", 1)
+        for line in unit.splitlines()
+        if line.startswith("Environment=")
+    )
+    return {name: value for name, value in pairs if name != "LIANFANG_CONFIG"}
+
+
 class GatewayProcess(NotifyingProcess):
-    """The daemon: ``python -m gateway run --config PATH``."""
+    """The daemon: ``python -m gateway run --config PATH``, in the service's environment."""
 
     def __init__(self, config: Path, *, log: Path | None = None) -> None:
         """Prepare to run the gateway of ``config``; its stderr goes to ``log``."""
@@ -94,6 +110,8 @@ class GatewayProcess(NotifyingProcess):
         super().__init__(
             [sys.executable, "-m", "gateway", "run", "--config", str(config)],
             log=log or config.parent / "gateway.log",
+            # Benches and tests measure the daemon as it is deployed, malloc arenas included.
+            env=service_environment(),
         )
 
 

@@ -17,6 +17,21 @@ from firmware_stubs.process import StubProcess
 from gateway.device_state import DeviceStates
 from tests.harness import READY_S
 
+MODBUS_DOOR: dict[str, Any] = {
+    "kind": "modbus",
+    "name": "io-1",
+    "host": "192.168.1.50:502",
+    "modules": [
+        {
+            "unit": 1,
+            "shop_id": "S00012",
+            "device_id": "io-1",
+            "inputs": [{"zone": "1", "address": 0}],
+        }
+    ],
+}
+"""A Modbus TCP module with one door, shop S00012's device io-1 (an io_module)."""
+
 
 def bind_field_devices(
     config: Path, devices: dict[str, list[tuple[str, str]]], drivers: list[dict[str, Any]]

@@ -32,7 +32,7 @@ def map_test(
     """Show the events one message from an mqtt_devices device would make (from a fresh state)."""
     from drivers.base import DriverContext  # noqa: PLC0415 - keep `lianfang --help` fast
     from drivers.device_maps import code_of, decode  # noqa: PLC0415
-    from drivers.mqtt_devices import MqttDevicesConfig  # noqa: PLC0415
+    from drivers.mqtt_devices_config import MqttDevicesConfig  # noqa: PLC0415
 
     cfg = load_or_exit(config_path(config))
     found = {

@@ -23,8 +23,9 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from drivers.device_maps import code_of, decode
-from drivers.mqtt_devices import MqttDevicesConfig
-from drivers.rf433 import CodeReader, Rf433Config
+from drivers.mqtt_devices_config import MqttDevicesConfig
+from drivers.rf433 import CodeReader
+from drivers.rf433_config import Rf433Config
 from drivers.serial_port import open_serial, read_some
 from gateway.cli.config_edit import replace_checked
 from gateway.config.model import GatewayConfig

@@ -22,8 +22,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers.mqtt_devices import MqttDevicesConfig
-from drivers.mqtt_ingest import MqttIngestConfig
+from drivers.mqtt_devices_config import MqttDevicesConfig
+from drivers.mqtt_ingest_config import MqttIngestConfig
 from gateway.config.model import GatewayConfig
 from gateway.forwarders.mqtt_police import PoliceMqttConfig
 from gateway.mqtt.notify import TOPIC_ROOT, gateway_status_topic

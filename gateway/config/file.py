@@ -14,8 +14,6 @@ problem or warning is to be located.
 from __future__ import annotations
 
 import functools
-import os
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -128,37 +126,6 @@ def _loaded(path: Path, *, with_lines: bool) -> tuple[GatewayConfig, Locate]:
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
     return config.resolved(path.parent), locate
-
-
-def load_config_apart(path: Path) -> GatewayConfig:
-    """``load_config`` done in a forked child, the config handed back pickled.
-
-    Parsing YAML makes hundreds of thousands of short-lived objects among the
-    config's own, and the interpreter keeps that fragmented heap for good: 80 MB
-    of a 4,736-shop gateway's resident memory was what was left of parsing its
-    file. In a child, that memory goes when the child exits. A config that does
-    not load is loaded again here, so its errors are raised as ``load_config``
-    raises them. Only for a process with no threads yet (the daemon at start).
-    """
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            with os.fdopen(write_end, "wb") as out:
-                pickle.dump(load_config(path), out)
-            code = 0
-        finally:
-            os._exit(code)  # never back into the parent's code, whatever happened
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as received:
-        blob = received.read()
-    _, status = os.waitpid(child, 0)
-    if status != 0 or not blob:
-        return load_config(path)
-    config: GatewayConfig = pickle.loads(blob)  # noqa: S301 - our own child's output
-    return config
 
 
 def _readable_secrets(path: Path, config: GatewayConfig, locate: Locate) -> list[ConfigProblem]:

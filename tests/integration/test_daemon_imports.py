@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,10 @@ COMMAND_LINE = ("typer", "click", "rich", "gateway.cli.main", "gateway.cli.optio
 """The installer's command line: not the daemon's business."""
 NOT_CONFIGURED = (
     "pymodbus",  # Modbus driver
+    "drivers.modbus",  # the drivers themselves: only their settings (decision 102)
+    "drivers.line_serial",
+    "drivers.rf433",
+    "drivers.mqtt_devices",
     "serial",  # serial drivers (433 MHz receiver, line protocol, modem)
     "serial_asyncio_fast",
     "httpx",  # webhook forwarder
@@ -47,6 +52,21 @@ def test_the_daemon_imports_neither_the_command_line_nor_what_its_config_does_no
     assert {"gateway.app", "drivers.mqtt_ingest", "gateway.forwarders.mqtt_police"} <= modules
     assert modules.isdisjoint(COMMAND_LINE), modules & set(COMMAND_LINE)
     assert modules.isdisjoint(NOT_CONFIGURED), modules & set(NOT_CONFIGURED)
+
+
+NOT_MAPPED = ("_yaml.",)
+"""The YAML parser's extension: the config is read in the config's child (decision 101)."""
+
+
+def test_the_running_daemon_has_not_the_yaml_parser_in_memory(
+    start_gateway: Callable[..., TestGateway],
+) -> None:
+    # From the running process's mappings: the import log also holds the config's child.
+    gw = start_gateway()
+    maps = Path(f"/proc/{gw.pid}/maps").read_text()
+    files = {Path(line.split()[-1]).name for line in maps.splitlines() if "/" in line}
+    assert {f for f in files if f.startswith(NOT_MAPPED)} == set()
+    assert any(f.startswith("_pydantic_core.") for f in files)  # the mappings are all there
 
 
 UNBUILT_AFTER_IMPORT = """

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from drivers.base import DriverContext
-from drivers.modbus import ModbusConfig, ModbusDriver, modbus_client, scan_units
+from drivers.modbus import ModbusDriver, modbus_client, scan_units
+from drivers.modbus_config import ModbusConfig
 from firmware_stubs.modbus_io import ModbusIO
 from gateway.app import Gateway
 from gateway.config.model import GatewayConfig

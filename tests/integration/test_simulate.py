@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 
-from tests.field import bind_field_devices
+from tests.field import MODBUS_DOOR, bind_field_devices
 from tests.harness import READY_S, init_config
 
 DRIVERS = [
@@ -17,19 +17,7 @@ DRIVERS = [
         "port": "/dev/ttyUSB0",
         "devices": [{"address": 3, "shop_id": "S00011", "device_id": "pb-1"}],
     },
-    {
-        "kind": "modbus",
-        "name": "io-1",
-        "host": "192.168.1.50:502",
-        "modules": [
-            {
-                "unit": 1,
-                "shop_id": "S00012",
-                "device_id": "io-1",
-                "inputs": [{"zone": "1", "address": 0}],
-            }
-        ],
-    },
+    MODBUS_DOOR,
     {
         "kind": "rf433",
         "name": "rf-1",

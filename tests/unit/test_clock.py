@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from drivers.base import DriverContext
-from drivers.mqtt_ingest import MqttIngestConfig, MqttIngestDriver
+from drivers.mqtt_ingest import MqttIngestDriver
+from drivers.mqtt_ingest_config import MqttIngestConfig
 from firmware_stubs.police_commands import command_body, new_key, sign
 from gateway.clock import ClockJudgement, GatewayClock, ntp_synchronised
 from gateway.events import EVENT_CLASS, Event, EventClass, EventKind, Source

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.file import load_config, load_config_apart
+from gateway.config.apart import load_config_apart
+from gateway.config.file import load_config
 from gateway.errors import ConfigError
 from tests.harness import init_config
 

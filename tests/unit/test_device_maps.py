@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from drivers.base import DriverContext
 from drivers.device_maps import PRESETS, Mapping
-from drivers.mqtt_devices import MappedDeviceConfig, MqttDevicesConfig, MqttDevicesDriver
+from drivers.mqtt_devices import MqttDevicesDriver
+from drivers.mqtt_devices_config import MappedDeviceConfig, MqttDevicesConfig
 from gateway.cli.online_check import check_online
 from gateway.config.broker_access import gateway_username, plan_logins
 from gateway.config.file import load_config

@@ -6,7 +6,8 @@ import asyncio
 from pathlib import Path
 
 from drivers.base import DeviceBinding, DriverContext
-from drivers.line_serial import LineSerialConfig, LineSerialDriver
+from drivers.line_serial import LineSerialDriver
+from drivers.line_serial_config import LineSerialConfig
 from drivers.supervision import Supervision
 from gateway.device_state import DeviceStates
 from gateway.events import Event, EventKind

@@ -11,11 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from drivers import DRIVERS, DriverConfigUnion
+from drivers import DRIVERS, DriverConfigUnion, driver_class
 from drivers.base import DriverContext
-from drivers.line_serial import LineSerialConfig, LineSerialDriver
-from drivers.modbus import ModbusInputConfig, _Contact, _debounced, parse_units
-from drivers.rf433 import CodeReader, Rf433Config
+from drivers.line_serial import LineSerialDriver
+from drivers.line_serial_config import LineSerialConfig
+from drivers.modbus import _Contact, _debounced, parse_units
+from drivers.modbus_config import ModbusInputConfig
+from drivers.rf433 import CodeReader
+from drivers.rf433_config import Rf433Config
 from drivers.serial_port import open_serial
 from gateway.config.model import GatewayConfig
 from gateway.errors import DriverUnavailable
@@ -48,10 +51,11 @@ def line(device_id: str, shop: str = "S1") -> dict[str, object]:
 
 
 def test_registry_matches_config_union():
-    """Every driver kind in the config union has exactly one registered driver."""
+    """Every driver kind in the config union has exactly one registered driver, of that kind."""
     union = typing.get_args(typing.get_args(DriverConfigUnion)[0])
     kinds = {typing.get_args(c.model_fields["kind"].annotation)[0] for c in union}
     assert kinds == set(DRIVERS)
+    assert {kind: driver_class(kind).kind for kind in DRIVERS} == {kind: kind for kind in DRIVERS}
 
 
 def test_binding_to_a_listed_device_is_valid():

@@ -11,7 +11,8 @@ import aiomqtt
 from paho.mqtt.client import MQTTMessage
 
 from drivers.base import DriverContext
-from drivers.mqtt_ingest import MqttIngestConfig, MqttIngestDriver, PanelMessage
+from drivers.mqtt_ingest import MqttIngestDriver, PanelMessage
+from drivers.mqtt_ingest_config import MqttIngestConfig
 from gateway.events import Event, utc_now
 from gateway.mqtt.client import BrokerConfig
 from gateway.mqtt.link import Lane, MessageLanes

@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from drivers.base import DriverContext
-from drivers.mqtt_ingest import MqttIngestConfig, MqttIngestDriver, Rejected
+from drivers.mqtt_ingest import MqttIngestDriver, Rejected
+from drivers.mqtt_ingest_config import MqttIngestConfig
 from gateway.events import EventKind
 from gateway.mqtt.client import BrokerConfig
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
-from drivers.mqtt_ingest import MqttIngestConfig
+from drivers.mqtt_ingest_config import MqttIngestConfig
 from gateway.cli.main import app
 from gateway.config.file import load_config
 from gateway.config.model import DeviceConfig, GatewayIdentity
