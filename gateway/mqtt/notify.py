@@ -83,6 +83,7 @@ class BlockPublisher:
         self._confirmed_file = None if confirmed_file is None else StateFile(confirmed_file)
         # Alert id -> the wall time it expires and the shops the broker answered for.
         self._confirmed: dict[str, tuple[float, set[str]]] = self._load_confirmed()
+        self._confirmed_saved = self._confirmed_text()  # what the file holds, as far as we know
         self._confirmed_changed = asyncio.Event()
         self._log = RateLimitedLog(logger, interval_s=60)
         self.link_up = asyncio.Event()
@@ -121,18 +122,25 @@ class BlockPublisher:
             will=offline_will(topic, self._status),
         )
         try:
-            async with link, asyncio.TaskGroup() as tg:
-                self.link_up.set()
-                tg.create_task(link.watch(), name="block.link")
-                tg.create_task(
-                    keep_status(link, topic, self._status, interval_s=self._status_interval_s),
-                    name="block.status",
-                )
-                tg.create_task(self._publish_alerts(link), name="block.alerts")
-                tg.create_task(self._keep_confirmed(), name="block.confirmed")
-        except* (LinkDown, PlatformNak, OSError) as group:
-            detail = first_leaf(group)
-            raise DriverUnavailable(f"block broker {self._broker.url}: {detail}") from None
+            try:
+                async with link, asyncio.TaskGroup() as tg:
+                    self.link_up.set()
+                    tg.create_task(link.watch(), name="block.link")
+                    tg.create_task(
+                        keep_status(link, topic, self._status, interval_s=self._status_interval_s),
+                        name="block.status",
+                    )
+                    tg.create_task(self._publish_alerts(link), name="block.alerts")
+                    tg.create_task(self._keep_confirmed(), name="block.confirmed")
+            except* (LinkDown, PlatformNak, OSError) as group:
+                detail = first_leaf(group)
+                raise DriverUnavailable(f"block broker {self._broker.url}: {detail}") from None
+        except asyncio.CancelledError:
+            # Stopping (a restart): what was confirmed since the last finished write is
+            # written now, or the restart would tell those shops again. Not on a link
+            # drop: the next link's writer takes the change, and the loop keeps its pace.
+            self._save_unsaved()
+            raise
 
     async def _publish_alerts(self, link: MqttLink) -> None:
         # Alerts a lost link never confirmed go first, as they were submitted.
@@ -196,24 +204,25 @@ class BlockPublisher:
         file = self._confirmed_file
         if file is None:
             return
-        saved = ""
-        try:
-            while True:
-                await self._confirmed_changed.wait()
-                self._confirmed_changed.clear()
-                text = self._confirmed_text()
-                try:
-                    await file.save_in_thread(text)
-                    saved = text
-                except OSError as exc:  # notices still go out; a restart may repeat some
-                    self._log.warning("confirmed", "cannot write %s: %s", file.path, exc)
-                await asyncio.sleep(CONFIRMED_SAVE_INTERVAL_S)
-        finally:
-            # Stopping (a restart): what was confirmed since the last finished write
-            # is written now, or the restart would tell those shops again.
-            if (text := self._confirmed_text()) != saved:
-                with contextlib.suppress(OSError):
-                    file.save(text)
+        while True:
+            await self._confirmed_changed.wait()
+            self._confirmed_changed.clear()
+            text = self._confirmed_text()
+            try:
+                await file.save_in_thread(text)
+                self._confirmed_saved = text
+            except OSError as exc:  # notices still go out; a restart may repeat some
+                self._log.warning("confirmed", "cannot write %s: %s", file.path, exc)
+            await asyncio.sleep(CONFIRMED_SAVE_INTERVAL_S)
+
+    def _save_unsaved(self) -> None:
+        """Write the confirmations now, on this thread, if they changed since the last write."""
+        file = self._confirmed_file
+        if file is None or (text := self._confirmed_text()) == self._confirmed_saved:
+            return
+        with contextlib.suppress(OSError):
+            file.save(text)
+            self._confirmed_saved = text
 
     def _confirmed_text(self) -> str:
         """The unexpired confirmations as the file keeps them."""

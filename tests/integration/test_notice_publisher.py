@@ -17,6 +17,7 @@ import pytest
 from gateway.errors import DriverUnavailable
 from gateway.mqtt.client import BrokerConfig
 from gateway.mqtt.notify import BlockPublisher
+from gateway.state_file import StateFile
 from lab.broker import Mosquitto
 from rules.neighbour_alert import NeighbourAlert, Notice
 from tests.clients import wait_until
@@ -136,3 +137,69 @@ def test_alerts_a_lost_link_left_unconfirmed_go_again_first_and_in_order(tmp_pat
 
         ids = asyncio.run(scenario())
         assert ids == ["A1"] * 3 + ["A2"] * 3 + ["A3"] * 3
+
+
+def test_confirmations_are_written_at_a_stop_not_on_the_loop_at_a_link_drop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lost link leaves the file to the next link's writer; a stop writes what is new, once.
+
+    The stop's write runs on the event loop (it is the last thing the loop does); at a
+    link drop the same write would stall the ingest and the police link for an fsync.
+    """
+    confirmed = tmp_path / "notices-confirmed.json"
+    writes_on_the_loop: list[str] = []
+    save = StateFile.save
+
+    def save_watched(self: StateFile, text: str) -> None:
+        writes_on_the_loop.append(text)
+        save(self, text)
+
+    monkeypatch.setattr(StateFile, "save", save_watched)
+    with Mosquitto(workdir=tmp_path / "broker") as broker:
+
+        def publisher() -> BlockPublisher:
+            return BlockPublisher(
+                BrokerConfig(url=broker.url),
+                gateway_id="GW-T",
+                status=dict,
+                status_interval_s=600,
+                confirmed_file=confirmed,
+            )
+
+        async def drop_the_link() -> None:
+            first = publisher()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(first.run(), name="publisher")
+                    await wait_until(first.link_up.is_set, 10, "the block link")
+                    broker.kill()
+            except* DriverUnavailable:
+                pass
+
+        async def confirm_then_stop() -> BlockPublisher:
+            second = publisher()
+            run = asyncio.create_task(second.run(), name="publisher")
+            await wait_until(second.link_up.is_set, 10, "the block link")
+            # Pause the background writer so that only the stop can write the confirmation.
+            monkeypatch.setattr(StateFile, "save_in_thread", _never_done)
+            second.submit(alert("A1"))
+            await wait_until(lambda: second.notices_sent == len(NEIGHBOURS), 10, "A1 confirmed")
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+            return second
+
+        asyncio.run(drop_the_link())
+        assert writes_on_the_loop == []
+        assert not confirmed.exists()  # nothing was confirmed: nothing to write
+        broker.start()
+        second = asyncio.run(confirm_then_stop())
+
+    assert len(writes_on_the_loop) == 1
+    assert set(json.loads(confirmed.read_text())["A1"][1]) == set(NEIGHBOURS)
+    assert second.confirmed("A1") == frozenset(NEIGHBOURS)
+
+
+async def _never_done(self: StateFile, text: str) -> None:
+    await asyncio.Event().wait()
