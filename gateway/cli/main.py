@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -57,17 +57,33 @@ def module_commands(module: str) -> dict[str, click.Command]:
     return dict(typer.main.get_group(merged).commands)
 
 
-class _CommandTable(Mapping[str, "click.Command"]):
-    """Every command by name; looking one up imports its module and builds its commands."""
+class _CommandTable(MutableMapping[str, "click.Command"]):
+    """Every command by name; looking one up imports its module and builds its commands.
+
+    A command added on the top-level app itself (``@app.command``, ``add_command``)
+    is kept beside the table's, not dropped.
+    """
+
+    def __init__(self, added: Mapping[str, click.Command]) -> None:
+        self._added = dict(added)
 
     def __getitem__(self, name: str) -> click.Command:
+        if name in self._added:
+            return self._added[name]
         return module_commands(COMMANDS[name])[name]
 
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._added[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._added[name]
+
     def __iter__(self) -> Iterator[str]:
-        return iter(COMMANDS)
+        yield from COMMANDS
+        yield from (name for name in self._added if name not in COMMANDS)
 
     def __len__(self) -> int:
-        return len(COMMANDS)
+        return len(COMMANDS.keys() | self._added.keys())
 
 
 class _Commands(TyperGroup):
@@ -75,8 +91,9 @@ class _Commands(TyperGroup):
 
     def __init__(self, **attrs: Any) -> None:  # noqa: ANN401 - typer passes the group's settings
         super().__init__(**attrs)
-        # Typer only reads the table (its names for "did you mean", a command by name).
-        self.commands = _CommandTable()  # type: ignore[assignment]
+        # Typer reads the table (its names for "did you mean", a command by name); commands
+        # given on the app itself are kept in it.
+        self.commands = _CommandTable(self.commands)
 
 
 app = typer.Typer(

@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import typer
+from typer.testing import CliRunner
+
 import gateway.cli
-from gateway.cli.main import COMMANDS, module_commands
+from gateway.cli.main import COMMANDS, app, module_commands
 
 
 def test_the_table_names_every_command_of_every_command_module() -> None:
@@ -49,3 +52,20 @@ def test_check_imports_no_other_command_module(tmp_path: Path) -> None:
     imported = set(shown.stdout.splitlines()[-1].split())
     assert "gateway.cli.setup" in imported
     assert not imported & {f"gateway.cli.{m}" for m in COMMANDS.values() if m != "setup"}
+
+
+def test_a_command_added_on_the_top_level_app_runs_and_is_listed() -> None:
+    """``@app.command`` on the top-level app keeps working beside the table's commands."""
+
+    @app.command("extra")
+    def _extra() -> None:
+        typer.echo("ran extra")
+
+    try:
+        ran = CliRunner().invoke(app, ["extra"], prog_name="lianfang")
+        listed = CliRunner().invoke(app, ["--help"], prog_name="lianfang")
+    finally:
+        app.registered_commands.pop()
+    assert (ran.exit_code, ran.output) == (0, "ran extra\n")
+    assert "extra" in listed.output
+    assert "check" in listed.output
