@@ -4,7 +4,8 @@ While ``held``, the broker's bytes to each client (PUBACKs, delivered messages)
 collect in the relay; ``release`` writes each connection's whole store in one
 write, so many MQTT packets arrive together (in one TLS record when the relay
 speaks TLS, as a TLS-terminating proxy in front of a broker does). What the
-clients send always goes straight through.
+clients send always goes straight through. With ``drop_subacks`` the broker's
+SUBACKs are left out (a broker that never answers a SUBSCRIBE).
 """
 
 from __future__ import annotations
@@ -17,11 +18,34 @@ from typing import Self
 
 from lab.broker import free_port
 
+SUBACK = 0x90
+"""An MQTT SUBACK's first byte."""
+
 
 @dataclass
 class _Connection:
     to_client: asyncio.StreamWriter
     held: bytearray = field(default_factory=bytearray)
+    partial: bytearray = field(default_factory=bytearray)
+
+
+def _whole_packets(buffer: bytearray) -> list[bytes]:
+    """Take the complete MQTT packets off the front of ``buffer``."""
+    packets = []
+    while len(buffer) >= 2:
+        length, shift, at = 0, 0, 1
+        while at < len(buffer) and buffer[at] & 0x80:
+            length |= (buffer[at] & 0x7F) << shift
+            shift, at = shift + 7, at + 1
+        if at >= len(buffer):
+            break
+        length |= buffer[at] << shift
+        end = at + 1 + length
+        if end > len(buffer):
+            break
+        packets.append(bytes(buffer[:end]))
+        del buffer[:end]
+    return packets
 
 
 class HoldingRelay:
@@ -30,6 +54,7 @@ class HoldingRelay:
     def __init__(self, upstream_port: int, *, tls: ssl.SSLContext | None = None) -> None:
         self.port = free_port()
         self.held = False
+        self.drop_subacks = False
         self._upstream_port = upstream_port
         self._tls = tls
         self._connections: list[_Connection] = []
@@ -77,6 +102,10 @@ class HoldingRelay:
         self._tasks.add(up)
         try:
             while data := await from_broker.read(65536):
+                if self.drop_subacks:
+                    connection.partial.extend(data)
+                    packets = _whole_packets(connection.partial)
+                    data = b"".join(p for p in packets if p[0] != SUBACK)
                 if self.held:
                     connection.held.extend(data)
                 else:

@@ -231,6 +231,9 @@ class MqttLink:
     async def watch(self) -> None:
         """Keep the connection alive until it is lost; then raise ``LinkDown``."""
         assert self._lost is not None
+        # A resumed session's SUBACK comes after its backlog (decision 95): it is
+        # awaited here, for CONNECT_TIMEOUT_S of reading, not of paused reading.
+        unanswered_s, looked_at = 0.0, time.monotonic()
         while not self._lost.done():
             keepalive = self.limits.server_keep_alive or self._broker.keepalive_s
             if self.paused and time.monotonic() - self._last_read > keepalive / 2:
@@ -239,6 +242,13 @@ class MqttLink:
             if self._client.loop_misc() != paho.MQTT_ERR_SUCCESS:
                 self._fail("keep-alive failed")
                 break
+            now = time.monotonic()
+            if self._filters and self._subscribed is not None and not self._subscribed.done():
+                unanswered_s += 0.0 if self.paused else now - looked_at
+                if unanswered_s > CONNECT_TIMEOUT_S:
+                    self._fail(f"no SUBACK within {CONNECT_TIMEOUT_S:g} s of reading")
+                    break
+            looked_at = now
             done, _ = await asyncio.wait({self._lost}, timeout=MISC_INTERVAL_S)
             if done:
                 break

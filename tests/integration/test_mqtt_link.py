@@ -9,10 +9,12 @@ import aiomqtt
 import pytest
 
 from gateway.errors import PlatformNak
+from gateway.mqtt import link as link_module
 from gateway.mqtt.client import BrokerConfig
 from gateway.mqtt.limits import UNLIMITED_RECEIVE_MAXIMUM, LinkDown
 from gateway.mqtt.link import MqttLink
 from lab.broker import Mosquitto
+from tests.relay import HoldingRelay
 
 
 async def queue_backlog(link: MqttLink, port: int) -> None:
@@ -181,3 +183,29 @@ def test_a_paused_link_outlives_its_keep_alive(block_broker):
         return got
 
     assert asyncio.run(scenario()) == 100
+
+
+def test_a_resumed_session_whose_subscribe_is_never_answered_fails_the_link(
+    block_broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link is up at the CONNACK (decision 95); a SUBACK that never comes still fails it.
+
+    A new filter (a shop added by a reload) unanswered would otherwise leave that shop
+    unheard, with the link up and nothing said.
+    """
+    monkeypatch.setattr(link_module, "CONNECT_TIMEOUT_S", 2.0)
+
+    async def scenario() -> str:
+        async with HoldingRelay(block_broker.port) as relay:
+            broker = BrokerConfig(url=relay.url)
+            async with MqttLink(broker, client_id="resumed", persistent=True, subscribe="a/#"):
+                pass
+            relay.drop_subacks = True
+            link = MqttLink(broker, client_id="resumed", persistent=True, subscribe=["a/#", "b/#"])
+            async with link:
+                assert link.limits.session_present
+                with pytest.raises(LinkDown) as down:
+                    await asyncio.wait_for(link.watch(), 10)
+        return str(down.value)
+
+    assert "no SUBACK" in asyncio.run(scenario())
