@@ -149,6 +149,7 @@ class MqttLink:
         self._sock: socket.socket | None = None
         self._connected: asyncio.Future[None] | None = None
         self._subscribed: asyncio.Future[None] | None = None
+        self._asked: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its filters
         self._lost: asyncio.Future[None] | None = None
         self._publishes: dict[int, Waiting] = {}
         self._generation = 0
@@ -483,18 +484,26 @@ class MqttLink:
             # No need to wait for the UNSUBACK: the broker handles packets in order.
             self._client.unsubscribe(list(self._stale_filters))
         self._subacks_due = len(chunks)
+        self._asked = {}
         for chunk in chunks:
-            self._client.subscribe([(topic, 1) for topic in chunk])
+            _, mid = self._client.subscribe([(topic, 1) for topic in chunk])
+            if mid is not None:
+                self._asked[mid] = list(chunk)
 
     def _on_subscribe(
-        self, _c: paho.Client, _u: object, _mid: int, reasons: list[ReasonCode], _p: object
+        self, _c: paho.Client, _u: object, mid: int, reasons: list[ReasonCode], _p: object
     ) -> None:
         if self._subscribed is None or self._subscribed.done():
             return
+        # Name the filter this SUBACK refused (or granted QoS 0 only), not the first one asked.
+        answered = list(zip(self._asked.pop(mid, list(self._filters)), reasons, strict=False))
+        topic, reason = next(
+            ((f, r) for f, r in answered if r.is_failure or r.value < 1), answered[0]
+        )
         more = len(self._filters) - 1
-        shown = self._filters[0] + (f" and {more} more" if more else "")
+        shown = topic + (f" (of {more + 1} filters)" if more else "")
         if any(r.is_failure for r in reasons):
-            self._fail(f"broker refused the subscription to {shown}: {reasons[0]}")
+            self._fail(f"broker refused the subscription to {shown}: {reason}")
         elif any(r.value < 1 for r in reasons):
             self._fail_with(
                 BrokerUnsuitable(

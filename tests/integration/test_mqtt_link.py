@@ -7,6 +7,8 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import PlatformNak
 from gateway.mqtt import link as link_module
@@ -209,3 +211,34 @@ def test_a_resumed_session_whose_subscribe_is_never_answered_fails_the_link(
         return str(down.value)
 
     assert "no SUBACK" in asyncio.run(scenario())
+
+
+def test_a_refused_subscription_names_the_filter_refused(block_broker: Mosquitto) -> None:
+    """Of two filters the broker refuses the second: the installer reads that one and why.
+
+    Mosquitto grants what its ACL denies (and delivers nothing), so the refusal is
+    put into the broker's real SUBACK as the link receives it.
+    """
+
+    async def scenario() -> str:
+        link = MqttLink(
+            BrokerConfig(url=block_broker.url),
+            client_id="refused",
+            persistent=False,
+            subscribe=["a/#", "b/#"],
+        )
+        received = link._client.on_subscribe
+
+        def refusing_b(c: object, u: object, mid: int, reasons: list, p: object) -> None:
+            refused = ReasonCode(PacketTypes.SUBACK, "Not authorized")
+            received(c, u, mid, [reasons[0], refused], p)
+
+        link._client.on_subscribe = refusing_b
+        with pytest.raises(LinkDown) as down:
+            async with link:
+                pass
+        return str(down.value)
+
+    assert "refused the subscription to b/# (of 2 filters): Not authorized" in asyncio.run(
+        scenario()
+    )
