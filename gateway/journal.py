@@ -2,9 +2,10 @@
 
 One SQLite database in WAL mode with ``synchronous=FULL``: an event the gateway
 has acknowledged to a device survives a power cut. One writer task owns the
-only writing connection; events and forwarder acknowledgements that arrive
-together share one transaction (group commit), so durability does not cap
-throughput.
+only writing connection; events that arrive together share one transaction
+(group commit), so durability does not cap throughput. A forwarder's
+acknowledgements wait for the next events' commit, or ``CLOSING_LINGER_S`` at
+most: alone, each would cost a commit of its own (decision 961).
 
 The tables, the connection settings and the drain ranks are in
 ``gateway/journal_schema.py``; reading is ``gateway/journal_reader.py``; the
@@ -18,6 +19,7 @@ import contextlib
 import logging
 import shutil
 import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +41,10 @@ MAX_BATCH = 2000
 RECENT_ORIGIN_KEYS = 20_000  # far more than a broker may redeliver after a crash
 # While the disk is full even after the reserve went, retry the commit this often at most.
 FULL_RETRY_MAX_S = 10.0
+# Acknowledgements (and failures, give-ups) wait this long at most for an append
+# to share its commit: a crash meanwhile sends those events to their receiver
+# again, which a receiver takes by event id anyway.
+CLOSING_LINGER_S = 0.2
 
 OnDurable = Callable[[], None]
 
@@ -92,7 +98,14 @@ class _GiveUp:
     error: str
 
 
-_Item = _Append | _Ack | _Failure | _GiveUp
+class _Flush:
+    """Tells the writer to commit the held acknowledgements now."""
+
+
+_FLUSH = _Flush()
+
+_Closing = _Ack | _Failure | _GiveUp
+_Item = _Append | _Closing
 
 
 @dataclass
@@ -152,9 +165,13 @@ class Journal:
             raise JournalError(
                 f"cannot make the storage reserve {self.reserve.path}: {exc}"
             ) from exc
-        # Unbounded so that acknowledgements never block a forwarder; appends
-        # wait in append() while more than ``queue_size`` items are queued.
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        # Appends wait in append() while more than ``queue_size`` are queued.
+        self._queue: asyncio.Queue[_Append | _Flush] = asyncio.Queue()
+        # Acknowledgements, failures and give-ups held for the next commit;
+        # unbounded so that they never block a forwarder.
+        self._closing: list[_Closing] = []
+        self._closing_since = 0.0
+        self._linger: asyncio.TimerHandle | None = None
         self._queue_size = queue_size
         self._room = asyncio.Event()
         self._room.set()
@@ -227,15 +244,23 @@ class Journal:
     @property
     def queued(self) -> int:
         """Records waiting for the writer (appends and acknowledgements)."""
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._closing)
 
     def ack(self, forwarder: str, seq: int) -> None:
-        """Record that ``forwarder``'s receiver acknowledged the event at ``seq``."""
-        self._queue.put_nowait(_Ack(forwarder, seq))
+        """Record that ``forwarder``'s receiver acknowledged the event at ``seq``.
+
+        Committed with the next events, or within ``CLOSING_LINGER_S``.
+        """
+        self._hold(_Ack(forwarder, seq))
 
     def failed(self, forwarder: str, seqs: Iterable[int], error: str) -> None:
-        """Record a failed delivery attempt of these events (for the audit trail)."""
-        self._queue.put_nowait(_Failure(forwarder, tuple(seqs), error))
+        """Record a failed delivery attempt of these events (for the audit trail).
+
+        Committed at once, with the acknowledgements held: the forwarder reads the
+        journal again next, and must find the rows it had closed closed.
+        """
+        self._hold(_Failure(forwarder, tuple(seqs), error))
+        self._flush_closing()
 
     def give_up(self, forwarder: str, seq: int, error: str) -> None:
         """Close the delivery at ``seq`` unacknowledged: the receiver refused it for good.
@@ -243,7 +268,34 @@ class Journal:
         The row leaves the outbox (``acked_at`` is set) and ``last_error`` starts
         with ``given up:`` and the receiver's reason, for the audit trail.
         """
-        self._queue.put_nowait(_GiveUp(forwarder, seq, error))
+        self._hold(_GiveUp(forwarder, seq, error))
+
+    def _hold(self, item: _Closing) -> None:
+        """Keep ``item`` for the next commit; make sure one comes within the linger."""
+        if not self._closing:
+            self._closing_since = time.monotonic()
+        self._closing.append(item)
+        if len(self._closing) >= MAX_BATCH:
+            self._flush_closing()
+        elif self._linger is None:
+            with contextlib.suppress(RuntimeError):  # no loop: close() commits them
+                loop = asyncio.get_running_loop()
+                self._linger = loop.call_later(CLOSING_LINGER_S, self._lingered)
+
+    def _lingered(self) -> None:
+        """The linger timer: flush what has waited long enough, else wait for the rest."""
+        self._linger = None
+        if not self._closing:
+            return
+        left = self._closing_since + CLOSING_LINGER_S - time.monotonic()
+        if left <= 0:
+            self._flush_closing()
+        else:
+            self._linger = asyncio.get_running_loop().call_later(left, self._lingered)
+
+    def _flush_closing(self) -> None:
+        """Wake the writer to commit the held records without waiting for an append."""
+        self._queue.put_nowait(_FLUSH)
 
     def on_commit(self, listener: Callable[[list[OutboxRow], str], None]) -> None:
         """Call ``listener(rows, forwarder)`` with the events newly committed for a forwarder."""
@@ -256,9 +308,12 @@ class Journal:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                batch = [await self._queue.get()]
-                while len(batch) < MAX_BATCH and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                taken = [await self._queue.get()]
+                while len(taken) < MAX_BATCH and not self._queue.empty():
+                    taken.append(self._queue.get_nowait())
+                batch = self._with_closing(taken)
+                if not batch:
+                    continue
                 await self._write_until_stored(loop, batch)
                 self._committed(batch)
                 if self._queue.qsize() < self._queue_size:
@@ -288,15 +343,25 @@ class Journal:
             else:
                 return
 
+    def _with_closing(self, taken: list[_Append | _Flush]) -> list[_Item]:
+        """The appends ``taken`` from the queue, then the held acknowledgements (now let go)."""
+        batch: list[_Item] = [item for item in taken if isinstance(item, _Append)]
+        batch += self._closing
+        self._closing.clear()
+        return batch
+
     def close(self) -> None:
         """Let an in-flight commit finish, commit whatever is still queued, and close."""
         if self._closed:
             return
         self._closed = True
         self._writer.shutdown(wait=True)
-        rest: list[_Item] = []
+        if self._linger is not None:
+            self._linger.cancel()
+        taken: list[_Append | _Flush] = []
         while not self._queue.empty():
-            rest.append(self._queue.get_nowait())
+            taken.append(self._queue.get_nowait())
+        rest = self._with_closing(taken)
         if rest:
             try:
                 self._write(rest)
