@@ -1,11 +1,12 @@
 """The journal: every accepted event, durably, before anything is forwarded.
 
 One SQLite database in WAL mode with ``synchronous=FULL``: an event the gateway
-has acknowledged to a device survives a power cut. One writer task owns the
+has acknowledged to a device survives a power cut. One writer thread owns the
 only writing connection; events that arrive together share one transaction
 (group commit), so durability does not cap throughput. A forwarder's
 acknowledgements wait for the next events' commit, or ``CLOSING_LINGER_S`` at
-most: alone, each would cost a commit of its own (decision 961).
+most: alone, each would cost a commit of its own. The event loop hands the
+writer its records through a queue and hears back once per commit (decision 961).
 
 The tables, the connection settings and the drain ranks are in
 ``gateway/journal_schema.py``; reading is ``gateway/journal_reader.py``; the
@@ -17,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import shutil
 import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,11 @@ FULL_RETRY_MAX_S = 10.0
 CLOSING_LINGER_S = 0.2
 
 OnDurable = Callable[[], None]
+
+
+def _fail(failed: asyncio.Future[None], exc: BaseException) -> None:
+    if not failed.done():
+        failed.set_exception(exc)
 
 
 def _may_be_evicted(item: _Item) -> bool:
@@ -97,12 +104,6 @@ class _GiveUp:
     seq: int
     error: str
 
-
-class _Flush:
-    """Tells the writer to commit the held acknowledgements now."""
-
-
-_FLUSH = _Flush()
 
 _Closing = _Ack | _Failure | _GiveUp
 _Item = _Append | _Closing
@@ -165,8 +166,12 @@ class Journal:
             raise JournalError(
                 f"cannot make the storage reserve {self.reserve.path}: {exc}"
             ) from exc
-        # Appends wait in append() while more than ``queue_size`` are queued.
-        self._queue: asyncio.Queue[_Append | _Flush] = asyncio.Queue()
+        # The writer thread's work, None to stop it; appends wait in append()
+        # while ``queue_size`` records are queued.
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unwritten: list[_Item] = []
         # Acknowledgements, failures and give-ups held for the next commit;
         # unbounded so that they never block a forwarder.
         self._closing: list[_Closing] = []
@@ -175,8 +180,6 @@ class Journal:
         self._queue_size = queue_size
         self._room = asyncio.Event()
         self._room.set()
-        # One thread: SQLite allows one writer, and commit order is event order.
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._listeners: list[Callable[[list[OutboxRow], str], None]] = []
         # origin key -> callbacks waiting for the first copy, or None once durable
         self._origins: OrderedDict[str, list[OnDurable] | None] = OrderedDict()
@@ -239,7 +242,8 @@ class Journal:
             await self._room.wait()
         callbacks = [on_durable] if on_durable else []
         names = tuple(self._route(event) if routes is None else routes)
-        self._queue.put_nowait(_Append(event, origin_key, callbacks, names))
+        self._queue.put(_Append(event, origin_key, callbacks, names))
+        self._flush_closing()  # the held acknowledgements share this commit
 
     @property
     def queued(self) -> int:
@@ -294,74 +298,99 @@ class Journal:
             self._linger = asyncio.get_running_loop().call_later(left, self._lingered)
 
     def _flush_closing(self) -> None:
-        """Wake the writer to commit the held records without waiting for an append."""
-        self._queue.put_nowait(_FLUSH)
+        """Hand the held records to the writer."""
+        for item in self._closing:
+            self._queue.put(item)
+        self._closing.clear()
 
     def on_commit(self, listener: Callable[[list[OutboxRow], str], None]) -> None:
         """Call ``listener(rows, forwarder)`` with the events newly committed for a forwarder."""
         self._listeners.append(listener)
 
-    # --- the writer task ------------------------------------------------------------
+    # --- the writer thread ----------------------------------------------------------
 
     async def run(self) -> None:
-        """Commit queued items in groups until cancelled; flush what is queued on the way out."""
+        """Commit queued records in groups until cancelled; flush what is queued on the way out.
+
+        Raises the writer's ``JournalError`` if it cannot go on.
+        """
         loop = asyncio.get_running_loop()
+        failed: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._write_all, args=(loop, failed), name="journal", daemon=True
+        )
+        self._thread.start()
         try:
-            while True:
-                taken = [await self._queue.get()]
-                while len(taken) < MAX_BATCH and not self._queue.empty():
-                    taken.append(self._queue.get_nowait())
-                batch = self._with_closing(taken)
-                if not batch:
-                    continue
-                await self._write_until_stored(loop, batch)
-                self._committed(batch)
-                if self._queue.qsize() < self._queue_size:
-                    self._room.set()
+            await failed
         finally:
             self.close()
 
-    async def _write_until_stored(
-        self, loop: asyncio.AbstractEventLoop, batch: list[_Item]
-    ) -> None:
-        """Commit ``batch``; while the disk is full even without the reserve, retry with backoff."""
+    def _write_all(self, loop: asyncio.AbstractEventLoop, failed: asyncio.Future[None]) -> None:
+        """The writer thread: commit what is queued in groups; the loop hears once per commit."""
+        while (first := self._queue.get()) is not None:
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                item = self._queue.get()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                stored = self._write_until_stored(batch)
+            except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
+                self._unwritten = batch
+                loop.call_soon_threadsafe(_fail, failed, exc)
+                return
+            if not stored:
+                self._unwritten = batch
+                return
+            loop.call_soon_threadsafe(self._committed, batch)
+            if stop:
+                return
+
+    def _write_until_stored(self, batch: list[_Item]) -> bool:
+        """Commit ``batch``; while the disk is full even without the reserve, retry with backoff.
+
+        False when told to stop before it was stored.
+        """
         delay = 0.5
         while True:
             try:
-                await asyncio.shield(loop.run_in_executor(self._writer, self._write, batch))
+                self._write(batch)
             except StorageFullError as exc:
                 self._log.warning(
                     "full", "%s; retrying every %.0f s at most", exc, FULL_RETRY_MAX_S
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, FULL_RETRY_MAX_S)
+                wait_s, delay = delay, min(delay * 2, FULL_RETRY_MAX_S)
             except JournalBusyError as exc:
                 # Someone else's transaction (an installer's sqlite3 shell, a backup tool):
                 # wait it out rather than end the alarm service; the batch stays accepted.
                 self._log.warning("busy", "%s; retrying", exc)
-                await asyncio.sleep(0.1)
+                wait_s = 0.1
             else:
-                return
-
-    def _with_closing(self, taken: list[_Append | _Flush]) -> list[_Item]:
-        """The appends ``taken`` from the queue, then the held acknowledgements (now let go)."""
-        batch: list[_Item] = [item for item in taken if isinstance(item, _Append)]
-        batch += self._closing
-        self._closing.clear()
-        return batch
+                return True
+            if self._stopping.wait(wait_s):
+                return False
 
     def close(self) -> None:
         """Let an in-flight commit finish, commit whatever is still queued, and close."""
         if self._closed:
             return
         self._closed = True
-        self._writer.shutdown(wait=True)
         if self._linger is not None:
             self._linger.cancel()
-        taken: list[_Append | _Flush] = []
+        if self._thread is not None:
+            self._stopping.set()
+            self._queue.put(None)
+            self._thread.join()
+        rest, self._unwritten = self._unwritten, []
         while not self._queue.empty():
-            taken.append(self._queue.get_nowait())
-        rest = self._with_closing(taken)
+            item = self._queue.get()
+            if item is not None:
+                rest.append(item)
+        rest += self._closing
+        self._closing.clear()
         if rest:
             try:
                 self._write(rest)
@@ -470,6 +499,9 @@ class Journal:
             raise
 
     def _committed(self, batch: list[_Item]) -> None:
+        """In the event loop, after ``batch`` was committed: callbacks, listeners, room."""
+        if self._queue.qsize() < self._queue_size:
+            self._room.set()
         self.stats.commits += 1
         fresh: dict[str, list[OutboxRow]] = {}
         for item in batch:
