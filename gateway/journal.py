@@ -472,26 +472,31 @@ class Journal:
         acks: list[tuple[str, str, int]],
     ) -> None:
         conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
+        # Each statement lets go of the GIL and takes it again, a thread switch
+        # when the event loop holds it: the ones with nothing to do are skipped.
+        statements = (
+            (
                 "INSERT INTO events (seq, id, shop_id, device_id, kind, class, received_at,"
                 " origin_key, body) VALUES (?,?,?,?,?,?,?,?,?)",
                 events,
-            )
-            conn.executemany(
-                "INSERT INTO deliveries (forwarder, seq, priority) VALUES (?, ?, ?)", deliveries
-            )
-            conn.executemany(
+            ),
+            ("INSERT INTO deliveries (forwarder, seq, priority) VALUES (?, ?, ?)", deliveries),
+            (
                 "UPDATE deliveries SET attempts=attempts+1, last_error=?"
                 " WHERE forwarder=? AND seq=? AND acked_at IS NULL",
                 failures,
-            )
+            ),
             # One row per acknowledged event, never a range.
-            conn.executemany(
+            (
                 "UPDATE deliveries SET acked_at=? WHERE forwarder=? AND seq=? AND acked_at IS NULL",
                 acks,
-            )
+            ),
+        )
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for sql, rows in statements:
+                if rows:
+                    conn.executemany(sql, rows)
             conn.execute("COMMIT")
         except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
