@@ -50,6 +50,18 @@ CLOSING_LINGER_S = 0.2
 
 OnDurable = Callable[[], None]
 
+INSERT_EVENTS = (
+    "INSERT INTO events (seq, id, shop_id, device_id, kind, class, received_at, origin_key, body)"
+    " VALUES (?,?,?,?,?,?,?,?,?)"
+)
+INSERT_DELIVERIES = "INSERT INTO deliveries (forwarder, seq, priority) VALUES (?, ?, ?)"
+RECORD_FAILURE = (
+    "UPDATE deliveries SET attempts=attempts+1, last_error=?"
+    " WHERE forwarder=? AND seq=? AND acked_at IS NULL"
+)
+# One row per acknowledged event, never a range.
+RECORD_ACK = "UPDATE deliveries SET acked_at=? WHERE forwarder=? AND seq=? AND acked_at IS NULL"
+
 
 def _fail(failed: asyncio.Future[None], exc: BaseException) -> None:
     if not failed.done():
@@ -475,22 +487,10 @@ class Journal:
         # Each statement lets go of the GIL and takes it again, a thread switch
         # when the event loop holds it: the ones with nothing to do are skipped.
         statements = (
-            (
-                "INSERT INTO events (seq, id, shop_id, device_id, kind, class, received_at,"
-                " origin_key, body) VALUES (?,?,?,?,?,?,?,?,?)",
-                events,
-            ),
-            ("INSERT INTO deliveries (forwarder, seq, priority) VALUES (?, ?, ?)", deliveries),
-            (
-                "UPDATE deliveries SET attempts=attempts+1, last_error=?"
-                " WHERE forwarder=? AND seq=? AND acked_at IS NULL",
-                failures,
-            ),
-            # One row per acknowledged event, never a range.
-            (
-                "UPDATE deliveries SET acked_at=? WHERE forwarder=? AND seq=? AND acked_at IS NULL",
-                acks,
-            ),
+            (INSERT_EVENTS, events),
+            (INSERT_DELIVERIES, deliveries),
+            (RECORD_FAILURE, failures),
+            (RECORD_ACK, acks),
         )
         try:
             conn.execute("BEGIN IMMEDIATE")
