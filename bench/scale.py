@@ -15,11 +15,12 @@ neighbour table), in the same run on a stock Mosquitto pair.
 Then, at 87 shops, sustained rate steps: door events published at a fixed rate
 for a few seconds and 1,000 events at least (QoS 1, every shop in turn); a step
 holds when every event reached the police within a grace period after the last
-was published (nothing left behind). The highest step held is the sustained rate. CPU per event is the
-process's CPU seconds from before the first event until it is quiet again after
-the last delivery (its acknowledgements written), over the events sent: the same
-span for the gateway and the floor. The 100/s step is issue 14's figure, where
-what batching amortizes at high rates is paid per event.
+was published (nothing left behind). The highest step held is the sustained
+rate. CPU per event is the process's CPU seconds from before the first event
+until it is quiet again after the last delivery (its acknowledgements written),
+over the events sent: the same span for the gateway and the floor. The 100/s
+step is issue 14's figure, where what batching amortizes at high rates is paid
+per event.
 
 Ratios are gateway / floor from the same run. Figures go to
 ``bench/results/scale-<UTC>.json``. Every process is started and stopped by its PID.
