@@ -6,7 +6,8 @@ only writing connection; events that arrive together share one transaction
 (group commit), so durability does not cap throughput. A forwarder's
 acknowledgements wait for the next events' commit, or ``CLOSING_LINGER_S`` at
 most: alone, each would cost a commit of its own. The event loop hands the
-writer its records through a queue and hears back once per commit (decision 961).
+writer each turn's records through a queue and hears back once per commit
+(decision 961).
 
 The tables, the connection settings and the drain ranks are in
 ``gateway/journal_schema.py``; reading is ``gateway/journal_reader.py``; the
@@ -181,6 +182,9 @@ class Journal:
         # The writer thread's work, None to stop it; appends wait in append()
         # while ``queue_size`` records are queued.
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        # This loop turn's records, handed over together at its end: what is queued
+        # without a pause goes in one commit, as when the writer ran on the loop.
+        self._turn: list[_Item] = []
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._unwritten: list[_Item] = []
@@ -249,18 +253,21 @@ class Journal:
         device events wait with their senders then is the intake's to decide, before
         the rules (``StorageReserve.refuses``).
         """
-        while self._queue.qsize() >= self._queue_size:
+        while self._backlog() >= self._queue_size:
             self._room.clear()
             await self._room.wait()
         callbacks = [on_durable] if on_durable else []
         names = tuple(self._route(event) if routes is None else routes)
-        self._queue.put(_Append(event, origin_key, callbacks, names))
+        self._to_writer([_Append(event, origin_key, callbacks, names)])
         self._flush_closing()  # the held acknowledgements share this commit
 
     @property
     def queued(self) -> int:
         """Records waiting for the writer (appends and acknowledgements)."""
-        return self._queue.qsize() + len(self._closing)
+        return self._backlog() + len(self._closing)
+
+    def _backlog(self) -> int:
+        return self._queue.qsize() + len(self._turn)
 
     def ack(self, forwarder: str, seq: int) -> None:
         """Record that ``forwarder``'s receiver acknowledged the event at ``seq``.
@@ -311,9 +318,21 @@ class Journal:
 
     def _flush_closing(self) -> None:
         """Hand the held records to the writer."""
-        for item in self._closing:
+        if self._closing:
+            self._to_writer(self._closing)
+            self._closing = []
+
+    def _to_writer(self, items: Iterable[_Item]) -> None:
+        """Queue ``items`` for the writer at the end of this loop turn, with the turn's others."""
+        if not self._turn:
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        self._turn.extend(items)
+
+    def _hand_over(self) -> None:
+        """The end of a loop turn: the writer takes the turn's records."""
+        for item in self._turn:
             self._queue.put(item)
-        self._closing.clear()
+        self._turn.clear()
 
     def on_commit(self, listener: Callable[[list[OutboxRow], str], None]) -> None:
         """Call ``listener(rows, forwarder)`` with the events newly committed for a forwarder."""
@@ -401,7 +420,9 @@ class Journal:
             item = self._queue.get()
             if item is not None:
                 rest.append(item)
+        rest += self._turn
         rest += self._closing
+        self._turn.clear()
         self._closing.clear()
         if rest:
             try:
@@ -505,7 +526,7 @@ class Journal:
 
     def _committed(self, batch: list[_Item]) -> None:
         """In the event loop, after ``batch`` was committed: callbacks, listeners, room."""
-        if self._queue.qsize() < self._queue_size:
+        if self._backlog() < self._queue_size:
             self._room.set()
         self.stats.commits += 1
         fresh: dict[str, list[OutboxRow]] = {}
