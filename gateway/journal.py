@@ -181,10 +181,14 @@ class Journal:
             ) from exc
         # The writer thread's work, None to stop it; appends wait in append()
         # while ``queue_size`` records are queued.
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        # This loop turn's records, handed over together at its end: what is queued
-        # without a pause goes in one commit, as when the writer ran on the loop.
+        # Each loop turn's records as one item, so that the writer never takes
+        # part of a turn: what is queued without a pause goes in one commit, as
+        # when the writer ran on the loop.
+        self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
         self._turn: list[_Item] = []
+        # Records handed over (counted by the loop) and taken (by the writer thread).
+        self._handed = 0
+        self._taken = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._unwritten: list[_Item] = []
@@ -267,7 +271,7 @@ class Journal:
         return self._backlog() + len(self._closing)
 
     def _backlog(self) -> int:
-        return self._queue.qsize() + len(self._turn)
+        return self._handed - self._taken + len(self._turn)
 
     def ack(self, forwarder: str, seq: int) -> None:
         """Record that ``forwarder``'s receiver acknowledged the event at ``seq``.
@@ -330,9 +334,9 @@ class Journal:
 
     def _hand_over(self) -> None:
         """The end of a loop turn: the writer takes the turn's records."""
-        for item in self._turn:
-            self._queue.put(item)
-        self._turn.clear()
+        self._handed += len(self._turn)
+        self._queue.put(self._turn)
+        self._turn = []
 
     def on_commit(self, listener: Callable[[list[OutboxRow], str], None]) -> None:
         """Call ``listener(rows, forwarder)`` with the events newly committed for a forwarder."""
@@ -359,14 +363,15 @@ class Journal:
     def _write_all(self, loop: asyncio.AbstractEventLoop, failed: asyncio.Future[None]) -> None:
         """The writer thread: commit what is queued in groups; the loop hears once per commit."""
         while (first := self._queue.get()) is not None:
-            batch = [first]
+            batch = first
             stop = False
             while len(batch) < MAX_BATCH and not self._queue.empty():
-                item = self._queue.get()
-                if item is None:
+                turn = self._queue.get()
+                if turn is None:
                     stop = True
                     break
-                batch.append(item)
+                batch += turn
+            self._taken += len(batch)
             try:
                 stored = self._write_until_stored(batch)
             except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
@@ -417,9 +422,7 @@ class Journal:
             self._thread.join()
         rest, self._unwritten = self._unwritten, []
         while not self._queue.empty():
-            item = self._queue.get()
-            if item is not None:
-                rest.append(item)
+            rest += self._queue.get() or []
         rest += self._turn
         rest += self._closing
         self._turn.clear()
