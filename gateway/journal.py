@@ -1,10 +1,13 @@
 """The journal: every accepted event, durably, before anything is forwarded.
 
 One SQLite database in WAL mode with ``synchronous=FULL``: an event the gateway
-has acknowledged to a device survives a power cut. One writer task owns the
-only writing connection; events and forwarder acknowledgements that arrive
-together share one transaction (group commit), so durability does not cap
-throughput.
+has acknowledged to a device survives a power cut. One writer thread owns the
+only writing connection; events that arrive together share one transaction
+(group commit), so durability does not cap throughput. A forwarder's
+acknowledgements wait for the next events' commit, or ``CLOSING_LINGER_S`` at
+most: alone, each would cost a commit of its own. The event loop hands the
+writer each turn's records through a queue and hears back once per commit
+(decision 103).
 
 The tables, the connection settings and the drain ranks are in
 ``gateway/journal_schema.py``; reading is ``gateway/journal_reader.py``; the
@@ -16,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import shutil
 import sqlite3
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +44,29 @@ MAX_BATCH = 2000
 RECENT_ORIGIN_KEYS = 20_000  # far more than a broker may redeliver after a crash
 # While the disk is full even after the reserve went, retry the commit this often at most.
 FULL_RETRY_MAX_S = 10.0
+# Acknowledgements (and failures, give-ups) wait this long at most for an append
+# to share its commit: a crash meanwhile sends those events to their receiver
+# again, which a receiver takes by event id anyway.
+CLOSING_LINGER_S = 0.2
 
 OnDurable = Callable[[], None]
+
+INSERT_EVENTS = (
+    "INSERT INTO events (seq, id, shop_id, device_id, kind, class, received_at, origin_key, body)"
+    " VALUES (?,?,?,?,?,?,?,?,?)"
+)
+INSERT_DELIVERIES = "INSERT INTO deliveries (forwarder, seq, priority) VALUES (?, ?, ?)"
+RECORD_FAILURE = (
+    "UPDATE deliveries SET attempts=attempts+1, last_error=?"
+    " WHERE forwarder=? AND seq=? AND acked_at IS NULL"
+)
+# One row per acknowledged event, never a range.
+RECORD_ACK = "UPDATE deliveries SET acked_at=? WHERE forwarder=? AND seq=? AND acked_at IS NULL"
+
+
+def _fail(failed: asyncio.Future[None], exc: BaseException) -> None:
+    if not failed.done():
+        failed.set_exception(exc)
 
 
 def _may_be_evicted(item: _Item) -> bool:
@@ -92,7 +118,8 @@ class _GiveUp:
     error: str
 
 
-_Item = _Append | _Ack | _Failure | _GiveUp
+_Closing = _Ack | _Failure | _GiveUp
+_Item = _Append | _Closing
 
 
 @dataclass
@@ -152,14 +179,27 @@ class Journal:
             raise JournalError(
                 f"cannot make the storage reserve {self.reserve.path}: {exc}"
             ) from exc
-        # Unbounded so that acknowledgements never block a forwarder; appends
-        # wait in append() while more than ``queue_size`` items are queued.
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        # The writer thread's work, None to stop it; appends wait in append()
+        # while ``queue_size`` records are queued.
+        # Each loop turn's records as one item, so that the writer never takes
+        # part of a turn: what is queued without a pause goes in one commit, as
+        # when the writer ran on the loop.
+        self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
+        self._turn: list[_Item] = []
+        # Records handed over (counted by the loop) and taken (by the writer thread).
+        self._handed = 0
+        self._taken = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unwritten: list[_Item] = []
+        # Acknowledgements, failures and give-ups held for the next commit;
+        # unbounded so that they never block a forwarder.
+        self._closing: list[_Closing] = []
+        self._closing_since = 0.0
+        self._linger: asyncio.TimerHandle | None = None
         self._queue_size = queue_size
         self._room = asyncio.Event()
         self._room.set()
-        # One thread: SQLite allows one writer, and commit order is event order.
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._listeners: list[Callable[[list[OutboxRow], str], None]] = []
         # origin key -> callbacks waiting for the first copy, or None once durable
         self._origins: OrderedDict[str, list[OnDurable] | None] = OrderedDict()
@@ -217,25 +257,37 @@ class Journal:
         device events wait with their senders then is the intake's to decide, before
         the rules (``StorageReserve.refuses``).
         """
-        while self._queue.qsize() >= self._queue_size:
+        while self._backlog() >= self._queue_size:
             self._room.clear()
             await self._room.wait()
         callbacks = [on_durable] if on_durable else []
         names = tuple(self._route(event) if routes is None else routes)
-        self._queue.put_nowait(_Append(event, origin_key, callbacks, names))
+        self._to_writer([_Append(event, origin_key, callbacks, names)])
+        self._flush_closing()  # the held acknowledgements share this commit
 
     @property
     def queued(self) -> int:
         """Records waiting for the writer (appends and acknowledgements)."""
-        return self._queue.qsize()
+        return self._backlog() + len(self._closing)
+
+    def _backlog(self) -> int:
+        return self._handed - self._taken + len(self._turn)
 
     def ack(self, forwarder: str, seq: int) -> None:
-        """Record that ``forwarder``'s receiver acknowledged the event at ``seq``."""
-        self._queue.put_nowait(_Ack(forwarder, seq))
+        """Record that ``forwarder``'s receiver acknowledged the event at ``seq``.
+
+        Committed with the next events, or within ``CLOSING_LINGER_S``.
+        """
+        self._hold(_Ack(forwarder, seq))
 
     def failed(self, forwarder: str, seqs: Iterable[int], error: str) -> None:
-        """Record a failed delivery attempt of these events (for the audit trail)."""
-        self._queue.put_nowait(_Failure(forwarder, tuple(seqs), error))
+        """Record a failed delivery attempt of these events (for the audit trail).
+
+        Committed at once, with the acknowledgements held: the forwarder reads the
+        journal again next, and must find the rows it had closed closed.
+        """
+        self._hold(_Failure(forwarder, tuple(seqs), error))
+        self._flush_closing()
 
     def give_up(self, forwarder: str, seq: int, error: str) -> None:
         """Close the delivery at ``seq`` unacknowledged: the receiver refused it for good.
@@ -243,60 +295,138 @@ class Journal:
         The row leaves the outbox (``acked_at`` is set) and ``last_error`` starts
         with ``given up:`` and the receiver's reason, for the audit trail.
         """
-        self._queue.put_nowait(_GiveUp(forwarder, seq, error))
+        self._hold(_GiveUp(forwarder, seq, error))
+
+    def _hold(self, item: _Closing) -> None:
+        """Keep ``item`` for the next commit; make sure one comes within the linger."""
+        if not self._closing:
+            self._closing_since = time.monotonic()
+        self._closing.append(item)
+        if len(self._closing) >= MAX_BATCH:
+            self._flush_closing()
+        elif self._linger is None:
+            with contextlib.suppress(RuntimeError):  # no loop: close() commits them
+                loop = asyncio.get_running_loop()
+                self._linger = loop.call_later(CLOSING_LINGER_S, self._lingered)
+
+    def _lingered(self) -> None:
+        """The linger timer: flush what has waited long enough, else wait for the rest."""
+        self._linger = None
+        if not self._closing:
+            return
+        left = self._closing_since + CLOSING_LINGER_S - time.monotonic()
+        if left <= 0:
+            self._flush_closing()
+        else:
+            self._linger = asyncio.get_running_loop().call_later(left, self._lingered)
+
+    def _flush_closing(self) -> None:
+        """Hand the held records to the writer."""
+        if self._closing:
+            self._to_writer(self._closing)
+            self._closing = []
+
+    def _to_writer(self, items: Iterable[_Item]) -> None:
+        """Queue ``items`` for the writer at the end of this loop turn, with the turn's others."""
+        if not self._turn:
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        self._turn.extend(items)
+
+    def _hand_over(self) -> None:
+        """The end of a loop turn: the writer takes the turn's records."""
+        self._handed += len(self._turn)
+        self._queue.put(self._turn)
+        self._turn = []
 
     def on_commit(self, listener: Callable[[list[OutboxRow], str], None]) -> None:
         """Call ``listener(rows, forwarder)`` with the events newly committed for a forwarder."""
         self._listeners.append(listener)
 
-    # --- the writer task ------------------------------------------------------------
+    # --- the writer thread ----------------------------------------------------------
 
     async def run(self) -> None:
-        """Commit queued items in groups until cancelled; flush what is queued on the way out."""
+        """Commit queued records in groups until cancelled; flush what is queued on the way out.
+
+        Raises the writer's ``JournalError`` if it cannot go on.
+        """
         loop = asyncio.get_running_loop()
+        failed: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._write_all, args=(loop, failed), name="journal", daemon=True
+        )
+        self._thread.start()
         try:
-            while True:
-                batch = [await self._queue.get()]
-                while len(batch) < MAX_BATCH and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                await self._write_until_stored(loop, batch)
-                self._committed(batch)
-                if self._queue.qsize() < self._queue_size:
-                    self._room.set()
+            await failed
         finally:
             self.close()
 
-    async def _write_until_stored(
-        self, loop: asyncio.AbstractEventLoop, batch: list[_Item]
-    ) -> None:
-        """Commit ``batch``; while the disk is full even without the reserve, retry with backoff."""
+    def _write_all(self, loop: asyncio.AbstractEventLoop, failed: asyncio.Future[None]) -> None:
+        """The writer thread: commit what is queued in groups; the loop hears once per commit."""
+        while (first := self._queue.get()) is not None:
+            batch = first
+            stop = False
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                turn = self._queue.get()
+                if turn is None:
+                    stop = True
+                    break
+                batch += turn
+            self._taken += len(batch)
+            try:
+                stored = self._write_until_stored(batch)
+            except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
+                self._unwritten = batch
+                loop.call_soon_threadsafe(_fail, failed, exc)
+                return
+            if not stored:
+                self._unwritten = batch
+                return
+            loop.call_soon_threadsafe(self._committed, batch)
+            if stop:
+                return
+
+    def _write_until_stored(self, batch: list[_Item]) -> bool:
+        """Commit ``batch``; while the disk is full even without the reserve, retry with backoff.
+
+        False when told to stop before it was stored.
+        """
         delay = 0.5
         while True:
             try:
-                await asyncio.shield(loop.run_in_executor(self._writer, self._write, batch))
+                self._write(batch)
             except StorageFullError as exc:
                 self._log.warning(
                     "full", "%s; retrying every %.0f s at most", exc, FULL_RETRY_MAX_S
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, FULL_RETRY_MAX_S)
+                wait_s, delay = delay, min(delay * 2, FULL_RETRY_MAX_S)
             except JournalBusyError as exc:
                 # Someone else's transaction (an installer's sqlite3 shell, a backup tool):
                 # wait it out rather than end the alarm service; the batch stays accepted.
                 self._log.warning("busy", "%s; retrying", exc)
-                await asyncio.sleep(0.1)
+                wait_s = 0.1
             else:
-                return
+                return True
+            if self._stopping.wait(wait_s):
+                return False
 
     def close(self) -> None:
         """Let an in-flight commit finish, commit whatever is still queued, and close."""
         if self._closed:
             return
         self._closed = True
-        self._writer.shutdown(wait=True)
-        rest: list[_Item] = []
+        if self._linger is not None:
+            self._linger.cancel()
+        if self._thread is not None:
+            self._stopping.set()
+            self._queue.put(None)
+            self._thread.join()
+        rest, self._unwritten = self._unwritten, []
         while not self._queue.empty():
-            rest.append(self._queue.get_nowait())
+            rest += self._queue.get() or []
+        rest += self._turn
+        rest += self._closing
+        self._turn.clear()
+        self._closing.clear()
         if rest:
             try:
                 self._write(rest)
@@ -378,26 +508,19 @@ class Journal:
         acks: list[tuple[str, str, int]],
     ) -> None:
         conn = self._conn
+        # Each statement lets go of the GIL and takes it again, a thread switch
+        # when the event loop holds it: the ones with nothing to do are skipped.
+        statements = (
+            (INSERT_EVENTS, events),
+            (INSERT_DELIVERIES, deliveries),
+            (RECORD_FAILURE, failures),
+            (RECORD_ACK, acks),
+        )
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "INSERT INTO events (seq, id, shop_id, device_id, kind, class, received_at,"
-                " origin_key, body) VALUES (?,?,?,?,?,?,?,?,?)",
-                events,
-            )
-            conn.executemany(
-                "INSERT INTO deliveries (forwarder, seq, priority) VALUES (?, ?, ?)", deliveries
-            )
-            conn.executemany(
-                "UPDATE deliveries SET attempts=attempts+1, last_error=?"
-                " WHERE forwarder=? AND seq=? AND acked_at IS NULL",
-                failures,
-            )
-            # One row per acknowledged event, never a range.
-            conn.executemany(
-                "UPDATE deliveries SET acked_at=? WHERE forwarder=? AND seq=? AND acked_at IS NULL",
-                acks,
-            )
+            for sql, rows in statements:
+                if rows:
+                    conn.executemany(sql, rows)
             conn.execute("COMMIT")
         except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
@@ -405,6 +528,9 @@ class Journal:
             raise
 
     def _committed(self, batch: list[_Item]) -> None:
+        """In the event loop, after ``batch`` was committed: callbacks, listeners, room."""
+        if self._backlog() < self._queue_size:
+            self._room.set()
         self.stats.commits += 1
         fresh: dict[str, list[OutboxRow]] = {}
         for item in batch:

@@ -349,3 +349,67 @@ def test_closing_a_reader_while_a_worker_thread_reads_is_safe(tmp_path):
         check=False,
     )
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
+def test_an_ack_shares_the_next_events_commit(tmp_path):
+    """One event at a time, each acked before the next comes: one commit per event, not two."""
+    journal = open_journal(tmp_path / "j.db")
+    cursor = OutboxCursor(journal, "police")
+
+    async def body() -> None:
+        for _ in range(20):
+            durable = asyncio.Event()
+            await journal.append(event(), on_durable=durable.set)
+            await durable.wait()
+            [row] = await cursor.next_batch()
+            cursor.ack(row)
+            await asyncio.sleep(0.01)  # the next event comes later, as at 100 events/s
+        await wait_until(lambda: journal.stats.acked == 20, 10, "the last ack committed")
+
+    asyncio.run(run_journal(journal, body))
+    cursor.close()
+    assert journal.stats.commits == 21  # 19 acks rode with the next event, the last alone
+    reader = JournalReader(tmp_path / "j.db")
+    assert reader.pending("police", after=0, limit=100) == []
+
+
+def test_an_ack_with_no_event_after_it_is_committed_on_its_own_soon(tmp_path):
+    """Traffic stops after an ack: it reaches the disk within the linger, not at shutdown."""
+    path = tmp_path / "j.db"
+    journal = open_journal(path)
+
+    def acked_on_disk() -> int:
+        with sqlite3.connect(path) as db:
+            return db.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE acked_at IS NOT NULL"
+            ).fetchone()[0]
+
+    async def body() -> None:
+        await journal.append(event())
+        await wait_until(lambda: journal.stats.appended == 1, 10, "the event committed")
+        journal.ack("police", 1)
+        await wait_until(lambda: acked_on_disk() == 1, 10, "the ack on disk")
+
+    asyncio.run(run_journal(journal, body))
+
+
+def test_a_failed_delivery_commits_the_acks_held_before_it_at_once(tmp_path):
+    """A link lost: the cursor reads the journal next, and finds the rows acked before closed."""
+    path = tmp_path / "j.db"
+    journal = open_journal(path)
+    cursor = OutboxCursor(journal, "police")
+    pending: list[list[int]] = []
+
+    async def body() -> None:
+        for _ in range(3):
+            await journal.append(event())
+        rows = await cursor.next_batch()
+        cursor.ack(rows[0])
+        commits = journal.stats.commits
+        cursor.rewind(rows[1:], "link lost")
+        await wait_until(lambda: journal.stats.commits > commits, 10, "the failure committed")
+        pending.append([r.seq for r in await cursor.next_batch()])
+
+    asyncio.run(run_journal(journal, body))
+    cursor.close()
+    assert pending == [[2, 3]]
