@@ -374,7 +374,9 @@ class Gateway:
         if self.config_path is None:
             raise CommandError("this gateway was not started from a config file")
         async with self._reloading:  # SIGHUP and the socket at once: one after the other
-            return await self._reload(self.config_path)
+            pending = await self._reload(self.config_path)
+            _return_freed_heap()  # the old config and tables: garbage from here on
+        return pending
 
     async def _reload(self, path: Path) -> list[str]:
         try:
@@ -610,11 +612,18 @@ def _return_freed_heap() -> None:
     Start-up (the config handed over by the child, the neighbour tables, the links'
     first exchanges) leaves free memory inside the heap that glibc keeps for good;
     ``malloc_trim`` returns it. Nothing to do where the C library has no such call.
+
+    What is left lives as long as the gateway (modules, config, tables): frozen, so
+    that the collector's full passes under load no longer walk it (about 8 ms a pass
+    at 87 shops, more for a city, a stall for every event in flight; decision 104).
+    After a reload the old config is unfrozen first, for this pass to free it.
     """
+    gc.unfreeze()
     gc.collect()
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     if trim is not None:
         trim(0)
+    gc.freeze()
 
 
 def _shop_devices(config: GatewayConfig) -> dict[str, frozenset[str]]:
