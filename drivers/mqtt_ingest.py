@@ -25,8 +25,11 @@ changed the shops served (new topic filters).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import json
 import logging
+import time
 from collections import Counter, OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -52,7 +55,8 @@ from gateway.mqtt.client import first_leaf
 from gateway.mqtt.limits import UNLIMITED_RECEIVE_MAXIMUM, LinkDown
 from gateway.mqtt.link import Lane, MqttLink
 from gateway.mqtt.retained import replayed
-from gateway.ratelimit import RateLimitedLog, WindowCap
+from gateway.ratelimit import Outages, RateLimitedLog, WindowCap
+from gateway.state_file import StateFile
 from gateway.storage import StorageReserve
 
 logger = logging.getLogger(__name__)
@@ -65,6 +69,9 @@ MAX_CLOCK_AHEAD = timedelta(minutes=5)
 MAX_CLOCK_BEHIND = timedelta(hours=24)
 # Kinds the gateway makes itself, never accepted from a device.
 GATEWAY_KINDS = frozenset({EventKind.SUPERVISION_LOST})
+# While the link is up, how often its state file says so: after a kill -9 or a power
+# cut, the link was lost at most this long after the time the file holds (decision 991).
+LINK_UP_MARK_EVERY_S = 60.0
 # Never throttled, whatever the shop sends besides.
 UNCAPPED_CLASSES = frozenset({EventClass.ALARM, EventClass.TROUBLE})
 
@@ -108,8 +115,20 @@ class MqttIngestDriver:
         self.link_up = asyncio.Event()
         self._source_prefix, _, self._source_suffix = config.topic.partition("+")
         self._shop_cap = WindowCap(config.shop_event_cap, config.shop_event_window_s)
-        # The same cap counted in the devices' own time (decision 97).
+        # The same cap counted in the devices' own time, for a backlog only (decision 991).
         self._shop_cap_device_time = WindowCap(config.shop_event_cap, config.shop_event_window_s)
+        self._up_mark = (
+            None
+            if context.state_dir is None
+            else StateFile(context.state_dir / f"{config.name}-link-up.json")
+        )
+        self.outages = Outages(
+            # The link may be dead for two keep-alives before the client notices, and
+            # an event sent a window before it was lost may still be in its window.
+            2 * context.block_broker.keepalive_s + config.shop_event_window_s,
+            lost_at=self._last_up_mark(),
+        )
+        """When the link was down: a device time inside an outage is a backlog's."""
         # Origin keys of the messages the screen let through under the cap: a copy the
         # broker sends again (after a reconnect, or after a shortage refused it) is not
         # a new event of its shop and does not count again.
@@ -164,21 +183,69 @@ class MqttIngestDriver:
             # at receive_maximum unacknowledged events.
             receive_maximum=UNLIMITED_RECEIVE_MAXIMUM,
         )
-        async with link:
-            self.link_up.set()
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(link.watch(), name=f"{self.config.name}.link")
-                    tg.create_task(self._until_reconnect(), name=f"{self.config.name}.reconnect")
-                    if self._context.storage is not None:
+        came_up = False
+        try:
+            async with link:
+                came_up = True
+                self.outages.up(time.time())
+                self.link_up.set()
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(link.watch(), name=f"{self.config.name}.link")
+                        tg.create_task(self._mark_up(), name=f"{self.config.name}.up-mark")
                         tg.create_task(
-                            self._refetch_after_shortage(self._context.storage),
-                            name=f"{self.config.name}.storage",
+                            self._until_reconnect(), name=f"{self.config.name}.reconnect"
                         )
-                    tg.create_task(self._ingest(link, emit), name=f"{self.config.name}.ingest")
-            except* _PlannedReconnect as planned:
-                # Handled inside ``async with link``: the link is left with a DISCONNECT.
-                logger.info("%s: reconnecting: %s", self.config.name, first_leaf(planned))
+                        if self._context.storage is not None:
+                            tg.create_task(
+                                self._refetch_after_shortage(self._context.storage),
+                                name=f"{self.config.name}.storage",
+                            )
+                        tg.create_task(self._ingest(link, emit), name=f"{self.config.name}.ingest")
+                except* _PlannedReconnect as planned:
+                    # Handled inside ``async with link``: the link is left with a DISCONNECT.
+                    logger.info("%s: reconnecting: %s", self.config.name, first_leaf(planned))
+        finally:
+            # Once the link is closed: until then a message read proves it up.
+            if came_up:
+                self.outages.lost(time.time())
+                self._save_up_mark()
+
+    def _last_up_mark(self) -> float | None:
+        """When the link was last known up before this process, if a state file says so.
+
+        No file (a new gateway), or one that cannot be read: no outage is known,
+        and no device time counts as a backlog's.
+        """
+        if self._up_mark is None:
+            return None
+        try:
+            return float(json.loads(self._up_mark.path.read_text())["up_at"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            logger.warning("%s: ignoring %s: %s", self.config.name, self._up_mark.path, exc)
+            return None
+
+    def _save_up_mark(self) -> None:
+        """Write that the link is (or was, at a stop) up now; a failure only costs a backlog."""
+        if self._up_mark is None:
+            return
+        try:
+            self._up_mark.save(json.dumps({"up_at": time.time()}))
+        except OSError as exc:
+            self._log.warning(
+                "up-mark", "%s: cannot save the link state: %s", self.config.name, exc
+            )
+
+    async def _mark_up(self) -> None:
+        """Keep the link's state file within ``LINK_UP_MARK_EVERY_S`` of now while it is up."""
+        if self._up_mark is None:
+            return
+        while True:
+            with contextlib.suppress(OSError):  # the next save, or the one at the stop, may work
+                await self._up_mark.save_in_thread(json.dumps({"up_at": time.time()}))
+            await asyncio.sleep(LINK_UP_MARK_EVERY_S)
 
     async def _ingest(self, link: MqttLink, emit: Emit) -> None:
         """Hand each message's event, made by the screen, to ``emit``; ack it once durable."""
@@ -216,6 +283,9 @@ class MqttIngestDriver:
 
         The event made of a message that passes waits for the ingest loop with it.
         """
+        # The link is up once a message is read: the broker sends a session's backlog
+        # right after its CONNACK, before the link says it is up.
+        self.outages.up(time.time())
         if message.retain:
             return Lane.ROUTINE  # a replay: the reader counts it, never as an event
         try:
@@ -240,12 +310,16 @@ class MqttIngestDriver:
         if event_class in UNCAPPED_CLASSES or origin_key in self._counted:
             return routine
         shop_id = str(event.shop_id)
-        # Each cap counts every event, and either lets it pass: a backlog the broker
-        # kept while we were down is read far faster than it was sent, and its device
-        # times show the pace it was sent at; a clock that stands still passes only
-        # the count by arrival (decision 97).
+        # A backlog the broker kept while our link was down is read far faster than it
+        # was sent; its device times show the pace it was sent at. So an event stamped
+        # inside an outage may pass by its device time too; any other (live, or stamped
+        # in the future or before the outage) only by arrival: a forged clock then gets
+        # no more than what the outage could have held (decision 991).
         by_arrival = self._shop_cap.allow(shop_id)
-        by_device_time = self._shop_cap_device_time.allow(shop_id, event.occurred_at.timestamp())
+        sent_at = event.occurred_at.timestamp()
+        by_device_time = self.outages.covers(sent_at) and self._shop_cap_device_time.allow(
+            shop_id, sent_at
+        )
         if by_arrival or by_device_time:
             if origin_key is not None:
                 self._counted[origin_key] = None
