@@ -11,7 +11,9 @@ Each message is judged as it is read off the socket, before it queues: junk
 is dropped there, alarms go to the urgent lane and overtake routine events,
 and a shop sending more non-alarm events than ``shop_event_cap`` per
 ``shop_event_window_s`` has the excess dropped and counted as ``throttled``
-(alarms and trouble are never throttled). A flood from one client therefore
+(alarms and trouble are never throttled). Events a device stamped while our
+link was down are a backlog the broker kept, read far faster than sent: they
+are counted at their device times too (decision 991). A flood from one client therefore
 neither fills the queue an alarm waits in nor holds the broker's window. A
 message is validated and made an event there, once; a redelivered message the
 screen let through before does not count against its shop's cap again.
@@ -25,7 +27,6 @@ changed the shops served (new topic filters).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -228,24 +229,28 @@ class MqttIngestDriver:
             return None
 
     def _save_up_mark(self) -> None:
-        """Write that the link is (or was, at a stop) up now; a failure only costs a backlog."""
+        """Write that the link is up now (or was until now, at its end)."""
         if self._up_mark is None:
             return
         try:
-            self._up_mark.save(json.dumps({"up_at": time.time()}))
+            self._up_mark.save(_up_mark_text())
         except OSError as exc:
-            self._log.warning(
-                "up-mark", "%s: cannot save the link state: %s", self.config.name, exc
-            )
+            self._up_mark_failed(exc)
 
     async def _mark_up(self) -> None:
         """Keep the link's state file within ``LINK_UP_MARK_EVERY_S`` of now while it is up."""
         if self._up_mark is None:
             return
         while True:
-            with contextlib.suppress(OSError):  # the next save, or the one at the stop, may work
-                await self._up_mark.save_in_thread(json.dumps({"up_at": time.time()}))
+            try:
+                await self._up_mark.save_in_thread(_up_mark_text())
+            except OSError as exc:
+                self._up_mark_failed(exc)
             await asyncio.sleep(LINK_UP_MARK_EVERY_S)
+
+    def _up_mark_failed(self, exc: OSError) -> None:
+        # Only a backlog after a restart pays: it is held to the cap by arrival.
+        self._log.warning("up-mark", "%s: cannot save the link state: %s", self.config.name, exc)
 
     async def _ingest(self, link: MqttLink, emit: Emit) -> None:
         """Hand each message's event, made by the screen, to ``emit``; ack it once durable."""
@@ -427,6 +432,10 @@ class MqttIngestDriver:
         if shop_id not in self._context.devices:
             raise Rejected("unknown_shop", f"shop {shop_id[:40]!r} is not served by this gateway")
         return shop_id
+
+
+def _up_mark_text() -> str:
+    return json.dumps({"up_at": time.time()})
 
 
 def _topic(message: MQTTMessage) -> str:
