@@ -13,10 +13,11 @@ and a shop sending more non-alarm events than ``shop_event_cap`` per
 ``shop_event_window_s`` has the excess dropped and counted as ``throttled``
 (alarms and trouble are never throttled). Events a device stamped while our
 link was down are a backlog the broker kept, read far faster than sent: they
-are counted at their device times too (decision 991). A flood from one client therefore
-neither fills the queue an alarm waits in nor holds the broker's window. A
-message is validated and made an event there, once; a redelivered message the
-screen let through before does not count against its shop's cap again.
+are counted at their device times too (decision 991). A flood from one client
+therefore neither fills the queue an alarm waits in nor holds the broker's
+window. A message is validated and made an event there, once; a redelivered
+message the screen let through before does not count against its shop's cap
+again.
 
 Two things make the ingest reconnect on purpose, without a link fault: the end
 of a storage shortage (the broker then sends again what the journal refused:
