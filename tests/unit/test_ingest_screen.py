@@ -156,9 +156,9 @@ def test_a_backlog_kept_while_the_gateway_was_stopped_passes_whole_after_the_res
     """
     config = MqttIngestConfig(kind="mqtt_ingest", name="shops", shop_event_cap=CAP)
 
-    def ingest(state_dir) -> MqttIngestDriver:
+    def ingest(gateway_id: str, state_dir) -> MqttIngestDriver:
         context = DriverContext(
-            "GW-T",
+            gateway_id,
             BrokerConfig(url=block_broker.url),
             {"S1": frozenset({"panel-1"})},
             state_dir=state_dir,
@@ -176,7 +176,7 @@ def test_a_backlog_kept_while_the_gateway_was_stopped_passes_whole_after_the_res
             await asyncio.wait_for(running.link_up.wait(), 10)
             if emitted is not None:
                 await wait_until(
-                    lambda: len(emitted) + running.rejected["throttled"] == 6, 10, "the backlog"
+                    lambda: len(emitted) + running.rejected["throttled"] >= 6, 10, "the backlog"
                 )
             task.cancel()
 
@@ -186,20 +186,22 @@ def test_a_backlog_kept_while_the_gateway_was_stopped_passes_whole_after_the_res
                 body = door_at(stopped_at + timedelta(seconds=5 * i - 25))
                 await panel.publish("lianfang/v1/shop/S1/event", body, qos=1)
 
-    async def scenario(state_dir, restarted_dir) -> tuple[int, int]:
-        first = ingest(state_dir)
+    async def scenario(gateway_id: str, state_dir, restarted_dir) -> tuple[int, int]:
+        # A session of its own (the client id has the gateway's): no copy of another
+        # scenario's messages is sent again into this one.
+        first = ingest(gateway_id, state_dir)
         await run_until_drained(first, None)  # subscribes: the broker keeps the session
         emitted: list[Event] = []
         await publish_backlog(utc_now())
-        second = ingest(restarted_dir)
+        second = ingest(gateway_id, restarted_dir)
         await run_until_drained(second, emitted)
         return len(emitted), second.rejected["throttled"]
 
     state, new = tmp_path / "state", tmp_path / "new"
     state.mkdir()
     new.mkdir()
-    assert asyncio.run(scenario(state, state)) == (6, 0)
-    assert asyncio.run(scenario(state, new)) == (3, 3)
+    assert asyncio.run(scenario("GW-A", state, state)) == (6, 0)
+    assert asyncio.run(scenario("GW-B", state, new)) == (3, 3)
 
 
 def test_a_device_whose_clock_stands_still_is_held_to_the_cap() -> None:
