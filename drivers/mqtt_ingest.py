@@ -211,7 +211,12 @@ class MqttIngestDriver:
             # Once the link is closed: until then a message read proves it up.
             if came_up:
                 self.outages.lost(time.time())
-                self._save_up_mark()
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # A stop: the file says when, exactly. At a link fault the
+                    # periodic save is recent enough, and no sync on the loop
+                    # holds up the other drivers' alarms meanwhile.
+                    self._save_up_mark()
 
     def _last_up_mark(self) -> float | None:
         """When the link was last known up before this process, if a state file says so.
@@ -230,7 +235,7 @@ class MqttIngestDriver:
             return None
 
     def _save_up_mark(self) -> None:
-        """Write that the link is up now (or was until now, at its end)."""
+        """Write that the link was up until now, at a stop."""
         if self._up_mark is None:
             return
         try:
