@@ -309,8 +309,14 @@ def forget_session(url: str, client_id: str) -> None:
     client.loop(timeout=0.05)
 
 
-def publish_backlog(url: str, shops: list[str], count: int, seq_base: int) -> dict[str, float]:
-    """Publish ``count`` routine events (QoS 1) over ``shops``; wait for every PUBACK."""
+def publish_backlog(
+    url: str, shops: list[str], count: int, seq_base: int, down_since: datetime
+) -> dict[str, float]:
+    """Publish ``count`` routine events (QoS 1) over ``shops``; wait for every PUBACK.
+
+    The consumer has been down since ``down_since``: the events are stamped and sent
+    as a real outage's would be, at most ``BACKLOG_SENT_PER_S`` from then on.
+    """
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=f"bench-backlog-{seq_base}",
         protocol=mqtt.MQTTv5,
@@ -340,14 +346,18 @@ def publish_backlog(url: str, shops: list[str], count: int, seq_base: int) -> di
     try:
         if not connected.wait(10):
             raise RuntimeError("backlog publisher could not connect")
-        # Device times as if the events had been sent during the outage at issue 14's
-        # rate, as a real backlog's are (the gateway's shop cap reads them, decision 97).
-        sent_from = datetime.now(UTC) - timedelta(seconds=count / BACKLOG_SENT_PER_S)
+        # Device times of events sent during the outage at issue 14's rate, never
+        # ahead of the clock, as a real backlog's are: the gateway's shop cap counts
+        # device times inside its outage (decision 105).
         started = time.perf_counter()
         for i in range(count):
             if not window.acquire(timeout=30):
                 break
-            ts = (sent_from + timedelta(seconds=i / BACKLOG_SENT_PER_S)).isoformat()
+            sent_at = down_since + timedelta(seconds=i / BACKLOG_SENT_PER_S)
+            ahead_s = (sent_at - datetime.now(UTC)).total_seconds()
+            if ahead_s > 0.05:
+                time.sleep(ahead_s)
+            ts = sent_at.isoformat()
             body = (
                 f'{{"device_id":"panel-1","kind":"{BACKGROUND_KINDS[i % 3]}",'
                 f'"seq":{seq_base + i},"ts":"{ts}"}}'
@@ -768,7 +778,10 @@ async def drain_run(b: Bench, name: str, consumer: Consumer, seq_base: int) -> d
     """Publish the backlog while ``consumer`` is down, start it, time the drain."""
     block_url, police_url, shops = b.block_url, b.police_url, b.shop_ids
     count, timeout_s = b.s.backlog, b.s.drain_timeout_s
-    published = await asyncio.to_thread(publish_backlog, block_url, shops, count, seq_base)
+    down_since = datetime.now(UTC)  # the consumer is stopped before this is called
+    published = await asyncio.to_thread(
+        publish_backlog, block_url, shops, count, seq_base, down_since
+    )
     b.say(f"{name}: {count:,} events queued at the block broker ({published['per_s']:,}/s)")
     counter_id = f"bench-drain-{name}"
     kind = SubCounter if shutil.which("mosquitto_sub") else DrainCounter

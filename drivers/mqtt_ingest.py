@@ -11,10 +11,13 @@ Each message is judged as it is read off the socket, before it queues: junk
 is dropped there, alarms go to the urgent lane and overtake routine events,
 and a shop sending more non-alarm events than ``shop_event_cap`` per
 ``shop_event_window_s`` has the excess dropped and counted as ``throttled``
-(alarms and trouble are never throttled). A flood from one client therefore
-neither fills the queue an alarm waits in nor holds the broker's window. A
-message is validated and made an event there, once; a redelivered message the
-screen let through before does not count against its shop's cap again.
+(alarms and trouble are never throttled). Events a device stamped while our
+link was down are a backlog the broker kept, read far faster than sent: they
+are counted at their device times too (decision 105). A flood from one client
+therefore neither fills the queue an alarm waits in nor holds the broker's
+window. A message is validated and made an event there, once; a redelivered
+message the screen let through before does not count against its shop's cap
+again.
 
 Two things make the ingest reconnect on purpose, without a link fault: the end
 of a storage shortage (the broker then sends again what the journal refused:
@@ -26,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
+import time
 from collections import Counter, OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -52,7 +57,8 @@ from gateway.mqtt.client import first_leaf
 from gateway.mqtt.limits import UNLIMITED_RECEIVE_MAXIMUM, LinkDown
 from gateway.mqtt.link import Lane, MqttLink
 from gateway.mqtt.retained import replayed
-from gateway.ratelimit import RateLimitedLog, WindowCap
+from gateway.ratelimit import Outages, RateLimitedLog, WindowCap
+from gateway.state_file import StateFile
 from gateway.storage import StorageReserve
 
 logger = logging.getLogger(__name__)
@@ -65,6 +71,9 @@ MAX_CLOCK_AHEAD = timedelta(minutes=5)
 MAX_CLOCK_BEHIND = timedelta(hours=24)
 # Kinds the gateway makes itself, never accepted from a device.
 GATEWAY_KINDS = frozenset({EventKind.SUPERVISION_LOST})
+# While the link is up, how often its state file says so: after a kill -9 or a power
+# cut, the link was lost at most this long after the time the file holds (decision 105).
+LINK_UP_MARK_EVERY_S = 60.0
 # Never throttled, whatever the shop sends besides.
 UNCAPPED_CLASSES = frozenset({EventClass.ALARM, EventClass.TROUBLE})
 
@@ -108,8 +117,20 @@ class MqttIngestDriver:
         self.link_up = asyncio.Event()
         self._source_prefix, _, self._source_suffix = config.topic.partition("+")
         self._shop_cap = WindowCap(config.shop_event_cap, config.shop_event_window_s)
-        # The same cap counted in the devices' own time (decision 97).
+        # The same cap counted in the devices' own time, for a backlog only (decision 105).
         self._shop_cap_device_time = WindowCap(config.shop_event_cap, config.shop_event_window_s)
+        self._up_mark = (
+            None
+            if context.state_dir is None
+            else StateFile(context.state_dir / f"{config.name}-link-up.json")
+        )
+        self.outages = Outages(
+            # The link may be dead for two keep-alives before the client notices, and
+            # an event sent a window before it was lost may still be in its window.
+            2 * context.block_broker.keepalive_s + config.shop_event_window_s,
+            lost_at=self._last_up_mark(),
+        )
+        """When the link was down: a device time inside an outage is a backlog's."""
         # Origin keys of the messages the screen let through under the cap: a copy the
         # broker sends again (after a reconnect, or after a shortage refused it) is not
         # a new event of its shop and does not count again.
@@ -164,21 +185,78 @@ class MqttIngestDriver:
             # at receive_maximum unacknowledged events.
             receive_maximum=UNLIMITED_RECEIVE_MAXIMUM,
         )
-        async with link:
-            self.link_up.set()
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(link.watch(), name=f"{self.config.name}.link")
-                    tg.create_task(self._until_reconnect(), name=f"{self.config.name}.reconnect")
-                    if self._context.storage is not None:
+        came_up = False
+        try:
+            async with link:
+                came_up = True
+                self.outages.up(time.time())
+                self.link_up.set()
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(link.watch(), name=f"{self.config.name}.link")
+                        tg.create_task(self._mark_up(), name=f"{self.config.name}.up-mark")
                         tg.create_task(
-                            self._refetch_after_shortage(self._context.storage),
-                            name=f"{self.config.name}.storage",
+                            self._until_reconnect(), name=f"{self.config.name}.reconnect"
                         )
-                    tg.create_task(self._ingest(link, emit), name=f"{self.config.name}.ingest")
-            except* _PlannedReconnect as planned:
-                # Handled inside ``async with link``: the link is left with a DISCONNECT.
-                logger.info("%s: reconnecting: %s", self.config.name, first_leaf(planned))
+                        if self._context.storage is not None:
+                            tg.create_task(
+                                self._refetch_after_shortage(self._context.storage),
+                                name=f"{self.config.name}.storage",
+                            )
+                        tg.create_task(self._ingest(link, emit), name=f"{self.config.name}.ingest")
+                except* _PlannedReconnect as planned:
+                    # Handled inside ``async with link``: the link is left with a DISCONNECT.
+                    logger.info("%s: reconnecting: %s", self.config.name, first_leaf(planned))
+        finally:
+            # Once the link is closed: until then a message read proves it up.
+            if came_up:
+                self.outages.lost(time.time())
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # A stop: the file says when, exactly. At a link fault the
+                    # periodic save is recent enough, and no sync on the loop
+                    # holds up the other drivers' alarms meanwhile.
+                    self._save_up_mark()
+
+    def _last_up_mark(self) -> float | None:
+        """When the link was last known up before this process, if a state file says so.
+
+        No file (a new gateway), or one that cannot be read: no outage is known,
+        and no device time counts as a backlog's.
+        """
+        if self._up_mark is None:
+            return None
+        try:
+            return float(json.loads(self._up_mark.path.read_text())["up_at"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            logger.warning("%s: ignoring %s: %s", self.config.name, self._up_mark.path, exc)
+            return None
+
+    def _save_up_mark(self) -> None:
+        """Write that the link was up until now, at a stop."""
+        if self._up_mark is None:
+            return
+        try:
+            self._up_mark.save(_up_mark_text())
+        except OSError as exc:
+            self._up_mark_failed(exc)
+
+    async def _mark_up(self) -> None:
+        """Keep the link's state file within ``LINK_UP_MARK_EVERY_S`` of now while it is up."""
+        if self._up_mark is None:
+            return
+        while True:
+            try:
+                await self._up_mark.save_in_thread(_up_mark_text())
+            except OSError as exc:
+                self._up_mark_failed(exc)
+            await asyncio.sleep(LINK_UP_MARK_EVERY_S)
+
+    def _up_mark_failed(self, exc: OSError) -> None:
+        # Only a backlog after a restart pays: it is held to the cap by arrival.
+        self._log.warning("up-mark", "%s: cannot save the link state: %s", self.config.name, exc)
 
     async def _ingest(self, link: MqttLink, emit: Emit) -> None:
         """Hand each message's event, made by the screen, to ``emit``; ack it once durable."""
@@ -216,6 +294,9 @@ class MqttIngestDriver:
 
         The event made of a message that passes waits for the ingest loop with it.
         """
+        # The link is up once a message is read: the broker sends a session's backlog
+        # right after its CONNACK, before the link says it is up.
+        self.outages.up(time.time())
         if message.retain:
             return Lane.ROUTINE  # a replay: the reader counts it, never as an event
         try:
@@ -240,12 +321,16 @@ class MqttIngestDriver:
         if event_class in UNCAPPED_CLASSES or origin_key in self._counted:
             return routine
         shop_id = str(event.shop_id)
-        # Each cap counts every event, and either lets it pass: a backlog the broker
-        # kept while we were down is read far faster than it was sent, and its device
-        # times show the pace it was sent at; a clock that stands still passes only
-        # the count by arrival (decision 97).
+        # A backlog the broker kept while our link was down is read far faster than it
+        # was sent; its device times show the pace it was sent at. So an event stamped
+        # inside an outage may pass by its device time too; any other (live, or stamped
+        # in the future or before the outage) only by arrival: a forged clock then gets
+        # no more than what the outage could have held (decision 105).
         by_arrival = self._shop_cap.allow(shop_id)
-        by_device_time = self._shop_cap_device_time.allow(shop_id, event.occurred_at.timestamp())
+        sent_at = event.occurred_at.timestamp()
+        by_device_time = self.outages.covers(sent_at) and self._shop_cap_device_time.allow(
+            shop_id, sent_at
+        )
         if by_arrival or by_device_time:
             if origin_key is not None:
                 self._counted[origin_key] = None
@@ -353,6 +438,10 @@ class MqttIngestDriver:
         if shop_id not in self._context.devices:
             raise Rejected("unknown_shop", f"shop {shop_id[:40]!r} is not served by this gateway")
         return shop_id
+
+
+def _up_mark_text() -> str:
+    return json.dumps({"up_at": time.time()})
 
 
 def _topic(message: MQTTMessage) -> str:

@@ -44,7 +44,9 @@ class MqttIngestConfig(DriverConfig):
         default=300,
         ge=1,
         description="Non-alarm events one shop may send per shop_event_window_s; the rest "
-        "are dropped and counted as throttled (alarms and trouble never are).",
+        "are dropped and counted as throttled (alarms and trouble never are). Events the "
+        "device stamped while the gateway's link was down are a backlog and also counted "
+        "at those stamps, so that a backlog sent at a fair pace passes whole.",
     )
     shop_event_window_s: float = Field(
         default=10.0, gt=0, le=3600, description="The window of shop_event_cap, seconds."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 
@@ -60,3 +61,33 @@ class WindowCap:
             return False
         self._windows[key] = (start, passes + 1)
         return True
+
+
+class Outages:
+    """The spans of wall-clock time a link was down: the device times a backlog may carry.
+
+    A span runs from ``slack_s`` before the link was lost (it may have been dead
+    that long before anyone noticed) to the moment it came up again. Only the
+    last ``keep`` spans are kept: a backlog older than those has been read.
+    """
+
+    def __init__(self, slack_s: float, *, lost_at: float | None = None, keep: int = 8) -> None:
+        """Start down since ``lost_at`` (seconds since the epoch), or up with no outage known."""
+        self._slack = slack_s
+        self._lost_at = lost_at
+        self._spans: deque[tuple[float, float]] = deque(maxlen=keep)
+
+    def lost(self, at: float) -> None:
+        """The link went down at ``at``; a failed attempt to bring it back does not move that."""
+        if self._lost_at is None:
+            self._lost_at = at
+
+    def up(self, at: float) -> None:
+        """The link is up again at ``at``: what was sent since it was lost is a backlog."""
+        if self._lost_at is not None:
+            self._spans.append((self._lost_at - self._slack, at))
+            self._lost_at = None
+
+    def covers(self, at: float) -> bool:
+        """Whether ``at`` falls inside an outage: an event sent then waited for us."""
+        return any(start <= at <= end for start, end in self._spans)

@@ -73,17 +73,135 @@ def door_at(when: datetime) -> bytes:
     ).encode()
 
 
-def test_a_backlog_read_at_once_passes_whole_when_it_was_sent_at_a_fair_pace() -> None:
+def doors_at(
+    ingest: MqttIngestDriver, start: datetime, step: timedelta, n: int
+) -> list[Lane | None]:
+    """``n`` door events of shop S1 stamped ``step`` apart from ``start``, read at once."""
+    return [ingest.screen(message("S1", door_at(start + i * step))) for i in range(n)]
+
+
+def test_a_backlog_read_at_once_passes_whole_after_a_link_drop() -> None:
     """The broker's backlog for a gateway that was down: sent over minutes, read in a burst.
 
-    Ten door events of one shop a minute apart all pass a cap of 3 per 10 s
-    (decision 97); counted by arrival alone, 7 were dropped as throttled.
+    Ten door events of one shop a minute apart, all inside the outage, pass a cap
+    of 3 per 10 s (decisions 97 and 105); counted by arrival alone, 7 were dropped.
     """
     ingest = driver()
-    start = utc_now() - timedelta(minutes=20)
-    lanes = [ingest.screen(message("S1", door_at(start + timedelta(minutes=i)))) for i in range(10)]
-    assert lanes == [Lane.ROUTINE] * 10
+    lost = utc_now() - timedelta(minutes=20)
+    ingest.outages.lost(lost.timestamp())
+    ingest.outages.up(utc_now().timestamp())
+    assert doors_at(ingest, lost, timedelta(minutes=1), 10) == [Lane.ROUTINE] * 10
     assert ingest.rejected["throttled"] == 0
+
+
+def test_a_forged_clock_walking_through_the_past_day_is_held_to_the_cap() -> None:
+    """The review's flood: stamps from a day ago, a window further every cap events.
+
+    With no outage the device times count for nothing: the cap holds. Before
+    decision 105 all 3,000 passed.
+    """
+    ingest = driver()
+    window = timedelta(seconds=ingest.config.shop_event_window_s)
+    day_ago = utc_now() - timedelta(hours=23, minutes=59)
+    lanes = [
+        ingest.screen(message("S1", door_at(day_ago + (i // CAP) * window))) for i in range(3000)
+    ]
+    assert lanes.count(Lane.ROUTINE) == CAP
+
+
+def test_after_an_outage_a_forged_clock_gets_no_more_than_the_outage_could_hold() -> None:
+    """A one-minute outage: the walk passes what a minute of fair traffic could be, no more."""
+    ingest = driver()
+    up = utc_now()
+    ingest.outages.lost((up - timedelta(minutes=1)).timestamp())
+    ingest.outages.up(up.timestamp())
+    config, keepalive_s = ingest.config, BrokerConfig(url="mqtt://127.0.0.1:1883").keepalive_s
+    window = timedelta(seconds=config.shop_event_window_s)
+    outage_s = 60 + 2 * keepalive_s + config.shop_event_window_s  # with the slack before it
+    day_ago = up - timedelta(hours=23, minutes=59)
+    lanes = [
+        ingest.screen(message("S1", door_at(day_ago + (i // CAP) * window)))
+        for i in range(CAP * 8640)
+    ]
+    most = CAP + CAP * (outage_s / config.shop_event_window_s + 1)
+    assert CAP < lanes.count(Lane.ROUTINE) <= most
+
+
+def test_stamps_in_the_future_or_before_the_outage_count_by_arrival_only() -> None:
+    """Only a device time inside an outage is a backlog's; the rest is live traffic."""
+    ingest = driver()
+    up = utc_now()
+    ingest.outages.lost((up - timedelta(minutes=10)).timestamp())
+    ingest.outages.up(up.timestamp())
+    before = up - timedelta(hours=2)
+    assert doors_at(ingest, before, timedelta(minutes=1), 5) == [Lane.ROUTINE] * CAP + [None] * 2
+    ingest = driver()
+    ingest.outages.lost((up - timedelta(minutes=10)).timestamp())
+    ingest.outages.up(up.timestamp())
+    # Up to five minutes ahead is a plausible clock; still after the link came up.
+    later = up + timedelta(seconds=30)
+    assert doors_at(ingest, later, timedelta(seconds=30), 5) == [Lane.ROUTINE] * CAP + [None] * 2
+
+
+def test_a_backlog_kept_while_the_gateway_was_stopped_passes_whole_after_the_restart(
+    tmp_path, block_broker
+) -> None:
+    """Over a real broker, persistent session: stopped, the backlog published, a new process.
+
+    The stopped ingest's state file says when its link was last up; the next one
+    counts door events stamped in its outage (which starts a little before the
+    stop: a link may be dead before anyone notices) at their device times: six,
+    5 s apart, pass a cap of 3 per 10 s. A new gateway (no such file) knows of no
+    outage and passes 3.
+    """
+    config = MqttIngestConfig(kind="mqtt_ingest", name="shops", shop_event_cap=CAP)
+
+    def ingest(gateway_id: str, state_dir) -> MqttIngestDriver:
+        context = DriverContext(
+            gateway_id,
+            BrokerConfig(url=block_broker.url),
+            {"S1": frozenset({"panel-1"})},
+            state_dir=state_dir,
+        )
+        return MqttIngestDriver(config, context=context)
+
+    async def run_until_drained(running: MqttIngestDriver, emitted: list[Event] | None) -> None:
+        async def emit(event: Event, *, on_durable=None, origin_key=None) -> None:
+            if emitted is not None:
+                emitted.append(event)
+            on_durable()
+
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(running.run(emit), name="ingest")
+            await asyncio.wait_for(running.link_up.wait(), 10)
+            if emitted is not None:
+                await wait_until(
+                    lambda: len(emitted) + running.rejected["throttled"] >= 6, 10, "the backlog"
+                )
+            task.cancel()
+
+    async def publish_backlog(stopped_at: datetime) -> None:
+        async with aiomqtt.Client("127.0.0.1", block_broker.port, identifier="panel") as panel:
+            for i in range(6):
+                body = door_at(stopped_at + timedelta(seconds=5 * i - 25))
+                await panel.publish("lianfang/v1/shop/S1/event", body, qos=1)
+
+    async def scenario(gateway_id: str, state_dir, restarted_dir) -> tuple[int, int]:
+        # A session of its own (the client id has the gateway's): no copy of another
+        # scenario's messages is sent again into this one.
+        first = ingest(gateway_id, state_dir)
+        await run_until_drained(first, None)  # subscribes: the broker keeps the session
+        emitted: list[Event] = []
+        await publish_backlog(utc_now())
+        second = ingest(gateway_id, restarted_dir)
+        await run_until_drained(second, emitted)
+        return len(emitted), second.rejected["throttled"]
+
+    state, new = tmp_path / "state", tmp_path / "new"
+    state.mkdir()
+    new.mkdir()
+    assert asyncio.run(scenario("GW-A", state, state)) == (6, 0)
+    assert asyncio.run(scenario("GW-B", state, new)) == (3, 3)
 
 
 def test_a_device_whose_clock_stands_still_is_held_to_the_cap() -> None:
