@@ -13,6 +13,7 @@ queued messages per client) — because that is the broker installers have.
 from __future__ import annotations
 
 import getpass
+import random
 import shutil
 import socket
 import subprocess
@@ -63,12 +64,27 @@ class BrokerTls:
     require_client_cert: bool = True
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+LISTEN_PORTS = range(20000, 32768)
+"""Where ``free_port`` looks: below Linux's ephemeral range (32768-60999 by default).
+
+A port the kernel handed out (``bind(0)``) is one it hands out again to the
+next outgoing connection, so a broker started a moment later on it could find
+it taken ("Address already in use"), as it did under four test workers."""
+
+
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    """A port (TCP, or UDP with ``SOCK_DGRAM``) that was free a moment ago on ``host``.
+
+    Outside the ephemeral range (``LISTEN_PORTS``).
+    """
+    for port in random.sample(LISTEN_PORTS, 200):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on {host} in {LISTEN_PORTS}")
 
 
 def mosquitto_binary() -> str:

@@ -16,7 +16,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from lab.broker import terminate
+from lab.broker import free_port, terminate
 
 
 class NotifyingProcess:
@@ -129,10 +129,7 @@ class ReceiverProcess(NotifyingProcess):
     ) -> None:
         """Prepare a receiver storing into ``db`` (and the feed at ``mqtt``); stderr to ``log``."""
         self.db = db
-        kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
-        with socket.socket(socket.AF_INET, kind) as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
+        self.port = free_port(kind=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
         self.url = f"{'udp' if udp else 'tcp'}://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "gateway", "receiver", "--dc09", str(self.port)]
         args += ["--db", str(db)] + (["--udp"] if udp else []) + (["--key", key] if key else [])

@@ -13,18 +13,13 @@ from pysiaalarm.aio import SIAClient
 from pysiaalarm.event import SIAEvent
 
 from gateway.events import EventKind
+from lab.broker import free_port
 from tests.clients import wait_until
 from tests.forwarder_rig import aio, event, forwarding
 
 # pysiaalarm takes the key's characters as the AES key bytes ("ascii" format).
 KEYS = {"aes128": "0123456789ABCDEF", "aes256": "0123456789ABCDEF0123456789ABCDEF"}
 ACCOUNTS = ("9999", "00011", "BEEF")
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager
@@ -36,7 +31,7 @@ async def pysiaalarm_receiver(
     async def on_event(ev: SIAEvent) -> None:
         received.append(ev)
 
-    port = free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+    port = free_port(kind=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     accounts = [SIAAccount(a, key) for a in ACCOUNTS]
     protocol = CommunicationsProtocol.UDP if udp else CommunicationsProtocol.TCP
     client = SIAClient("127.0.0.1", port, accounts, on_event, protocol=protocol)
