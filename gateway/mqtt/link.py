@@ -233,7 +233,8 @@ class MqttLink:
         """Keep the connection alive until it is lost; then raise ``LinkDown``."""
         assert self._lost is not None
         # A resumed session's SUBACK comes after its backlog (decision 95): it is
-        # awaited here, for CONNECT_TIMEOUT_S of reading, not of paused reading.
+        # awaited here, for CONNECT_TIMEOUT_S in which reading was on and nothing came
+        # (while the backlog still arrives, however long, the SUBACK's turn is coming).
         unanswered_s, looked_at = 0.0, time.monotonic()
         while not self._lost.done():
             keepalive = self.limits.server_keep_alive or self._broker.keepalive_s
@@ -245,7 +246,8 @@ class MqttLink:
                 break
             now = time.monotonic()
             if self._filters and self._subscribed is not None and not self._subscribed.done():
-                unanswered_s += 0.0 if self.paused else now - looked_at
+                silent = not self.paused and self._last_read < looked_at
+                unanswered_s += now - looked_at if silent else 0.0
                 if unanswered_s > CONNECT_TIMEOUT_S:
                     self._fail(f"no SUBACK within {CONNECT_TIMEOUT_S:g} s of reading")
                     break
@@ -495,11 +497,13 @@ class MqttLink:
     ) -> None:
         if self._subscribed is None or self._subscribed.done():
             return
+        if not reasons:
+            self._fail("broker answered a SUBSCRIBE with no reason codes")
+            return
         # Name the filter this SUBACK refused (or granted QoS 0 only), not the first one asked.
         answered = list(zip(self._asked.pop(mid, list(self._filters)), reasons, strict=False))
-        topic, reason = next(
-            ((f, r) for f, r in answered if r.is_failure or r.value < 1), answered[0]
-        )
+        refused = [(f, r) for f, r in answered if r.is_failure or r.value < 1]
+        topic, reason = (refused or answered)[0]
         more = len(self._filters) - 1
         shown = topic + (f" (of {more + 1} filters)" if more else "")
         if any(r.is_failure for r in reasons):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import aiomqtt
@@ -14,7 +15,7 @@ from gateway.errors import PlatformNak
 from gateway.mqtt import link as link_module
 from gateway.mqtt.client import BrokerConfig
 from gateway.mqtt.limits import UNLIMITED_RECEIVE_MAXIMUM, LinkDown
-from gateway.mqtt.link import MqttLink
+from gateway.mqtt.link import Lane, MqttLink
 from lab.broker import Mosquitto
 from tests.relay import HoldingRelay
 
@@ -242,3 +243,50 @@ def test_a_refused_subscription_names_the_filter_refused(block_broker: Mosquitto
     assert "refused the subscription to b/# (of 2 filters): Not authorized" in asyncio.run(
         scenario()
     )
+
+
+def test_a_resumed_session_drained_slowly_but_steadily_keeps_its_link(
+    block_broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog still arriving is the SUBACK's turn coming: no "no SUBACK" however long it takes.
+
+    The ingest screens each message as it reads it, so a big backlog keeps reading
+    busy without pausing for longer than the SUBACK's bound (here 0.5 s, 800 x 2 ms).
+    """
+    monkeypatch.setattr(link_module, "CONNECT_TIMEOUT_S", 0.5)
+
+    def slow_screen(_message: object) -> Lane:
+        time.sleep(0.002)  # the ingest's screen and parse, on a loaded machine
+        return Lane.ROUTINE
+
+    def link() -> MqttLink:
+        return MqttLink(
+            BrokerConfig(url=block_broker.url),
+            client_id="slow-drain",
+            persistent=True,
+            subscribe=["backlog/#", "later/#"],
+            max_unacked=100_000,
+            receive_maximum=UNLIMITED_RECEIVE_MAXIMUM,
+            screen=slow_screen,
+        )
+
+    async def scenario() -> int:
+        async with link():
+            pass
+        async with aiomqtt.Client("127.0.0.1", block_broker.port, identifier="producer") as p:
+            for i in range(800):
+                await p.publish(f"backlog/{i % 7}", str(i).encode(), qos=1)
+        got = 0
+        resumed = link()
+        async with resumed, asyncio.TaskGroup() as tg:
+            watch = tg.create_task(resumed.watch(), name="watch")
+            while got < 800:
+                message, generation = await asyncio.wait_for(resumed.messages.get(), 10)
+                resumed.ack(message, generation)
+                got += 1
+            await asyncio.sleep(1.5)  # past a watch turn with the SUBACK read: still up
+            assert not watch.done()
+            watch.cancel()
+        return got
+
+    assert asyncio.run(scenario()) == 800
