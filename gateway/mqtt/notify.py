@@ -134,12 +134,19 @@ class BlockPublisher:
                     tg.create_task(self._keep_confirmed(), name="block.confirmed")
             except* (LinkDown, PlatformNak, OSError) as group:
                 detail = first_leaf(group)
+                # Written now, off the loop: a stop during the supervisor's pause that
+                # follows would run nothing here, and a restart would tell them again.
+                if (text := self._unsaved_text()) is not None:
+                    await self._write_confirmed(text)
                 raise DriverUnavailable(f"block broker {self._broker.url}: {detail}") from None
         except asyncio.CancelledError:
             # Stopping (a restart): what was confirmed since the last finished write is
-            # written now, or the restart would tell those shops again. Not on a link
-            # drop: the next link's writer takes the change, and the loop keeps its pace.
-            self._save_unsaved()
+            # written now, on the loop (its last work), or the restart would tell those
+            # shops again.
+            if (text := self._unsaved_text()) is not None and self._confirmed_file is not None:
+                with contextlib.suppress(OSError):
+                    self._confirmed_file.save(text)
+                    self._confirmed_saved = text
             raise
 
     async def _publish_alerts(self, link: MqttLink) -> None:
@@ -201,28 +208,31 @@ class BlockPublisher:
 
     async def _keep_confirmed(self) -> None:
         """Write the confirmations after changes, off the hot path and at a bounded rate."""
-        file = self._confirmed_file
-        if file is None:
+        if self._confirmed_file is None:
             return
         while True:
             await self._confirmed_changed.wait()
             self._confirmed_changed.clear()
-            text = self._confirmed_text()
-            try:
-                await file.save_in_thread(text)
-                self._confirmed_saved = text
-            except OSError as exc:  # notices still go out; a restart may repeat some
-                self._log.warning("confirmed", "cannot write %s: %s", file.path, exc)
+            await self._write_confirmed(self._confirmed_text())
             await asyncio.sleep(CONFIRMED_SAVE_INTERVAL_S)
 
-    def _save_unsaved(self) -> None:
-        """Write the confirmations now, on this thread, if they changed since the last write."""
-        file = self._confirmed_file
-        if file is None or (text := self._confirmed_text()) == self._confirmed_saved:
-            return
-        with contextlib.suppress(OSError):
-            file.save(text)
+    async def _write_confirmed(self, text: str) -> None:
+        """Write ``text`` to the confirmations file in a worker thread."""
+        assert self._confirmed_file is not None
+        try:
+            await self._confirmed_file.save_in_thread(text)
             self._confirmed_saved = text
+        except OSError as exc:  # notices still go out; a restart may repeat some
+            self._log.warning("confirmed", "cannot write %s: %s", self._confirmed_file.path, exc)
+
+    def _unsaved_text(self) -> str | None:
+        """The confirmations as the file should hold them, if they changed since the last write."""
+        if (
+            self._confirmed_file is None
+            or (text := self._confirmed_text()) == self._confirmed_saved
+        ):
+            return None
+        return text
 
     def _confirmed_text(self) -> str:
         """The unexpired confirmations as the file keeps them."""

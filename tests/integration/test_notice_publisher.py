@@ -15,6 +15,7 @@ import aiomqtt
 import pytest
 
 from gateway.errors import DriverUnavailable
+from gateway.mqtt import notify
 from gateway.mqtt.client import BrokerConfig
 from gateway.mqtt.notify import BlockPublisher
 from gateway.state_file import StateFile
@@ -203,3 +204,44 @@ def test_confirmations_are_written_at_a_stop_not_on_the_loop_at_a_link_drop(
 
 async def _never_done(self: StateFile, text: str) -> None:
     await asyncio.Event().wait()
+
+
+def test_confirmations_since_the_last_write_are_written_when_the_link_drops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A2, confirmed while the writer waits out its interval, is on disk once the link is gone.
+
+    A stop during the supervisor's pause after the drop runs none of the publisher's
+    code: written only at a stop, A2 would be told again after the restart.
+    """
+    monkeypatch.setattr(notify, "CONFIRMED_SAVE_INTERVAL_S", 60.0)
+    confirmed = tmp_path / "notices-confirmed.json"
+    with Mosquitto(workdir=tmp_path / "broker") as broker:
+        publisher = BlockPublisher(
+            BrokerConfig(url=broker.url),
+            gateway_id="GW-T",
+            status=dict,
+            status_interval_s=600,
+            confirmed_file=confirmed,
+        )
+
+        async def confirm_two_then_drop() -> None:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(publisher.run(), name="publisher")
+                    await wait_until(publisher.link_up.is_set, 10, "the block link")
+                    for alert_id, sent in (("A1", 1), ("A2", 2)):
+                        publisher.submit(alert(alert_id))
+                        await wait_until(
+                            lambda n=sent: publisher.notices_sent == n * len(NEIGHBOURS),
+                            10,
+                            f"{alert_id} confirmed",
+                        )
+                        await wait_until(confirmed.exists, 10, "the first write")
+                    assert "A2" not in json.loads(confirmed.read_text())  # the writer waits
+                    broker.kill()
+            except* DriverUnavailable:
+                pass
+
+        asyncio.run(confirm_two_then_drop())
+    assert set(json.loads(confirmed.read_text())) == {"A1", "A2"}
