@@ -326,12 +326,13 @@ class MqttIngestDriver:
         # inside an outage may pass by its device time too; any other (live, or stamped
         # in the future or before the outage) only by arrival: a forged clock then gets
         # no more than what the outage could have held (decision 105).
-        by_arrival = self._shop_cap.allow(shop_id)
+        # One that passes by its device time spends none of the arrival count, which is
+        # left whole for the shop's live events read in the same window as the backlog.
         sent_at = event.occurred_at.timestamp()
         by_device_time = self.outages.covers(sent_at) and self._shop_cap_device_time.allow(
             shop_id, sent_at
         )
-        if by_arrival or by_device_time:
+        if by_device_time or self._shop_cap.allow(shop_id):
             if origin_key is not None:
                 self._counted[origin_key] = None
                 if len(self._counted) > RECENT_ORIGIN_KEYS:

@@ -69,25 +69,41 @@ class Outages:
     A span runs from ``slack_s`` before the link was lost (it may have been dead
     that long before anyone noticed) to the moment it came up again. Only the
     last ``keep`` spans are kept: a backlog older than those has been read.
+
+    Spans are kept on the monotonic clock and read in wall-clock time when asked:
+    a step of the gateway's clock (NTP after a boot without a real-time clock)
+    moves them with it, so a loss noted before the step neither opens a day-long
+    span nor leaves an inverted one.
     """
 
     def __init__(self, slack_s: float, *, lost_at: float | None = None, keep: int = 8) -> None:
-        """Start down since ``lost_at`` (seconds since the epoch), or up with no outage known."""
+        """Start down since ``lost_at`` (seconds since the epoch), or up with no outage known.
+
+        A ``lost_at`` in the future (a clock now behind the one that wrote it) is no
+        outage known: nothing counts as a backlog's rather than too much.
+        """
         self._slack = slack_s
-        self._lost_at = lost_at
+        known = lost_at is not None and lost_at <= time.time()
+        self._lost_at = _monotonic(lost_at) if known and lost_at is not None else None
         self._spans: deque[tuple[float, float]] = deque(maxlen=keep)
 
     def lost(self, at: float) -> None:
         """The link went down at ``at``; a failed attempt to bring it back does not move that."""
         if self._lost_at is None:
-            self._lost_at = at
+            self._lost_at = _monotonic(at)
 
     def up(self, at: float) -> None:
         """The link is up again at ``at``: what was sent since it was lost is a backlog."""
         if self._lost_at is not None:
-            self._spans.append((self._lost_at - self._slack, at))
+            self._spans.append((self._lost_at - self._slack, _monotonic(at)))
             self._lost_at = None
 
     def covers(self, at: float) -> bool:
         """Whether ``at`` falls inside an outage: an event sent then waited for us."""
-        return any(start <= at <= end for start, end in self._spans)
+        moment = _monotonic(at)
+        return any(start <= moment <= end for start, end in self._spans)
+
+
+def _monotonic(wall: float) -> float:
+    """The monotonic clock's reading at wall-clock time ``wall``, by the clocks' offset now."""
+    return wall - (time.time() - time.monotonic())

@@ -312,3 +312,21 @@ def test_each_message_is_validated_once_and_a_copy_sent_again_is_not_counted_aga
         assert validations == {first.decode(): 2, second.decode(): 2, third.decode(): 1}
 
     asyncio.run(scenario())
+
+
+def test_live_events_read_with_a_backlog_keep_the_whole_arrival_count() -> None:
+    """A backlog passing by its device times spends none of the count the live events pass by.
+
+    Read in one burst: a minute's backlog at a fair pace, then the shop's live events.
+    Before, the backlog used the arrival count up and every live event was dropped.
+    """
+    ingest = driver()
+    up = utc_now()
+    ingest.outages.lost((up - timedelta(minutes=1)).timestamp())
+    ingest.outages.up(up.timestamp())
+    fair = timedelta(seconds=ingest.config.shop_event_window_s / CAP + 0.01)
+    lost = up - timedelta(minutes=1)
+    backlog = [ingest.screen(message("S1", door_at(lost + i * fair))) for i in range(3 * CAP)]
+    live = [ingest.screen(message("S1", door_at(up + timedelta(seconds=1)))) for _ in range(CAP)]
+    assert backlog.count(Lane.ROUTINE) == len(backlog)
+    assert live.count(Lane.ROUTINE) == CAP
