@@ -543,10 +543,10 @@ class MqttLink:
         assert self._loop is not None
         if threading.get_ident() != self._loop_thread:
             self._loop.call_soon_threadsafe(self._want_write, sock)  # connect()'s thread
-        elif not self._writing:
+        elif not self._writing and self._lost is not None and not self._lost.done():
             # Write at once (decision 995): waiting for the selector to say "writable"
             # cost two epoll_ctl and a turn of the loop per packet, for a socket
-            # whose kernel buffer almost always has room.
+            # whose kernel buffer almost always has room. A lost link writes nothing more.
             self._write()
 
     def _want_write(self, sock: socket.socket) -> None:
