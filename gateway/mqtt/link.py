@@ -351,18 +351,27 @@ class MqttLink:
         return limit is None or publish_packet_size(topic, payload) <= limit
 
     def _send_waiting(self) -> None:
-        """Send waiting publishes while the window allows."""
-        while (waiting := self._window.next()) is not None:
-            info = self._client.publish(
-                waiting.topic, waiting.payload, qos=1, retain=waiting.retain
-            )
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                # The connection cannot carry it: fail it with every other, not alone
-                # (an owner waiting on the link would never learn of this one).
-                self._window.requeue(waiting)
-                self._fail(f"publish failed: {paho.error_string(info.rc)}")
-                return
-            self._publishes[info.mid] = waiting
+        """Send waiting publishes while the window allows, then write them together."""
+        # Not written inside paho's publish: a write that loses the connection there
+        # would fail the link before the publish is in ``_publishes``, and nobody
+        # would ever settle its future.
+        holding, self._writing = self._writing, True
+        try:
+            while (waiting := self._window.next()) is not None:
+                info = self._client.publish(
+                    waiting.topic, waiting.payload, qos=1, retain=waiting.retain
+                )
+                if info.rc != paho.MQTT_ERR_SUCCESS:
+                    # The connection cannot carry it: fail it with every other, not alone
+                    # (an owner waiting on the link would never learn of this one).
+                    self._window.requeue(waiting)
+                    self._fail(f"publish failed: {paho.error_string(info.rc)}")
+                    return
+                self._publishes[info.mid] = waiting
+        finally:
+            self._writing = holding
+        if not holding and self._client.want_write() and not self._writer_added:
+            self._write_if_up()
 
     @property
     def waiting(self) -> int:
@@ -543,10 +552,15 @@ class MqttLink:
         assert self._loop is not None
         if threading.get_ident() != self._loop_thread:
             self._loop.call_soon_threadsafe(self._want_write, sock)  # connect()'s thread
-        elif not self._writing and self._lost is not None and not self._lost.done():
+        elif not self._writing:
             # Write at once (decision 995): waiting for the selector to say "writable"
             # cost two epoll_ctl and a turn of the loop per packet, for a socket
-            # whose kernel buffer almost always has room. A lost link writes nothing more.
+            # whose kernel buffer almost always has room.
+            self._write_if_up()
+
+    def _write_if_up(self) -> None:
+        # A lost link writes nothing more: ``_close`` sends its DISCONNECT itself.
+        if self._lost is not None and not self._lost.done():
             self._write()
 
     def _want_write(self, sock: socket.socket) -> None:
