@@ -155,8 +155,6 @@ class MqttLink:
         self._generation = 0
         self._last_read = 0.0
         self._qos0_queued = 0
-        self._writing = False  # inside loop_write: paho's requests to write are ours to serve
-        self._writer_added = False  # the loop watches the socket for writability
 
     # --- the connection ------------------------------------------------------------
 
@@ -343,6 +341,10 @@ class MqttLink:
             Waiting(topic, payload, retain, future, urgent=urgent, key=key, bound=bound)
         )
         self._send_waiting()
+        if urgent:
+            # paho only asks the loop to write (a writer callback); an alarm's bytes
+            # go now, not after whatever else the loop's turn holds (decision 96).
+            self._write()
         return future
 
     def fits(self, topic: str, payload: bytes) -> bool:
@@ -351,27 +353,18 @@ class MqttLink:
         return limit is None or publish_packet_size(topic, payload) <= limit
 
     def _send_waiting(self) -> None:
-        """Send waiting publishes while the window allows, then write them together."""
-        # Not written inside paho's publish: a write that loses the connection there
-        # would fail the link before the publish is in ``_publishes``, and nobody
-        # would ever settle its future.
-        holding, self._writing = self._writing, True
-        try:
-            while (waiting := self._window.next()) is not None:
-                info = self._client.publish(
-                    waiting.topic, waiting.payload, qos=1, retain=waiting.retain
-                )
-                if info.rc != paho.MQTT_ERR_SUCCESS:
-                    # The connection cannot carry it: fail it with every other, not alone
-                    # (an owner waiting on the link would never learn of this one).
-                    self._window.requeue(waiting)
-                    self._fail(f"publish failed: {paho.error_string(info.rc)}")
-                    return
-                self._publishes[info.mid] = waiting
-        finally:
-            self._writing = holding
-        if not holding and self._client.want_write() and not self._writer_added:
-            self._write_if_up()
+        """Send waiting publishes while the window allows."""
+        while (waiting := self._window.next()) is not None:
+            info = self._client.publish(
+                waiting.topic, waiting.payload, qos=1, retain=waiting.retain
+            )
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                # The connection cannot carry it: fail it with every other, not alone
+                # (an owner waiting on the link would never learn of this one).
+                self._window.requeue(waiting)
+                self._fail(f"publish failed: {paho.error_string(info.rc)}")
+                return
+            self._publishes[info.mid] = waiting
 
     @property
     def waiting(self) -> int:
@@ -550,28 +543,18 @@ class MqttLink:
 
     def _on_socket_register_write(self, _c: paho.Client, _u: object, sock: Any) -> None:  # noqa: ANN401 - paho's socket union
         assert self._loop is not None
-        if threading.get_ident() != self._loop_thread:
-            self._loop.call_soon_threadsafe(self._want_write, sock)  # connect()'s thread
-        elif not self._writing:
-            # Write at once (decision 995): waiting for the selector to say "writable"
-            # cost two epoll_ctl and a turn of the loop per packet, for a socket
-            # whose kernel buffer almost always has room.
-            self._write_if_up()
-
-    def _write_if_up(self) -> None:
-        # A lost link writes nothing more: ``_close`` sends its DISCONNECT itself.
-        if self._lost is not None and not self._lost.done():
-            self._write()
+        if threading.get_ident() == self._loop_thread:
+            self._want_write(sock)
+        else:
+            self._loop.call_soon_threadsafe(self._want_write, sock)
 
     def _want_write(self, sock: socket.socket) -> None:
         if self._lost is not None and not self._lost.done() and sock.fileno() >= 0:
             assert self._loop is not None
             self._loop.add_writer(sock, self._write)
-            self._writer_added = True
 
     def _on_socket_unregister_write(self, _c: paho.Client, _u: object, sock: Any) -> None:  # noqa: ANN401 - paho's socket union
-        if self._loop is not None and self._writer_added:
-            self._writer_added = False
+        if self._loop is not None:
             self._loop.remove_writer(sock)
 
     def _read_once(self) -> None:
@@ -597,27 +580,16 @@ class MqttLink:
             self._fail(f"read failed: {exc!r}")
 
     def _write(self) -> None:
-        """Write what paho holds; wait for the socket only for what the kernel did not take."""
-        self._writing = True
         try:
             self._client.loop_write()
         except Exception as exc:  # noqa: BLE001 - as in _read
             self._fail(f"write failed: {exc!r}")
-            return
-        finally:
-            self._writing = False
-        # paho asked for writability inside loop_write (kernel buffer full, or TLS wants
-        # to write): it asks only once, while we were writing, so ask on its behalf.
-        sock = self._client.socket()
-        if self._client.want_write() and not self._writer_added and sock is not None:
-            self._want_write(sock)  # type: ignore[arg-type]
 
     def _drop_socket(self) -> None:
         if self._sock is not None and self._loop is not None:
             self._loop.remove_reader(self._sock)
             self._loop.remove_writer(self._sock)
         self._sock = None
-        self._writer_added = False
 
     def _fail(self, why: str) -> None:
         self._fail_with(LinkDown(why))
