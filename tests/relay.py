@@ -5,7 +5,9 @@ collect in the relay; ``release`` writes each connection's whole store in one
 write, so many MQTT packets arrive together (in one TLS record when the relay
 speaks TLS, as a TLS-terminating proxy in front of a broker does). What the
 clients send always goes straight through. With ``drop_subacks`` the broker's
-SUBACKs are left out (a broker that never answers a SUBSCRIBE).
+SUBACKs are left out (a broker that never answers a SUBSCRIBE). While
+``stalled``, the relay reads nothing from its clients: their kernel buffers
+fill and their writes block, as towards a peer that stopped reading.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class HoldingRelay:
         self.port = free_port()
         self.held = False
         self.drop_subacks = False
+        self._reading = asyncio.Event()
+        self._reading.set()
         self._upstream_port = upstream_port
         self._tls = tls
         self._connections: list[_Connection] = []
@@ -69,6 +73,18 @@ class HoldingRelay:
     def held_bytes(self) -> int:
         """Bytes from the broker not yet passed on."""
         return sum(len(c.held) for c in self._connections)
+
+    @property
+    def stalled(self) -> bool:
+        """Whether the relay has stopped reading what its clients send."""
+        return not self._reading.is_set()
+
+    @stalled.setter
+    def stalled(self, stalled: bool) -> None:
+        if stalled:
+            self._reading.clear()
+        else:
+            self._reading.set()
 
     def release(self) -> None:
         """Stop holding: pass on each connection's held bytes in one write."""
@@ -98,7 +114,7 @@ class HoldingRelay:
         from_broker, to_broker = await asyncio.open_connection("127.0.0.1", self._upstream_port)
         connection = _Connection(to_client)
         self._connections.append(connection)
-        up = asyncio.create_task(self._pipe(from_client, to_broker), name="relay-up")
+        up = asyncio.create_task(self._pass_up(from_client, to_broker), name="relay-up")
         self._tasks.add(up)
         try:
             while data := await from_broker.read(65536):
@@ -116,8 +132,10 @@ class HoldingRelay:
             with contextlib.suppress(ConnectionError, ssl.SSLError):
                 to_client.close()
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
+    async def _pass_up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Stalled, nothing is taken here: the stream stops reading at its buffer's
+        # limit (128 KiB), and the rest of what the client sends stays in the kernel.
+        while await self._reading.wait() and (data := await reader.read(65536)):
             writer.write(data)
+            await writer.drain()
         writer.close()

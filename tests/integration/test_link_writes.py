@@ -1,0 +1,72 @@
+"""How the link writes its socket when the kernel takes less than everything.
+
+Publishes the kernel cannot take (a peer that stopped reading) wait for the
+socket to be writable and then go, all of them, in order, over TCP and TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from gateway.mqtt.client import BrokerConfig, TlsConfig
+from gateway.mqtt.link import MqttLink
+from lab.broker import Mosquitto
+from tests.certs import make_pki
+from tests.clients import wait_until
+from tests.relay import HoldingRelay
+
+PAYLOAD = 1024 * 1024
+COUNT = 16  # 16 MiB: more than the loopback's kernel buffers hold on both sides
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_publishes_the_kernel_cannot_take_go_once_the_peer_reads_again(
+    tmp_path: Path, block_broker: Mosquitto, *, tls: bool
+) -> None:
+    """With the relay not reading, the publishes wait for writability; then all arrive in order."""
+    server: ssl.SSLContext | None = None
+    tls_config: TlsConfig | None = None
+    if tls:
+        pki = make_pki(tmp_path / "pki")
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(pki.server_cert, pki.server_key)
+        tls_config = TlsConfig(ca_file=pki.ca)
+
+    async def platform(received: list[bytes], ready: asyncio.Event) -> None:
+        async with aiomqtt.Client("127.0.0.1", block_broker.port, identifier="platform") as sub:
+            await sub.subscribe("out/#", qos=1)
+            ready.set()
+            async for message in sub.messages:
+                received.append(bytes(message.payload)[:8])  # noqa: PERF401 - read while it grows
+
+    async def scenario() -> list[bytes]:
+        received: list[bytes] = []
+        ready = asyncio.Event()
+        async with HoldingRelay(block_broker.port, tls=server) as relay, asyncio.TaskGroup() as tg:
+            listening = tg.create_task(platform(received, ready), name="platform")
+            await asyncio.wait_for(ready.wait(), 10)
+            link = MqttLink(
+                BrokerConfig(url=relay.url, tls=tls_config), client_id="fwd", persistent=False
+            )
+            async with link:
+                watch = tg.create_task(link.watch(), name="watch")
+                relay.stalled = True
+                sent = [
+                    link.publish("out/e", f"{i:08d}".encode() + bytes(PAYLOAD))
+                    for i in range(COUNT)
+                ]
+                await asyncio.sleep(0.2)  # the link's writes meet a full buffer meanwhile
+                assert not any(f.done() for f in sent)
+                relay.stalled = False
+                await asyncio.wait_for(asyncio.gather(*sent), 30)
+                await wait_until(lambda: len(received) == COUNT, 30, "every publish delivered")
+                watch.cancel()
+            listening.cancel()
+        return received
+
+    assert asyncio.run(scenario()) == [f"{i:08d}".encode() for i in range(COUNT)]
