@@ -73,6 +73,13 @@ def test_a_retained_panic_is_taken_once_however_often_the_gateway_restarts(
             await publish_retained(block_broker.url, f"lianfang/v1/shop/{ORIGIN}/event", panic)
             await wait_until(lambda: delivered("panic", ORIGIN), 15, "the live panic at the police")
             await wait_until(lambda: all(panels[s].notices for s in near), 10, "neighbours alerted")
+            # Told once means confirmed by the broker before the first stop: a stop between
+            # the panels' notices and the gateway reading the PUBACKs rightly tells them again.
+            await wait_until(
+                lambda: gw.status().get("neighbour_notices") == len(near),
+                10,
+                "the notices confirmed to the gateway",
+            )
             alert_id = panels[answering].notices[0].body["alert_id"]
             await publish_retained(
                 block_broker.url,
