@@ -34,10 +34,14 @@ def alert(alert_id: str) -> NeighbourAlert:
     return NeighbourAlert(alert_id, f"E-{alert_id}", notices, time.monotonic() + 60)
 
 
-def publisher_on(broker: Mosquitto) -> BlockPublisher:
-    """A publisher on ``broker`` with a status refresh far beyond the test."""
+def publisher_on(broker: Mosquitto, confirmed: Path | None = None) -> BlockPublisher:
+    """A publisher on ``broker`` (confirmations kept in ``confirmed``), status far beyond the test."""
     return BlockPublisher(
-        BrokerConfig(url=broker.url), gateway_id="GW-T", status=dict, status_interval_s=600
+        BrokerConfig(url=broker.url),
+        gateway_id="GW-T",
+        status=dict,
+        status_interval_s=600,
+        confirmed_file=confirmed,
     )
 
 
@@ -159,17 +163,8 @@ def test_confirmations_are_written_at_a_stop_not_on_the_loop_at_a_link_drop(
     monkeypatch.setattr(StateFile, "save", save_watched)
     with Mosquitto(workdir=tmp_path / "broker") as broker:
 
-        def publisher() -> BlockPublisher:
-            return BlockPublisher(
-                BrokerConfig(url=broker.url),
-                gateway_id="GW-T",
-                status=dict,
-                status_interval_s=600,
-                confirmed_file=confirmed,
-            )
-
         async def drop_the_link() -> None:
-            first = publisher()
+            first = publisher_on(broker, confirmed)
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(first.run(), name="publisher")
@@ -179,7 +174,7 @@ def test_confirmations_are_written_at_a_stop_not_on_the_loop_at_a_link_drop(
                 pass
 
         async def confirm_then_stop() -> BlockPublisher:
-            second = publisher()
+            second = publisher_on(broker, confirmed)
             run = asyncio.create_task(second.run(), name="publisher")
             await wait_until(second.link_up.is_set, 10, "the block link")
             # Pause the background writer so that only the stop can write the confirmation.
@@ -217,13 +212,7 @@ def test_confirmations_since_the_last_write_are_written_when_the_link_drops(
     monkeypatch.setattr(notify, "CONFIRMED_SAVE_INTERVAL_S", 60.0)
     confirmed = tmp_path / "notices-confirmed.json"
     with Mosquitto(workdir=tmp_path / "broker") as broker:
-        publisher = BlockPublisher(
-            BrokerConfig(url=broker.url),
-            gateway_id="GW-T",
-            status=dict,
-            status_interval_s=600,
-            confirmed_file=confirmed,
-        )
+        publisher = publisher_on(broker, confirmed)
 
         async def confirm_two_then_drop() -> None:
             try:
