@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -280,6 +282,7 @@ def test_simulate_plays_zigbee2mqtt_and_the_rf_bridge(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        start_new_session=True,  # its brokers and gateway go with it on a kill
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(
@@ -309,5 +312,5 @@ def test_simulate_plays_zigbee2mqtt_and_the_rf_bridge(tmp_path):
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # the brokers and gateway it started too
             proc.wait()

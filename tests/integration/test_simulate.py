@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -44,6 +46,7 @@ def test_simulate_drives_every_kind_of_field_device_to_the_police(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its brokers and gateway go with it on a kill
     )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # type: ignore[arg-type]
@@ -79,5 +82,5 @@ def test_simulate_drives_every_kind_of_field_device_to_the_police(tmp_path):
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # the brokers and gateway it started too
             proc.wait()
