@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import queue
-import signal
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,7 +16,8 @@ from firmware_stubs.zigbee2mqtt import Zigbee2Mqtt
 from gateway.mqtt.client import BrokerConfig
 from tests.clients import expected_nearest, running, wait_until
 from tests.field import bind_field_devices, start_learn
-from tests.harness import READY_S, TestGateway, init_config
+from tests.harness import TestGateway, init_config
+from tests.simulation import Simulation
 
 SHOP = "S00030"
 DEVICES = {
@@ -276,41 +270,8 @@ def test_simulate_plays_zigbee2mqtt_and_the_rf_bridge(tmp_path):
         tmp_path, block_url="mqtt://127.0.0.1:1883", police_url="mqtt://127.0.0.1:1884"
     )
     bind_field_devices(config, DEVICES, [zigbee_driver(), RF_DRIVER])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "simulate", "--config", str(config)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,  # its brokers and gateway go with it on a kill
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(
-        target=lambda: [lines.put(line) for line in proc.stdout or ()], daemon=True
-    ).start()
-
-    seen: list[str] = []
-
-    def expect(text: str, timeout_s: float = 30) -> None:
-        """Wait for a line with ``text``, seen already or still to come."""
-        deadline = time.monotonic() + timeout_s
-        while not any(text in line for line in seen):
-            left = deadline - time.monotonic()
-            assert left > 0, f"no {text!r} from simulate in {timeout_s} s: {seen}"
-            with contextlib.suppress(queue.Empty):
-                seen.append(lines.get(timeout=left))
-
-    try:
-        expect("READY", READY_S)
-        assert proc.stdin is not None
-        proc.stdin.write(f"zigbee sos {SHOP}-sos\nrfbridge press A1B2C3 6\n")
-        proc.stdin.flush()
-        expect(f"POLICE panic {SHOP}/sos-z -")
-        expect(f"POLICE panic {SHOP}/rf-1 -")
-        proc.stdin.write("quit\n")
-        proc.stdin.flush()
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the brokers and gateway it started too
-            proc.wait()
+    with Simulation(config) as sim:
+        sim.send(f"zigbee sos {SHOP}-sos", "rfbridge press A1B2C3 6")
+        sim.expect(f"POLICE panic {SHOP}/sos-z -")
+        sim.expect(f"POLICE panic {SHOP}/rf-1 -")
+        sim.quit()

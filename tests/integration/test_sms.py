@@ -7,16 +7,15 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 
 import yaml
 
 from tests.clients import expected_nearest, haversine_m, running, survey_rows, wait_until
 from tests.field import cli_json
 from tests.harness import READY_S, SURVEY, init_config
+from tests.simulation import Simulation
 from tests.sms import given, gsm_modem, modem_registered, sent_messages, sms_overrides, survey_phone
 
 FAST = ("--send-s", "0.02", "--send-s-max", "0.05")
@@ -236,33 +235,10 @@ def test_simulate_gives_the_config_s_modem_an_emulator(tmp_path):
         sms={"port": "/dev/ttyUSB3"},
         neighbour_alert={"channels": ["mqtt", "sms"]},
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "simulate", "--config", str(config)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,  # its brokers and gateway go with it on a kill
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # type: ignore[arg-type]
-
-    async def wait_for(text: str) -> None:
-        await wait_until(lambda: any(text in line for line in list(lines)), READY_S, repr(text))
-
-    try:
-        asyncio.run(wait_for("READY"))
-        assert proc.stdin is not None
-        proc.stdin.write(f"sms receive {survey_phone('S00030')} 9#\n")
-        proc.stdin.flush()
-        asyncio.run(wait_for("POLICE panic S00030/sms -"))
-        proc.stdin.write("quit\n")
-        proc.stdin.flush()
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the brokers and gateway it started too
-            proc.wait()
+    with Simulation(config) as sim:
+        sim.send(f"sms receive {survey_phone('S00030')} 9#")
+        sim.expect("POLICE panic S00030/sms -", READY_S)
+        sim.quit()
 
 
 def test_losing_the_network_is_trouble_and_the_sms_wait_for_it(
