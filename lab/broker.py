@@ -12,7 +12,9 @@ queued messages per client) — because that is the broker installers have.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import itertools
 import random
 import shutil
 import socket
@@ -72,6 +74,14 @@ next outgoing connection, so a broker started a moment later on it could find
 it taken ("Address already in use"), as it did under four test workers."""
 
 
+REPICKS = 3
+TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
+
+
+class PortTakenError(RuntimeError):
+    """Mosquitto found its port taken at start."""
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     """A port (TCP, or UDP with ``SOCK_DGRAM``) that was free a moment ago on ``host``.
 
@@ -85,6 +95,23 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
                 continue
             return port
     raise RuntimeError(f"no free port on {host} in {LISTEN_PORTS}")
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a TCP socket listening on ``port`` (Linux ``/proc``)."""
+    listening = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        with contextlib.suppress(OSError), table.open() as rows:
+            for row in itertools.islice(rows, 1, None):
+                fields = row.split()
+                if fields[3] == TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    listening.add(f"socket:[{fields[9]}]")
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if str(fd.readlink()) in listening:
+                    return True
+    return False
 
 
 def mosquitto_binary() -> str:
@@ -124,6 +151,9 @@ class Mosquitto:
         """
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        # A port we picked may be taken between the pick and mosquitto's bind (another
+        # test worker's pick): the first start then picks again. A restart keeps its port.
+        self._repick = port is None and include_dir is None
         self.tls = tls
         self._owns_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="lianfang-mosquitto-"))
@@ -178,24 +208,44 @@ class Mosquitto:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout_s: float = 5.0) -> Self:
-        """Start the broker and wait until it accepts connections."""
+        """Start the broker and wait until it accepts connections.
+
+        On its first start a broker whose port was picked for it and taken
+        meanwhile picks another (``REPICKS`` times at most).
+        """
+        repicks = REPICKS if self._repick else 0
+        self._repick = False  # a restart keeps its port: its clients come back to it
+        while True:
+            try:
+                return self._start(timeout_s)
+            except PortTakenError:
+                if repicks == 0:
+                    raise
+                repicks -= 1
+                self.port = free_port()
+
+    def _start(self, timeout_s: float) -> Self:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(self.config_text())
-        with (self.workdir / "mosquitto.log").open("ab") as log:
+        log_path = self.workdir / "mosquitto.log"
+        logged_before = log_path.stat().st_size if log_path.exists() else 0
+        with log_path.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our own binary and config
                 [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                said = (self.workdir / "mosquitto.log").read_text(errors="replace")
-                raise RuntimeError(f"mosquitto exited at start on port {self.port}: {said[-500:]}")
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
-            except OSError:
-                time.sleep(0.02)
-            else:
+                with log_path.open("rb") as log:
+                    log.seek(logged_before)
+                    said = log.read().decode(errors="replace")
+                error = PortTakenError if "Address already in use" in said else RuntimeError
+                raise error(f"mosquitto exited at start on port {self.port}: {said[-500:]}")
+            # Its own listening socket, not a connection: another broker on a taken
+            # port would accept the connection while this one exits.
+            if _listens(self.process.pid, self.port):
                 return self
+            time.sleep(0.02)
         self.kill()
         raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port} in {timeout_s} s")
 
