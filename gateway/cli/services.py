@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from gateway.cli.launch import without_pydantic_plugins
 from gateway.cli.options import ConfigOption, config_path
 from receiver.limits import IDLE_TIMEOUT_S, MAX_PER_SOURCE
 
@@ -16,6 +17,7 @@ app = typer.Typer()
 @app.command()
 def run(config: ConfigOption = None) -> None:
     """Run the gateway (the daemon; systemd runs this)."""
+    without_pydantic_plugins()
     from gateway.app import run_from_file  # noqa: PLC0415 - keep `lianfang --help` fast
 
     raise typer.Exit(run_from_file(config_path(config)))

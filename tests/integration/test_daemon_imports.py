@@ -95,3 +95,50 @@ def test_the_daemons_imports_build_no_config_validator() -> None:
         [sys.executable, "-c", UNBUILT_AFTER_IMPORT], capture_output=True, text=True, check=True
     ).stdout
     assert built.strip() == "[]"
+
+
+NOTING_PLUGIN = """
+import os
+from pathlib import Path
+
+with Path(os.environ["NOTING_PLUGIN_LOG"]).open("a") as log:
+    log.write(f"{os.getpid()} {os.getppid()}\\n")
+
+
+class NotingPlugin:
+    def new_schema_validator(self, *args, **kwargs):
+        return None, None, None
+
+
+plugin = NotingPlugin()
+"""
+"""A pydantic plugin that writes down each process that loads it (and that one's parent)."""
+
+
+def install_noting_plugin(site: Path) -> Path:
+    """The plugin as a package installed in ``site`` (a module, its entry point); its log."""
+    site.mkdir()
+    (site / "noting_plugin.py").write_text(NOTING_PLUGIN)
+    dist = site / "noting_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: noting-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[pydantic]\nnoting = noting_plugin:plugin\n")
+    return site / "loaded-by.txt"
+
+
+def test_the_daemon_loads_no_pydantic_plugin_installed_beside_it(
+    start_gateway: Callable[..., TestGateway], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    log = install_noting_plugin(tmp_path / "site")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    monkeypatch.setenv("NOTING_PLUGIN_LOG", str(log))
+    monkeypatch.delenv("PYDANTIC_DISABLE_PLUGINS", raising=False)
+    # pydantic does load it: a process that builds a validator writes itself down.
+    other = subprocess.run(
+        [sys.executable, "-c", "import os, gateway.events; print(os.getpid())"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert other in log.read_text().split()
+    gw = start_gateway()  # `lianfang init` before it loads the plugin too: its own PID
+    # Neither the daemon nor its config's child (whose parent it is).
+    assert str(gw.pid) not in log.read_text().split()
