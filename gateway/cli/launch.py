@@ -25,7 +25,7 @@ def without_pydantic_plugins() -> None:
 
     The gateway uses none. One that anything else installed in the venv would be
     imported into the daemon, its hooks called on every validation on the alarm
-    path, and every package's metadata read at the first validator (decision 901).
+    path, and every package's metadata read at the first validator (decision 107).
     ``gateway.app``'s import builds the events' validators, so it comes after this.
     An environment that sets the variable itself keeps its value.
     """
