@@ -31,8 +31,8 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from bench.stats import RESULTS, summary_ms
+from gateway.config import kinds
 from gateway.events import Event, EventKind, Source, new_event_id, utc_now
-from gateway.forwarders import ForwarderConfigUnion
 from gateway.forwarders.base import ForwarderContext, ShopCard
 from gateway.forwarders.dc09 import Dc09Forwarder
 from gateway.journal import Journal
@@ -65,7 +65,7 @@ async def gateway_run(
     """Events/s (backlog of ``count``) or latencies (at ``rate``) through the forwarder."""
     settings = {"kind": "dc09", "name": "centre", "url": f"tcp://127.0.0.1:{port}"}
     settings |= {"account": "9999", "null_interval_s": 0} | ({"key": key} if key else {})
-    cfg = TypeAdapter(ForwarderConfigUnion).validate_python(settings)
+    cfg = TypeAdapter(kinds.forwarder_settings()).validate_python(settings)
     journal = Journal(
         work / f"journal-{time.monotonic_ns()}.sqlite3",
         route=lambda _: ["centre"],

@@ -34,11 +34,9 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.events import EventKind
+from gateway.events import RESTORES_ATTR, EventKind
 
 Scalar = StrictStr | StrictBool | int | float
-RESTORES_ATTR = "restores"
-"""The attribute a ``restore`` event names its kind in (as the DC-09 code table reads it)."""
 TOPIC_FIELDS = ("topic", "code")
 """What a mapping's topic may name in braces: the device's ``topic`` and ``code``."""
 

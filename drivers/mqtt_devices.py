@@ -23,7 +23,6 @@ from paho.mqtt.client import MQTTMessage
 
 from drivers.base import DriverContext, Emit
 from drivers.device_maps import (
-    RESTORES_ATTR,
     Outcome,
     code_of,
     decode,
@@ -31,7 +30,7 @@ from drivers.device_maps import (
 from drivers.mqtt_devices_config import MqttDevicesConfig
 from drivers.supervision import SUPERVISION_LOST, Supervision
 from gateway.errors import DriverUnavailable
-from gateway.events import Event, EventKind
+from gateway.events import RESTORES_ATTR, Event, EventKind
 from gateway.mqtt.client import BrokerConfig, first_leaf
 from gateway.mqtt.limits import LinkDown
 from gateway.mqtt.link import MqttLink

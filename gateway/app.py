@@ -27,11 +27,9 @@ from gateway.config.model import GatewayConfig
 from gateway.control import CommandError, ControlServer
 from gateway.device_state import DeviceStates
 from gateway.errors import ConfigError, JournalError
-from gateway.events import Event, EventKind, Source, new_event_id, utc_now
-from gateway.forwarders import FORWARDERS
-from gateway.forwarders.base import Forwarder, ForwarderContext, ShopCard
-from gateway.forwarders.dc09 import Dc09Forwarder
-from gateway.forwarders.dc09_codes import RESTORES_ATTR
+from gateway.events import RESTORES_ATTR, Event, EventKind, Source, new_event_id, utc_now
+from gateway.forwarders import forwarder_class
+from gateway.forwarders.base import Forwarder, ForwarderContext, ShopCard, TellsTime
 from gateway.forwarders.mqtt_police import KIND as POLICE_MQTT
 from gateway.inboxes import Keyring, inboxes
 from gateway.intake import Intake
@@ -151,11 +149,11 @@ class Gateway:
         )
         self.cursors = {f.name: OutboxCursor(self.journal, f.name) for f in config.forwarders}
         self.forwarders: dict[str, Forwarder] = {
-            f.name: FORWARDERS[f.kind](f, context=fcontext, cursor=self.cursors[f.name])
+            f.name: forwarder_class(f.kind)(f, context=fcontext, cursor=self.cursors[f.name])
             for f in config.forwarders
         }
         for forwarder in self.forwarders.values():
-            if isinstance(forwarder, Dc09Forwarder):
+            if isinstance(forwarder, TellsTime):
                 forwarder.on_centre_time = functools.partial(
                     self.clock.told, by="alarm centre", exact=True
                 )

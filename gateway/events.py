@@ -117,6 +117,10 @@ GATEWAY_MADE_KINDS = frozenset(
 TEST_ATTR = "test"
 """``attrs.test`` is true on an event from a shop under walk test: it alerts nobody."""
 
+RESTORES_ATTR = "restores"
+"""A ``restore`` event names the kind it restores in this attribute; without it,
+it restores a device fault (the gateway's own link restores carry none)."""
+
 
 def new_event_id() -> str:
     """A new time-sortable event id (ULID, 26 characters)."""

@@ -13,8 +13,9 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from gateway.config import kinds
 from gateway.events import Event, EventKind
-from gateway.forwarders import FORWARDERS, ForwarderConfigUnion
+from gateway.forwarders import forwarder_class
 from gateway.forwarders.base import ForwarderContext, ShopCard
 from gateway.journal import Journal
 from gateway.journal_reader import JournalReader
@@ -77,7 +78,7 @@ async def forwarding(tmp_path: Path, **config: Any) -> AsyncIterator[Rig]:
         {"account": "9999", "ack_timeout_s": 2} if config.get("kind", "dc09") == "dc09" else {}
     )
     settings = {"name": "centre", "kind": "dc09"} | defaults | config
-    cfg = TypeAdapter(ForwarderConfigUnion).validate_python(settings)
+    cfg = TypeAdapter(kinds.forwarder_settings()).validate_python(settings)
     journal = Journal(
         tmp_path / "journal.sqlite3",
         route=lambda e: ["centre"] if cfg.accepts_kind(e.kind) else [],
@@ -85,7 +86,7 @@ async def forwarding(tmp_path: Path, **config: Any) -> AsyncIterator[Rig]:
     )
     cursor = OutboxCursor(journal, "centre")
     context = ForwarderContext("GW-T", "L1", SHOPS, dict, 60)
-    forwarder = FORWARDERS[cfg.kind](cfg, context=context, cursor=cursor)
+    forwarder = forwarder_class(cfg.kind)(cfg, context=context, cursor=cursor)
     rig = Rig(journal, forwarder)
 
     async def changed(name: str, *, up: bool, detail: str) -> None:

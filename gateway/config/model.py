@@ -11,16 +11,19 @@ import ipaddress
 from collections.abc import Sequence
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
-from drivers import DriverConfigUnion
-from gateway.forwarders import ForwarderConfigUnion
+from gateway.config import kinds
 from gateway.mqtt.client import BrokerConfig
 from rules.defaults import DEFAULT_RULES
 from rules.models import CommandsConfig, Escalate, Forward, RulesConfig, Siren
+
+if TYPE_CHECKING:
+    from drivers import DriverConfigUnion
+    from gateway.forwarders import ForwarderConfigUnion
 
 # Ids travel in MQTT topics: no '/', '+', '#' or spaces.
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")]
@@ -294,6 +297,16 @@ class StatusPageConfig(Strict):
 
 class GatewayConfig(Strict):
     """A whole ``lianfang.yaml``."""
+
+    @classmethod
+    def model_rebuild(cls, **kwargs: Any) -> bool | None:  # noqa: ANN401 - pydantic's signature
+        """Build the validator, the drivers' and forwarders' settings unions with it.
+
+        pydantic calls this at the first validation (or schema): only then are
+        every kind's settings imported (``gateway.config.kinds``, decision 108).
+        """
+        kwargs["_types_namespace"] = {**kinds.namespace(), **(kwargs.get("_types_namespace") or {})}
+        return super().model_rebuild(**kwargs)
 
     schema_version: Literal[1] = Field(default=1, description="Version of this file's schema.")
     gateway: GatewayIdentity = Field(description="Identity of this gateway.")

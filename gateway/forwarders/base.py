@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -109,3 +111,13 @@ class Forwarder(Protocol):
     async def run(self) -> None:
         """Forward until cancelled; raise a ``ForwardError`` when the link is down."""
         ...
+
+
+@runtime_checkable
+class TellsTime(Protocol):
+    """A forwarder whose receiver states its time in its replies (a DC-09 centre's ACKs).
+
+    The gateway sets ``on_centre_time`` to hear it; its clock check takes the time as exact.
+    """
+
+    on_centre_time: Callable[[datetime], None] | None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.events import TEST_ATTR, Event, EventKind
+from gateway.events import RESTORES_ATTR, TEST_ATTR, Event, EventKind
 from protocols.dc09 import EventData
 
 
@@ -72,10 +72,6 @@ only feed supervision: none of them is sent."""
 TEST_REPORT = _entry(601, "TX")
 """Any event of a shop under walk test reads as a manual test report (Contact ID 601,
 SIA ``TX``) whatever its kind: the centre sees the installer working, not a robbery."""
-
-RESTORES_ATTR = "restores"
-"""A ``restore`` event names the kind it restores in this attribute; without it,
-it restores a device fault (the gateway's own link restores carry none)."""
 
 
 @dataclass(frozen=True)

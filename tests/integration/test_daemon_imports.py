@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import TestGateway
+from tests.harness import TestGateway, init_config
 
 COMMAND_LINE = ("typer", "click", "rich", "gateway.cli.main", "gateway.cli.options")
 """The installer's command line: not the daemon's business."""
@@ -142,3 +142,41 @@ def test_the_daemon_loads_no_pydantic_plugin_installed_beside_it(
     gw = start_gateway()  # `lianfang init` before it loads the plugin too: its own PID
     # Neither the daemon nor its config's child (whose parent it is).
     assert str(gw.pid) not in log.read_text().split()
+
+
+HANDED_OVER = """
+import sys
+from pathlib import Path
+
+import gateway.app
+from gateway.config.apart import load_config_apart
+
+config = load_config_apart(Path(sys.argv[1]))
+assert [d.kind for d in config.drivers] == ["mqtt_ingest"], config.drivers
+assert [f.kind for f in config.forwarders] == ["police_mqtt"], config.forwarders
+print(" ".join(sorted(m for m in sys.modules if m.startswith(("drivers.", "gateway.forwarders.")))))
+"""
+UNUSED_KINDS = (
+    "drivers.line_serial_config",
+    "drivers.modbus_config",
+    "drivers.mqtt_devices_config",
+    "drivers.device_maps",
+    "gateway.forwarders.dc09",
+    "gateway.forwarders.dc09_codes",
+    "gateway.forwarders.webhook",
+)
+"""Settings and forwarders of kinds Changping Road's default config does not use (decision 108;
+the 433 MHz settings stay: a reload tells learned buttons by their class)."""
+
+
+def test_the_daemon_holds_only_the_settings_of_the_kinds_its_config_uses(tmp_path: Path) -> None:
+    # The config's child validates against every kind; the daemon unpickles what the
+    # config holds and so imports only those kinds' settings.
+    config = init_config(
+        tmp_path, block_url="mqtt://127.0.0.1:1883", police_url="mqtt://127.0.0.1:1884"
+    )
+    held = subprocess.run(
+        [sys.executable, "-c", HANDED_OVER, str(config)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert {"drivers.mqtt_ingest_config", "gateway.forwarders.mqtt_police"} <= set(held)
+    assert set(held).isdisjoint(UNUSED_KINDS), set(held) & set(UNUSED_KINDS)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from drivers import DRIVERS, DriverConfigUnion, driver_class
+from drivers import DRIVERS, driver_class
 from drivers.base import DriverContext
 from drivers.line_serial import LineSerialDriver
 from drivers.line_serial_config import LineSerialConfig
@@ -20,6 +20,7 @@ from drivers.modbus_config import ModbusInputConfig
 from drivers.rf433 import CodeReader
 from drivers.rf433_config import Rf433Config
 from drivers.serial_port import open_serial
+from gateway.config import kinds
 from gateway.config.model import GatewayConfig
 from gateway.errors import DriverUnavailable
 from gateway.mqtt.client import BrokerConfig
@@ -52,9 +53,9 @@ def line(device_id: str, shop: str = "S1") -> dict[str, object]:
 
 def test_registry_matches_config_union():
     """Every driver kind in the config union has exactly one registered driver, of that kind."""
-    union = typing.get_args(typing.get_args(DriverConfigUnion)[0])
-    kinds = {typing.get_args(c.model_fields["kind"].annotation)[0] for c in union}
-    assert kinds == set(DRIVERS)
+    union = typing.get_args(typing.get_args(kinds.driver_settings())[0])
+    named = {typing.get_args(c.model_fields["kind"].annotation)[0] for c in union}
+    assert named == set(DRIVERS)
     assert {kind: driver_class(kind).kind for kind in DRIVERS} == {kind: kind for kind in DRIVERS}
 
 
