@@ -31,9 +31,6 @@ ALARM_RANK = PRIORITY_RANK[EventClass.ALARM]
 ORDER_BOUND_VALUES = frozenset(kind.value for kind in ORDER_BOUND_KINDS)
 KIND_FIELD = '"kind":"'
 
-Take = Callable[[list[OutboxRow]], bool]
-"""Sends committed rows at once: True if it took them all, False (taking none) if it cannot now."""
-
 
 class OutboxCursor:
     """Hands one forwarder its unacknowledged events, alarms first, each until acknowledged."""
@@ -55,16 +52,12 @@ class OutboxCursor:
         # seq -> rank, until the watermark passes them.
         self._carried: dict[int, int] = {}
         self._wakeup = asyncio.Event()
-        # While the forwarder waits in next_batch with nothing to send: where fresh rows
-        # go at once, and what went wrong when they went.
-        self._take: Take | None = None
-        self._take_failed: BaseException | None = None
         self.alarm_ready = asyncio.Event()
         """Set when an alarm is committed; ``take_alarms`` clears it."""
         journal.on_commit(self._committed)
 
     def _committed(self, rows: list[OutboxRow], forwarder: str) -> None:
-        if forwarder != self.name or self._taken_at_once(rows):
+        if forwarder != self.name:
             return
         for row in rows:
             self._live[row.priority].append(row)
@@ -78,40 +71,15 @@ class OutboxCursor:
             self._from_disk = True
         self._wakeup.set()
 
-    def _taken_at_once(self, rows: list[OutboxRow]) -> bool:
-        """Whether the forwarder waiting in ``next_batch`` took these fresh rows itself.
-
-        Only when caught up with nothing buffered, so that the rows go in journal
-        order as ``next_batch`` would return them. Sent from the commit's callback,
-        without waking the forwarder's task and a turn of the loop later.
-        """
-        take = self._take
-        if take is None or self._from_disk or self._live_count or len(rows) > LIVE_BATCH:
-            return False
-        fresh = [row for row in rows if self._waiting(row)]
-        try:
-            if not take(fresh):
-                return False
-        except BaseException as exc:  # noqa: BLE001 - raised in the forwarder's task instead
-            self._take = None
-            self._take_failed = exc
-            self._wakeup.set()
-            return True
-        self._handed_out(fresh)
-        return True
-
     def _clear_live(self) -> None:
         for queue in self._live.values():
             queue.clear()
         self._live_count = 0
 
-    async def next_batch(self, *, take: Take | None = None) -> list[OutboxRow]:
+    async def next_batch(self) -> list[OutboxRow]:
         """Wait for and return the next events to send: highest priority first, then oldest.
 
         A shop's rows older than its alarm come before that alarm, in journal order.
-        While it waits with nothing to return, rows committed are offered to
-        ``take`` first, in journal order: those it takes are handed out and never
-        returned here. What ``take`` raises is raised here.
         """
         while True:
             if self._from_disk:
@@ -136,14 +104,7 @@ class OutboxCursor:
                 self._handed_out(rows)
                 return rows if caught_up else await self._in_shop_order(rows)
             self._wakeup.clear()
-            self._take = take
-            try:
-                await self._wakeup.wait()
-            finally:
-                self._take = None
-            if (failed := self._take_failed) is not None:
-                self._take_failed = None
-                raise failed
+            await self._wakeup.wait()
 
     async def _read_disk(self) -> list[OutboxRow]:
         """The next batch from disk; none when caught up (or all handed out already)."""

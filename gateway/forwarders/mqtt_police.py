@@ -104,7 +104,7 @@ class PoliceMqttForwarder:
         flight = _Flight(self, link)
         try:
             while True:
-                batch = deque(await self.cursor.next_batch(take=flight.take))
+                batch = deque(await self.cursor.next_batch())
                 while batch:
                     if batch[0].priority == ALARM_RANK or flight.room:
                         flight.send(batch.popleft())
@@ -163,14 +163,6 @@ class _Flight:
             bound=order_bound(row),
         )
         outcome.add_done_callback(functools.partial(self._settled, row, urgent=urgent))
-
-    def take(self, rows: list[OutboxRow]) -> bool:
-        """Send ``rows``, in order, if the window has room for every routine one; else none."""
-        if sum(row.priority != ALARM_RANK for row in rows) > self.room:
-            return False
-        for row in rows:
-            self.send(row)
-        return True
 
     async def freed_or(self, alarm_ready: asyncio.Event) -> None:
         """Wait for a routine PUBACK, or for ``alarm_ready``."""
