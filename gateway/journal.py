@@ -34,7 +34,7 @@ from gateway.events import EVENT_CLASS, Event, EventClass, utc_now
 from gateway.journal_reader import OutboxRow
 from gateway.journal_repair import Damage, mark_for_full_check, repair
 from gateway.journal_schema import connect, damaged, delivery_priority
-from gateway.journal_space import JournalSpace, PageCounts, SpaceStats, disk_full
+from gateway.journal_space import JournalSpace, SpaceStats, disk_full
 from gateway.ratelimit import RateLimitedLog
 from gateway.storage import StorageReserve
 
@@ -474,7 +474,7 @@ class Journal:
             else:
                 failures.extend((item.error, item.forwarder, s) for s in item.seqs)
         try:
-            pages = self._commit(events, deliveries, failures, acks)
+            self._commit(events, deliveries, failures, acks)
         except sqlite3.Error as exc:
             if damaged(exc):
                 # The bounded check on open missed it: the next start checks the whole file.
@@ -498,7 +498,7 @@ class Journal:
             self.reserve.release(f"disk full writing {self.path.name}")
             self._write(batch)
             return
-        self._space.after_commit(pages, evictable=any(_may_be_evicted(item) for item in batch))
+        self._space.after_commit(evictable=any(_may_be_evicted(item) for item in batch))
 
     def _commit(
         self,
@@ -506,8 +506,7 @@ class Journal:
         deliveries: list[tuple[str, int, int]],
         failures: list[tuple[str, str, int]],
         acks: list[tuple[str, str, int]],
-    ) -> PageCounts:
-        """Store the rows in one transaction; the database's page counts as it commits them."""
+    ) -> None:
         conn = self._conn
         # Each statement lets go of the GIL and takes it again, a thread switch
         # when the event loop holds it: the ones with nothing to do are skipped.
@@ -522,13 +521,11 @@ class Journal:
             for sql, rows in statements:
                 if rows:
                     conn.executemany(sql, rows)
-            pages = self._space.page_counts()  # inside: no read transaction of its own after
             conn.execute("COMMIT")
         except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
-        return pages
 
     def _committed(self, batch: list[_Item]) -> None:
         """In the event loop, after ``batch`` was committed: callbacks, listeners, room."""

@@ -15,7 +15,6 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from gateway.events import EventClass
 from gateway.journal_schema import BUSY_TIMEOUT_MS
@@ -31,8 +30,6 @@ WAL_LIMIT_MIN = 16 * 1024
 WAL_LIMIT_MAX = 64 * 1024 * 1024
 # An I/O error with less room than this on the disk is the disk being full.
 FULL_DISK_BYTES = 1 << 16
-# One statement, not one per figure: each lets go of the GIL and takes it again.
-PAGE_COUNTS = "SELECT * FROM pragma_page_count(), pragma_freelist_count()"
 
 # Eviction order past the size cap. Alarms, and anything a receiver still
 # waits for, are never evicted.
@@ -41,13 +38,6 @@ EVICTION_TIERS: tuple[tuple[EventClass, bool], ...] = (
     (EventClass.STATUS, True),  # door and arm changes already delivered
     (EventClass.TROUBLE, True),  # troubles already delivered
 )
-
-
-class PageCounts(NamedTuple):
-    """The database file's pages, and how many of them are free."""
-
-    pages: int
-    free: int
 
 
 @dataclass
@@ -87,12 +77,9 @@ class JournalSpace:
         autocheckpoint = max(4, min(1000, self._wal_limit // 4096))
         conn.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
 
-    def after_commit(self, pages: PageCounts, *, evictable: bool) -> None:
-        """Note the size after a commit; over the cap, evict (``evictable``: it added such records).
-
-        ``pages`` are ``page_counts()`` read inside that commit's transaction.
-        """
-        self._note(pages)  # and a stat of the WAL: cheap enough for every commit
+    def after_commit(self, *, evictable: bool) -> None:
+        """Measure after a commit; over the cap, evict (``evictable``: it added such records)."""
+        self._measure()  # three header reads and a stat: cheap enough for every commit
         # When nothing evictable was left, search again only once this commit added
         # something evictable, or now and then.
         retry_due = time.monotonic() - self._last_evict > EVICT_RETRY_S
@@ -107,16 +94,6 @@ class JournalSpace:
                 self._log.warning("evict-failed", "journal eviction failed: %s", exc)
             if self._stats.over_cap:
                 self._last_evict = time.monotonic()
-
-    def page_counts(self) -> PageCounts:
-        """The database's pages and free pages, as this connection sees them.
-
-        Inside a write transaction: as they will be once it commits. A read of
-        its own after the commit would take the WAL's read lock again (two
-        ``fcntl`` calls, and the GIL let go and taken back once more).
-        """
-        pages, free = self._conn.execute(PAGE_COUNTS).fetchone()
-        return PageCounts(pages, free)
 
     def refresh(self) -> None:
         """Measure the used pages and the WAL; over the cap, checkpoint and measure again."""
@@ -140,14 +117,16 @@ class JournalSpace:
             self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _measure(self) -> None:
-        self._note(self.page_counts())
-
-    def _note(self, pages: PageCounts) -> None:
+        # One statement, not one per figure: each lets go of the GIL and takes it again.
+        pages, free = self._conn.execute(
+            "SELECT * FROM pragma_page_count(), pragma_freelist_count()"
+        ).fetchone()
+        size = self._page_size
         try:
             wal = self._wal.stat().st_size
         except FileNotFoundError:
             wal = 0
-        self._pages_bytes = (pages.pages - pages.free) * self._page_size
+        self._pages_bytes = (pages - free) * size
         self._stats.size_bytes = self._pages_bytes + wal
         self._stats.over_cap = self._stats.size_bytes > self._max_size_bytes
 

@@ -413,27 +413,3 @@ def test_a_failed_delivery_commits_the_acks_held_before_it_at_once(tmp_path):
     asyncio.run(run_journal(journal, body))
     cursor.close()
     assert pending == [[2, 3]]
-
-
-def test_the_size_after_each_commit_counts_the_pages_that_commit_added(tmp_path):
-    """The size cap's figure, read inside each commit, is the file's as a reader sees it after."""
-    path = tmp_path / "j.db"
-    journal = open_journal(path)
-    sizes: list[tuple[int, int]] = []
-
-    def on_disk_now() -> int:
-        with sqlite3.connect(path) as db:
-            pages, free, size = db.execute(
-                "SELECT * FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"
-            ).fetchone()
-        return (pages - free) * size + path.with_name(path.name + "-wal").stat().st_size
-
-    async def body() -> None:
-        for n in range(1, 31):
-            await journal.append(event())
-            await wait_until(lambda n=n: journal.stats.appended == n, 10, "the event committed")
-            sizes.append((journal.stats.size_bytes, on_disk_now()))
-
-    asyncio.run(run_journal(journal, body))
-    assert sizes[-1][0] > sizes[0][0]  # 30 events of 400 bytes grew it
-    assert [ours for ours, _ in sizes] == [theirs for _, theirs in sizes]
