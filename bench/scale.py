@@ -320,7 +320,7 @@ def sustained(
 
     Also per event: the CPU of the main thread (the gateway's event loop) and of
     the others (its journal writer, executor threads), and the sleeps: at low
-    rates each wake-up costs more than most of the work done once awake.
+    rates the wake-ups are much of the cost (decision 902).
     """
     consumer.start(timeout_s=READY_TIMEOUT_S)
     steps: list[dict[str, Any]] = []
