@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from bench.procs import RelayProcess, cpu_seconds, machine_info, proc_status
+from bench.procs import CLOCK_TICKS, RelayProcess, cpu_seconds, machine_info, proc_status
 from bench.stats import RESULTS
 from firmware_stubs.police_platform import Delivery, PolicePlatform
 from gateway.mqtt.client import BrokerConfig
@@ -270,10 +270,58 @@ async def one_step(wires: Wires, rate: int, s: Settings, step: int) -> dict[str,
     }
 
 
+@dataclass(frozen=True)
+class ThreadTimes:
+    """A process's CPU seconds, in its main thread and in the others, and how often it slept."""
+
+    main_s: float
+    others_s: float
+    sleeps: int
+    """Voluntary context switches of all its threads: each is a sleep and a wake-up."""
+
+    def per_event(self, before: ThreadTimes, events: int) -> dict[str, float]:
+        """What the span since ``before`` cost per event: CPU us per thread kind, sleeps."""
+        n = max(events, 1)
+        return {
+            "main_thread_cpu_us_per_event": round((self.main_s - before.main_s) / n * 1e6, 1),
+            "other_threads_cpu_us_per_event": round((self.others_s - before.others_s) / n * 1e6, 1),
+            "sleeps_per_event": round((self.sleeps - before.sleeps) / n, 2),
+        }
+
+
+def thread_times(pid: int) -> ThreadTimes:
+    """``pid``'s threads so far (a thread that ended meanwhile is no longer counted)."""
+    main_s = others_s = 0.0
+    sleeps = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            status = (task / "status").read_text()
+        except OSError:
+            continue  # ended since the listing
+        fields = stat.rsplit(")", 1)[1].split()
+        cpu_s = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        if task.name == str(pid):
+            main_s += cpu_s
+        else:
+            others_s += cpu_s
+        sleeps += next(
+            int(line.split()[1])
+            for line in status.splitlines()
+            if line.startswith("voluntary_ctxt_switches")
+        )
+    return ThreadTimes(main_s, others_s, sleeps)
+
+
 def sustained(
     consumer: NotifyingProcess, wires: Wires, s: Settings, *, first_step: int
 ) -> dict[str, Any]:
-    """Rate steps through ``consumer`` until one is not held; CPU seconds per event."""
+    """Rate steps through ``consumer`` until one is not held; CPU seconds per event.
+
+    Also per event: the CPU of the main thread (the gateway's event loop) and of
+    the others (its journal writer, executor threads), and the sleeps: at low
+    rates the wake-ups are much of the cost (decision 111).
+    """
     consumer.start(timeout_s=READY_TIMEOUT_S)
     steps: list[dict[str, Any]] = []
     try:
@@ -281,10 +329,12 @@ def sustained(
         assert pid is not None
         for i, rate in enumerate(s.rates):
             cpu_before = quiet_cpu_seconds(pid)
+            threads_before = thread_times(pid)
             step = asyncio.run(one_step(wires, rate, s, first_step + i))
             step["cpu_us_per_event"] = round(
                 (quiet_cpu_seconds(pid) - cpu_before) / max(step["sent"], 1) * 1e6, 1
             )
+            step |= thread_times(pid).per_event(threads_before, step["sent"])
             steps.append(step)
             console.log(f"{type(consumer).__name__} {rate}/s: {step}")
             if not step["held"]:
@@ -366,7 +416,12 @@ def report(result: dict[str, Any]) -> None:
             console.print(
                 f"  {g['rate']}/s: CPU per event {g['cpu_us_per_event']} us "
                 f"(floor {f['cpu_us_per_event']} us, "
-                f"x{ratio(g['cpu_us_per_event'], f['cpu_us_per_event'])})"
+                f"x{ratio(g['cpu_us_per_event'], f['cpu_us_per_event'])})\n"
+                f"    main thread {g['main_thread_cpu_us_per_event']} us + other threads "
+                f"{g['other_threads_cpu_us_per_event']} us "
+                f"(floor {f['main_thread_cpu_us_per_event']} + "
+                f"{f['other_threads_cpu_us_per_event']}); "
+                f"sleeps {g['sleeps_per_event']} (floor {f['sleeps_per_event']})"
             )
 
 
