@@ -43,7 +43,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-__all__ = ["CHECKED_PAHO", "READ_CHUNK", "BufferedSocket", "LeanClient", "link_client"]
+__all__ = ["CHECKED_PAHO", "READ_CHUNK", "BufferedSocket", "LeanClient", "lean_fits", "link_client"]
 
 # paho releases whose internals LeanClient was checked against (see the module docstring).
 CHECKED_PAHO = ("2.2.",)
