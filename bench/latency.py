@@ -3,6 +3,7 @@
     python -m bench.latency                   # full run, stock and tuned brokers
     python -m bench.latency --quick           # short run, about 2 minutes
     python -m bench.latency --broker stock    # one broker only (stock or tuned)
+    python -m bench.latency --broker tuned --only drain --backlog 100000   # issue 14's drain alone
     python -m bench.latency --background-rate 1000 --background-shops 79   # issue 14's load
 
 For each broker (``bench.brokers``: Mosquitto's stock configuration, then the
@@ -95,6 +96,8 @@ SETTLE_S = 5.0
 BACKLOG_SENT_PER_S = 1000  # the pace the backlog's events were sent at, by their device times
 PER_CLIENT_RATE = 250  # background events/s per publishing client
 DRAIN_BROKER = "tuned"
+# What one run can measure; ``--only`` picks some. Memory comes with latency (its load).
+PHASES = ("latency", "drain", "startup")
 DRAIN_SKIPPED = (
     "skipped on the stock broker: it keeps at most 1,000 queued messages for an offline "
     "client (max_queued_messages 1000) and drops the rest itself, so a larger backlog "
@@ -119,6 +122,7 @@ class Settings:
     cold_starts: int = 5
     idle_s: float = 2.0
     quick: bool = False
+    phases: tuple[str, ...] = PHASES
 
 
 QUICK = Settings(
@@ -987,15 +991,22 @@ async def measure_floor(b: Bench) -> dict[str, Any]:
             log=b.workdir / "relay.log", client_id=client_id,
         )  # fmt: skip
 
+    # Started even when only the drain is measured: its persistent session must exist
+    # for the broker to keep the backlog.
     relay_proc = b.started.add(relay("bench-relay"))
     out["ready_first_s"] = round(await asyncio.to_thread(relay_proc.start), 3)
-    b.say(f"relay ready (pid {relay_proc.pid}); {s.presses} presses under load")
-    out["latency"] = await latency_run(b, "floor", relay_proc)
-    b.say(f"relay: notify p99 {out['latency']['notify_10th_ms']['p99']} ms")
+    b.say(f"relay ready (pid {relay_proc.pid})")
+    if "latency" in s.phases:
+        out["latency"] = await latency_run(b, "floor", relay_proc)
+        b.say(f"relay: notify p99 {out['latency']['notify_10th_ms']['p99']} ms")
     stop(relay_proc)
-    out["drain"] = await drain_if_tuned(b, "floor", relay_proc, RELAY_SEQ_BASE)
+    if "drain" in s.phases:
+        out["drain"] = await drain_if_tuned(b, "floor", relay_proc, RELAY_SEQ_BASE)
     await asyncio.to_thread(forget_session, b.block_url, "bench-relay")
     await asyncio.to_thread(forget_session, b.police_url, "bench-relay-police")
+    if "startup" not in s.phases:
+        out["log_problems"] = log_problems(b.workdir / "relay.log")
+        return out
 
     def cold_relay(i: int) -> Consumer:
         return relay(f"bench-relay-cold-{i}")
@@ -1017,16 +1028,21 @@ async def measure_gateway(b: Bench) -> dict[str, Any]:
         cfg = copy_config(b.config, b.workdir / f"cold-{i}")
         return GatewayProcess(cfg, log=b.workdir / "gateway-cold.log")
 
-    b.say(f"gateway: {s.cold_starts} cold starts")
-    out["cold_start"] = await asyncio.to_thread(cold_starts, cold_gateway, s.cold_starts, b.started)
-    b.say(f"gateway: ready in {out['cold_start']['median_s']} s (median)")
+    if "startup" in s.phases:
+        b.say(f"gateway: {s.cold_starts} cold starts")
+        out["cold_start"] = await asyncio.to_thread(
+            cold_starts, cold_gateway, s.cold_starts, b.started
+        )
+        b.say(f"gateway: ready in {out['cold_start']['median_s']} s (median)")
     gateway = b.started.add(GatewayProcess(b.config, log=b.workdir / "gateway.log"))
     out["ready_first_s"] = round(await asyncio.to_thread(gateway.start), 3)
-    b.say(f"gateway ready (pid {gateway.pid}); {s.presses} presses under load")
-    out["latency"] = await latency_run(b, "gateway", gateway)
-    b.say(f"gateway: notify p99 {out['latency']['notify_10th_ms']['p99']} ms")
+    b.say(f"gateway ready (pid {gateway.pid})")
+    if "latency" in s.phases:
+        out["latency"] = await latency_run(b, "gateway", gateway)
+        b.say(f"gateway: notify p99 {out['latency']['notify_10th_ms']['p99']} ms")
     stop(gateway)
-    out["drain"] = await drain_if_tuned(b, "gateway", gateway, GATEWAY_SEQ_BASE)
+    if "drain" in s.phases:
+        out["drain"] = await drain_if_tuned(b, "gateway", gateway, GATEWAY_SEQ_BASE)
     out["log_problems"] = log_problems(b.workdir / "gateway.log") + log_problems(
         b.workdir / "gateway-cold.log"
     )
@@ -1090,14 +1106,14 @@ def comparison(by_broker: dict[str, dict[str, Any]]) -> list[Row]:
     """The rows of the table: every figure on each broker, gateway against that broker's floor.
 
     Figure by figure, so that stock and tuned sit one above the other; a phase
-    skipped on a broker (the drain on stock) has no rows there.
+    skipped on a broker (the drain on stock) or not asked for (``--only``) has no rows there.
     """
     return [
         Row(key, label, unit, figure(result["gateway"], path), figure(result["floor"], path),
             broker=broker)
         for key, label, unit, path in FIGURES
         for broker, result in by_broker.items()
-        if "skipped" not in result["gateway"][path[0]]
+        if "skipped" not in result["gateway"].get(path[0], {"skipped": "not measured"})
     ]  # fmt: skip
 
 
@@ -1187,6 +1203,12 @@ def main() -> None:
     ap.add_argument("--background-shops", type=int, help="shops sending the background load")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, journal)")
     ap.add_argument(
+        "--only",
+        action="append",
+        choices=PHASES,
+        help="measure only this phase (repeatable); the drain alone: --broker tuned --only drain",
+    )
+    ap.add_argument(
         "--profile", action="store_true", help="py-spy the drains (needs py-spy; implies --keep)"
     )
     args = ap.parse_args()
@@ -1197,7 +1219,9 @@ def main() -> None:
         ("background_rate", args.background_rate),
         ("background_shops", args.background_shops),
     )
-    overrides: dict[str, float] = {k: v for k, v in given if v}
+    overrides: dict[str, Any] = {k: v for k, v in given if v}
+    if args.only:
+        overrides["phases"] = tuple(p for p in PHASES if p in args.only)
     if args.backlog:
         # A drain at the gateway's rate of about 3,000 events/s on a busy machine, and more.
         overrides["drain_timeout_s"] = max(s.drain_timeout_s, args.backlog / 1000)

@@ -16,7 +16,9 @@ three things it cannot give.
   Packet Size, retain, QoS; a broker unfit for alarms is refused in one sentence.
 
 Received messages wait for their reader in ``lanes``; publishes wait for the
-broker's window in ``window``: in both, alarms go first.
+broker's window in ``window``: in both, alarms go first. The paho client is
+``lean_client``'s: the common PUBLISH and PUBACK decoded without paho's
+per-packet objects, the socket read in chunks (decision 112).
 
 Use it as ``async with link:`` (connect, and subscribe if asked) and run
 ``link.watch()`` beside the work in the same TaskGroup; ``watch`` raises
@@ -36,12 +38,12 @@ from types import TracebackType
 from typing import Any, Self
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import PlatformNak
 from gateway.mqtt.client import BrokerConfig, connect_properties
 from gateway.mqtt.lanes import Lane, MessageLanes, Screen
+from gateway.mqtt.lean_client import BufferedSocket, link_client
 from gateway.mqtt.limits import (
     RETAIN_ADVICE,
     BrokerLimits,
@@ -112,13 +114,7 @@ class MqttLink:
         self._screen = screen
         self.unacked = 0
         self.paused = False
-        self._client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            manual_ack=True,
-            reconnect_on_failure=False,
-        )
+        self._client = link_client(client_id)
         self._max_inflight = max_inflight
         # paho sends every publish at once; the window is ours (``_send_waiting``),
         # because paho cannot change its own on a live connection.
@@ -146,7 +142,7 @@ class MqttLink:
         self._client.on_socket_unregister_write = self._on_socket_unregister_write
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._sock: socket.socket | None = None
+        self._sock: socket.socket | BufferedSocket | None = None
         self._connected: asyncio.Future[None] | None = None
         self._subscribed: asyncio.Future[None] | None = None
         self._asked: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its filters
@@ -419,7 +415,7 @@ class MqttLink:
             self.paused = False
             if self._sock is not None and self._loop is not None:
                 self._loop.add_reader(self._sock, self._read)
-                # TLS may hold decoded bytes that select() will not report.
+                # Bytes already read (or decrypted) wait where select() will not report them.
                 self._loop.call_soon(self._read)
 
     def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
@@ -529,12 +525,13 @@ class MqttLink:
     def _on_socket_open(self, _c: paho.Client, _u: object, sock: Any) -> None:  # noqa: ANN401 - paho's socket union
         # Called from the executor thread that runs connect().
         assert self._loop is not None
-        if isinstance(sock, socket.socket):
+        raw = sock.socket if isinstance(sock, BufferedSocket) else sock
+        if isinstance(raw, socket.socket):
             # Alarms are small and urgent: never let Nagle hold one back.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._loop.call_soon_threadsafe(self._watch_socket, sock)
 
-    def _watch_socket(self, sock: socket.socket) -> None:
+    def _watch_socket(self, sock: socket.socket | BufferedSocket) -> None:
         assert self._loop is not None
         if self._lost is None or self._lost.done():
             sock.close()  # gave up on this connection while connect() was running
@@ -552,7 +549,7 @@ class MqttLink:
         else:
             self._loop.call_soon_threadsafe(self._want_write, sock)
 
-    def _want_write(self, sock: socket.socket) -> None:
+    def _want_write(self, sock: socket.socket | BufferedSocket) -> None:
         if self._lost is not None and not self._lost.done() and sock.fileno() >= 0:
             assert self._loop is not None
             self._loop.add_writer(sock, self._write)
@@ -576,9 +573,9 @@ class MqttLink:
                     return
                 if not _more_to_read(self._client.socket()):
                     return
-            # Cut at READ_BATCH: select() will report what the kernel still holds,
-            # but not what TLS has already decrypted; read that after the loop's turn.
-            if _tls_pending(self._client.socket()) and self._loop is not None:
+            # Cut at READ_BATCH: select() will report what the kernel still holds, but
+            # not what was read into the buffer or decrypted; read that after the loop's turn.
+            if _pending(self._client.socket()) and self._loop is not None:
                 self._loop.call_soon(self._read)
         except Exception as exc:  # noqa: BLE001 - any failure here means the link is unusable
             self._fail(f"read failed: {exc!r}")
@@ -609,16 +606,21 @@ class MqttLink:
                 future.add_done_callback(_retrieve)
 
 
-def _tls_pending(sock: object) -> bool:
-    """Whether TLS holds decrypted bytes not yet read: select() cannot see them."""
+def _pending(sock: object) -> bool:
+    """Whether bytes were read (by ``BufferedSocket``) or decrypted (by TLS) and not yet taken.
+
+    select() cannot see them.
+    """
     pending = getattr(sock, "pending", None)
     return pending is not None and bool(pending())
 
 
 def _more_to_read(sock: object) -> bool:
     """Whether the socket holds more bytes now (paho reads one packet per call)."""
-    if hasattr(sock, "pending"):  # TLS: no peeking at the kernel's bytes under it
-        return _tls_pending(sock)
+    if hasattr(sock, "pending"):
+        # Buffered or TLS: no peeking at the kernel's bytes under it. Once what it
+        # holds is taken, select() tells of more.
+        return _pending(sock)
     if not isinstance(sock, socket.socket):
         return False
     try:

@@ -3,8 +3,9 @@
 - Routine publishes never take the last slots of the window: with every
   routine PUBACK held back, an alarm still goes out at once.
 - One shop's cancel waiting for the window is not overtaken by its panic.
-- Over TLS, a burst that arrives in one record is read to the end, though the
-  reader stops every ``READ_BATCH`` packets to let the loop breathe.
+- A burst read at once (one TLS record, or one chunk of the buffered reader
+  over TCP) is read to the end, though the reader stops every ``READ_BATCH``
+  packets to let the loop breathe and select() cannot see what it holds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiomqtt
+import pytest
 
 from gateway.mqtt.client import BrokerConfig, TlsConfig
 from gateway.mqtt.link import READ_BATCH, MqttLink
@@ -96,19 +98,24 @@ def test_a_shops_cancel_waiting_for_the_window_goes_before_its_panic(
     _held_scenario(block_broker, body)
 
 
-def test_a_burst_in_one_tls_record_is_read_to_its_end(
-    tmp_path: Path, block_broker: Mosquitto
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_a_burst_read_at_once_is_read_to_its_end(
+    tmp_path: Path, block_broker: Mosquitto, *, tls: bool
 ) -> None:
-    """More packets than one read batch, decrypted at once, all reach the reader with nothing after."""
-    pki = make_pki(tmp_path / "pki")
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(pki.server_cert, pki.server_key)
+    """More packets than one read batch, read (or decrypted) at once, all reach the reader."""
+    server: ssl.SSLContext | None = None
+    tls_config: TlsConfig | None = None
+    if tls:
+        pki = make_pki(tmp_path / "pki")
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(pki.server_cert, pki.server_key)
+        tls_config = TlsConfig(ca_file=pki.ca)
     count = 2 * READ_BATCH + 10
 
     async def scenario() -> int:
         async with HoldingRelay(block_broker.port, tls=server) as relay:
             link = MqttLink(
-                BrokerConfig(url=relay.url, tls=TlsConfig(ca_file=pki.ca)),
+                BrokerConfig(url=relay.url, tls=tls_config),
                 client_id="reader",
                 persistent=False,
                 subscribe="burst/#",
