@@ -165,7 +165,16 @@ class _Flight:
         outcome.add_done_callback(functools.partial(self._settled, row, urgent=urgent))
 
     async def freed_or(self, alarm_ready: asyncio.Event) -> None:
-        """Wait for a routine PUBACK, or for ``alarm_ready``."""
+        """Wait for room for a routine row, or for ``alarm_ready``; at once if either is there.
+
+        The caller looked at the room before it awaited the journal for alarms
+        (``take_alarms``): PUBACKs that came meanwhile freed room and set
+        ``_freed``. Clearing it then, with nothing left in flight to set it
+        again, left routine rows waiting for good once the alarms stopped
+        (a police outage's backlog stalled after the reconnect).
+        """
+        if self.room > 0 or alarm_ready.is_set():
+            return
         self._freed.clear()
         waits = {
             asyncio.ensure_future(self._freed.wait()),
