@@ -137,6 +137,8 @@ class OutboxCursor:
                 limit=self._batch,
                 ranks=(ALARM_RANK,),
             )
+            if len(rows) == self._batch:
+                self.alarm_ready.set()  # more alarms on disk than one read: ask again
         else:
             queue = self._live[ALARM_RANK]
             rows = [row for row in queue if self._waiting(row)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,7 +46,11 @@ class Simulation:
         stdout = self._proc.stdout
         assert stdout is not None
         threading.Thread(target=lambda: self.lines.extend(stdout), daemon=True).start()
-        self.expect("READY", READY_S)
+        try:
+            self.expect("READY", READY_S)
+        except BaseException:
+            self.__exit__(None, None, None)  # not called for a failed __enter__
+            raise
         return self
 
     def __exit__(
@@ -54,9 +59,13 @@ class Simulation:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGKILL)  # the brokers and gateway it started too
-            self._proc.wait()
+        if self._proc is None or self._proc.poll() == 0:
+            return  # it stopped what it started
+        # The brokers and gateway it started too, also when simulate itself failed:
+        # the kernel keeps a group's id from reuse while any member lives.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.wait()
 
     @property
     def proc(self) -> subprocess.Popen[str]:

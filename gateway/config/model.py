@@ -304,6 +304,9 @@ class GatewayConfig(Strict):
 
         pydantic calls this at the first validation (or schema): only then are
         every kind's settings imported (``gateway.config.kinds``, decision 108).
+        Validate through ``GatewayConfig`` itself: a ``TypeAdapter(GatewayConfig)``
+        or a model with a ``GatewayConfig`` field is built without this hook, and
+        fails with "not fully defined" until a config was validated once.
         """
         kwargs["_types_namespace"] = {**kinds.namespace(), **(kwargs.get("_types_namespace") or {})}
         return super().model_rebuild(**kwargs)

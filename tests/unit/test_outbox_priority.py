@@ -537,3 +537,30 @@ def test_a_shops_lower_ranked_row_before_its_cancel_in_the_read_comes_from_disk_
     got = drain(cursor, len(evs), ack=False)
     cursor.close()
     assert [r.seq for r in got] == [2, 4, 5, 1, 3]
+
+
+def test_more_alarms_than_one_read_committed_mid_backlog_are_all_taken_at_once(tmp_path):
+    """From disk mid-backlog, a storm of more alarms than one read: every one is taken ahead of the routine rows.
+
+    The first take read one batch and cleared ``alarm_ready``; the rest waited
+    for the routine backlog's PUBACKs before this (a delay, not a loss).
+    """
+    journal = open_journal(tmp_path / "j.db")
+    cursor = OutboxCursor(journal, "police", batch=10)
+
+    async def body() -> None:
+        for _ in range(30):
+            await journal.append(forwarded(EventKind.DOOR_OPEN, shop="S1"))
+        await wait_until(lambda: journal.stats.appended == 30, 10, "the backlog committed")
+        await asyncio.wait_for(cursor.next_batch(), 5)
+        assert cursor._from_disk
+        for n in range(25):
+            await journal.append(forwarded(EventKind.PANIC, shop=f"S{n + 2}"))
+        await wait_until(lambda: journal.stats.appended == 55, 10, "the alarms committed")
+        taken: list[OutboxRow] = []
+        while cursor.alarm_ready.is_set():
+            taken += await cursor.take_alarms()
+        assert [r.seq for r in taken] == list(range(31, 56))
+
+    asyncio.run(run_journal(journal, body))
+    cursor.close()
