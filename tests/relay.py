@@ -16,9 +16,12 @@ import asyncio
 import contextlib
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Self
 
+from gateway.mqtt.client import TlsConfig
 from lab.broker import free_port
+from tests.certs import make_pki
 
 SUBACK = 0x90
 """An MQTT SUBACK's first byte."""
@@ -139,3 +142,13 @@ class HoldingRelay:
             writer.write(data)
             await writer.drain()
         writer.close()
+
+
+def relay_tls(folder: Path, *, tls: bool) -> tuple[ssl.SSLContext | None, TlsConfig | None]:
+    """A relay's server context and a link's TLS settings for a TLS run; both None over TCP."""
+    if not tls:
+        return None, None
+    pki = make_pki(folder / "pki")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(pki.server_cert, pki.server_key)
+    return server, TlsConfig(ca_file=pki.ca)

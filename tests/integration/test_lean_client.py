@@ -8,7 +8,6 @@ verdict, must be what paho's own code makes of the same bytes.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.mqtt.client import BrokerConfig, TlsConfig
+from gateway.mqtt.client import BrokerConfig
 from gateway.mqtt.lean_client import READ_CHUNK, LeanClient, lean_fits, link_client
 from gateway.mqtt.link import MqttLink
 from lab.broker import Mosquitto
-from tests.certs import make_pki
 from tests.clients import wait_until
-from tests.relay import HoldingRelay
+from tests.relay import HoldingRelay, relay_tls
 
 # (topic, payload, qos, retain, user property): the fast path's packets and paho's others.
 MESSAGES: list[tuple[str, bytes, int, bool, tuple[str, str] | None]] = [
@@ -98,13 +96,7 @@ def test_the_link_reads_every_field_paho_reads(
     tmp_path: Path, block_broker: Mosquitto, *, tls: bool
 ) -> None:
     """Through a relay that lets all the messages out in one write, the link takes what paho takes."""
-    server: ssl.SSLContext | None = None
-    tls_config: TlsConfig | None = None
-    if tls:
-        pki = make_pki(tmp_path / "pki")
-        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server.load_cert_chain(pki.server_cert, pki.server_key)
-        tls_config = TlsConfig(ca_file=pki.ca)
+    server, tls_config = relay_tls(tmp_path, tls=tls)
     reference = _PahoReader(block_broker.port)
 
     async def scenario() -> list[Fields]:

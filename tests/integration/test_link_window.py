@@ -11,19 +11,17 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
-from gateway.mqtt.client import BrokerConfig, TlsConfig
+from gateway.mqtt.client import BrokerConfig
 from gateway.mqtt.link import READ_BATCH, MqttLink
 from lab.broker import Mosquitto
-from tests.certs import make_pki
 from tests.clients import wait_until
-from tests.relay import HoldingRelay
+from tests.relay import HoldingRelay, relay_tls
 
 WINDOW = 16  # below the stock Receive Maximum (20): the link's own; 2 slots kept for alarms
 KEPT = 2
@@ -103,13 +101,7 @@ def test_a_burst_read_at_once_is_read_to_its_end(
     tmp_path: Path, block_broker: Mosquitto, *, tls: bool
 ) -> None:
     """More packets than one read batch, read (or decrypted) at once, all reach the reader."""
-    server: ssl.SSLContext | None = None
-    tls_config: TlsConfig | None = None
-    if tls:
-        pki = make_pki(tmp_path / "pki")
-        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server.load_cert_chain(pki.server_cert, pki.server_key)
-        tls_config = TlsConfig(ca_file=pki.ca)
+    server, tls_config = relay_tls(tmp_path, tls=tls)
     count = 2 * READ_BATCH + 10
 
     async def scenario() -> int:

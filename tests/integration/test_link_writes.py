@@ -8,18 +8,16 @@ socket to be writable and then go, all of them, in order, over TCP and TLS:
 from __future__ import annotations
 
 import asyncio
-import ssl
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
-from gateway.mqtt.client import BrokerConfig, TlsConfig
+from gateway.mqtt.client import BrokerConfig
 from gateway.mqtt.link import MqttLink
 from lab.broker import Mosquitto
-from tests.certs import make_pki
 from tests.clients import wait_until
-from tests.relay import HoldingRelay
+from tests.relay import HoldingRelay, relay_tls
 
 # 16 MiB either way: more than the loopback's kernel buffers hold on both sides.
 LARGE = (16, 1024 * 1024)  # (count, payload bytes); 16 fit a stock broker's window
@@ -36,13 +34,7 @@ def test_publishes_the_kernel_cannot_take_go_once_the_peer_reads_again(
 ) -> None:
     """With the relay not reading, the publishes wait for writability; then all arrive in order."""
     count, payload = sizes
-    server: ssl.SSLContext | None = None
-    tls_config: TlsConfig | None = None
-    if tls:
-        pki = make_pki(tmp_path / "pki")
-        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server.load_cert_chain(pki.server_cert, pki.server_key)
-        tls_config = TlsConfig(ca_file=pki.ca)
+    server, tls_config = relay_tls(tmp_path, tls=tls)
 
     async def platform(received: list[bytes], ready: asyncio.Event) -> None:
         async with aiomqtt.Client("127.0.0.1", block_broker.port, identifier="platform") as sub:
