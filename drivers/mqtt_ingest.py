@@ -113,6 +113,8 @@ class MqttIngestDriver:
         self.config = config
         self._context = context
         self.rejected: Counter[str] = Counter()
+        self.warnings: list[str] = []
+        """What the installer should see on the status page and in ``lianfang status``."""
         self._log = RateLimitedLog(logger)
         self.link_up = asyncio.Event()
         self._source_prefix, _, self._source_suffix = config.topic.partition("+")
@@ -242,6 +244,8 @@ class MqttIngestDriver:
             self._up_mark.save(_up_mark_text())
         except OSError as exc:
             self._up_mark_failed(exc)
+        else:
+            self.warnings.clear()
 
     async def _mark_up(self) -> None:
         """Keep the link's state file within ``LINK_UP_MARK_EVERY_S`` of now while it is up."""
@@ -252,11 +256,19 @@ class MqttIngestDriver:
                 await self._up_mark.save_in_thread(_up_mark_text())
             except OSError as exc:
                 self._up_mark_failed(exc)
+            else:
+                self.warnings.clear()
             await asyncio.sleep(LINK_UP_MARK_EVERY_S)
 
     def _up_mark_failed(self, exc: OSError) -> None:
         # Only a backlog after a restart pays: it is held to the cap by arrival.
         self._log.warning("up-mark", "%s: cannot save the link state: %s", self.config.name, exc)
+        warning = (
+            f"{self.config.name}: cannot save the link state ({exc}): after a restart, what the"
+            " broker kept for the shops is held to the shop cap as if sent live (state_dir full"
+            " or read-only?)"
+        )
+        self.warnings[:] = [warning]
 
     async def _ingest(self, link: MqttLink, emit: Emit) -> None:
         """Hand each message's event, made by the screen, to ``emit``; ack it once durable."""

@@ -218,6 +218,8 @@ class Gateway:
                 f"storage full ({reserve.reason}): alarms journalled from the reserve, "
                 f"{reserve.refused} other events left waiting with their senders"
             )
+        for driver in self.drivers.values():
+            warnings += getattr(driver, "warnings", ())
         rejected = {
             f"{name}.{reason}": n
             for name, driver in [*self.drivers.items(), *self.inboxes.items()]

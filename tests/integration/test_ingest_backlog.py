@@ -61,3 +61,27 @@ def test_a_backlog_kept_while_the_gateway_was_killed_passes_whole_after_the_rest
             await wait_until(lambda: doors() == sent, 30, "the six doors at the police")
 
     asyncio.run(scenario())
+
+
+def test_a_link_state_that_cannot_be_saved_is_a_warning_for_the_installer(
+    tmp_path, block_broker, police_broker, start_gateway
+):
+    """The state file cannot be written (here a folder stands in its place): status says so.
+
+    Without it a restart's backlog is held to the shop cap as if sent live; the
+    log alone (rate-limited) was the only trace.
+    """
+    (tmp_path / "state" / "shops-link-up.json").mkdir(parents=True)
+    gw = start_gateway(status_interval_s=0.5)
+
+    async def warned() -> None:
+        await wait_until(
+            lambda: any("cannot save the link state" in w for w in gw.status()["warnings"]),
+            10,
+            "the warning in status.json",
+        )
+
+    asyncio.run(warned())
+    [warning] = gw.status()["warnings"]
+    assert warning.startswith("shops: cannot save the link state")
+    assert "state_dir full or read-only?" in warning
