@@ -216,8 +216,10 @@ def test_gateway_keeps_alerting_while_50_clients_hold_connections(
 def test_page_in_chromium_shows_a_panic_and_a_driver_fault(
     tmp_path, block_broker, start_field_gateway, page_port, chromium
 ):
-    """Headless Chromium: no console errors, a panic turns its shop red within 1 s, a driver fault shows its reason."""
+    """Headless Chromium: no console errors, a panic turns its shop red, a driver fault shows its reason, a warning shows."""
     missing = tmp_path / "no-such-tty"
+    # A folder where the block link's state file goes: a warning for the page to show.
+    (tmp_path / "state" / "shops-link-up.json").mkdir(parents=True)
     start_field_gateway(
         {"S00040": [("pb-9", "panic_button")]},
         [
@@ -246,6 +248,13 @@ def test_page_in_chromium_shows_a_panic_and_a_driver_fault(
     links = chromium.evaluate(tab, "document.getElementById('links').textContent")
     assert "down" in links
     assert str(missing) in links
+    chromium.wait_until(
+        tab,
+        "document.getElementById('warnings').textContent.includes('cannot save the link state')",
+        "the warning shown",
+        WAIT_S,
+    )
+    assert chromium.evaluate(tab, "document.getElementById('warnings-section').hidden") is False
 
     async def panic() -> float:
         async with running(block_url=block_broker.url, shops=[SHOP]) as (panels, _):
