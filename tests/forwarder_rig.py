@@ -22,6 +22,7 @@ from gateway.journal_reader import JournalReader
 from gateway.outbox import OutboxCursor
 from gateway.supervise import supervise
 from receiver.centre import AlarmStore, Dc09Centre, Listener, listen
+from tests.clients import wait_until
 from tests.events import make_event
 
 SHOPS = {
@@ -45,8 +46,11 @@ class Rig:
     changes: list[tuple[bool, str]] = field(default_factory=list)
 
     async def send(self, *events: Event) -> None:
+        """Journal ``events`` and wait until they are committed (pending for the forwarder)."""
+        committed = self.journal.stats.appended + len(events)
         for ev in events:
             await self.journal.append(ev)
+        await wait_until(lambda: self.journal.stats.appended >= committed, 10, "events committed")
 
     def pending(self) -> int:
         reader = JournalReader(self.journal.path)
